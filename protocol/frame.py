@@ -1,0 +1,176 @@
+"""Authenticated ETP frames over datagrams and byte streams.
+
+Frame layout (124 bytes, big-endian):
+
+    offset size field
+    0      2    magic      b"ET"
+    2      1    version    1
+    3      1    flags      bit 0 GROUP: tagged with the group key; others must be 0
+    4      4    key_id     the sender's id, which names its key
+    8      8    sent_ms    sender's clock, ms since 1970-01-01 UTC
+    16     8    reply_to   message_id this frame answers (0 = none)
+    24     84   body       the ETP message (message.py)
+    108    16   tag        HMAC-SHA256(key, bytes 0..107), first 16 bytes
+
+sent_ms gives the body's ttl a time base; reply_to ties a BID_ACCEPT to its
+BID and a BID_CONFIRM to its BID_ACCEPT (the 14 body fields have no such link).
+
+ttl: a receiver accepts a frame only while
+    sent_ms - skew_ms  <=  now_ms  <=  sent_ms + ttl * 1000 + skew_ms
+so ttl is the frame's lifetime in whole seconds after it was sent, and
+skew_ms (default 2000) the clock difference tolerated between two nodes.
+ttl = 0 leaves only the skew allowance. Older frames raise Expired, frames
+dated in the future too.
+
+Checks, in order: length, header, key, tag, body, expiry, replay. Nothing
+is parsed from an unauthenticated body, and the replay window moves only
+for authentic, fresh frames.
+
+Streams (TCP): frames are sent back to back with no other framing. Every
+frame has the same size and starts with magic+version, so StreamDecoder
+buffers partial reads and, after garbage, resynchronises on the next
+magic+version whose frame authenticates.
+
+Raw "paper" mode: the bare 84-byte body, no header and no tag, for
+interoperating with other ETP implementations. It has no authentication,
+expiry or replay protection, so it is off unless a Codec is made with raw=True.
+"""
+
+import struct
+from collections import namedtuple
+
+from protocol import message
+from protocol.auth import TAG_SIZE, ReplayGuard
+from protocol.compat import const, equal_tags
+from protocol.errors import BadHeader, BadLength, BadTag, ETPError, Expired, UnknownKey
+
+MAGIC = b"ET"
+VERSION = const(1)
+FLAG_GROUP = const(1)
+HEADER_FORMAT = ">2sBBIQQ"
+HEADER_SIZE = const(24)
+SIGNED_SIZE = const(108)  # header + body: what the tag covers
+FRAME_SIZE = const(124)
+SKEW_MS = const(2000)
+_SYNC = MAGIC + bytes((VERSION,))
+
+Frame = namedtuple("Frame", ("key_id", "group", "sent_ms", "reply_to", "message"))
+
+
+class Codec:
+    """Seals and opens one node's frames.
+
+    key_id: this node's own id (its key must be in the keyring to seal).
+    replay: a ReplayGuard shared by everything this node receives.
+    """
+
+    def __init__(self, keyring, key_id=0, skew_ms=SKEW_MS, replay=None, raw=False):
+        self.keyring = keyring
+        self.key_id = key_id
+        self.skew_ms = skew_ms
+        self.replay = ReplayGuard() if replay is None else replay
+        self.raw = raw
+        self.frame_size = message.BODY_SIZE if raw else FRAME_SIZE
+
+    def seal(self, msg, now_ms, reply_to=0, group=False):
+        """Message -> frame bytes, tagged with our own key or the group key."""
+        body = message.encode(msg)
+        if self.raw:
+            return body
+        key = self.keyring.group if group else self.keyring.get(self.key_id)
+        if key is None:
+            raise UnknownKey("no %s key to seal with" % ("group" if group else "own"))
+        signed = struct.pack(
+            HEADER_FORMAT, MAGIC, VERSION, FLAG_GROUP if group else 0, self.key_id, now_ms, reply_to
+        ) + body
+        return signed + key.tag(signed)
+
+    def open(self, data, now_ms):
+        """Frame bytes -> Frame. Raises only ETPError subclasses, on any input."""
+        if self.raw:
+            return Frame(0, False, 0, 0, message.decode(data))
+        if len(data) != FRAME_SIZE:
+            raise BadLength("frame is %d bytes, ETP frames are %d" % (len(data), FRAME_SIZE))
+        magic, version, flags, key_id, sent_ms, reply_to = struct.unpack_from(HEADER_FORMAT, data)
+        if magic != MAGIC:
+            raise BadHeader("bad magic %r (want %r)" % (magic, MAGIC))
+        if version != VERSION:
+            raise BadHeader("unsupported version %d (this node speaks %d)" % (version, VERSION))
+        if flags & ~FLAG_GROUP:
+            raise BadHeader("reserved flag bits set: 0x%02x" % flags)
+        group = flags == FLAG_GROUP
+        key = self.keyring.group if group else self.keyring.get(key_id)
+        if key is None:
+            raise UnknownKey("no %s key for sender %d" % ("group" if group else "device", key_id))
+        view = memoryview(data)
+        if not equal_tags(key.tag(view[:SIGNED_SIZE]), view[SIGNED_SIZE:]):
+            raise BadTag("bad tag from sender %d: tampered, or another key" % key_id)
+        msg = message.decode(view[HEADER_SIZE:SIGNED_SIZE])
+        age = now_ms - sent_ms
+        if age > msg[3] * 1000 + self.skew_ms:
+            raise Expired("frame from %d is %d ms old, ttl is %d s" % (key_id, age, msg[3]))
+        if age < -self.skew_ms:
+            raise Expired("frame from %d is dated %d ms in the future" % (key_id, -age))
+        # Group and unicast frames keep separate windows, so a group member
+        # cannot push a sender's unicast window forward.
+        self.replay.admit(key_id * 2 + group, msg[1], sent_ms)
+        return Frame(key_id, group, sent_ms, reply_to, msg)
+
+
+class StreamDecoder:
+    """Frames out of a byte stream that arrives in arbitrary pieces.
+
+    feed() the bytes as they come; call next() until it returns None (needs
+    more bytes). next() raises an ETPError for each bad frame or run of garbage
+    it drops, after dropping it, so the caller logs and simply calls again.
+    The buffer never holds more than max_buffer bytes.
+    """
+
+    def __init__(self, codec, max_buffer=8 * FRAME_SIZE):
+        self.codec = codec
+        self.max_buffer = max(max_buffer, 2 * codec.frame_size)
+        self._buf = b""
+        self.skipped = 0  # bytes of garbage dropped so far
+
+    def feed(self, data):
+        buf = self._buf + data
+        excess = len(buf) - self.max_buffer
+        if excess > 0:  # a peer sending faster than we decode, or pure garbage
+            buf = buf[excess:]
+            self.skipped += excess
+        self._buf = buf
+
+    def next(self, now_ms):
+        buf = self._buf
+        size = self.codec.frame_size
+        if self.codec.raw:  # no sync marker: fixed-size records, in order
+            if len(buf) < size:
+                return None
+            self._buf = buf[size:]
+            return self.codec.open(buf[:size], now_ms)
+        start = buf.find(_SYNC)
+        if start < 0:  # no frame start; keep a tail that may be the start of one
+            start = len(buf)
+            for k in (2, 1):
+                if buf[-k:] == _SYNC[:k]:
+                    start -= k
+                    break
+        if start:
+            self._buf = buf = buf[start:]
+            self.skipped += start
+            raise BadHeader("skipped %d bytes that are not an ETP frame" % start)
+        if len(buf) < size:
+            return None
+        try:
+            frame = self.codec.open(buf[:size], now_ms)
+        except (BadHeader, UnknownKey, BadTag):
+            # Not authentic: maybe a false sync inside garbage, so step over
+            # the sync bytes only; a real frame may start within these bytes.
+            self._buf = buf[1:]
+            self.skipped += 1
+            raise
+        except ETPError:
+            self._buf = buf[size:]  # authentic but unacceptable: drop it whole
+            raise
+        self._buf = buf[size:]
+        return frame

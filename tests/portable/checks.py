@@ -1,0 +1,29 @@
+"""Tiny test helpers that work on MicroPython and CPython alike."""
+
+import json
+
+_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+VECTORS = _HERE + "/../vectors"
+
+
+def raises(exc_type, fn, *args, **kwargs):
+    """Call fn; assert it raises exc_type (exactly that class or a subclass); return the error."""
+    try:
+        fn(*args, **kwargs)
+    except exc_type as exc:
+        return exc
+    except Exception as exc:  # the wrong error is a failure too, with its name
+        raise AssertionError("%s raised %s(%s), not %s" % (
+            getattr(fn, "__name__", fn), type(exc).__name__, exc, exc_type.__name__))
+    raise AssertionError("%s did not raise %s" % (getattr(fn, "__name__", fn), exc_type.__name__))
+
+
+def vectors(name):
+    with open(VECTORS + "/" + name) as f:
+        return json.load(f)
+
+
+def unhex(text):
+    import binascii
+
+    return binascii.unhexlify(text)

@@ -1,0 +1,88 @@
+"""HMAC, keyrings and the replay window — on CPython and on the MicroPython VM."""
+
+from checks import raises, unhex
+
+from protocol import auth, errors
+
+# RFC 4231 HMAC-SHA-256 test cases 1, 5 and 6 (first 16 bytes: our tag size).
+RFC4231 = (
+    (b"\x0b" * 20, b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b"),
+    (b"\x0c" * 20, b"Test With Truncation", "a3b6167473100ee06e0c796c2955552b"),
+    (
+        b"\xaa" * 131,
+        b"Test Using Larger Than Block-Size Key - Hash Key First",
+        "60e431591ee0b67f0d8a26aacbf5b77f",
+    ),
+)
+
+
+def test_hmac_matches_rfc4231():
+    for secret, data, expected in RFC4231:
+        assert auth.HmacKey(secret).tag(data) == unhex(expected), expected
+
+
+def test_hmac_key_is_reusable_and_accepts_memoryview():
+    key = auth.HmacKey(b"\x0b" * 20)
+    first = key.tag(b"Hi There")
+    assert key.tag(memoryview(b"xxHi There")[2:]) == first
+    assert key.tag(b"Hi There!") != first
+    assert key.tag(b"Hi There") == first
+
+
+def test_short_keys_are_refused_and_secrets_never_printed():
+    raises(ValueError, auth.HmacKey, b"short")
+    raises(ValueError, auth.HmacKey, "a str is not a key")
+    key = auth.HmacKey(b"\x42" * 32)
+    assert "42" not in repr(key) and "hidden" in repr(key)
+
+
+def test_keyring_from_key_file_content():
+    ring = auth.Keyring.from_json({"keys": {"7": "11" * 32}, "group": "22" * 32})
+    assert 7 in ring and len(ring) == 1 and ring.group is not None
+    assert ring.get(7).tag(b"x") == auth.HmacKey(b"\x11" * 32).tag(b"x")
+    assert ring.get(8) is None
+    raises(ValueError, auth.Keyring.from_json, {"keys": {"seven": "11" * 32}})
+    raises(ValueError, auth.Keyring.from_json, {"keys": {"7": "zz"}})
+    raises(ValueError, auth.Keyring.from_json, ["not", "an", "object"])
+    raises(ValueError, auth.Keyring({}).add, 2**32, b"k" * 16)
+
+
+def test_replay_window_accepts_each_id_once_in_any_order_within_window():
+    guard = auth.ReplayGuard()
+    for mid in (100, 105, 101, 103, 170, 110):
+        guard.admit(1, mid, 0)
+    for mid in (100, 105, 170, 110):
+        raises(errors.Replay, guard.admit, 1, mid, 0)
+    raises(errors.Replay, guard.admit, 1, 170 - auth.WINDOW, 0)  # fell out of the window
+    guard.admit(1, 170 - auth.WINDOW + 1, 0)  # still inside, never seen
+    guard.admit(2, 100, 0)  # windows are per sender
+    assert guard.marks() == {1: 170, 2: 100}
+
+
+def test_replay_window_survives_a_big_jump():
+    guard = auth.ReplayGuard()
+    guard.admit(1, 5, 0)
+    guard.admit(1, 5 + 10**12, 0)
+    raises(errors.Replay, guard.admit, 1, 5, 0)
+    guard.admit(1, 4 + 10**12, 0)
+
+
+def test_restored_marks_refuse_everything_at_or_below_them():
+    guard = auth.ReplayGuard()
+    guard.restore({1: 1000})
+    raises(errors.Replay, guard.admit, 1, 1000, 0)
+    raises(errors.Replay, guard.admit, 1, 999, 0)
+    guard.admit(1, 1001, 0)
+
+
+def test_replay_table_is_bounded_and_eviction_stays_safe():
+    guard = auth.ReplayGuard(max_senders=4)
+    for sender in range(10):
+        guard.admit(sender, 1, 1000 + sender)  # sender n last heard at 1000 + n
+    assert len(guard.marks()) == 4
+    assert guard.evicted_ms == 1005  # sender 5 was the newest dropped
+    # A dropped sender's old frame could be a replay: refused.
+    raises(errors.Replay, guard.admit, 0, 1, 1000)
+    # Frames sent after the last eviction are fine, for new and dropped senders.
+    guard.admit(0, 2, 1006)
+    guard.admit(99, 1, 1007)
