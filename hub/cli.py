@@ -1,2 +1,33 @@
-def main():
-    print("stub")
+"""The `gridbid` command. Each subcommand lives in its own module, imported when used."""
+
+import argparse
+import sys
+
+# subcommand -> (module, one-line help). The module has add_arguments(parser) and run(args).
+COMMANDS = {
+    "etp": ("hub.etp_cli", "decode and encode ETP frames (for debugging captures)"),
+    "demo": ("hub.demo", "run the local demo: a device on the MicroPython VM and aggregators"),
+}
+
+
+def main(argv=None):
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="gridbid", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(commands.add_parser(name, help=help_text, description=help_text))
+        modules[name] = module
+    args = parser.parse_args(argv)
+    try:
+        return modules[args.command].run(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -93,7 +93,7 @@ class Keyring:
             try:
                 keys[int(key_id)] = unhexlify(secret)
             except (TypeError, ValueError):
-                raise ValueError("key %r: ids are integers and keys hex strings" % (key_id,))
+                raise ValueError("key %r: ids are integers, keys hex" % (key_id,)) from None
         group = data.get("group")
         return cls(keys, None if group is None else unhexlify(group))
 

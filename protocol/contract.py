@@ -77,16 +77,18 @@ _BINARY_FIXED = const(35)
 MAX_SLOT_NAME = const(96)
 
 
-def contract_id(device_id, bid_message_id):
+def contract_id(device_id, buyer_id, bid_message_id):
     """The ContractId for a device's acceptance of a bid: a UUID (version 8,
-    RFC 9562) from SHA-256 of both ids, so buyer and device derive the same id
-    independently, and the same bid can never make two contracts."""
+    RFC 9562) from SHA-256 of the ids, so buyer and device derive the same id
+    independently, and the same bid can never make two contracts.
+
+    buyer_id is the bidder's key id: message ids are only unique per sender,
+    so two buyers' bids may carry the same message_id.
+    """
     import hashlib
 
-    raw = bytearray(
-        hashlib.sha256(b"gridbid-contract" + struct.pack(">QQ", device_id, bid_message_id))
-        .digest()[:16]
-    )
+    ids = struct.pack(">QIQ", device_id, buyer_id, bid_message_id)
+    raw = bytearray(hashlib.sha256(b"gridbid-contract" + ids).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
     return _uuid_str(bytes(raw))
@@ -98,9 +100,11 @@ def _uuid_str(raw):
 
 
 def _uuid_bytes(text):
-    if not isinstance(text, str) or len(text) != 36 or [text[i] for i in (8, 13, 18, 23)] != [
-        "-"
-    ] * 4:
+    if (
+        not isinstance(text, str)
+        or len(text) != 36
+        or [text[i] for i in (8, 13, 18, 23)] != ["-"] * 4
+    ):
         raise ContractError("ContractId %r is not a UUID string" % (text,))
     try:
         return unhexlify(text.replace("-", ""))
@@ -122,7 +126,7 @@ def slot_name(slot_s, gate_s, market_maker, start_s):
 
 
 def parse_slot_name(name):
-    """"rt15gate5.hub1.1763700300" -> (slot_s, gate_s, market_maker, start_s)."""
+    """Parse "rt15gate5.hub1.1763700300" into (slot_s, gate_s, market_maker, start_s)."""
     try:
         first = name.index(".")
         last = name.rindex(".")

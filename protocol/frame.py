@@ -40,9 +40,9 @@ import struct
 from collections import namedtuple
 
 from protocol import message
-from protocol.auth import TAG_SIZE, ReplayGuard
+from protocol.auth import ReplayGuard
 from protocol.compat import const, equal_tags
-from protocol.errors import BadHeader, BadLength, BadTag, ETPError, Expired, UnknownKey
+from protocol.errors import BadHeader, BadLength, BadTag, BadValue, ETPError, Expired, UnknownKey
 
 MAGIC = b"ET"
 VERSION = const(1)
@@ -53,6 +53,7 @@ SIGNED_SIZE = const(108)  # header + body: what the tag covers
 FRAME_SIZE = const(124)
 SKEW_MS = const(2000)
 _SYNC = MAGIC + bytes((VERSION,))
+_U64 = 2**64 - 1
 
 Frame = namedtuple("Frame", ("key_id", "group", "sent_ms", "reply_to", "message"))
 
@@ -80,25 +81,24 @@ class Codec:
         key = self.keyring.group if group else self.keyring.get(self.key_id)
         if key is None:
             raise UnknownKey("no %s key to seal with" % ("group" if group else "own"))
-        signed = struct.pack(
-            HEADER_FORMAT, MAGIC, VERSION, FLAG_GROUP if group else 0, self.key_id, now_ms, reply_to
-        ) + body
+        # MicroPython's struct truncates out-of-range ints silently: check first.
+        for name, value, high in (
+            ("key_id", self.key_id, 0xFFFFFFFF),
+            ("sent_ms", now_ms, _U64),
+            ("reply_to", reply_to, _U64),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+                raise BadValue("%s=%r is not a whole number in 0..%d" % (name, value, high))
+        flags = FLAG_GROUP if group else 0
+        head = struct.pack(HEADER_FORMAT, MAGIC, VERSION, flags, self.key_id, now_ms, reply_to)
+        signed = head + body
         return signed + key.tag(signed)
 
     def open(self, data, now_ms):
         """Frame bytes -> Frame. Raises only ETPError subclasses, on any input."""
         if self.raw:
             return Frame(0, False, 0, 0, message.decode(data))
-        if len(data) != FRAME_SIZE:
-            raise BadLength("frame is %d bytes, ETP frames are %d" % (len(data), FRAME_SIZE))
-        magic, version, flags, key_id, sent_ms, reply_to = struct.unpack_from(HEADER_FORMAT, data)
-        if magic != MAGIC:
-            raise BadHeader("bad magic %r (want %r)" % (magic, MAGIC))
-        if version != VERSION:
-            raise BadHeader("unsupported version %d (this node speaks %d)" % (version, VERSION))
-        if flags & ~FLAG_GROUP:
-            raise BadHeader("reserved flag bits set: 0x%02x" % flags)
-        group = flags == FLAG_GROUP
+        group, key_id, sent_ms, reply_to = parse_header(data)
         key = self.keyring.group if group else self.keyring.get(key_id)
         if key is None:
             raise UnknownKey("no %s key for sender %d" % ("group" if group else "device", key_id))
@@ -115,6 +115,23 @@ class Codec:
         # cannot push a sender's unicast window forward.
         self.replay.admit(key_id * 2 + group, msg[1], sent_ms)
         return Frame(key_id, group, sent_ms, reply_to, msg)
+
+
+def parse_header(data):
+    """Check a frame's length and header -> (group, key_id, sent_ms, reply_to).
+
+    Authenticates nothing: the values are only claims until the tag is checked.
+    """
+    if len(data) != FRAME_SIZE:
+        raise BadLength("frame is %d bytes, ETP frames are %d" % (len(data), FRAME_SIZE))
+    magic, version, flags, key_id, sent_ms, reply_to = struct.unpack_from(HEADER_FORMAT, data)
+    if magic != MAGIC:
+        raise BadHeader("bad magic %r (want %r)" % (magic, MAGIC))
+    if version != VERSION:
+        raise BadHeader("unsupported version %d (this node speaks %d)" % (version, VERSION))
+    if flags & ~FLAG_GROUP:
+        raise BadHeader("reserved flag bits set: 0x%02x" % flags)
+    return flags == FLAG_GROUP, key_id, sent_ms, reply_to
 
 
 class StreamDecoder:

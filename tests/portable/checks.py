@@ -13,8 +13,10 @@ def raises(exc_type, fn, *args, **kwargs):
     except exc_type as exc:
         return exc
     except Exception as exc:  # the wrong error is a failure too, with its name
-        raise AssertionError("%s raised %s(%s), not %s" % (
-            getattr(fn, "__name__", fn), type(exc).__name__, exc, exc_type.__name__))
+        name = getattr(fn, "__name__", fn)
+        raise AssertionError(  # noqa: B904 (MicroPython warns on chaining)
+            "%s raised %s(%s), not %s" % (name, type(exc).__name__, exc, exc_type.__name__)
+        )
     raise AssertionError("%s did not raise %s" % (getattr(fn, "__name__", fn), exc_type.__name__))
 
 

@@ -10,25 +10,30 @@ SLOT = "rt15gate5.hub1.%d" % START
 
 
 def new(**changes):
-    terms = {"by": c.BUYER, "contract_id": c.contract_id(1001, 42), "market_slot_name": SLOT,
+    terms = {"by": c.BUYER, "contract_id": c.contract_id(1001, 1, 42), "market_slot_name": SLOT,
              "start_unix_s": START, "duration_minutes": 15, "watts": 4000}  # fmt: skip
     terms.update(changes)
     return c.MarketContract.create(**terms)
 
 
 def test_contract_id_is_deterministic_and_distinct():
-    first = c.contract_id(1001, 42)
-    assert first == c.contract_id(1001, 42)
-    assert len({first, c.contract_id(1001, 43), c.contract_id(1002, 42)}) == 3
+    first = c.contract_id(1001, 1, 42)
+    assert first == c.contract_id(1001, 1, 42)
+    others = {c.contract_id(1001, 1, 43), c.contract_id(1002, 1, 42), c.contract_id(1001, 2, 42)}
+    assert len(others | {first}) == 4  # two buyers' bids may share a message_id
     assert len(first) == 36 and first[14] == "8" and first[19] in "89ab"  # UUID v8, RFC variant
 
 
 def test_slot_names_follow_gridworks_and_allow_demo_seconds():
     assert c.slot_name(900, 300, "hub1", START) == SLOT
     assert c.parse_slot_name(SLOT) == (900, 300, "hub1", START)
-    assert c.parse_slot_name("rt30sgate5s.d1.isone.ver.keene.60") == (30, 5, "d1.isone.ver.keene", 60)
-    for bad in ("rt15gate5.hub1", "rt15gate5..%d" % START, "da60.hub1.3600", "rt15gate5.hub1.100",
-                "rt15gate15.hub1.%d" % START, "rt0gate0.hub1.0", "rtxgate5.hub1.0", 12):  # fmt: skip
+    dotted = "rt30sgate5s.d1.isone.ver.keene.60"
+    assert c.parse_slot_name(dotted) == (30, 5, "d1.isone.ver.keene", 60)
+    bad_names = (
+        "rt15gate5.hub1", "rt15gate5..%d" % START, "da60.hub1.3600", "rt15gate5.hub1.100",
+        "rt15gate15.hub1.%d" % START, "rt0gate0.hub1.0", "rtxgate5.hub1.0", 12,
+    )  # fmt: skip
+    for bad in bad_names:
         raises(ContractError, c.parse_slot_name, bad)
 
 
@@ -113,7 +118,8 @@ def test_binary_and_json_forms_round_trip():
 
 def test_broken_records_raise_contract_errors():
     record = new().to_bytes()
-    for bad in (record[:-1], record[:10], b"", b"\x02" + record[1:], record[:1] + b"\x0b" + record[2:]):
+    wrong_version, wrong_state = b"\x02" + record[1:], record[:1] + b"\x0b" + record[2:]
+    for bad in (record[:-1], record[:10], b"", wrong_version, wrong_state):
         raises(ContractError, c.MarketContract.from_bytes, bad)
     doc = new().to_json_dict()
     for key, value in (("Status", "Won"), ("DurationMinutes", "15"), ("StartUnixS", None)):

@@ -104,6 +104,14 @@ def test_group_frames_use_the_group_key_and_their_own_window():
     assert b.open(a.seal(msg, NOW), NOW).group is False
 
 
+def test_sealing_refuses_header_values_outside_their_widths():
+    a, _b, ids = pair()
+    msg = message.bid(ids.next(), 5, 15.0, 1.0)
+    raises(errors.BadValue, a.seal, msg, -1)
+    raises(errors.BadValue, a.seal, msg, NOW, reply_to=2**64)
+    raises(errors.BadValue, a.seal, msg, "now")
+
+
 def test_reply_to_links_answers_to_requests():
     a, b, ids = pair()
     bid = b.open(a.seal(message.bid(ids.next(), 5, 15.0, 1.0), NOW), NOW)

