@@ -10,12 +10,10 @@ cd "$(dirname "$0")"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# System packages: "command-or-check  debian-package". Later components add theirs here.
+# System packages, installed only when missing. Later components add theirs here.
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
-python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null \
-  || { echo "gridbid needs Python 3.10 or newer (found $(python3 --version 2>&1))"; exit 1; }
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # Debian splits it out
 
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"
@@ -25,6 +23,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "gridbid needs Python 3.10 or newer (found $(python3 --version 2>&1))"; exit 1; }
 
 # The Python environment: .venv, reinstalled when pyproject.toml changes.
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
