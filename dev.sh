@@ -48,6 +48,7 @@ case "$cmd" in
   test)
     say "ruff"
     .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
     say "pytest"
     exec .venv/bin/python -m pytest "$@"
     ;;

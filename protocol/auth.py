@@ -9,7 +9,7 @@ kept instead (two short hashes per tag).
 
 import hashlib
 
-from protocol.compat import const
+from protocol.compat import const, unhexlify
 from protocol.errors import Replay
 
 TAG_SIZE = const(16)  # HMAC-SHA256 truncated to 128 bits (RFC 2104 section 5)
@@ -84,8 +84,6 @@ class Keyring:
     @classmethod
     def from_json(cls, data):
         """{"keys": {"<id>": "<hex>"}, "group": "<hex>"} -> Keyring (a key file's content)."""
-        from protocol.compat import unhexlify
-
         if not isinstance(data, dict):
             raise ValueError("a key file holds a JSON object")
         keys = {}
@@ -109,14 +107,15 @@ class ReplayGuard:
     the WINDOW ids below it and not yet seen; older ids are refused. Call
     admit() only for authenticated frames, so a forger cannot move a window.
 
-    Memory is bounded: at most max_senders windows. Unicast senders are
-    bounded by the keyring anyway; group frames can name any sender, so when
-    the table is full the sender heard from longest ago is dropped, and
-    `evicted_ms` remembers when: a frame from an unknown sender sent before
-    that moment might belong to a dropped window and is refused.
+    Memory: one window per sender. For unicast frames the senders are the
+    keyring's, so max_senders=None (no limit) is safe. Group frames can name
+    any sender, so their guard has a limit: when full, the sender heard from
+    longest ago is dropped, and `evicted_ms` remembers when; a frame from an
+    unknown sender sent before that moment might belong to a dropped window
+    and is refused.
     """
 
-    def __init__(self, max_senders=256):
+    def __init__(self, max_senders=None):
         self.max_senders = max_senders
         self._windows = {}  # sender -> [highest id, bitmap of seen ids, last sent_ms]
         self.evicted_ms = -1
@@ -127,7 +126,7 @@ class ReplayGuard:
         if window is None:
             if sent_ms <= self.evicted_ms:
                 raise Replay("sender %r: frame predates a dropped replay window" % (sender,))
-            if len(self._windows) >= self.max_senders:
+            if self.max_senders is not None and len(self._windows) >= self.max_senders:
                 self._evict()
             self._windows[sender] = [message_id, 1, sent_ms]
             return

@@ -1,7 +1,12 @@
 """The few places where MicroPython and CPython differ, in one module.
 
-Everything else in protocol/ and firmware/ is written once for both.
+Everything else in protocol/ and firmware/ is written once for both. Built-in
+modules are imported at the top of a module, never inside a function that runs
+per frame: MicroPython does not cache built-ins in sys.modules, so each such
+import searches the whole module path first.
 """
+
+import binascii
 
 try:
     from micropython import const
@@ -27,15 +32,11 @@ except ImportError:
 
 def hexlify(data):
     """bytes -> lower-case hex str (bytes.hex is optional on small ports)."""
-    import binascii
-
     return binascii.hexlify(data).decode()
 
 
 def unhexlify(text):
     """Hex str -> bytes; ValueError on bad hex, on both runtimes."""
-    import binascii
-
     try:
         return binascii.unhexlify(text)
     except (TypeError, ValueError) as exc:  # CPython's binascii.Error is a ValueError

@@ -24,6 +24,7 @@ gate closes 5 minutes before), or with an "s" suffix for seconds, as demos use
 contract starts at its slot's start and lasts at most the slot.
 """
 
+import hashlib
 import struct
 
 from protocol.compat import const, hexlify, unhexlify
@@ -85,8 +86,6 @@ def contract_id(device_id, buyer_id, bid_message_id):
     buyer_id is the bidder's key id: message ids are only unique per sender,
     so two buyers' bids may carry the same message_id.
     """
-    import hashlib
-
     ids = struct.pack(">QIQ", device_id, buyer_id, bid_message_id)
     raw = bytearray(hashlib.sha256(b"gridbid-contract" + ids).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8

@@ -52,6 +52,9 @@ HEADER_SIZE = const(24)
 SIGNED_SIZE = const(108)  # header + body: what the tag covers
 FRAME_SIZE = const(124)
 SKEW_MS = const(2000)
+# Group senders tracked by default: each window costs ~150 bytes on a 32-bit
+# board; 64 covers a device's aggregators and neighbours. The hub passes more.
+GROUP_SENDERS = const(64)
 _SYNC = MAGIC + bytes((VERSION,))
 _U64 = 2**64 - 1
 
@@ -62,14 +65,20 @@ class Codec:
     """Seals and opens one node's frames.
 
     key_id: this node's own id (its key must be in the keyring to seal).
-    replay: a ReplayGuard shared by everything this node receives.
+    replay, group_replay: ReplayGuards for unicast and group frames; pass the
+    same ones to every Codec of a node that shares its peers. They are kept
+    apart so that a group member, who can name any sender, cannot crowd a
+    peer's unicast window out of the bounded group table.
     """
 
-    def __init__(self, keyring, key_id=0, skew_ms=SKEW_MS, replay=None, raw=False):
+    def __init__(
+        self, keyring, key_id=0, skew_ms=SKEW_MS, replay=None, group_replay=None, raw=False
+    ):
         self.keyring = keyring
         self.key_id = key_id
         self.skew_ms = skew_ms
         self.replay = ReplayGuard() if replay is None else replay
+        self.group_replay = ReplayGuard(GROUP_SENDERS) if group_replay is None else group_replay
         self.raw = raw
         self.frame_size = message.BODY_SIZE if raw else FRAME_SIZE
 
@@ -95,7 +104,7 @@ class Codec:
         return signed + key.tag(signed)
 
     def open(self, data, now_ms):
-        """Frame bytes -> Frame. Raises only ETPError subclasses, on any input."""
+        """Frame bytes -> Frame. Raises only ETPError subclasses, on any bytes-like input."""
         if self.raw:
             return Frame(0, False, 0, 0, message.decode(data))
         group, key_id, sent_ms, reply_to = parse_header(data)
@@ -111,9 +120,7 @@ class Codec:
             raise Expired("frame from %d is %d ms old, ttl is %d s" % (key_id, age, msg[3]))
         if age < -self.skew_ms:
             raise Expired("frame from %d is dated %d ms in the future" % (key_id, -age))
-        # Group and unicast frames keep separate windows, so a group member
-        # cannot push a sender's unicast window forward.
-        self.replay.admit(key_id * 2 + group, msg[1], sent_ms)
+        (self.group_replay if group else self.replay).admit(key_id, msg[1], sent_ms)
         return Frame(key_id, group, sent_ms, reply_to, msg)
 
 

@@ -37,6 +37,7 @@ message_id is the sender's monotonic counter (see MessageIds); the frame header
 says who the sender is.
 """
 
+import struct
 from collections import namedtuple
 
 from protocol.compat import const
@@ -167,7 +168,7 @@ def check(msg):
     return msg  # pragma: no cover  (the fast path and the loop agree)
 
 
-_INT_BOUNDS = ((1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255))
+_INT_BOUNDS = ((0, 9), (1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255))
 
 
 def _check_ints(values):
@@ -180,22 +181,18 @@ def _check_ints(values):
 
 def encode(msg):
     """Message -> 84 bytes. Raises BadValue/UnknownType on an invalid message."""
-    check(msg)
-    _check_ints(msg)
-    import struct
-
     try:
-        return struct.pack(BODY_FORMAT, *msg)
-    except (OverflowError, ValueError, TypeError) as exc:  # e.g. a str where a float goes
-        raise BadValue("cannot encode: %s" % exc) from None
+        check(msg)
+        _check_ints(msg)
+    except TypeError:  # a hand-built Message with a str or None where a number goes
+        raise BadValue("cannot encode %r: a field is not a number" % (msg,)) from None
+    return struct.pack(BODY_FORMAT, *msg)
 
 
 def decode(body):
     """84 bytes -> checked Message. Raises only ETPError subclasses."""
     if len(body) != BODY_SIZE:
         raise BadLength("body is %d bytes, ETP bodies are %d" % (len(body), BODY_SIZE))
-    import struct
-
     return check(Message(*struct.unpack(BODY_FORMAT, body)))
 
 
@@ -245,8 +242,8 @@ def _build(values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadValue("%s must be a number, not %r" % (name, value))
         values[index] = float(value)
-    if isinstance(values[0], bool) or not isinstance(values[0], int):
-        raise UnknownType("message_type must be a whole number, not %r" % (values[0],))
+    if isinstance(values[0], bool) or not isinstance(values[0], int) or not 0 <= values[0] <= 9:
+        raise UnknownType("message_type must be 0..9, not %r" % (values[0],))
     _check_ints(values)
     return check(Message(*values))
 

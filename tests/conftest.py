@@ -16,7 +16,8 @@ from hub import micropython
 
 ROOT = micropython.ROOT
 PORTABLE = ROOT / "tests" / "portable"
-HEAP = os.environ.get("GRIDBID_MPY_HEAP", micropython.DEFAULT_HEAP)
+# The portable tests must fit an ESP32 without PSRAM (~100 KB free heap).
+HEAP = os.environ.get("GRIDBID_MPY_HEAP", "100k")
 
 
 def run_micropython(script, *args, timeout=60, heap=HEAP):

@@ -112,6 +112,17 @@ def test_sealing_refuses_header_values_outside_their_widths():
     raises(errors.BadValue, a.seal, msg, "now")
 
 
+def test_group_members_cannot_crowd_out_unicast_windows():
+    a, b, ids = pair()
+    unicast = a.seal(message.bid(ids.next(), 5, 15.0, 1.0), NOW)
+    b.open(unicast, NOW)
+    for i in range(frame.GROUP_SENDERS + 40):  # more senders than the group table holds
+        forger = frame.Codec(a.keyring, key_id=1000 + i)
+        b.open(forger.seal(message.query(ids.next(), 0, 1.0), NOW + i, group=True), NOW + i)
+    assert len(b.group_replay.marks()) == frame.GROUP_SENDERS
+    raises(errors.Replay, b.open, unicast, NOW)  # the unicast window is still there
+
+
 def test_reply_to_links_answers_to_requests():
     a, b, ids = pair()
     bid = b.open(a.seal(message.bid(ids.next(), 5, 15.0, 1.0), NOW), NOW)

@@ -107,6 +107,14 @@ def test_encoder_refuses_ints_outside_their_widths():
     raises(errors.BadValue, message.bid_reject, 1, 5, 12.0, 14.0, 300)
 
 
+def test_hand_built_messages_fail_with_bad_value():
+    good = list(message.bid(4, 5, 15.75, 2.5))
+    for index, value in ((4, "15"), (4, None), (0, 3.0), (0, True), (0, 12), (1, -1)):
+        values = list(good)
+        values[index] = value
+        raises(errors.ETPError, message.encode, message.Message(*values))
+
+
 def test_dict_form_round_trips_and_reports_mistakes():
     for msg in one_of_each():
         assert message.from_dict(message.as_dict(msg)) == msg
