@@ -15,11 +15,15 @@ import json
 import sys
 import time
 
-from protocol import auth, contract, errors, frame, message
+from protocol import auth, contract, frame, message
 
 
 def now_ms():
     return time.time_ns() // 1000000
+
+
+def dropped(exc):
+    log("dropped a frame: %s: %s" % (type(exc).__name__, exc))
 
 
 def log(text):
@@ -53,14 +57,7 @@ class DemoBattery:
                 if not data:
                     break
                 decoder.feed(data)
-                while True:
-                    try:
-                        got = decoder.next(now_ms())
-                    except errors.ETPError as exc:  # log, drop, carry on
-                        log("dropped a frame: %s: %s" % (type(exc).__name__, exc))
-                        continue
-                    if got is None:
-                        break
+                for got in decoder.frames(now_ms(), dropped):
                     if not await self.handle(got, writer):
                         return
         finally:

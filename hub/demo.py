@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from hub import micropython
-from protocol import auth, contract, errors, frame, message
+from protocol import auth, contract, frame, message
 
 DEVICE_ID = 1001
 SLOT_S, GATE_S = 60, 10
@@ -79,15 +79,13 @@ class Aggregator:
         self.writer.write(self.codec.seal(msg, now_ms(), reply_to=reply_to))
         await self.writer.drain()
 
+    def dropped(self, exc):
+        say(self.name, "dropped a frame: %s: %s" % (type(exc).__name__, exc))
+
     async def receive(self, timeout=5.0):
         while True:
-            try:
-                got = self.decoder.next(now_ms())
-            except errors.ETPError as exc:
-                say(self.name, "dropped a frame: %s: %s" % (type(exc).__name__, exc))
-                continue
-            if got is not None:
-                return got
+            for got in self.decoder.frames(now_ms(), self.dropped):
+                return got  # the rest stays buffered for the next call
             data = await asyncio.wait_for(self.reader.read(4096), timeout)
             if not data:
                 raise ConnectionError("the battery closed the connection")

@@ -144,10 +144,12 @@ def parse_header(data):
 class StreamDecoder:
     """Frames out of a byte stream that arrives in arbitrary pieces.
 
-    feed() the bytes as they come; call next() until it returns None (needs
-    more bytes). next() raises an ETPError for each bad frame or run of garbage
-    it drops, after dropping it, so the caller logs and simply calls again.
-    The buffer never holds more than max_buffer bytes.
+    feed() the bytes as they come, then take the complete frames with
+    `for got in decoder.frames(now_ms, on_error): ...`; each bad frame or run
+    of garbage is dropped and handed to on_error(exc), and decoding goes on.
+    next() is the step underneath: a Frame, None (needs more bytes), or an
+    ETPError raised after the bad bytes were dropped. The buffer never holds
+    more than max_buffer bytes.
     """
 
     def __init__(self, codec, max_buffer=8 * FRAME_SIZE):
@@ -163,6 +165,19 @@ class StreamDecoder:
             buf = buf[excess:]
             self.skipped += excess
         self._buf = buf
+
+    def frames(self, now_ms, on_error=None):
+        """Yield every complete frame buffered; pass dropped ones to on_error."""
+        while True:
+            try:
+                got = self.next(now_ms)
+            except ETPError as exc:
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            if got is None:
+                return
+            yield got
 
     def next(self, now_ms):
         buf = self._buf

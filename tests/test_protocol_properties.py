@@ -104,12 +104,5 @@ def test_stream_recovers_every_frame_between_garbage_in_any_chunking(msgs, garba
         size = sizes[turn % len(sizes)]
         decoder.feed(stream[pos : pos + size])
         pos, turn = pos + size, turn + 1
-        while True:
-            try:
-                item = decoder.next(NOW)
-            except errors.ETPError:
-                continue
-            if item is None:
-                break
-            got.append(item.message)
+        got.extend(item.message for item in decoder.frames(NOW))
     assert got == msgs

@@ -141,16 +141,11 @@ def test_raw_paper_mode_is_off_by_default():
 
 
 def drain(decoder, now=NOW):
-    got, errs = [], []
-    while True:
-        try:
-            item = decoder.next(now)
-        except errors.ETPError as exc:
-            errs.append(type(exc).__name__)
-            continue
-        if item is None:
-            return got, errs
-        got.append(item.message.message_id)
+    errs = []
+    got = [
+        f.message.message_id for f in decoder.frames(now, lambda e: errs.append(type(e).__name__))
+    ]
+    return got, errs
 
 
 def test_stream_reassembles_frames_from_single_bytes():

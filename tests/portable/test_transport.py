@@ -69,14 +69,7 @@ def test_frames_cross_a_real_tcp_stream_in_small_pieces():
             if not data:
                 break
             decoder.feed(data)
-            while True:
-                try:
-                    got = decoder.next(NOW)
-                except errors.ETPError:
-                    continue
-                if got is None:
-                    break
-                received.append(got.message)
+            received.extend(got.message for got in decoder.frames(NOW))
         writer.close()
         done.set()
 
