@@ -14,6 +14,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # Debian splits it out
+command -v socat >/dev/null || missing+=(socat)  # RS-485 (Modbus RTU) over a pty pair in tests
 
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"

@@ -19,13 +19,20 @@ def binary():
     return str(beside) if beside.exists() else shutil.which("micropython")
 
 
+FIRMWARE = ROOT / "firmware"
+
+
 def command(script, *args, heap=DEFAULT_HEAP, extra_path=()):
-    """(argv, env, runtime name) to run a device script with protocol/ importable."""
+    """(argv, env, runtime name) to run a device script.
+
+    As on a board, firmware/'s modules import as top-level names (`import node`)
+    and protocol/ as a package beside them.
+    """
     found = binary()
     if found is None:
-        path = os.pathsep.join([str(ROOT), *map(str, extra_path)])
+        path = os.pathsep.join([str(ROOT), str(FIRMWARE), *map(str, extra_path)])
         env = {**os.environ, "PYTHONPATH": path}
         return [sys.executable, str(script), *args], env, "CPython"
-    path = ":".join([".frozen", str(ROOT), *map(str, extra_path)])
+    path = ":".join([".frozen", str(ROOT), str(FIRMWARE), *map(str, extra_path)])
     env = {**os.environ, "MICROPYPATH": path}
     return [found, "-X", "heapsize=" + heap, str(script), *args], env, "MicroPython"

@@ -9,6 +9,7 @@ failure on the VM fails pytest and shows the VM's output.
 import ast
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +17,8 @@ from hub import micropython
 
 ROOT = micropython.ROOT
 PORTABLE = ROOT / "tests" / "portable"
+# On CPython too, firmware/'s modules import as top-level names, as on a board.
+sys.path.insert(0, str(micropython.FIRMWARE))
 # The portable tests must fit an ESP32 without PSRAM (~100 KB free heap).
 HEAP = os.environ.get("GRIDBID_MPY_HEAP", "100k")
 

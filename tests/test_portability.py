@@ -19,7 +19,7 @@ AVAILABLE = {
     "asyncio", "binascii", "collections", "errno", "gc", "hashlib", "json", "machine", "math",
     "micropython", "network", "os", "random", "select", "socket", "struct", "sys", "time",
     "protocol", "firmware",
-}  # fmt: skip
+} | {p.stem for p in (ROOT / "firmware").glob("*.py")}  # firmware's own flat modules  # fmt: skip
 
 
 def imports_outside_import_guards(tree):
