@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "etp": ("hub.etp_cli", "decode and encode ETP frames (for debugging captures)"),
     "demo": ("hub.demo", "run the local demo: a device on the MicroPython VM and aggregators"),
+    "device": ("hub.device_cli", "run a battery controller, or simulate its Modbus devices"),
 }
 
 
@@ -21,7 +22,10 @@ def main(argv=None):
         module = importlib.import_module(module_name)
         module.add_arguments(commands.add_parser(name, help=help_text, description=help_text))
         modules[name] = module
-    args = parser.parse_args(argv)
+    # A module that parses some of its options itself, lazily, sets LATE_OPTIONS.
+    args, args.late = parser.parse_known_args(argv)
+    if args.late and not getattr(modules[args.command], "LATE_OPTIONS", False):
+        parser.error("unrecognized arguments: %s" % " ".join(args.late))
     try:
         return modules[args.command].run(args) or 0
     except KeyboardInterrupt:

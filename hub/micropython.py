@@ -22,17 +22,19 @@ def binary():
 FIRMWARE = ROOT / "firmware"
 
 
-def command(script, *args, heap=DEFAULT_HEAP, extra_path=()):
+def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None):
     """(argv, env, runtime name) to run a device script.
 
     As on a board, firmware/'s modules import as top-level names (`import node`)
-    and protocol/ as a package beside them.
+    and protocol/ as a package beside them: from the source tree, or from a
+    bundle built by tools/flash.py (device_root).
     """
+    roots = [str(device_root)] if device_root else [str(ROOT), str(FIRMWARE)]
     found = binary()
     if found is None:
-        path = os.pathsep.join([str(ROOT), str(FIRMWARE), *map(str, extra_path)])
+        path = os.pathsep.join([*roots, *map(str, extra_path)])
         env = {**os.environ, "PYTHONPATH": path}
         return [sys.executable, str(script), *args], env, "CPython"
-    path = ":".join([".frozen", str(ROOT), str(FIRMWARE), *map(str, extra_path)])
+    path = ":".join([".frozen", *roots, *map(str, extra_path)])
     env = {**os.environ, "MICROPYPATH": path}
     return [found, "-X", "heapsize=" + heap, str(script), *args], env, "MicroPython"

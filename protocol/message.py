@@ -13,7 +13,8 @@ Which fields each type carries (all others are zero):
   0  REGISTER        device      energy_total (capacity), remaining_battery_energy,
                                  battery_health_status_code, battery_voltage,
                                  discharge_rate (max kW)
-  1  QUERY           aggregator  required_energy_amount (kWh wanted; 0 = any)
+  1  QUERY           aggregator  required_energy_amount (kWh wanted; 0 = any),
+                                 bid_price (the market's latest price signal; 0 = none)
   2  QUERY_RESPONSE  device      sale_price (reserve), energy_total (kWh offered),
                                  percentage_for_sale (of stored energy),
                                  remaining_battery_energy, health, voltage,
@@ -25,7 +26,9 @@ Which fields each type carries (all others are zero):
                                  (average kW to deliver)
   6  BID_REJECT      device      bid_price (as bid), sale_price (reserve at the
                                  time), termination_code (REJECT_* reason)
-  7  TERMINATE       either      termination_code (TERM_* reason)
+  7  TERMINATE       either      termination_code (TERM_* reason); from a device with
+                                 reply_to = the contract's BID_CONFIRM, it reports
+                                 the contract's outcome (TERM_CONTRACT_*)
   8  DEVICE_FAILURE  device      termination_code (FAIL_* cause), health,
                                  remaining_battery_energy, battery_voltage
   9  BESS_STATUS     device      energy_total (capacity), remaining_battery_energy,
@@ -98,6 +101,10 @@ REJECT_UNAVAILABLE = const(4)
 TERM_NORMAL = const(1)
 TERM_TIMEOUT = const(2)
 TERM_SHUTDOWN = const(3)
+TERM_CONTRACT_SUCCESS = const(10)  # CompletedSuccess
+TERM_CONTRACT_FAILURE = const(11)  # CompletedFailureByScada: under-delivered
+TERM_CONTRACT_UNKNOWN = const(12)  # CompletedUnknownOutcome: ended while the device was off
+TERM_CONTRACT_STOPPED = const(13)  # TerminatedByScada: a device failure stopped it
 # termination_code in DEVICE_FAILURE
 FAIL_BMS_ALARM = const(1)
 FAIL_BMS_LINK = const(2)
@@ -269,8 +276,10 @@ def register(message_id, device_id, capacity_kwh, remaining_kwh, health, voltage
     )  # fmt: skip
 
 
-def query(message_id, device_id=0, wanted_kwh=0.0, ttl=None):
-    return _make(QUERY, message_id, device_id, ttl, required_energy_amount=wanted_kwh)
+def query(message_id, device_id=0, wanted_kwh=0.0, price_signal=0.0, ttl=None):
+    return _make(
+        QUERY, message_id, device_id, ttl, required_energy_amount=wanted_kwh, bid_price=price_signal
+    )
 
 
 def query_response(

@@ -19,6 +19,7 @@ ROOT = micropython.ROOT
 PORTABLE = ROOT / "tests" / "portable"
 # On CPython too, firmware/'s modules import as top-level names, as on a board.
 sys.path.insert(0, str(micropython.FIRMWARE))
+sys.path.insert(0, str(ROOT / "tests"))  # tests/fleet.py and tests/etp_peer.py
 # The portable tests must fit an ESP32 without PSRAM (~100 KB free heap).
 HEAP = os.environ.get("GRIDBID_MPY_HEAP", "100k")
 

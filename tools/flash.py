@@ -4,9 +4,11 @@
 
 `build` compiles protocol/ and firmware/ to MicroPython bytecode (.mpy, with
 mpy-cross) into OUT/BOARD/, laid out as the board's filesystem: firmware/'s
-files at the root, protocol/ as a package beside them. boot.py and main.py
-stay source, because MicroPython only runs those names at start-up. Bytecode
-.mpy files are the same for every board; only native code would differ.
+files at the root, protocol/ as a package beside them, the register maps in
+registers/ and the board profile as board.json. boot.py and main.py stay
+source, because MicroPython only runs those names at start-up. Compiling here
+matters: a board without PSRAM has too little RAM to compile the app itself.
+Bytecode .mpy files are the same for every board; only native code differs.
 """
 
 import argparse
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BOARDS = ("unix", "esp32", "rp2-pico-w")
+BOARDS = tuple(sorted(p.stem for p in (ROOT / "hardware" / "boards").glob("*.json")))
 KEEP_SOURCE = {"boot.py", "main.py"}
 
 
@@ -49,6 +51,10 @@ def build(board, out):
         if done.returncode != 0:
             problem = "error: %s does not compile for MicroPython:\n%s" % (source, done.stderr)
             raise SystemExit(problem)
+    shutil.copytree(ROOT / "hardware" / "registers", target / "registers")
+    for extra in (target / "registers").glob("*.md"):
+        extra.unlink()
+    shutil.copy(ROOT / "hardware" / "boards" / (board + ".json"), target / "board.json")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print("built %s: %d files, %d bytes in %s" % (board, len(sources), size, target))
     return target

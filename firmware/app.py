@@ -1,0 +1,118 @@
+"""The battery controller, wired from a board profile and config.json.
+
+Start-up follows GridWorks' SCADA sequence: read the persisted contracts
+(contracts.py: ended-while-off ones become CompletedUnknownOutcome and wait to
+be reported), resume the ones still inside their window, and only then talk
+to the devices and the network; the operating mode follows from the live
+contracts.
+
+A broken config.json is never a crash loop: the controller says what is wrong,
+stays idle with the watchdog fed, and starts as soon as the file is fixed.
+"""
+
+import asyncio
+import gc
+
+import board as boards
+import config
+import contracts
+import devices
+import execution
+import node as nodes
+
+from protocol import auth, frame, message
+
+try:
+    import micropython
+except ImportError:  # CPython: no heap to watch
+    micropython = None
+
+_IDLE_RETRY_S = 5
+_MARKS_S = 30
+
+
+def log(text):
+    print(text)
+
+
+async def configure(board, path):
+    """config.json and the devices it names -> (cfg, plant); safe idle until both work."""
+    while True:
+        try:
+            cfg = config.load(path)
+            registers = cfg.get("registers_dir") or board.profile.get("registers_dir", "registers")
+            return cfg, devices.open_plant(cfg["devices"], registers, board.serial_port)
+        except ValueError as exc:  # ConfigError, or a device or register map problem
+            log("CONFIG ERROR: %s" % exc)
+            log("safe idle: no trading, no setpoints; retrying in %d s" % _IDLE_RETRY_S)
+        for _ in range(_IDLE_RETRY_S * 10):
+            board.feed()
+            await asyncio.sleep(0.1)
+
+
+async def poll(board, plant, period_ms):
+    while True:
+        await plant.poll(board.now_ms())
+        await asyncio.sleep(period_ms / 1000)
+
+
+async def keep_marks(node, book):
+    """Persist replay high-water marks now and then (not per frame: flash wear)."""
+    while True:
+        await asyncio.sleep(_MARKS_S)
+        book.save_marks(node.codec.replay.marks(), node.ids.last)
+
+
+async def report_heap(period_s=10):
+    """Log the live heap after a collection (tests and benchmarks read it)."""
+    if micropython is None:
+        return
+    while True:
+        gc.collect()
+        log("heap: used %d, free %d" % (gc.mem_alloc(), gc.mem_free()))
+        await asyncio.sleep(period_s)
+
+
+async def feed_watchdog(board):
+    while True:
+        board.feed()
+        await asyncio.sleep(1)
+
+
+async def run(profile_path, config_path):
+    board = boards.Board(boards.load_profile(profile_path), log)
+    board.start_watchdog()
+    cfg, plant = await configure(board, config_path)
+    asyncio.create_task(feed_watchdog(board))
+    asyncio.create_task(board.keep_connected(cfg.get("wifi")))
+
+    book = contracts.ContractBook(cfg["data_dir"] + "/contracts.rec", flush_s=cfg["flush_s"])
+    pending = book.start(board.now_ms() // 1000)
+    if book.corrupt:
+        log("CONTRACTS RECORD CORRUPT: %s (set aside; starting empty)" % book.corrupt)
+    log("contracts: %d live, %d to report, mode %s"
+        % (len(book.live()), len(pending), book.mode(board.now_ms() // 1000)))  # fmt: skip
+
+    await plant.poll(board.now_ms())
+
+    replay = auth.ReplayGuard()
+    replay.restore(book.marks)
+    codec = frame.Codec(cfg["keyring"], key_id=cfg["key_id"], replay=replay)
+    ids = message.MessageIds(board.now_ms(), floor=book.own_id)
+    executor = execution.Executor(cfg, board, plant, book, log)
+    node = nodes.Node(cfg, board, plant, executor, codec, ids, log)
+    await node.serve()
+    for job in (
+        node.discovery(), node.keep_registering(), node.status(), node.watch_battery(),
+        node.close_auctions(), executor.run(node), poll(board, plant, cfg["poll_ms"]),
+        keep_marks(node, book), report_heap(cfg.get("heap_report_s", 10)),
+    ):  # fmt: skip
+        asyncio.create_task(job)
+    log("battery %d ready on %s:%d (board %s)"
+        % (cfg["device_id"], cfg["bind"], cfg["tcp_port"], board.name))  # fmt: skip
+    while True:
+        await asyncio.sleep(3600)
+
+
+def main(profile_path="board.json", config_path="config.json"):
+    asyncio.run(run(profile_path, config_path))

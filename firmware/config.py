@@ -1,0 +1,99 @@
+"""config.json: what makes one battery controller this battery. Checked whole on
+boot, so a broken file gives one clear message instead of a crash later.
+
+    {
+      "device_id": 1001,                 battery id in ETP bodies (u64)
+      "key_id": 1001,                    this device's key id in frame headers (u32)
+      "keys": {"1001": "<hex>", "1": "<hex>"},   own key and trusted aggregators' keys
+      "group": "<hex>",                  multicast group key
+      "devices": {"meter": {...}, "battery": {...}, "inverter": {...}}   (Modbus; devices.py)
+      ... and the optional settings in DEFAULTS below.
+    }
+"""
+
+import json
+
+from protocol import auth
+
+DEFAULTS = {
+    "bind": "0.0.0.0",  # this device's address; the demo gives each device its own 127.0.0.x
+    "group_addr": "239.255.70.1",  # organisation-local multicast scope
+    "group_port": 47400,
+    "tcp_port": 47401,
+    "reserve_floor": 14.0,  # c/kWh (reserve.py)
+    "min_soc_pct": 20.0,  # never sell below this state of charge
+    "sell_pct": 100.0,  # share of the energy above min_soc_pct offered
+    "max_kw": 5.0,  # inverter power the contracts may ask for
+    "slot_s": 900,  # market slot length (60 in the demo)
+    "gate_s": 300,
+    "market_maker": "hub",
+    "auction_ms": 300,  # bids are collected this long after the first one
+    "confirm_ms": 5000,  # an accepted bid not confirmed by then is void
+    "max_peers": 8,  # TCP aggregators at once (a board's lwIP has ~10-16 sockets)
+    "auth_ms": 5000,  # a connection that sends no authentic frame by then is closed
+    "status_ms": 1000,  # BESS_STATUS period (the paper allows 2000 ms)
+    "register_s": 30,  # Register on the group this often
+    "poll_ms": 1000,  # full Modbus poll
+    "alarm_poll_ms": 50,  # BMS alarm poll: DeviceFailure must go out within 200 ms
+    "success_share": 0.95,  # delivered / promised energy that counts as success
+    "data_dir": "data",  # contracts and replay marks (LittleFS on a board)
+    "flush_s": 30,  # metered energy is written to flash at most this often (wear)
+}
+# registers_dir (the register maps) defaults to the board profile's, else "registers".
+_NUMBERS = [k for k, v in DEFAULTS.items() if isinstance(v, (int, float))]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path):
+    """Read and check a config file -> dict with defaults filled in."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("cannot read %s: %s" % (path, exc)) from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigError("%s is not valid JSON (torn or hand-edited?)" % path) from None
+    return check(data, path)
+
+
+def check(data, where="config"):
+    if not isinstance(data, dict):
+        raise ConfigError("%s: must be a JSON object" % where)
+    cfg = dict(DEFAULTS)
+    cfg.update(data)
+    for name, high in (("device_id", 2**64 - 1), ("key_id", 2**32 - 1)):
+        value = cfg.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= high:
+            raise ConfigError("%s: %s must be a whole number 1..%d" % (where, name, high))
+    for name in _NUMBERS:
+        value = cfg[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError("%s: %s must be a non-negative number, not %r" % (where, name, value))
+    if not 0 <= cfg["min_soc_pct"] <= 100 or not 0 <= cfg["sell_pct"] <= 100:
+        raise ConfigError("%s: min_soc_pct and sell_pct are percentages (0..100)" % where)
+    if not 1 <= cfg["max_peers"] <= 16:
+        raise ConfigError("%s: max_peers must be 1..16 (sockets are scarce on a board)" % where)
+    if cfg["status_ms"] > 2000:
+        raise ConfigError("%s: status_ms above 2000 breaks ETP's BESS_STATUS deadline" % where)
+    keys = cfg.get("keys")
+    if not isinstance(keys, dict) or str(cfg["key_id"]) not in keys:
+        raise ConfigError(
+            "%s: keys must hold this device's own key (id %d)" % (where, cfg["key_id"])
+        )
+    if not isinstance(cfg.get("group"), str):
+        raise ConfigError("%s: group (the multicast group key, hex) is missing" % where)
+    if not isinstance(cfg.get("devices"), dict):
+        raise ConfigError("%s: devices (meter, battery, inverter over Modbus) is missing" % where)
+    for kind in ("meter", "battery", "inverter"):
+        if not isinstance(cfg["devices"].get(kind), dict):
+            raise ConfigError("%s: devices.%s is missing" % (where, kind))
+    try:
+        cfg["keyring"] = auth.Keyring.from_json(cfg)
+    except ValueError as exc:
+        raise ConfigError("%s: %s" % (where, exc)) from None
+    return cfg

@@ -1,0 +1,513 @@
+"""Meter, battery and inverter driven by register maps (hardware/registers/*.json).
+
+    plant = devices.open_plant(config["devices"], "hardware/registers")
+    await plant.poll()                   # all three devices, every second or so
+    await plant.poll_battery_alarms()    # only the BMS alarm registers, every ~50 ms
+    plant.soc_pct, plant.remaining_kwh   # None when unknown or stale, never a guess
+    plant.bms_fault()                    # None or (message.FAIL_*, text)
+    await plant.set_power(3000)          # + discharge, - charge, clamped to the inverter
+
+Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
+every map of a kind names its points the same (REQUIRED below), and where a
+register sits, its type, word order, scale, scale-factor register and sign
+are data in the map (format: hardware/registers/README.md).
+
+Each point keeps (value, at_ms, error). A failed read marks its points failed;
+value() answers None for a failed, missing or stale point, so an old reading
+is never presented as a fresh one. now_ms is any millisecond clock that does
+not go backwards (monotonic_ms() by default; ticks_ms() wraps); a Plant given
+the board's clock keeps using it for its properties.
+"""
+
+import asyncio
+import gc
+import json
+import time
+
+import modbus
+
+from protocol import message
+from protocol.compat import const
+
+try:
+    from time import ticks_diff, ticks_ms  # MicroPython
+except ImportError:
+
+    def ticks_ms():
+        return time.monotonic_ns() // 1000000
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+KINDS = ("meter", "battery", "inverter")
+REQUIRED = {
+    "meter": ("voltage_v", "current_a", "power_w", "import_kwh", "export_kwh"),
+    "battery": tuple(
+        "soc_pct soh_pct capacity_kwh remaining_kwh voltage_v current_a temperature_c".split()
+    ),
+    "inverter": ("power_w",),
+}
+SIZES = modbus.SIZES
+# Health thresholds on state of health (SoH, % of rated capacity). 80 % is the usual
+# end-of-warranty line for Li-ion storage; below 60 % a pack is near end of life.
+DEGRADED_BELOW_SOH = const(80)
+POOR_BELOW_SOH = const(60)
+
+_F, _A, _N, _T, _W, _S, _SF, _NI = 0, 1, 2, 3, 4, 5, 6, 7  # fields of a point spec tuple
+
+_last_ticks = ticks_ms()
+_elapsed = 0
+
+
+def monotonic_ms():
+    """Milliseconds that never wrap or go back (call it at least once every few days)."""
+    global _last_ticks, _elapsed
+    now = ticks_ms()
+    _elapsed += ticks_diff(now, _last_ticks)
+    _last_ticks = now
+    return _elapsed
+
+
+class MapError(ValueError):
+    """A register map that cannot be used; the message names the file and the point."""
+
+
+def load_map(path):
+    """Read and check a register map; MapError (a ValueError) names what is wrong."""
+    try:
+        with open(path) as f:
+            register_map = json.load(f)
+    except OSError as exc:
+        raise MapError("%s: cannot read: %s" % (path, exc)) from None
+    except ValueError as exc:
+        raise MapError("%s: not JSON: %s" % (path, exc)) from None
+    check_map(register_map, path)
+    # Keep what the code uses: the points are compiled into _specs, and the notes are for
+    # people. A SunSpec map parsed is ~16 KB of heap on the unix port; this halves it.
+    for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
+        register_map.pop(key, None)
+    alarm = register_map.get("alarm")
+    if alarm:  # warnings only count (health), they need no names: one mask
+        alarm["warning_mask"] = sum(1 << bit for bit in alarm.pop("warning_bits", {}).values())
+    gc.collect()
+    return register_map
+
+
+def _need(ok, where, text):
+    if not ok:
+        raise MapError("%s: %s" % (where, text))
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_map(register_map, where="map"):
+    """Validate a map (dict) in place and compile its points into spec tuples."""
+    _need(isinstance(register_map, dict), where, "a map is a JSON object")
+    kind, points = register_map.get("kind"), register_map.get("points")
+    _need(kind in KINDS, where, "kind must be one of %s, not %r" % ("/".join(KINDS), kind))
+    _need(isinstance(points, dict) and points, where, "no points")
+    defaults = register_map.get("defaults", {})
+    missing = register_map.get("not_implemented", {})
+    specs, derived = {}, {}
+    for name, point in points.items():
+        here = "%s: point %r" % (where, name)
+        _need(isinstance(point, dict), here, "a point is a JSON object")
+        if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
+            inputs, scale = point["derive"], point.get("scale", 1)
+            _need(isinstance(inputs, list) and inputs and _number(scale), here, "bad derive")
+            derived[name] = (inputs, scale)
+            continue
+        p = dict(defaults)
+        p.update(point)
+        size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
+        _need(size, here, "type must be one of %s" % "/".join(SIZES))
+        _need(isinstance(address, int) and 0 <= address <= 0x10000 - size, here, "bad address")
+        _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
+        _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
+        _need(_number(scale) and scale != 0, here, "scale must be a non-zero number")
+        specs[name] = (
+            p["function"], address, size, p["type"], p.get("word_order", "big"), scale,
+            p.get("sf"), missing.get(p["type"]),
+        )  # fmt: skip
+    for name, spec in specs.items():
+        sf = spec[_SF]
+        ok = sf is None or (sf in specs and specs[sf][_T] == "i16" and not specs[sf][_SF])
+        _need(ok, "%s: point %r" % (where, name), "sf %r must name an i16 point" % (sf,))
+    for name, (inputs, _scale) in derived.items():
+        for other in inputs:
+            _need(other in specs, "%s: point %r" % (where, name), "unknown point %r" % other)
+    for name in REQUIRED[kind]:
+        _need(name in specs or name in derived, where, "a %s map needs point %r" % (kind, name))
+    _check_sections(register_map, specs, where)
+    register_map["_specs"], register_map["_derived"] = specs, derived
+    return register_map
+
+
+def _check_sections(register_map, specs, where):
+    kind, alarm = register_map["kind"], register_map.get("alarm")
+    _need(kind != "battery" or isinstance(alarm, dict), where, "a battery map needs 'alarm'")
+    if alarm is not None:
+        _need(alarm.get("point") in specs, where, "alarm: 'point' must name a point")
+        bits = 16 * specs[alarm["point"]][_N]
+        for section in ("alarm_bits", "warning_bits"):
+            for name, bit in alarm.get(section, {}).items():
+                ok = isinstance(bit, int) and 0 <= bit < bits
+                _need(ok, where, "alarm: %s %r: bit must be 0..%d" % (section, name, bits - 1))
+        ok = "fault_states" not in alarm or alarm.get("state_point") in specs
+        _need(ok, where, "alarm: fault_states need a state_point")
+    setpoint = register_map.get("setpoint")
+    _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
+    if setpoint is not None:
+        here = where + ": setpoint"
+        writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
+        _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
+        _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
+        unit = setpoint.get("unit", "W")
+        _need(unit == "W" or (unit == "%" and setpoint.get("of") in specs), here, "unit W or %+of")
+        for pair in setpoint.get("enable", []):
+            ok = isinstance(pair, list) and len(pair) == 2 and pair[0] in writable
+            _need(ok, here, "enable is a list of [holding point, value]")
+        for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
+            _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
+
+
+def plan_reads(specs, names, blocks=None, max_registers=modbus.MAX_READ):
+    """[(function, start, count, [names])]: few requests covering the named points.
+
+    Neighbours merge when the span stays within max_registers and is either
+    contiguous or inside one of the map's readable blocks (a device may answer
+    "illegal address" for registers between its documented ones).
+    """
+    plan = []
+    for function, address, size, name in sorted(
+        (specs[n][_F], specs[n][_A], specs[n][_N], n) for n in names
+    ):
+        end = address + size
+        if plan:
+            f, start, count, members = plan[-1]
+            if f == function and end - start <= max_registers:
+                if address <= start + count or _in_block(blocks, start, end):
+                    plan[-1] = (f, start, max(count, end - start), members + [name])
+                    continue
+        plan.append((function, address, size, [name]))
+    return plan
+
+
+def _in_block(blocks, start, end):
+    for first, count in blocks or ():
+        if first <= start and end <= first + count:
+            return True
+    return False
+
+
+class Device:
+    """One Modbus device read and written through its register map."""
+
+    def __init__(self, kind, register_map, client, unit):
+        if register_map.get("kind") != kind:
+            raise ValueError("%s map used for a %s" % (register_map.get("kind"), kind))
+        if "_specs" not in register_map:
+            check_map(register_map, register_map.get("name", kind))
+        self.kind = kind
+        self.map = register_map
+        self.name = register_map.get("name", kind)
+        self.client = client
+        self.unit = unit
+        self.specs = register_map["_specs"]
+        self._blocks = register_map.get("blocks")
+        self._max = register_map.get("max_registers", modbus.MAX_READ)
+        self._state = {}  # point name -> (value, at_ms, error)
+        self.last_ok_ms = None  # the last read in which every request succeeded
+        self.last_error = None  # the ModbusError of the last failed request
+        self.plan = plan_reads(self.specs, self.specs, self._blocks, self._max)
+        alarm = register_map.get("alarm") or {}
+        fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
+        self.alarm_plan = self._plan(fast)
+
+    def _plan(self, names):
+        wanted = set(names)
+        for name in names:  # a point is only as good as its scale factor: read both
+            if self.specs[name][_SF]:
+                wanted.add(self.specs[name][_SF])
+        return plan_reads(self.specs, wanted, self._blocks, self._max)
+
+    async def read(self, now_ms, names=None):
+        """Read the named points (default all) in few requests; True if all succeeded."""
+        plan = self.plan if names is None else self._plan(names)
+        raws, ok = {}, True
+        for function, start, count, members in plan:
+            try:
+                if function == modbus.READ_INPUT:
+                    regs = await self.client.read_input(self.unit, start, count)
+                else:
+                    regs = await self.client.read_holding(self.unit, start, count)
+            except modbus.ModbusError as exc:
+                ok, self.last_error = False, exc
+                error = "%s: %s" % (type(exc).__name__, exc)
+                for name in members:
+                    self._state[name] = (None, now_ms, error)
+                continue
+            for name in members:
+                spec = self.specs[name]
+                offset = spec[_A] - start
+                raws[name] = modbus.decode(regs[offset : offset + spec[_N]], spec[_T], spec[_W])
+        for name, raw in raws.items():
+            self._state[name] = self._scaled(name, raw, raws, now_ms)
+        if ok:
+            self.last_ok_ms = now_ms
+        return ok
+
+    def _scaled(self, name, raw, raws, now_ms):
+        spec = self.specs[name]
+        if raw == spec[_NI] or raw != raw:  # "not implemented" marker, or a NaN float
+            return (None, now_ms, "not available")
+        sf = None
+        if spec[_SF]:
+            sf = raws.get(spec[_SF])
+            if sf is None or sf == self.specs[spec[_SF]][_NI] or not -10 <= sf <= 10:
+                return (None, now_ms, "scale factor %s unknown" % spec[_SF])
+        return (modbus.scaled(raw, spec[_S], sf), now_ms, None)
+
+    def value(self, name, now_ms, max_age_ms=None):
+        """The point's value, or None when unknown, failed or older than max_age_ms."""
+        derived = self.map["_derived"].get(name)
+        if derived is not None:
+            product = derived[1]
+            for other in derived[0]:
+                value = self.value(other, now_ms, max_age_ms)
+                if value is None:
+                    return None
+                product *= value
+            return product
+        state = self._state.get(name)
+        if state is None or state[2] is not None:
+            return None
+        if max_age_ms is not None and now_ms - state[1] > max_age_ms:
+            return None
+        return state[0]
+
+    def point(self, name):
+        """(value, at_ms, error) as last read, or None if never read; for logs and status."""
+        return self._state.get(name)
+
+    def alarms(self, now_ms, max_age_ms):
+        """Names of the active alarm flags and fault state; None when unknown."""
+        alarm = self.map.get("alarm")
+        if not alarm:
+            return []
+        bits = self.value(alarm["point"], now_ms, max_age_ms)
+        state = self.value(alarm.get("state_point", ""), now_ms, max_age_ms)
+        if bits is None or (state is None and "fault_states" in alarm):
+            return None
+        active = [n for n, bit in alarm.get("alarm_bits", {}).items() if bits >> bit & 1]
+        active += ["state " + n for n, v in alarm.get("fault_states", {}).items() if v == state]
+        return sorted(active)
+
+    def warnings(self, now_ms, max_age_ms):
+        """True with any warning bit set (warning_bits in the map)."""
+        alarm = self.map.get("alarm") or {}
+        bits = self.value(alarm.get("point", ""), now_ms, max_age_ms)
+        mask = alarm.get("warning_mask")
+        if mask is None:
+            mask = sum(1 << bit for bit in alarm.get("warning_bits", {}).values())
+        return bool(bits and bits & mask)
+
+    async def write(self, values, now_ms=None):
+        """Write [(point, value)] (scaled values) in as few requests as contiguity allows."""
+        regs = {}
+        for name, value in values:
+            spec = self.specs[name]
+            sf = None
+            if spec[_SF]:
+                sf = self.value(spec[_SF], now_ms or 0, None)
+                if sf is None:
+                    raise modbus.ModbusError("%s: scale factor %s unknown" % (name, spec[_SF]))
+            raw = modbus.unscaled(value, spec[_S], sf)
+            if spec[_T] != "f32":
+                raw = int(round(raw))
+            for i, reg in enumerate(modbus.encode(raw, spec[_T], spec[_W])):
+                regs[spec[_A] + i] = reg
+        addresses = sorted(regs)
+        while addresses:
+            run = 1
+            while run < len(addresses) and addresses[run] == addresses[0] + run:
+                run += 1
+            block = [regs[a] for a in addresses[:run]]
+            if run == 1:
+                await self.client.write_register(self.unit, addresses[0], block[0])
+            else:
+                await self.client.write_registers(self.unit, addresses[0], block)
+            addresses = addresses[run:]
+
+
+class Plant:
+    """The meter, battery and inverter of one BESS, in gridbid's units and signs."""
+
+    def __init__(self, meter, battery, inverter, link_timeout_ms=1000, max_age_ms=5000):
+        self.meter = meter
+        self.battery = battery
+        self.inverter = inverter
+        self.link_timeout_ms = link_timeout_ms
+        self.max_age_ms = max_age_ms  # older values are unknown
+        self._since_ms = None  # first poll: a link that never worked is lost from then
+        self._offset_ms = 0
+
+    def _now(self, now_ms):
+        # Callers may pass their own clock (the board's now_ms); the properties, which
+        # take no time, then run on the same clock: its last reading plus the time
+        # elapsed since on monotonic_ms().
+        if now_ms is None:
+            return monotonic_ms() + self._offset_ms
+        self._offset_ms = now_ms - monotonic_ms()
+        return now_ms
+
+    async def poll(self, now_ms=None):
+        """Read all three devices; one failing does not stop the others. [ok, ok, ok]."""
+        now = self._now(now_ms)
+        if self._since_ms is None:
+            self._since_ms = now
+        return await asyncio.gather(
+            self.meter.read(now), self.battery.read(now), self.inverter.read(now)
+        )
+
+    async def poll_battery_alarms(self, now_ms=None):
+        """Read only the BMS alarm/state registers (the fast path, one short request)."""
+        now = self._now(now_ms)
+        if self._since_ms is None:
+            self._since_ms = now
+        return await self.battery.read(now, [n for p in self.battery.alarm_plan for n in p[3]])
+
+    def value(self, device, name, now_ms=None):
+        return device.value(name, self._now(now_ms), self.max_age_ms)
+
+    soc_pct = property(lambda self: self.value(self.battery, "soc_pct"))
+    soh_pct = property(lambda self: self.value(self.battery, "soh_pct"))
+    remaining_kwh = property(lambda self: self.value(self.battery, "remaining_kwh"))
+    capacity_kwh = property(lambda self: self.value(self.battery, "capacity_kwh"))
+    voltage_v = property(lambda self: self.value(self.battery, "voltage_v"))
+    current_a = property(lambda self: self.value(self.battery, "current_a"))
+    temperature_c = property(lambda self: self.value(self.battery, "temperature_c"))
+    power_w = property(lambda self: self.value(self.inverter, "power_w"))  # + = discharging
+    grid_power_w = property(lambda self: self.value(self.meter, "power_w"))  # + = export
+    export_kwh = property(lambda self: self.value(self.meter, "export_kwh"))
+    import_kwh = property(lambda self: self.value(self.meter, "import_kwh"))
+
+    def bms_fault(self, now_ms=None):
+        """None, or (FAIL_BMS_LINK, text) with no good BMS read for link_timeout_ms, or
+        (FAIL_BMS_ALARM, text) with alarm bits or a fault state set."""
+        now = self._now(now_ms)
+        last = self.battery.last_ok_ms
+        if last is None:
+            last = self._since_ms
+        if last is None:
+            return None  # never polled: nothing known yet, nothing failed yet
+        if now - last >= self.link_timeout_ms:
+            events = self.battery.map["alarm"]["point"]
+            error = (self.battery.point(events) or (None, None, "never read"))[2]
+            return (message.FAIL_BMS_LINK, "no BMS reading for %d ms: %s" % (now - last, error))
+        active = self.battery.alarms(now, self.link_timeout_ms)
+        if active:
+            return (message.FAIL_BMS_ALARM, "BMS alarm: " + ", ".join(active))
+        return None
+
+    def inverter_fault(self, now_ms=None):
+        """None, or (FAIL_INVERTER, text) when the inverter reports an alarm or fault state."""
+        now = self._now(now_ms)
+        active = self.inverter.alarms(now, self.max_age_ms)
+        return (message.FAIL_INVERTER, "inverter alarm: " + ", ".join(active)) if active else None
+
+    def health_code(self, now_ms=None):
+        """HEALTH_FAULT on a BMS fault; POOR below 60 % SoH; DEGRADED below 80 %, with
+        warnings, or when SoH is unknown; else GOOD."""
+        now = self._now(now_ms)
+        if self.bms_fault(now) is not None:
+            return message.HEALTH_FAULT
+        soh = self.battery.value("soh_pct", now, self.max_age_ms)
+        if soh is None:
+            return message.HEALTH_DEGRADED  # unknown health is not good health
+        if soh < POOR_BELOW_SOH:
+            return message.HEALTH_POOR
+        if soh < DEGRADED_BELOW_SOH or self.battery.warnings(now, self.max_age_ms):
+            return message.HEALTH_DEGRADED
+        return message.HEALTH_GOOD
+
+    async def set_power(self, watts, now_ms=None):
+        """Command watts (+ discharge, - charge, 0 idle), clamped to the inverter's limits;
+        the watts commanded. Raises ModbusError when the write (or a limit read) fails."""
+        now = self._now(now_ms)
+        inverter = self.inverter
+        setpoint = inverter.map["setpoint"]
+        limits = (setpoint["max_charge_w"], setpoint["max_discharge_w"], setpoint.get("of"))
+        names = [setpoint["point"]] + [p[0] for p in setpoint.get("enable", [])]
+        names += [n for n in limits if n]
+        if any(inverter.value(n, now) is None for n in names):
+            if not await inverter.read(now, names):  # limits and scale factors are static
+                raise inverter.last_error
+        low = inverter.value(setpoint["max_charge_w"], now)
+        high = inverter.value(setpoint["max_discharge_w"], now)
+        if low is None or high is None:
+            raise modbus.ModbusError("inverter power limits unknown")
+        target = max(-low, min(watts, high))
+        value = target * setpoint.get("sign", 1)
+        if setpoint.get("unit") == "%":
+            of = inverter.value(setpoint["of"], now)
+            if not of:
+                raise modbus.ModbusError("inverter %s unknown" % setpoint["of"])
+            value = value * 100.0 / of
+        await inverter.write(
+            [(n, v) for n, v in setpoint.get("enable", [])] + [(setpoint["point"], value)], now
+        )
+        return target
+
+    async def close(self):
+        closed = []
+        for device in (self.meter, self.battery, self.inverter):
+            if device.client not in closed:
+                closed.append(device.client)
+                await device.client.close()
+
+
+def open_plant(devices_config, maps_dir, serial_factory=None):
+    """A Plant from config: {"meter": {"map", "link": "tcp"|"rtu", "host", "port" | "path" |
+    "uart", "baud", "unit", "timeout_ms"}, "battery": {...}, "inverter": {...},
+    "link_timeout_ms": 1000}. Devices on one link (host:port, path, uart) share a client.
+    ValueError (MapError) names what is wrong."""
+    if not isinstance(devices_config, dict):
+        raise ValueError("devices config must be an object")
+    clients, built = {}, {}
+    for role in KINDS:
+        cfg = devices_config.get(role)
+        where = "devices config: %s" % role
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("map"), str):
+            raise ValueError("%s: missing, or without a 'map' (a file in %s)" % (where, maps_dir))
+        path = maps_dir + "/" + cfg["map"] + ("" if cfg["map"].endswith(".json") else ".json")
+        register_map = load_map(path)
+        if register_map["kind"] != role:
+            raise ValueError("%s: %s is a %s map" % (where, path, register_map["kind"]))
+        unit, link, timeout_ms = cfg.get("unit"), cfg.get("link"), cfg.get("timeout_ms", 500)
+        if not isinstance(unit, int) or not 1 <= unit <= 247:
+            raise ValueError("%s: unit must be 1..247" % where)
+        if link == "tcp":
+            host, port = cfg.get("host"), cfg.get("port", 502)
+            if not isinstance(host, str) or not isinstance(port, int):
+                raise ValueError("%s: a tcp link needs 'host' and 'port'" % where)
+            key = "tcp:%s:%d" % (host, port)
+            if key not in clients:
+                clients[key] = modbus.TcpClient(host, port, timeout_ms)
+        elif link == "rtu":
+            key = "rtu:%s" % (cfg.get("path") or "uart%s" % cfg.get("uart"))
+            if key not in clients:
+                if serial_factory is None:
+                    import serial_port  # only with an RTU link: it pulls in machine/termios
+
+                    serial_factory = serial_port.open_port
+                port = serial_factory(cfg)
+                clients[key] = modbus.RtuClient(port, timeout_ms)
+        else:
+            raise ValueError("%s: link must be tcp or rtu, not %r" % (where, link))
+        built[role] = Device(role, register_map, clients[key], unit)
+    meter, battery, inverter = built["meter"], built["battery"], built["inverter"]
+    return Plant(meter, battery, inverter, devices_config.get("link_timeout_ms", 1000))

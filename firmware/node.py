@@ -1,0 +1,371 @@
+"""The battery's ETP node: discovery on the multicast group, bidding over TCP
+with several aggregators at once, status, and DeviceFailure.
+
+- Group (UDP multicast, group key): Register at boot and every register_s;
+  every Query is answered with a QueryResponse on the group, so all
+  aggregators see every offer. A Query's bid_price carries the market's price
+  signal, which feeds the reserve price (reserve.py).
+- TCP (per-aggregator keys): up to max_peers sessions; one more is closed at
+  once. A connection that does not authenticate within auth_ms is closed, and so
+  is one that stops reading our frames (a write that cannot drain in
+  WRITE_MS). Unauthenticated or unknown peers get nothing back, ever.
+- Auctions (auction.py): a Query opens an offer; Bids collect until the
+  auction closes; the winner gets a BidAccept, the others BidRejects, at the
+  close; a BidConfirm answering our BidAccept makes the contract (execution.py).
+- BESSStatus to every session each status_ms; DeviceFailure to every session
+  and the group as soon as the BMS alarms or its link is lost.
+"""
+
+import asyncio
+import socket
+
+from auction import Auction, Bid
+from reserve import offer_kwh, reserve_price
+
+from protocol import errors, frame, message
+from protocol.compat import const
+
+WRITE_MS = const(2000)
+_READ_SIZE = const(512)
+
+
+async def close(writer):
+    """Close a TCP stream. MicroPython's close() does nothing: wait_closed() closes."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+class Session:
+    def __init__(self, writer):
+        self.writer = writer
+        self.peer = None  # the aggregator's key id, once a frame authenticated
+
+
+class Offer:
+    def __init__(self, kwh, reserve, auction):
+        self.kwh = kwh
+        self.reserve = reserve
+        self.auction = auction
+
+
+class Node:
+    def __init__(self, cfg, board, plant, executor, codec, ids, log):
+        self.cfg = cfg
+        self.board = board
+        self.plant = plant
+        self.executor = executor
+        self.codec = codec
+        self.ids = ids
+        self.log = log
+        self.device_id = cfg["device_id"]
+        self.sessions = []
+        self.offer = None
+        self.accepted = {}  # our BID_ACCEPT id -> (peer, bid id, price, kWh, expiry ms)
+        self.price_signal = 0.0
+        self.failure = None  # (cause, text) while the battery is faulted
+        self._group_out = None
+
+    # --- sending --------------------------------------------------------------
+
+    async def send(self, session, msg, reply_to=0):
+        """Send on a TCP session; a peer that stops reading is dropped."""
+        data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to)
+        try:
+            session.writer.write(data)
+            await asyncio.wait_for(session.writer.drain(), WRITE_MS / 1000)
+        except (OSError, asyncio.TimeoutError):
+            self.log("peer %s stopped reading: dropped" % session.peer)
+            await self.drop(session)
+
+    async def send_to_peer(self, peer, msg, reply_to=0):
+        for session in list(self.sessions):
+            if session.peer == peer:
+                await self.send(session, msg, reply_to)
+                return True
+        return False
+
+    def send_group(self, msg, reply_to=0):
+        if self._group_out is None:
+            return
+        data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to, group=True)
+        try:
+            self._group_out.sendto(data, self._group_addr)
+        except OSError as exc:  # no route yet (Wi-Fi down): the next one will go
+            self.log("group send failed: %s" % exc)
+
+    async def drop(self, session):
+        if session in self.sessions:
+            self.sessions.remove(session)
+        await close(session.writer)
+
+    # --- TCP sessions -----------------------------------------------------------
+
+    async def serve(self):
+        cfg = self.cfg
+        return await asyncio.start_server(
+            self.session, cfg["bind"], cfg["tcp_port"], backlog=cfg["max_peers"] + 2
+        )
+
+    async def session(self, reader, writer):
+        if len(self.sessions) >= self.cfg["max_peers"]:
+            self.log("refused a connection: %d aggregators already" % len(self.sessions))
+            await close(writer)
+            return
+        session = Session(writer)
+        self.sessions.append(session)
+        decoder = frame.StreamDecoder(self.codec)
+        try:
+            while session in self.sessions:
+                timeout = self.cfg["auth_ms"] / 1000 if session.peer is None else None
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
+                except asyncio.TimeoutError:
+                    self.log("a connection never authenticated: closed")
+                    break
+                if not data:
+                    break
+                decoder.feed(data)
+                for got in decoder.frames(self.board.now_ms(), self._dropped):
+                    if not await self.received(session, got):
+                        return
+        except OSError as exc:
+            self.log("peer %s: %s" % (session.peer, exc))
+        finally:
+            await self.drop(session)
+
+    def _dropped(self, exc):
+        self.log("dropped a frame: %s: %s" % (type(exc).__name__, exc))
+
+    async def received(self, session, got):
+        if got.group or got.key_id == self.cfg["key_id"]:
+            self.log("ignored a frame on TCP from %d (group key or our own)" % got.key_id)
+            return True
+        if session.peer is None:
+            session.peer = got.key_id
+            self.log("aggregator %d connected" % got.key_id)
+            await self.executor.report(self)
+        elif got.key_id != session.peer:
+            self.log("ignored a frame from %d on %d's session" % (got.key_id, session.peer))
+            return True
+        msg = got.message
+        kind = msg.message_type
+        if kind == message.QUERY:
+            self.note_signal(msg)
+            await self.send(session, self.answer_query(), msg.message_id)
+        elif kind == message.BID:
+            await self.bid(session, msg)
+        elif kind == message.BID_CONFIRM:
+            await self.confirm(session, got)
+        elif kind == message.TERMINATE:
+            self.log("aggregator %d ended its session" % session.peer)
+            return False
+        return True
+
+    # --- offers and auctions ----------------------------------------------------
+
+    def note_signal(self, msg):
+        if msg.bid_price > 0:
+            self.price_signal = msg.bid_price
+
+    def current_offer(self):
+        """The open offer, or a new one; None while the battery has nothing to sell."""
+        if self.offer is not None:
+            return self.offer
+        if self.failure is not None:
+            return None
+        cfg, plant = self.cfg, self.plant
+        reserve = reserve_price(
+            cfg["reserve_floor"], plant.soc_pct, plant.health_code(), self.price_signal
+        )
+        kwh = offer_kwh(
+            plant.remaining_kwh, plant.capacity_kwh, cfg["min_soc_pct"], cfg["sell_pct"],
+            cfg["max_kw"], cfg["slot_s"],
+        )  # fmt: skip
+        kwh = round(max(0.0, kwh - self.executor.committed_kwh()), 4)
+        if reserve is None or kwh <= 0:
+            return None
+        self.offer = Offer(
+            kwh, reserve, Auction(reserve, kwh, cfg["auction_ms"], self.board.now_ms())
+        )
+        return self.offer
+
+    def answer_query(self):
+        offer = self.current_offer()
+        plant = self.plant
+        kwh, reserve = (offer.kwh, offer.reserve) if offer else (0.0, 0.0)
+        capacity = plant.capacity_kwh or 0.0
+        pct = 100.0 * kwh / capacity if capacity else 0.0
+        return message.query_response(
+            self.ids.next(), self.device_id, reserve, kwh, min(pct, 100.0),
+            plant.remaining_kwh or 0.0, plant.health_code(), plant.voltage_v or 0.0,
+            self.cfg["max_kw"],
+        )  # fmt: skip
+
+    async def bid(self, session, msg):
+        offer = self.current_offer()
+        if offer is None:
+            reject = message.bid_reject(
+                self.ids.next(), self.device_id, msg.bid_price, 0.0, message.REJECT_UNAVAILABLE
+            )
+            await self.send(session, reject, msg.message_id)
+            return
+        now = self.board.now_ms()
+        offer.auction.add(
+            Bid(session.peer, msg.message_id, msg.bid_price, msg.required_energy_amount, now)
+        )
+        self.log("bid %.2f c/kWh from aggregator %d" % (msg.bid_price, session.peer))
+
+    async def close_auctions(self):
+        """Close the open auction when due; answer every bidder."""
+        while True:
+            offer = self.offer
+            if offer is not None and offer.auction.due(self.board.now_ms()):
+                self.offer = None
+                await self.decide(offer)
+            await asyncio.sleep(0.01)
+
+    async def decide(self, offer):
+        winner, rejects = offer.auction.close()
+        if winner is not None:
+            kwh = min(winner.kwh, offer.kwh) if winner.kwh > 0 else offer.kwh
+            accept = message.bid_accept(
+                self.ids.next(), self.device_id, winner.price, winner.price, kwh
+            )
+            expiry = self.board.now_ms() + self.cfg["confirm_ms"]
+            self.accepted[accept.message_id] = (
+                winner.peer,
+                winner.message_id,
+                winner.price,
+                kwh,
+                expiry,
+            )
+            await self.send_to_peer(winner.peer, accept, winner.message_id)
+            self.log(
+                "accepted %.2f c/kWh for %.4f kWh from aggregator %d"
+                % (winner.price, kwh, winner.peer)
+            )
+        for bid, reason in rejects:
+            reject = message.bid_reject(
+                self.ids.next(), self.device_id, bid.price, offer.reserve, reason
+            )
+            await self.send_to_peer(bid.peer, reject, bid.message_id)
+        self.log(
+            "auction closed: %d bids, reserve %.2f"
+            % (len(rejects) + (winner is not None), offer.reserve)
+        )
+
+    async def confirm(self, session, got):
+        now = self.board.now_ms()
+        for accept_id in [a for a, v in self.accepted.items() if v[4] < now]:
+            del self.accepted[accept_id]  # void: not confirmed in time
+        accepted = self.accepted.get(got.reply_to)
+        if accepted is None or accepted[0] != session.peer:
+            self.log("a confirm from %d answers no live accept of ours: ignored" % session.peer)
+            return
+        del self.accepted[got.reply_to]
+        peer, bid_id, price, kwh, _expiry = accepted
+        msg = got.message
+        if 0 < msg.required_energy_amount < kwh:
+            kwh = msg.required_energy_amount
+        kw = min(msg.discharge_rate or self.cfg["max_kw"], self.cfg["max_kw"])
+        try:
+            deal = self.executor.contract_from_confirm(
+                peer, bid_id, price, kwh, kw, msg.message_id, now
+            )
+        except (ValueError, OSError) as exc:
+            self.log("could not record the contract from %d: %s" % (peer, exc))
+            return
+        self.log(
+            "contract %s with aggregator %d: %s" % (deal.contract_id, peer, deal.market_slot_name)
+        )
+
+    # --- the group ----------------------------------------------------------------
+
+    async def discovery(self):
+        cfg = self.cfg
+        self._group_addr = socket.getaddrinfo(cfg["group_addr"], cfg["group_port"])[0][-1]
+        self._group_out = self.board.group_sender(cfg["bind"])
+        receiver = self.board.group_receiver(cfg["group_addr"], cfg["group_port"])
+        self.register()
+        while True:
+            data = await self.board.receive(receiver)
+            try:
+                got = self.codec.open(data, self.board.now_ms())
+            except errors.ETPError as exc:
+                self._dropped(exc)
+                continue
+            if got.key_id != cfg["key_id"] and got.message.message_type == message.QUERY:
+                self.note_signal(got.message)
+                self.send_group(self.answer_query(), got.message.message_id)
+
+    def register(self):
+        plant = self.plant
+        self.send_group(
+            message.register(
+                self.ids.next(),
+                self.device_id,
+                plant.capacity_kwh or 0.0,
+                plant.remaining_kwh or 0.0,
+                plant.health_code(),
+                plant.voltage_v or 0.0,
+                self.cfg["max_kw"],
+            )  # fmt: skip
+        )
+
+    async def keep_registering(self):
+        while True:
+            await asyncio.sleep(self.cfg["register_s"])
+            self.register()
+
+    # --- status and failure ---------------------------------------------------------
+
+    async def status(self):
+        while True:
+            await asyncio.sleep(self.cfg["status_ms"] / 1000)
+            plant = self.plant
+            capacity = plant.capacity_kwh or 0.0
+            remaining = plant.remaining_kwh or 0.0
+            msg = message.bess_status(
+                self.ids.next(), self.device_id, capacity, remaining,
+                100.0 * remaining / capacity if capacity else 0.0, plant.health_code(),
+                plant.voltage_v or 0.0, max(0.0, (plant.power_w or 0.0) / 1000),
+            )  # fmt: skip
+            for session in list(self.sessions):
+                if session.peer is not None:
+                    await self.send(session, msg)
+
+    async def watch_battery(self):
+        """Poll the BMS alarms fast; a fault stops discharge and is announced at once."""
+        while True:
+            now = self.board.now_ms()
+            await self.plant.poll_battery_alarms(now)
+            fault = self.plant.bms_fault(now)
+            if fault is not None and self.failure is None:
+                await self.fail(fault, now)
+            elif fault is None and self.failure is not None:
+                self.failure = None
+                self.executor.recovered()
+                self.log("battery recovered")
+                self.register()
+            await asyncio.sleep(self.cfg["alarm_poll_ms"] / 1000)
+
+    async def fail(self, fault, detected_ms):
+        self.failure = fault
+        self.offer = None
+        cause, text = fault
+        plant = self.plant
+        msg = message.device_failure(
+            self.ids.next(), self.device_id, cause, message.HEALTH_FAULT,
+            plant.remaining_kwh or 0.0, plant.voltage_v or 0.0,
+        )  # fmt: skip
+        self.send_group(msg)
+        for session in list(self.sessions):
+            if session.peer is not None:
+                await self.send(session, msg)
+        self.log(
+            "DEVICE FAILURE (%s): announced in %d ms" % (text, self.board.now_ms() - detected_ms)
+        )
+        await self.executor.stop_all(self)

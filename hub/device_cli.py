@@ -1,0 +1,68 @@
+"""`gridbid device run|sim`: one battery controller on this machine, and its devices.
+
+    gridbid device sim --tcp-port 5020             simulated meter, BMS and inverter (Modbus)
+    gridbid device run --board unix --config F     the firmware on the MicroPython VM
+
+The firmware runs from firmware/ exactly as on a board; on a CPU without a
+MicroPython VM build (a Raspberry Pi) it runs on CPython, and says so.
+Relative paths in the config (data_dir, registers_dir) are taken from the
+repository root.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+from hub import micropython
+
+BOARDS = micropython.ROOT / "hardware" / "boards"
+
+
+def add_arguments(parser):
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    run = verbs.add_parser("run", help="run one battery controller (the firmware)")
+    names = sorted(p.stem for p in BOARDS.glob("*.json"))
+    run.add_argument("--board", default="unix", choices=names, help="board profile (unix)")
+    run.add_argument("--config", required=True, help="the device's config.json")
+    # sim's own options are parsed by hub.devicesim, imported only when used (pymodbus).
+    verbs.add_parser("sim", help="simulated meter, BMS and inverter over Modbus", add_help=False)
+
+
+LATE_OPTIONS = True  # `sim` takes the options hub.cli did not know
+
+
+def run(args):
+    if args.verb == "sim":
+        from hub import devicesim
+
+        parser = argparse.ArgumentParser(prog="gridbid device sim", description=devicesim.__doc__)
+        devicesim.add_arguments(parser)
+        return devicesim.run(parser.parse_args(args.late))
+    if args.late:
+        print("error: unrecognized arguments: %s" % " ".join(args.late), file=sys.stderr)
+        return 2
+    return run_device(args)
+
+
+def run_device(args):
+    profile_path = BOARDS / (args.board + ".json")
+    profile = json.loads(profile_path.read_text())
+    if args.board != "unix":
+        print("error: board %s is flashed, not run here: see tools/flash.py" % args.board,
+              file=sys.stderr)  # fmt: skip
+        return 2
+    argv, env, runtime = micropython.command(
+        micropython.FIRMWARE / "main.py", str(profile_path), args.config,
+        heap=profile.get("heap", micropython.DEFAULT_HEAP),
+    )  # fmt: skip
+    if runtime != "MicroPython":
+        print("no MicroPython VM for this CPU: the firmware runs on CPython", flush=True)
+    device = subprocess.Popen(argv, env=env, cwd=micropython.ROOT, start_new_session=True)
+    try:
+        return device.wait()
+    except KeyboardInterrupt:
+        device.terminate()
+        device.wait()
+        return 130

@@ -1,0 +1,70 @@
+"""Reserve price policy and the device's auction — on CPython and the MicroPython VM."""
+
+from auction import Auction, Bid
+from reserve import offer_kwh, reserve_price
+
+from protocol import message
+
+
+def test_reserve_is_the_floor_for_a_full_healthy_battery():
+    assert reserve_price(14.0, 100.0, message.HEALTH_GOOD) == 14.0
+
+
+def test_reserve_rises_as_the_battery_empties_and_ages():
+    full = reserve_price(14.0, 100.0, message.HEALTH_GOOD)
+    half = reserve_price(14.0, 50.0, message.HEALTH_GOOD)
+    empty = reserve_price(14.0, 0.0, message.HEALTH_GOOD)
+    assert full < half < empty and empty == 21.0
+    tired = reserve_price(14.0, 50.0, message.HEALTH_POOR)
+    assert tired > reserve_price(14.0, 50.0, message.HEALTH_DEGRADED) > half
+
+
+def test_no_offer_from_a_faulted_or_unmeasured_battery():
+    assert reserve_price(14.0, 50.0, message.HEALTH_FAULT) is None
+    assert reserve_price(14.0, None, message.HEALTH_GOOD) is None
+
+
+def test_the_price_signal_lifts_the_reserve_but_never_lowers_it():
+    assert reserve_price(14.0, 100.0, message.HEALTH_GOOD, signal=20.0) == 18.0
+    assert reserve_price(14.0, 100.0, message.HEALTH_GOOD, signal=10.0) == 14.0
+
+
+def test_offer_keeps_the_owners_minimum_and_fits_the_slot():
+    # 10 kWh stored of 13.5, keep 20 % (2.7 kWh): 7.3 kWh above; 5 kW x 60 s = 0.0833 kWh
+    assert offer_kwh(10.0, 13.5, 20, 100, 5.0, 60) == 0.0833
+    assert offer_kwh(10.0, 13.5, 20, 50, 5.0, 3600) == 3.65
+    assert offer_kwh(2.0, 13.5, 20, 100, 5.0, 3600) == 0.0  # below the minimum
+    assert offer_kwh(None, 13.5, 20, 100, 5.0, 60) == 0.0
+
+
+def test_best_bid_at_or_above_reserve_wins_and_the_rest_are_told_why():
+    auction = Auction(reserve=14.0, kwh=1.0, window_ms=300, now_ms=0)
+    auction.add(Bid(1, 11, 15.0, 1.0, at_ms=10))
+    auction.add(Bid(2, 21, 16.5, 1.0, at_ms=20))
+    auction.add(Bid(3, 31, 13.0, 1.0, at_ms=30))
+    assert not auction.due(309) and auction.due(310)  # closes 300 ms after the first bid
+    winner, rejects = auction.close()
+    assert (winner.peer, winner.price) == (2, 16.5)
+    reasons = {bid.peer: why for bid, why in rejects}
+    assert reasons == {1: message.REJECT_OUTBID, 3: message.REJECT_BELOW_RESERVE}
+
+
+def test_ties_go_to_the_earlier_bid_and_a_raised_bid_replaces_the_old_one():
+    auction = Auction(14.0, 1.0, 300, 0)
+    auction.add(Bid(1, 11, 15.0, 1.0, 10))
+    auction.add(Bid(2, 21, 15.0, 1.0, 20))
+    auction.add(Bid(1, 12, 15.5, 1.0, 30))  # aggregator 1 raises
+    winner, rejects = auction.close()
+    assert (winner.peer, winner.message_id) == (1, 12)
+    assert sorted((b.peer, b.message_id) for b, _why in rejects) == [(1, 11), (2, 21)]
+    tie = Auction(14.0, 1.0, 300, 0)
+    tie.add(Bid(1, 11, 15.0, 1.0, 10))
+    tie.add(Bid(2, 21, 15.0, 1.0, 20))
+    assert tie.close()[0].peer == 1
+
+
+def test_nobody_wins_below_the_reserve():
+    auction = Auction(14.0, 1.0, 300, 0)
+    auction.add(Bid(1, 11, 13.99, 1.0, 10))
+    winner, rejects = auction.close()
+    assert winner is None and rejects[0][1] == message.REJECT_BELOW_RESERVE

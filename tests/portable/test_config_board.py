@@ -1,0 +1,120 @@
+"""config.json checks and board adapters — on CPython and the MicroPython VM."""
+
+import asyncio
+import json
+
+import board
+import config
+from checks import raises
+
+KEY = "11" * 32
+
+
+def good():
+    device = {"map": "m", "link": "tcp", "host": "127.0.0.1", "port": 5020, "unit": 1}
+    return {
+        "device_id": 1001, "key_id": 1001, "keys": {"1001": KEY, "1": "22" * 32},
+        "group": "33" * 32,
+        "devices": {"meter": device, "battery": dict(device), "inverter": dict(device)},
+    }  # fmt: skip
+
+
+def test_a_good_config_gets_defaults_and_a_keyring():
+    cfg = config.check(good())
+    assert cfg["tcp_port"] == config.DEFAULTS["tcp_port"] and cfg["status_ms"] <= 2000
+    assert 1001 in cfg["keyring"] and 1 in cfg["keyring"]
+
+
+def test_broken_configs_say_what_is_wrong():
+    cases = (
+        ({"device_id": 0}, "device_id"),
+        ({"device_id": "1001"}, "device_id"),
+        ({"key_id": 2**32}, "key_id"),
+        ({"keys": {"1": KEY}}, "own key"),
+        ({"keys": {"1001": "zz"}}, "hex"),
+        ({"group": None}, "group"),
+        ({"devices": {"meter": {}}}, "battery"),
+        ({"reserve_floor": -1}, "reserve_floor"),
+        ({"min_soc_pct": 120}, "percentages"),
+        ({"max_peers": 40}, "max_peers"),
+        ({"status_ms": 5000}, "BESS_STATUS"),
+    )
+    for change, word in cases:
+        data = good()
+        data.update(change)
+        err = raises(config.ConfigError, config.check, data)
+        assert word in str(err), (change, str(err))
+    raises(config.ConfigError, config.check, ["not", "an", "object"])
+
+
+def test_a_torn_or_missing_file_is_a_config_error():
+    path = "/tmp/gridbid-test-config.json"
+    text = json.dumps(good())
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])  # a write cut by a power loss
+    err = raises(config.ConfigError, config.load, path)
+    assert "not valid JSON" in str(err)
+    raises(config.ConfigError, config.load, "/nonexistent/config.json")
+    with open(path, "w") as f:
+        f.write(text)
+    assert config.load(path)["device_id"] == 1001
+
+
+class FakeRadio:
+    """Stands in for network.WLAN, which only exists on a board with a radio:
+    the link comes up on the third attempt and drops once later."""
+
+    def __init__(self):
+        self.attempts = 0
+        self.up = False
+
+    def active(self, on):
+        pass
+
+    def connect(self, ssid, password):
+        self.attempts += 1
+        self.up = self.attempts >= 3
+
+    def isconnected(self):
+        return self.up
+
+    def ifconfig(self):
+        return ("192.168.4.2", "255.255.255.0", "192.168.4.1", "192.168.4.1")
+
+
+def test_wifi_reconnects_with_backoff():
+    lines = []
+    radio = FakeRadio()
+    wifi_board = board.Board({"name": "test", "network": "wifi"}, log=lines.append)
+    wifi_board_sleeps = []
+    real_sleep = asyncio.sleep
+
+    async def fast_sleep(seconds):
+        wifi_board_sleeps.append(seconds)
+        await real_sleep(0)
+
+    async def scenario():
+        asyncio.sleep = fast_sleep
+        try:
+            task = asyncio.create_task(
+                wifi_board.keep_connected({"ssid": "site", "password": "pw"}, radio)
+            )
+            while radio.attempts < 3 or not radio.up:
+                await real_sleep(0)
+            radio.up = False  # the access point reboots
+            while radio.attempts < 4:
+                await real_sleep(0)
+            task.cancel()
+        finally:
+            asyncio.sleep = real_sleep
+
+    asyncio.run(scenario())
+    backoffs = [s for s in wifi_board_sleeps if s >= 1]
+    assert backoffs[:2] == [1, 2], backoffs  # doubled after each failed attempt
+    assert any("connected as 192.168.4.2" in line for line in lines)
+    assert not any("pw" in line for line in lines)  # the password is never logged
+
+
+def test_clock_is_unix_milliseconds():
+    now = board.Board({"name": "unix", "network": "loopback"}).now_ms()
+    assert 1700000000000 < now < 4102444800000  # between 2023 and 2100
