@@ -45,12 +45,27 @@ class Executor:
                 total += max(0.0, left) / 1000
         return total
 
-    def contract_from_confirm(self, peer, bid_id, price, kwh, kw, confirm_id, now_ms):
+    def free_slot(self, now_s, horizon=8):
+        """(start, kWh) of the first coming slot the inverter is not yet sold out in:
+        a slot holds max_kw for slot_s. (None, 0.0) when the next `horizon` are full."""
+        slot = self.cfg["slot_s"]
+        capacity = self.cfg["max_kw"] * slot / 3600
+        first = (now_s // slot + 1) * slot  # the next boundary: never the running slot
+        for start in range(first, first + horizon * slot, slot):
+            sold = sum(
+                d.energy_wh / 1000
+                for d in self.book.live()
+                if d.start_unix_s == start and d.avg_power_watts > 0
+            )
+            if capacity - sold > capacity / 100:  # a sliver left by rounding is full
+                return start, round(capacity - sold, 4)
+        return None, 0.0
+
+    def contract_from_confirm(self, peer, bid_id, price, kwh, kw, confirm_id, start):
         """A BID_CONFIRM is the buyer creating and confirming the contract; the
         device marks it Received in between (the lifecycle's order)."""
         cfg = self.cfg
         slot = cfg["slot_s"]
-        start = (now_ms // 1000 // slot + 1) * slot  # the next slot boundary
         duration = min(slot, max(1, round(kwh / kw * 3600)))
         watts = round(kwh * 1000 * 3600 / duration)
         deal = contract.MarketContract.create(

@@ -45,7 +45,8 @@ class Session:
 
 
 class Offer:
-    def __init__(self, kwh, reserve, auction):
+    def __init__(self, slot_start, kwh, reserve, auction):
+        self.slot_start = slot_start  # the market slot the energy is for
         self.kwh = kwh
         self.reserve = reserve
         self.auction = auction
@@ -180,16 +181,16 @@ class Node:
         reserve = reserve_price(
             cfg["reserve_floor"], plant.soc_pct, plant.health_code(), self.price_signal
         )
-        kwh = offer_kwh(
+        stored = offer_kwh(
             plant.remaining_kwh, plant.capacity_kwh, cfg["min_soc_pct"], cfg["sell_pct"],
-            cfg["max_kw"], cfg["slot_s"],
+            self.executor.committed_kwh(),
         )  # fmt: skip
-        kwh = round(max(0.0, kwh - self.executor.committed_kwh()), 4)
+        now = self.board.now_ms()
+        start, free = self.executor.free_slot(now // 1000)
+        kwh = round(min(free, stored), 4)
         if reserve is None or kwh <= 0:
             return None
-        self.offer = Offer(
-            kwh, reserve, Auction(reserve, kwh, cfg["auction_ms"], self.board.now_ms())
-        )
+        self.offer = Offer(start, kwh, reserve, Auction(reserve, kwh, cfg["auction_ms"], now))
         return self.offer
 
     def answer_query(self):
@@ -236,12 +237,8 @@ class Node:
             )
             expiry = self.board.now_ms() + self.cfg["confirm_ms"]
             self.accepted[accept.message_id] = (
-                winner.peer,
-                winner.message_id,
-                winner.price,
-                kwh,
-                expiry,
-            )
+                winner.peer, winner.message_id, winner.price, kwh, expiry, offer.slot_start
+            )  # fmt: skip
             await self.send_to_peer(winner.peer, accept, winner.message_id)
             self.log(
                 "accepted %.2f c/kWh for %.4f kWh from aggregator %d"
@@ -266,14 +263,14 @@ class Node:
             self.log("a confirm from %d answers no live accept of ours: ignored" % session.peer)
             return
         del self.accepted[got.reply_to]
-        peer, bid_id, price, kwh, _expiry = accepted
+        peer, bid_id, price, kwh, _expiry, slot_start = accepted
         msg = got.message
         if 0 < msg.required_energy_amount < kwh:
             kwh = msg.required_energy_amount
         kw = min(msg.discharge_rate or self.cfg["max_kw"], self.cfg["max_kw"])
         try:
             deal = self.executor.contract_from_confirm(
-                peer, bid_id, price, kwh, kw, msg.message_id, now
+                peer, bid_id, price, kwh, kw, msg.message_id, slot_start
             )
         except (ValueError, OSError) as exc:
             self.log("could not record the contract from %d: %s" % (peer, exc))

@@ -38,11 +38,11 @@ def reserve_price(floor, soc_pct, health, signal=0.0):
     return round(price, 4)
 
 
-def offer_kwh(remaining_kwh, capacity_kwh, min_soc_pct, sell_pct, max_kw, slot_s):
-    """Energy to offer for one slot: what lies above the owner's minimum SoC,
-    times the share they sell, and no more than max_kw can deliver in a slot."""
+def offer_kwh(remaining_kwh, capacity_kwh, min_soc_pct, sell_pct, committed_kwh=0.0):
+    """Stored energy the battery can still sell: what lies above the owner's
+    minimum SoC, times the share they sell, less what contracts already hold.
+    (How much of it one slot can carry is the executor's free_slot.)"""
     if remaining_kwh is None or capacity_kwh is None:
         return 0.0
     above_min = remaining_kwh - capacity_kwh * min_soc_pct / 100.0
-    deliverable = max_kw * slot_s / 3600.0
-    return round(max(0.0, min(above_min * sell_pct / 100.0, deliverable)), 4)
+    return round(max(0.0, above_min * sell_pct / 100.0 - committed_kwh), 4)

@@ -19,7 +19,6 @@ ROOT = micropython.ROOT
 PORTABLE = ROOT / "tests" / "portable"
 # On CPython too, firmware/'s modules import as top-level names, as on a board.
 sys.path.insert(0, str(micropython.FIRMWARE))
-sys.path.insert(0, str(ROOT / "tests"))  # tests/fleet.py and tests/etp_peer.py
 # The portable tests must fit an ESP32 without PSRAM (~100 KB free heap).
 HEAP = os.environ.get("GRIDBID_MPY_HEAP", "100k")
 
@@ -33,9 +32,17 @@ def run_micropython(script, *args, timeout=60, heap=HEAP):
 
 
 class MicroPythonFile(pytest.File):
+    """A portable test module; it may set MICROPYTHON_HEAP = "256k" (with its reason)."""
+
     def collect(self):
         tree = ast.parse(self.path.read_text())
+        self.heap = HEAP
         for node in tree.body:
+            if (
+                isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", "") == "MICROPYTHON_HEAP"
+            ):
+                self.heap = node.value.value
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
                 yield MicroPythonItem.from_parent(self, name=node.name + "[micropython]")
 
@@ -43,7 +50,8 @@ class MicroPythonFile(pytest.File):
 class MicroPythonItem(pytest.Item):
     def runtest(self):
         function = self.name.split("[")[0]
-        result = run_micropython(ROOT / "tests" / "mprun.py", self.path.stem, function)
+        heap = self.parent.heap
+        result = run_micropython(ROOT / "tests" / "mprun.py", self.path.stem, function, heap=heap)
         self.output = result.stdout + result.stderr
         if result.returncode != 0 or "1 passed, 0 failed" not in result.stdout:
             raise MicroPythonFailure(self.output)
@@ -59,6 +67,13 @@ class MicroPythonItem(pytest.Item):
 
 class MicroPythonFailure(Exception):
     pass
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/hil needs pytest-embedded's `dut`: only with -p pytest_embedded (see its docstring)."""
+    if collection_path.name == "hil" and not config.pluginmanager.has_plugin("pytest_embedded"):
+        return True
+    return None
 
 
 def pytest_collect_file(file_path, parent):

@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from fleet import free_port
+
+from hub.fleet import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

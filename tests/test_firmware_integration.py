@@ -9,9 +9,9 @@ import time
 
 import contracts
 import pytest
-from fleet import Fleet
 
 from hub import micropython
+from hub.fleet import Fleet
 from protocol import contract, message
 
 pytestmark = pytest.mark.timeout(180)

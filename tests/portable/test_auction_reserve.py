@@ -29,12 +29,13 @@ def test_the_price_signal_lifts_the_reserve_but_never_lowers_it():
     assert reserve_price(14.0, 100.0, message.HEALTH_GOOD, signal=10.0) == 14.0
 
 
-def test_offer_keeps_the_owners_minimum_and_fits_the_slot():
-    # 10 kWh stored of 13.5, keep 20 % (2.7 kWh): 7.3 kWh above; 5 kW x 60 s = 0.0833 kWh
-    assert offer_kwh(10.0, 13.5, 20, 100, 5.0, 60) == 0.0833
-    assert offer_kwh(10.0, 13.5, 20, 50, 5.0, 3600) == 3.65
-    assert offer_kwh(2.0, 13.5, 20, 100, 5.0, 3600) == 0.0  # below the minimum
-    assert offer_kwh(None, 13.5, 20, 100, 5.0, 60) == 0.0
+def test_offer_keeps_the_owners_minimum_and_what_contracts_hold():
+    # 10 kWh stored of 13.5, keep 20 % (2.7 kWh): 7.3 kWh above the minimum
+    assert offer_kwh(10.0, 13.5, 20, 100) == 7.3
+    assert offer_kwh(10.0, 13.5, 20, 50) == 3.65
+    assert offer_kwh(10.0, 13.5, 20, 100, committed_kwh=7.0) == 0.3
+    assert offer_kwh(2.0, 13.5, 20, 100) == 0.0  # below the minimum
+    assert offer_kwh(None, 13.5, 20, 100) == 0.0
 
 
 def test_best_bid_at_or_above_reserve_wins_and_the_rest_are_told_why():

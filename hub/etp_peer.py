@@ -1,5 +1,5 @@
-"""A CPython aggregator for tests and benchmarks: finds batteries on the loopback
-multicast group and bids over TCP. (The hub's real aggregators are hub/'s.)"""
+"""A minimal aggregator's side of ETP: finds batteries on the (loopback) multicast
+group and bids over TCP sessions. The demo, tests and benchmarks drive devices with it."""
 
 import asyncio
 import socket

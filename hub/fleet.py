@@ -1,7 +1,8 @@
-"""Battery controllers under test: firmware processes on the MicroPython VM, each
-with its own simulated meter, BMS and inverter (hub.devicesim) over Modbus TCP or
-RTU on a socat pty pair, its own loopback address, and a private multicast group.
-Used by the integration tests and bench/firmware_auction.py."""
+"""Battery controllers on this machine: firmware processes on the MicroPython VM
+(CPython where there is no VM build), each with its own simulated meter, BMS and
+inverter (hub.devicesim) over Modbus TCP or RTU on a socat pty pair, its own
+loopback address (127.0.0.20 + n), and a private multicast group with fresh keys.
+The demo, the integration tests and bench/firmware_auction.py run devices this way."""
 
 import asyncio
 import json
@@ -13,9 +14,8 @@ import socket
 import time
 from pathlib import Path
 
-from etp_peer import Aggregator
-
 from hub import devicesim, micropython
+from hub.etp_peer import Aggregator
 
 UNIX_BOARD = micropython.ROOT / "hardware" / "boards" / "unix.json"
 
@@ -46,7 +46,7 @@ class DeviceUnderTest:
         )  # fmt: skip
         self.process = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=micropython.ROOT, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # Ctrl-C is ours to handle
         )  # fmt: skip
         self._reader = asyncio.create_task(self._collect(self.process))
         await self.wait_for("ready on", timeout)
