@@ -95,7 +95,7 @@ async def run(profile_path, config_path):
 
     await plant.poll(board.now_ms())
 
-    replay = auth.ReplayGuard()
+    replay = auth.ReplayGuard(not_before_ms=board.now_ms())
     replay.restore(book.marks)
     codec = frame.Codec(cfg["keyring"], key_id=cfg["key_id"], replay=replay)
     ids = message.MessageIds(board.now_ms(), floor=book.own_id)

@@ -17,7 +17,6 @@ improvement printed at the end is what competition adds.
 """
 
 import asyncio
-import math
 import random
 import statistics
 import sys
@@ -127,7 +126,7 @@ class Demo:
         for agg, offer in zip(aggs, offers):
             value = offer.sale_price + self.rng.uniform(0.0, 6.0)
             bid = offer.sale_price + (value - offer.sale_price) * (n - 1) / n
-            price = math.ceil(bid * 100 - 1e-9) / 100  # whole cents, never below the reserve
+            price = max(offer.sale_price, round(bid, 2))  # cents, never below the reserve
             link = links[agg.key_id, device.device_id]
             bids.append((agg, link, await link.bid(device.device_id, price, offer.energy_total)))
         closes = int(time.time() * 1000) + self.args.auction_ms

@@ -4,8 +4,8 @@
 
 The three devices are served by pymodbus from the same register maps the
 firmware reads (hardware/registers/*.json), on unit ids 1 (meter), 2 (battery)
-and 3 (inverter). Values are encoded here independently of the firmware's
-decoder, so a test that reads them back checks both sides.
+and 3 (inverter). Values are encoded (hub/registers.py) independently of the
+firmware's decoder, so a test that reads them back checks both sides.
 
 Every step (100 ms) the inverter's setpoint, as written by the firmware, becomes
 its actual power (clamped to its limits, zero when the battery is empty, full
@@ -27,18 +27,15 @@ In-process (tests):
 
 import asyncio
 import functools
-import json
-import struct
 import sys
 import time
 from collections import deque
 
-from hub import micropython
+from hub.registers import MAPS_DIR, from_registers, load_map, map_points, to_registers, word_count
 
 # pymodbus is imported where it is used, so that `gridbid` can list this command's
 # options (add_arguments) without loading it.
 
-MAPS_DIR = micropython.ROOT / "hardware" / "registers"
 ROLES = ("meter", "battery", "inverter")
 DEFAULT_MAPS = {
     "meter": "eastron_sdm120",
@@ -46,43 +43,6 @@ DEFAULT_MAPS = {
     "inverter": "sunspec_der_704",
 }
 DEFAULT_UNITS = {"meter": 1, "battery": 2, "inverter": 3}
-FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
-
-
-def load_map(name, maps_dir=MAPS_DIR):
-    path = maps_dir / (name if name.endswith(".json") else name + ".json")
-    return json.loads(path.read_text())
-
-
-def _points(register_map):
-    """Register points with the map's defaults applied (derived points left out)."""
-    defaults = register_map.get("defaults", {})
-    return {
-        name: {"scale": 1, "word_order": "big", **defaults, **point}
-        for name, point in register_map["points"].items()
-        if "derive" not in point
-    }
-
-
-def _words(point):
-    return struct.calcsize(FORMATS[point["type"]]) // 2
-
-
-def to_registers(raw, point):
-    """Registers for a raw (unscaled) value; ValueError when it does not fit the type."""
-    fmt = FORMATS[point["type"]]
-    try:
-        data = struct.pack(fmt, raw if fmt == ">f" else int(round(raw)))
-    except (struct.error, OverflowError) as exc:
-        raise ValueError("%r does not fit %s" % (raw, point["type"])) from exc
-    words = list(struct.unpack(">%dH" % (len(data) // 2), data))
-    return words if point["word_order"] == "big" else words[::-1]
-
-
-def from_registers(words, point):
-    if point["word_order"] != "big":
-        words = words[::-1]
-    return struct.unpack(FORMATS[point["type"]], struct.pack(">%dH" % len(words), *words))[0]
 
 
 class Simulation:
@@ -94,7 +54,7 @@ class Simulation:
                  maps_dir=MAPS_DIR):
         # fmt: on
         self.maps = {r: load_map((maps or {}).get(r, DEFAULT_MAPS[r]), maps_dir) for r in ROLES}
-        self.points = {role: _points(m) for role, m in self.maps.items()}
+        self.points = {role: map_points(m) for role, m in self.maps.items()}
         self.units = dict(units or DEFAULT_UNITS)
         self.roles = {unit: role for role, unit in self.units.items()}
         self.step_ms = step_ms
@@ -157,7 +117,7 @@ class Simulation:
         setpoint = self.maps[role].get("setpoint") or {}
         names = [setpoint.get("point")] + [pair[0] for pair in setpoint.get("enable", [])]
         points = self.points[role]
-        return {points[n]["address"] + i for n in names if n for i in range(_words(points[n]))}
+        return {points[n]["address"] + i for n in names if n for i in range(word_count(points[n]))}
 
     def _values(self, role):
         s = self.state
@@ -231,7 +191,7 @@ class Simulation:
     def read_point(self, role, name):
         """A point's value as the registers hold it now (scaled), e.g. the setpoint."""
         point = self.points[role][name]
-        raw = from_registers(self._get(role, point["address"], _words(point)), point)
+        raw = from_registers(self._get(role, point["address"], word_count(point)), point)
         return raw * point["scale"] * 10 ** self.sfs[role].get(point.get("sf"), 0)
 
     def setpoint_w(self):
@@ -332,7 +292,7 @@ class Simulation:
         for role in ROLES:
             points = self.points[role]
             blocks = self.maps[role].get("blocks") or [
-                [p["address"], _words(p)] for p in points.values()
+                [p["address"], word_count(p)] for p in points.values()
             ]
             simdata = [
                 SimData(start, values=[0] * count, datatype=DataType.REGISTERS)

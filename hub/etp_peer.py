@@ -2,6 +2,7 @@
 group and bids over TCP sessions. The demo, tests and benchmarks drive devices with it."""
 
 import asyncio
+import collections
 import socket
 import time
 
@@ -88,6 +89,7 @@ class Link:
         self.reader, self.writer = reader, writer
         self.decoder = frame.StreamDecoder(agg.codec)
         self.inbox = asyncio.Queue()
+        self.sent = collections.deque(maxlen=64)  # the frames as sent (for replay tests)
         self.task = asyncio.create_task(self._read())
 
     async def _read(self):
@@ -102,7 +104,9 @@ class Link:
                 await self.inbox.put((got, received))
 
     async def send(self, msg, reply_to=0):
-        self.writer.write(self.agg.codec.seal(msg, now_ms(), reply_to=reply_to))
+        data = self.agg.codec.seal(msg, now_ms(), reply_to=reply_to)
+        self.sent.append(data)
+        self.writer.write(data)
         await self.writer.drain()
         return msg
 

@@ -42,7 +42,7 @@ class DeviceUnderTest:
         bundle = self.fleet.bundle
         argv, env, self.runtime = micropython.command(
             (bundle or micropython.FIRMWARE) / "main.py", str(UNIX_BOARD), str(self.config_path),
-            heap=self.fleet.heap, device_root=bundle,
+            heap=self.fleet.heap, device_root=bundle, cpython=self.fleet.cpython,
         )  # fmt: skip
         self.process = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=micropython.ROOT, stdout=asyncio.subprocess.PIPE,
@@ -88,10 +88,13 @@ class DeviceUnderTest:
 class Fleet:
     """Devices plus the keys and group their aggregators need."""
 
-    def __init__(self, tmp, aggregators=(1, 2), heap="256k", bundle=None, **settings):
+    def __init__(
+        self, tmp, aggregators=(1, 2), heap="256k", bundle=None, cpython=False, **settings
+    ):
         self.tmp = Path(tmp)
         self.heap = heap
         self.bundle = bundle  # run the built .mpy bundle (tools/flash.py build), as a board does
+        self.cpython = cpython  # run the firmware on CPython, as on a Raspberry Pi
         self.settings = settings
         self.group_addr = "239.255.70.%d" % random.randint(2, 250)
         self.group_port = free_port(socket.SOCK_DGRAM)

@@ -22,15 +22,16 @@ def binary():
 FIRMWARE = ROOT / "firmware"
 
 
-def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None):
+def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None, cpython=False):
     """(argv, env, runtime name) to run a device script.
 
     As on a board, firmware/'s modules import as top-level names (`import node`)
     and protocol/ as a package beside them: from the source tree, or from a
-    bundle built by tools/flash.py (device_root).
+    bundle built by tools/flash.py (device_root). cpython=True runs it on CPython
+    even where the VM exists, as a Raspberry Pi must.
     """
     roots = [str(device_root)] if device_root else [str(ROOT), str(FIRMWARE)]
-    found = binary()
+    found = None if cpython else binary()
     if found is None:
         path = os.pathsep.join([*roots, *map(str, extra_path)])
         env = {**os.environ, "PYTHONPATH": path}

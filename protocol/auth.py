@@ -115,13 +115,18 @@ class ReplayGuard:
     and is refused.
     """
 
-    def __init__(self, max_senders=None):
+    def __init__(self, max_senders=None, not_before_ms=-1):
         self.max_senders = max_senders
         self._windows = {}  # sender -> [highest id, bitmap of seen ids, last sent_ms]
         self.evicted_ms = -1
+        # A node that boots sets this to its boot time: windows kept in RAM are gone
+        # and persisted marks may lag, so anything sent before the boot is refused.
+        self.not_before_ms = not_before_ms
 
     def admit(self, sender, message_id, sent_ms):
         """Record message_id for sender, or raise Replay (and record nothing)."""
+        if sent_ms < self.not_before_ms:
+            raise Replay("frame from %r was sent before this node started" % (sender,))
         window = self._windows.get(sender)
         if window is None:
             if sent_ms <= self.evicted_ms:

@@ -106,7 +106,10 @@ async def restart_mid_contract(fleet):
     await device.start()
     resumed = await device.wait_for("contracts:", after=mark)
     assert "1 live" in resumed and "mode discharging" in resumed
+    old_confirm = link.sent[-1]  # the BidConfirm, byte for byte, from before the reboot
     _agg, link, _offer = await connected(fleet, device, agg_id=1)
+    link.writer.write(old_confirm)
+    await device.wait_for("sent before this node started", after=mark, timeout=3)
     report, _ = await link.expect(message.TERMINATE, timeout=15)
     assert report.reply_to == confirm.message_id
     assert report.message.termination_code in (
@@ -129,8 +132,21 @@ def test_a_restart_mid_contract_resumes_and_reports_the_outcome(tmp_path):
 async def bms_alarm(fleet):
     device = await fleet.add()
     await device.start()
-    agg, link, _offer = await connected(fleet, device)
-    await asyncio.sleep(0.3)
+    agg, link, offer = await connected(fleet, device)
+    statuses = []
+    while len(statuses) < 3:  # BESS_STATUS keeps coming, well inside ETP's 2 s
+        got, _at = await link.expect(message.BESS_STATUS, timeout=3)
+        statuses.append(got.sent_ms)
+    gaps = [b - a for a, b in zip(statuses, statuses[1:])]
+    assert max(gaps) <= 2000, gaps
+    assert got.message.remaining_battery_energy > 0 and got.message.battery_voltage > 0
+    # A contract is discharging when the alarm comes.
+    bid = await link.bid(device.device_id, offer.sale_price + 1.0, offer.energy_total)
+    accept, _ = await link.answer(bid)
+    confirm = await link.confirm(accept, kw=5.0)
+    await device.wait_for("started:", timeout=15)
+    await asyncio.sleep(1.2)
+    assert device.sim.state["setpoint_w"] > 0
     raised_ms = int(time.time() * 1000)
     device.sim.set_alarm(1)
     failure, received_ms = await link.expect(message.DEVICE_FAILURE, timeout=2)
@@ -141,7 +157,14 @@ async def bms_alarm(fleet):
     group = [f.message.message_type for f, _addr in _drain(agg.listener.inbox)]
     group_copy = [kind for kind in group if kind == message.DEVICE_FAILURE]
     assert group_copy, "the failure also goes to the multicast group"
-    assert device.sim.state["setpoint_w"] == 0  # discharge stopped
+    stopped = await link.expect(message.TERMINATE, timeout=2)
+    assert stopped[0].reply_to == confirm.message_id
+    assert stopped[0].message.termination_code == message.TERM_CONTRACT_STOPPED
+    for _ in range(10):  # the simulated inverter applies writes on its 100 ms step
+        if device.sim.state["setpoint_w"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert device.sim.state["setpoint_w"] == 0, "\n".join(device.lines[-25:])  # stopped
     # While faulted the battery sells nothing.
     bid = await link.bid(device.device_id, 30.0, 0.01)
     answer, _ = await link.answer(bid)
@@ -244,3 +267,9 @@ def test_the_firmware_runs_in_a_small_heap_and_reports_its_peak(tmp_path):
     peaks = [a.peak_heap(), b.peak_heap()]
     print("live heap peak at -X heapsize=%dk: %s bytes" % (heap_kb, peaks))
     assert all(p is not None and p < heap_kb * 1024 for p in peaks), peaks
+
+
+def test_the_same_firmware_runs_on_cpython(tmp_path):
+    """A Raspberry Pi has no MicroPython VM build: the firmware runs on CPython there."""
+    a, b = run(tmp_path, competing_bids, cpython=True)
+    assert a.runtime == b.runtime == "CPython"

@@ -1,4 +1,4 @@
-"""The register-map layer (firmware/devices.py) through a fake Modbus client.
+"""The register-map layer (firmware/register_map.py, devices.py) with a fake Modbus client.
 
 Plain test_* functions with asserts, like tests/portable/, run on CPython and on
 the MicroPython VM by tests/test_modbus_devices.py (through tests/mprun.py, at
@@ -12,6 +12,7 @@ import json
 import devices
 import modbus
 from checks import raises
+from register_map import MapError, check_map, load_map, plan_reads
 
 from protocol import message
 
@@ -106,7 +107,7 @@ def run(coro):
 
 def test_map_decoding_scale_factors_signs_and_derived_points():
     client = FakeClient(battery_regs())
-    battery = devices.Device("battery", devices.check_map(battery_map(), "test"), client, 2)
+    battery = devices.Device("battery", check_map(battery_map(), "test"), client, 2)
     assert run(battery.read(1000)) is True
     assert client.reads == [(3, 100, 12)]  # one request: the points share a readable block
     assert battery.value("capacity_kwh", 1000) == 13.5  # 1350 x 0.001 x 10^1
@@ -122,7 +123,7 @@ def test_map_decoding_scale_factors_signs_and_derived_points():
 
 def test_a_failed_read_is_never_the_last_good_value():
     client = FakeClient(battery_regs())
-    battery = devices.Device("battery", devices.check_map(battery_map(), "test"), client, 2)
+    battery = devices.Device("battery", check_map(battery_map(), "test"), client, 2)
     run(battery.read(1000))
     client.error = modbus.ModbusTimeout("unit 2: no reply within 500 ms")
     assert run(battery.read(1100)) is False
@@ -134,28 +135,28 @@ def test_a_failed_read_is_never_the_last_good_value():
 
 
 def test_read_planning_groups_contiguous_and_block_registers():
-    specs = devices.check_map(battery_map(), "test")["_specs"]
-    assert len(devices.plan_reads(specs, specs, [[100, 20]])) == 1
-    apart = devices.plan_reads(specs, specs)  # no blocks: only contiguous registers merge
+    specs = check_map(battery_map(), "test")["_specs"]
+    assert len(plan_reads(specs, specs, [[100, 20]])) == 1
+    apart = plan_reads(specs, specs)  # no blocks: only contiguous registers merge
     assert [(p[1], p[2]) for p in apart] == [(100, 9), (110, 2)]
-    small = devices.plan_reads(specs, specs, [[100, 20]], max_registers=8)
+    small = plan_reads(specs, specs, [[100, 20]], max_registers=8)
     assert [(p[1], p[2]) for p in small] == [(100, 8), (108, 4)]
 
 
 def test_map_errors_name_the_file_and_the_point():
     bad = battery_map()
     bad["points"]["soc_pct"]["type"] = "u8"
-    assert "'soc_pct'" in str(raises(devices.MapError, devices.check_map, bad, "x.json"))
+    assert "'soc_pct'" in str(raises(MapError, check_map, bad, "x.json"))
     bad = battery_map()
     bad["points"]["soc_pct"]["sf"] = "nope"
-    assert "x.json: point 'soc_pct'" in str(raises(ValueError, devices.check_map, bad, "x.json"))
+    assert "x.json: point 'soc_pct'" in str(raises(ValueError, check_map, bad, "x.json"))
     bad = battery_map()
     del bad["points"]["soh_pct"]
-    assert "soh_pct" in str(raises(devices.MapError, devices.check_map, bad, "x.json"))
+    assert "soh_pct" in str(raises(MapError, check_map, bad, "x.json"))
     bad = battery_map()
     del bad["alarm"]
-    raises(devices.MapError, devices.check_map, bad, "x.json")
-    assert "nowhere" in str(raises(devices.MapError, devices.load_map, MAPS + "/nowhere.json"))
+    raises(MapError, check_map, bad, "x.json")
+    assert "nowhere" in str(raises(MapError, load_map, MAPS + "/nowhere.json"))
 
 
 def test_shipped_maps_load():
@@ -164,18 +165,16 @@ def test_shipped_maps_load():
         ("sunspec_battery_802", "battery"),
         ("sunspec_der_704", "inverter"),
     ):
-        register_map = devices.load_map(MAPS + "/" + name + ".json")
+        register_map = load_map(MAPS + "/" + name + ".json")
         assert register_map["kind"] == kind and register_map["name"] == name
         device = devices.Device(kind, register_map, FakeClient({}), 1)
         assert len(device.plan) <= 2  # every map reads in one or two requests
 
 
 def make_plant(battery_client, inverter_map=None):
-    meter = devices.Device(
-        "meter", devices.load_map(MAPS + "/eastron_sdm120.json"), FakeClient({}), 1
-    )
-    battery = devices.Device("battery", devices.check_map(battery_map(), "b"), battery_client, 2)
-    inverter_map = inverter_map or devices.load_map(MAPS + "/sunspec_der_704.json")
+    meter = devices.Device("meter", load_map(MAPS + "/eastron_sdm120.json"), FakeClient({}), 1)
+    battery = devices.Device("battery", check_map(battery_map(), "b"), battery_client, 2)
+    inverter_map = inverter_map or load_map(MAPS + "/sunspec_der_704.json")
     regs = {40186: 0, 40259: 5000, 40260: 4000, 40270: 0, 40332: 0xFFFE}
     inverter = devices.Device("inverter", inverter_map, FakeClient(regs), 3)
     return devices.Plant(meter, battery, inverter, link_timeout_ms=1000)
@@ -244,14 +243,14 @@ def test_set_power_as_percent_of_a_max_register():
     inverter_map["points"]["pct"] = {"address": 40290, "type": "i16", "scale": 0.1}
     setpoint = inverter_map["setpoint"]
     setpoint.update({"point": "pct", "unit": "%", "of": "max_power_w", "sign": -1, "enable": []})
-    plant = make_plant(FakeClient(battery_regs()), devices.check_map(inverter_map, "pct"))
+    plant = make_plant(FakeClient(battery_regs()), check_map(inverter_map, "pct"))
     plant.inverter.client.regs[40251] = 8000  # WMax
     assert run(plant.set_power(2000, 1000)) == 2000
     assert plant.inverter.client.writes == [(40290, [modbus.encode(-250, "i16")[0]])]
 
 
 def test_load_map_keeps_only_what_the_code_uses():
-    register_map = devices.load_map(MAPS + "/sunspec_battery_802.json")
+    register_map = load_map(MAPS + "/sunspec_battery_802.json")
     assert "points" not in register_map and "notes" not in register_map
     assert register_map["_specs"]["soc_pct"][:3] == (3, 40081, 1)
     assert register_map["alarm"]["alarm_bits"]["OVER_TEMP_ALARM"] == 1

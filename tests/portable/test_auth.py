@@ -86,3 +86,9 @@ def test_replay_table_is_bounded_and_eviction_stays_safe():
     # Frames sent after the last eviction are fine, for new and dropped senders.
     guard.admit(0, 2, 1006)
     guard.admit(99, 1, 1007)
+
+
+def test_frames_sent_before_a_reboot_are_refused_after_it():
+    guard = auth.ReplayGuard(not_before_ms=5000)  # booted at t = 5 s
+    raises(errors.Replay, guard.admit, 1, 10, 4999)  # possibly seen before the reboot
+    guard.admit(1, 11, 5000)

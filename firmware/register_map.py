@@ -1,0 +1,164 @@
+"""Register maps (hardware/registers/*.json): loading and checking them, and read planning.
+
+    register_map = load_map(path)       # checked, points compiled; MapError names what is wrong
+    check_map(a_dict, where)            # the same for a map already in memory
+    plan_reads(specs, names, blocks)    # [(function, start, count, [names])]
+
+Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
+every map of a kind names its points the same (REQUIRED below), and where a
+register sits, its type, word order, scale, scale-factor register and sign
+are data in the map (format: hardware/registers/README.md). A checked map holds
+its points as spec tuples in "_specs" (fields _F.._NI below) and its derived
+points in "_derived"; devices.py reads and writes devices through them.
+"""
+
+import gc
+import json
+
+import modbus
+
+KINDS = ("meter", "battery", "inverter")
+REQUIRED = {
+    "meter": ("voltage_v", "current_a", "power_w", "import_kwh", "export_kwh"),
+    "battery": tuple(
+        "soc_pct soh_pct capacity_kwh remaining_kwh voltage_v current_a temperature_c".split()
+    ),
+    "inverter": ("power_w",),
+}
+SIZES = modbus.SIZES
+
+_F, _A, _N, _T, _W, _S, _SF, _NI = 0, 1, 2, 3, 4, 5, 6, 7  # fields of a point spec tuple
+
+
+class MapError(ValueError):
+    """A register map that cannot be used; the message names the file and the point."""
+
+
+def load_map(path):
+    """Read and check a register map; MapError (a ValueError) names what is wrong."""
+    try:
+        with open(path) as f:
+            register_map = json.load(f)
+    except OSError as exc:
+        raise MapError("%s: cannot read: %s" % (path, exc)) from None
+    except ValueError as exc:
+        raise MapError("%s: not JSON: %s" % (path, exc)) from None
+    check_map(register_map, path)
+    # Keep what the code uses: the points are compiled into _specs, and the notes are for
+    # people. A SunSpec map parsed is ~16 KB of heap on the unix port; this halves it.
+    for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
+        register_map.pop(key, None)
+    alarm = register_map.get("alarm")
+    if alarm:  # warnings only count (health), they need no names: one mask
+        alarm["warning_mask"] = sum(1 << bit for bit in alarm.pop("warning_bits", {}).values())
+    gc.collect()
+    return register_map
+
+
+def _need(ok, where, text):
+    if not ok:
+        raise MapError("%s: %s" % (where, text))
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_map(register_map, where="map"):
+    """Validate a map (dict) in place and compile its points into spec tuples."""
+    _need(isinstance(register_map, dict), where, "a map is a JSON object")
+    kind, points = register_map.get("kind"), register_map.get("points")
+    _need(kind in KINDS, where, "kind must be one of %s, not %r" % ("/".join(KINDS), kind))
+    _need(isinstance(points, dict) and points, where, "no points")
+    defaults = register_map.get("defaults", {})
+    missing = register_map.get("not_implemented", {})
+    specs, derived = {}, {}
+    for name, point in points.items():
+        here = "%s: point %r" % (where, name)
+        _need(isinstance(point, dict), here, "a point is a JSON object")
+        if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
+            inputs, scale = point["derive"], point.get("scale", 1)
+            _need(isinstance(inputs, list) and inputs and _number(scale), here, "bad derive")
+            derived[name] = (inputs, scale)
+            continue
+        p = dict(defaults)
+        p.update(point)
+        size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
+        _need(size, here, "type must be one of %s" % "/".join(SIZES))
+        _need(isinstance(address, int) and 0 <= address <= 0x10000 - size, here, "bad address")
+        _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
+        _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
+        _need(_number(scale) and scale != 0, here, "scale must be a non-zero number")
+        specs[name] = (
+            p["function"], address, size, p["type"], p.get("word_order", "big"), scale,
+            p.get("sf"), missing.get(p["type"]),
+        )  # fmt: skip
+    for name, spec in specs.items():
+        sf = spec[_SF]
+        ok = sf is None or (sf in specs and specs[sf][_T] == "i16" and not specs[sf][_SF])
+        _need(ok, "%s: point %r" % (where, name), "sf %r must name an i16 point" % (sf,))
+    for name, (inputs, _scale) in derived.items():
+        for other in inputs:
+            _need(other in specs, "%s: point %r" % (where, name), "unknown point %r" % other)
+    for name in REQUIRED[kind]:
+        _need(name in specs or name in derived, where, "a %s map needs point %r" % (kind, name))
+    _check_sections(register_map, specs, where)
+    register_map["_specs"], register_map["_derived"] = specs, derived
+    return register_map
+
+
+def _check_sections(register_map, specs, where):
+    kind, alarm = register_map["kind"], register_map.get("alarm")
+    _need(kind != "battery" or isinstance(alarm, dict), where, "a battery map needs 'alarm'")
+    if alarm is not None:
+        _need(alarm.get("point") in specs, where, "alarm: 'point' must name a point")
+        bits = 16 * specs[alarm["point"]][_N]
+        for section in ("alarm_bits", "warning_bits"):
+            for name, bit in alarm.get(section, {}).items():
+                ok = isinstance(bit, int) and 0 <= bit < bits
+                _need(ok, where, "alarm: %s %r: bit must be 0..%d" % (section, name, bits - 1))
+        ok = "fault_states" not in alarm or alarm.get("state_point") in specs
+        _need(ok, where, "alarm: fault_states need a state_point")
+    setpoint = register_map.get("setpoint")
+    _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
+    if setpoint is not None:
+        here = where + ": setpoint"
+        writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
+        _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
+        _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
+        unit = setpoint.get("unit", "W")
+        _need(unit == "W" or (unit == "%" and setpoint.get("of") in specs), here, "unit W or %+of")
+        for pair in setpoint.get("enable", []):
+            ok = isinstance(pair, list) and len(pair) == 2 and pair[0] in writable
+            _need(ok, here, "enable is a list of [holding point, value]")
+        for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
+            _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
+
+
+def plan_reads(specs, names, blocks=None, max_registers=modbus.MAX_READ):
+    """[(function, start, count, [names])]: few requests covering the named points.
+
+    Neighbours merge when the span stays within max_registers and is either
+    contiguous or inside one of the map's readable blocks (a device may answer
+    "illegal address" for registers between its documented ones).
+    """
+    plan = []
+    for function, address, size, name in sorted(
+        (specs[n][_F], specs[n][_A], specs[n][_N], n) for n in names
+    ):
+        end = address + size
+        if plan:
+            f, start, count, members = plan[-1]
+            if f == function and end - start <= max_registers:
+                if address <= start + count or _in_block(blocks, start, end):
+                    plan[-1] = (f, start, max(count, end - start), members + [name])
+                    continue
+        plan.append((function, address, size, [name]))
+    return plan
+
+
+def _in_block(blocks, start, end):
+    for first, count in blocks or ():
+        if first <= start and end <= first + count:
+            return True
+    return False
