@@ -32,29 +32,16 @@ refuse a replayed BidConfirm, and this refuses a re-sent one for a contract
 the book no longer remembers (the price: a rare safe refusal of a contract
 for a slot that ends before one already pruned).
 
-Record payload (big-endian), after store.py's header:
-    book version u8 | marks n u8 | contracts n u8 | own_id u64 | retired_s u64
-    n x (sender key id u32, highest message_id u64)
-    n x (buyer_id u32, confirm_id u64, price f64, delivered_wh f64, flags u8,
-         contract length u8, MarketContract.to_bytes())
+The record's byte layout is book_record.py's.
 """
 
-import struct
-
+import book_record
 import store
+from book_record import MAX_MARKS, Entry
 
 from protocol import contract as mc
 from protocol.compat import const
 
-BOOK_VERSION = const(1)
-_HEAD = ">BBBQQ"
-_HEAD_SIZE = const(19)
-_MARK = ">IQ"
-_MARK_SIZE = const(12)
-_ENTRY = ">IQddBB"
-_ENTRY_SIZE = const(30)
-_REPORTED = const(1)
-MAX_MARKS = const(32)
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 # 16 of the largest entries (MarketContract.to_bytes() is 35 bytes + a slot name
@@ -74,21 +61,6 @@ class BookError(ValueError):
 
 class BookFull(BookError):
     """Every slot holds a live or not yet reported contract."""
-
-
-class Entry:
-    """One contract and what the device knows about it. Read-only outside the book."""
-
-    def __init__(self, contract, buyer_id, confirm_id, price, delivered_wh=0.0, reported=False):
-        self.contract = contract
-        self.buyer_id = buyer_id
-        self.confirm_id = confirm_id
-        self.price = price
-        self.delivered_wh = delivered_wh
-        self.reported = reported
-
-    def report(self):
-        return (self.contract, self.buyer_id, self.confirm_id)
 
 
 class ContractBook:
@@ -115,14 +87,15 @@ class ContractBook:
         """Load the book and apply the start-up rules; -> report entries still due."""
         self.corrupt = None
         try:
-            payload = store.load(self.path)
-            self._decode(payload)
+            loaded = book_record.decode(store.load(self.path))
         except store.CorruptRecord as exc:
             # Safe state: no contracts, so nothing executes; the file is kept for a
             # post-mortem, and the next save starts a fresh record (no crash loop).
             self.corrupt = "contract record set aside as %s.corrupt: %s" % (self.path, exc)
             store.set_aside(self.path)
-            self._decode(None)
+            loaded = book_record.decode(None)
+        self.marks, self.own_id, self.retired_s, self._entries = loaded
+        self._dirty = False
         self._flushed_s = now_s
         self._lapse(now_s, True)
         return self.reports()
@@ -369,74 +342,11 @@ class ContractBook:
         return e
 
     def _save(self):
-        chunks = self._encode()
+        chunks = book_record.encode(self.marks, self.own_id, self.retired_s, self._entries)
         store.save(self.path, chunks)
         self.saves += 1
         self.record_size = store.HEADER_SIZE + sum([len(c) for c in chunks])
         self._dirty = False
-
-    def _encode(self):
-        # A list of small chunks, not one buffer: after days of uptime the heap
-        # may hold no free 3 KB block, and store.save writes chunks one by one.
-        chunks = [
-            struct.pack(
-                _HEAD, BOOK_VERSION, len(self.marks), len(self._entries), self.own_id,
-                self.retired_s,
-            )
-        ]  # fmt: skip
-        for sender, high in self.marks.items():
-            chunks.append(struct.pack(_MARK, sender, high))
-        for e in self._entries:
-            raw = e.contract.to_bytes()
-            flags = _REPORTED if e.reported else 0
-            chunks.append(
-                struct.pack(
-                    _ENTRY, e.buyer_id, e.confirm_id, e.price, e.delivered_wh, flags, len(raw)
-                )
-            )
-            chunks.append(raw)
-        return chunks
-
-    def _decode(self, payload):
-        self.marks, self.own_id, self.retired_s, self._entries = {}, 0, 0, []
-        self._dirty = False
-        if payload is None:
-            return
-        size = len(payload)
-        if size < _HEAD_SIZE:
-            raise store.CorruptRecord("contract record of %d bytes is too short" % size)
-        version, n_marks, n_entries, own_id, retired = struct.unpack_from(_HEAD, payload, 0)
-        if version != BOOK_VERSION:
-            raise store.CorruptRecord(
-                "contract book version %d, this firmware reads %d" % (version, BOOK_VERSION)
-            )
-        pos = _HEAD_SIZE
-        if pos + n_marks * _MARK_SIZE > size:
-            raise store.CorruptRecord("contract record ends inside its marks")
-        marks = {}
-        for _ in range(n_marks):
-            sender, high = struct.unpack_from(_MARK, payload, pos)
-            marks[sender] = high
-            pos += _MARK_SIZE
-        entries = []
-        for _ in range(n_entries):
-            if pos + _ENTRY_SIZE > size:
-                raise store.CorruptRecord("contract record ends inside entry %d" % len(entries))
-            buyer, confirm, price, wh, flags, length = struct.unpack_from(_ENTRY, payload, pos)
-            pos += _ENTRY_SIZE
-            if pos + length > size:
-                raise store.CorruptRecord("contract record ends inside contract %d" % len(entries))
-            try:
-                c = mc.MarketContract.from_bytes(payload[pos : pos + length])
-            except ValueError as exc:
-                raise store.CorruptRecord("contract %d: %s" % (len(entries), exc)) from None
-            pos += length
-            entries.append(Entry(c, buyer, confirm, price, wh, bool(flags & _REPORTED)))
-        if pos != size:
-            raise store.CorruptRecord(
-                "contract record has %d bytes after its contracts" % (size - pos)
-            )
-        self.marks, self.own_id, self.retired_s, self._entries = marks, own_id, retired, entries
 
 
 def _check_int(name, value, top):

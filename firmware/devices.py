@@ -19,24 +19,12 @@ the board's clock keeps using it for its properties.
 """
 
 import asyncio
-import time
 
 import modbus
 from register_map import _A, _N, _NI, _S, _SF, _T, _W, KINDS, check_map, load_map, plan_reads
 
 from protocol import message
-from protocol.compat import const
-
-try:
-    from time import ticks_diff, ticks_ms  # MicroPython
-except ImportError:
-
-    def ticks_ms():
-        return time.monotonic_ns() // 1000000
-
-    def ticks_diff(a, b):
-        return a - b
-
+from protocol.compat import const, ticks_diff, ticks_ms
 
 # Health thresholds on state of health (SoH, % of rated capacity). 80 % is the usual
 # end-of-warranty line for Li-ion storage; below 60 % a pack is near end of life.

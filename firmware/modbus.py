@@ -16,20 +16,8 @@ in tests/portable/test_modbus_codec.py.
 
 import asyncio
 import struct
-import time
 
-from protocol.compat import const
-
-try:
-    from time import ticks_diff, ticks_us  # MicroPython
-except ImportError:
-
-    def ticks_us():
-        return time.monotonic_ns() // 1000
-
-    def ticks_diff(a, b):
-        return a - b
-
+from protocol.compat import const, ticks_diff, ticks_us
 
 READ_HOLDING = const(3)
 READ_INPUT = const(4)

@@ -17,6 +17,21 @@ except ImportError:  # CPython: const() is only a hint to the MicroPython compil
 
 
 try:
+    from time import ticks_diff, ticks_ms, ticks_us  # MicroPython's wrapping timers
+except ImportError:  # CPython: monotonic clocks that do not wrap
+    import time as _time
+
+    def ticks_ms():
+        return _time.monotonic_ns() // 1000000
+
+    def ticks_us():
+        return _time.monotonic_ns() // 1000
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+try:
     from hmac import compare_digest as equal_tags  # CPython: constant time, in C
 except ImportError:
 

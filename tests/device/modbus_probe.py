@@ -25,6 +25,8 @@ import time
 import devices
 import modbus
 
+from protocol.compat import ticks_diff, ticks_us
+
 VALUES = (
     "soc_pct",
     "soh_pct",
@@ -38,16 +40,6 @@ VALUES = (
     "export_kwh",
     "import_kwh",
 )
-
-try:
-    from time import ticks_diff, ticks_us
-except ImportError:
-
-    def ticks_us():
-        return time.monotonic_ns() // 1000
-
-    def ticks_diff(a, b):
-        return a - b
 
 
 def wall_ms():

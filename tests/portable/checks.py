@@ -1,9 +1,25 @@
 """Tiny test helpers that work on MicroPython and CPython alike."""
 
 import json
+import os
+import random
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 VECTORS = _HERE + "/../vectors"
+
+
+class TempDir:
+    """A fresh directory under /tmp (MicroPython has no tempfile), removed on exit."""
+
+    def __enter__(self):
+        self.path = "/tmp/gridbid-test-%08x" % random.getrandbits(32)
+        os.mkdir(self.path)
+        return self.path
+
+    def __exit__(self, *exc):
+        for name in os.listdir(self.path):
+            os.remove(self.path + "/" + name)
+        os.rmdir(self.path)
 
 
 def raises(exc_type, fn, *args, **kwargs):

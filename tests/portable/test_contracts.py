@@ -6,31 +6,16 @@ in the middle of a save are tests/test_power_cut.py.
 
 import gc
 import os
-import random
 
 import contracts
 import store
-from checks import raises
+from checks import TempDir, raises
 
 from protocol import contract as mc
 from protocol.errors import ContractError
 
 SLOT = 900
 S = 1763700300  # a 15-minute slot boundary
-
-
-class TempDir:
-    """A fresh directory under /tmp (MicroPython has no tempfile), removed on exit."""
-
-    def __enter__(self):
-        self.path = "/tmp/gridbid-book-%08x" % random.getrandbits(32)
-        os.mkdir(self.path)
-        return self.path
-
-    def __exit__(self, *exc):
-        for name in os.listdir(self.path):
-            os.remove(self.path + "/" + name)
-        os.rmdir(self.path)
 
 
 def terms(n, slot=0, watts=5000, state=mc.RECEIVED, maker="hub"):

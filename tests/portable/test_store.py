@@ -5,24 +5,9 @@ record format and the file handling on the host filesystem.
 """
 
 import os
-import random
 
 import store
-from checks import raises
-
-
-class TempDir:
-    """A fresh directory under /tmp (MicroPython has no tempfile), removed on exit."""
-
-    def __enter__(self):
-        self.path = "/tmp/gridbid-store-%08x" % random.getrandbits(32)
-        os.mkdir(self.path)
-        return self.path
-
-    def __exit__(self, *exc):
-        for name in os.listdir(self.path):
-            os.remove(self.path + "/" + name)
-        os.rmdir(self.path)
+from checks import TempDir, raises
 
 
 def write(path, data):
