@@ -24,8 +24,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-  || { echo "gridbid needs Python 3.10 or newer (found $(python3 --version 2>&1))"; exit 1; }
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "gridbid needs Python 3.11 or newer (found $(python3 --version 2>&1))"; exit 1; }
 
 # The Python environment: .venv, reinstalled when pyproject.toml changes.
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"

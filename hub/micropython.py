@@ -34,7 +34,8 @@ def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None, c
     found = None if cpython else binary()
     if found is None:
         path = os.pathsep.join([*roots, *map(str, extra_path)])
-        env = {**os.environ, "PYTHONPATH": path}
+        # Unbuffered, as a board's console: its log lines are read as they come.
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
         return [sys.executable, str(script), *args], env, "CPython"
     path = ":".join([".frozen", *roots, *map(str, extra_path)])
     env = {**os.environ, "MICROPYPATH": path}
