@@ -282,6 +282,13 @@ class MarketSlot:
         self.layers.append(layer)
         return layer
 
+    def undo(self, layer, ref=None):
+        """Take back the last layer added (e.g. the store refused to record it)."""
+        if not self.layers or self.layers[-1] is not layer:
+            raise ValueError("only the last layer can be taken back")
+        self.layers.pop()
+        self._by_ref.pop((layer.side, layer.owner, ref), None)
+
     @property
     def bids(self):
         return [o for o in self.layers if o.side == BID]
