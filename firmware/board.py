@@ -100,10 +100,18 @@ class Board:
         return sock
 
     async def receive(self, sock, size=512):
-        """Wait for one datagram."""
-        if MICROPYTHON:
-            return await asyncio.StreamReader(sock).read(size)
-        return await asyncio.get_running_loop().sock_recv(sock, size)
+        """Wait for one datagram, and return exactly one."""
+        if not MICROPYTHON:
+            return await asyncio.get_running_loop().sock_recv(sock, size)
+        # MicroPython's stream read(n) calls recv until it has n bytes, which on a
+        # UDP socket glues datagrams together: use the stream only to wait.
+        reader = asyncio.StreamReader(sock)
+        while True:
+            await reader.read(0)
+            try:
+                return sock.recv(size)
+            except OSError:  # woken for nothing (EAGAIN): wait again
+                continue
 
     # --- serial -------------------------------------------------------------
 

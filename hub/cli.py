@@ -8,6 +8,10 @@ COMMANDS = {
     "etp": ("hub.etp_cli", "decode and encode ETP frames (for debugging captures)"),
     "demo": ("hub.demo", "run the local demo: a device on the MicroPython VM and aggregators"),
     "device": ("hub.device_cli", "run a battery controller, or simulate its Modbus devices"),
+    "experiment": (
+        "hub.experiment",
+        "measure what N competing aggregators pay owners vs one utility",
+    ),
 }
 
 
