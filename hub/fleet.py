@@ -40,6 +40,7 @@ class DeviceUnderTest:
 
     async def start(self, timeout=20.0):
         bundle = self.fleet.bundle
+        mark = len(self.lines)  # after a restart, only this run's lines count
         argv, env, self.runtime = micropython.command(
             (bundle or micropython.FIRMWARE) / "main.py", str(UNIX_BOARD), str(self.config_path),
             heap=self.fleet.heap, device_root=bundle, cpython=self.fleet.cpython,
@@ -49,7 +50,7 @@ class DeviceUnderTest:
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # Ctrl-C is ours to handle
         )  # fmt: skip
         self._reader = asyncio.create_task(self._collect(self.process))
-        await self.wait_for("ready on", timeout)
+        await self.wait_for("ready on", timeout, after=mark)
 
     async def _collect(self, process):
         async for line in process.stdout:
