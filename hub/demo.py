@@ -114,6 +114,7 @@ class Demo:
             say("demo", "--- round %d: %d aggregators bid on %d batteries ---"
                 % (number, len(aggs), len(fleet.devices)))  # fmt: skip
             await asyncio.gather(*(self.auction(d, aggs, links) for d in fleet.devices))
+            await asyncio.sleep(0.3)  # the batteries' lines of this round print before the next
 
     async def auction(self, device, aggs, links):
         n = len(aggs)
