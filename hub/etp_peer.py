@@ -87,7 +87,7 @@ class Link:
     def __init__(self, agg, reader, writer):
         self.agg = agg
         self.reader, self.writer = reader, writer
-        self.decoder = frame.StreamDecoder(agg.codec)
+        self.decoder = frame.StreamDecoder(agg.codec, max_buffer=4096 + frame.FRAME_SIZE)
         self.inbox = asyncio.Queue()
         self.sent = collections.deque(maxlen=64)  # the frames as sent (for replay tests)
         self.task = asyncio.create_task(self._read())

@@ -24,6 +24,7 @@ import time
 from protocol import errors, frame, message
 
 BACKOFF_S = (0.5, 30.0)
+READ_SIZE = 4096
 
 
 def now_ms():
@@ -209,9 +210,10 @@ class DeviceLink:
             await writer.drain()
 
     async def _read_loop(self, reader):
-        decoder = frame.StreamDecoder(self.codec)
+        # The decoder must hold a whole read plus a partial frame, or it drops bytes.
+        decoder = frame.StreamDecoder(self.codec, max_buffer=READ_SIZE + frame.FRAME_SIZE)
         while True:
-            data = await reader.read(4096)
+            data = await reader.read(READ_SIZE)
             if not data:
                 return
             decoder.feed(data)

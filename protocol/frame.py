@@ -149,7 +149,8 @@ class StreamDecoder:
     of garbage is dropped and handed to on_error(exc), and decoding goes on.
     next() is the step underneath: a Frame, None (needs more bytes), or an
     ETPError raised after the bad bytes were dropped. The buffer never holds
-    more than max_buffer bytes.
+    more than max_buffer bytes: make it at least a read's size plus one frame,
+    or bytes are dropped (counted in `skipped`) before they can be decoded.
     """
 
     def __init__(self, codec, max_buffer=8 * FRAME_SIZE):

@@ -120,3 +120,31 @@ def test_discovery_finds_every_battery_through_10_percent_loss(tmp_path):
             await fleet.close()
 
     asyncio.run(scenario())
+
+
+def test_a_full_read_of_many_frames_loses_none():
+    """A burst bigger than a small decoder's buffer (33 frames in one 4 KB read)."""
+
+    async def scenario():
+        hub, device = codecs()
+        got = []
+        server_port = free_port()
+
+        async def burst(reader, writer):
+            ids = message.MessageIds(transport.now_ms())
+            status = [
+                message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0)
+                for _ in range(100)
+            ]
+            writer.write(b"".join(device.seal(m, transport.now_ms()) for m in status))
+            await writer.drain()
+
+        server = await asyncio.start_server(burst, "127.0.0.1", server_port)
+        link = transport.DeviceLink(
+            hub, "127.0.0.1", server_port, lambda _l, f: got.append(f)
+        ).start()
+        await wait_until(lambda: len(got) == 100)
+        await link.close()
+        server.close()
+
+    asyncio.run(scenario())
