@@ -113,14 +113,15 @@ class Executor:
     def account(self):
         """Meter energy since the last tick into every active contract."""
         plant = self.plant
-        for deal in self.active():
+        active = self.active()
+        share = 1.0 / max(1, len(active))  # concurrent contracts split the meter
+        for deal in active:
             counter = plant.export_kwh if deal.avg_power_watts > 0 else plant.import_kwh
             if counter is None:
                 continue  # stale or failed read: the next good one carries the difference
             last = self.baseline.get(deal.contract_id)
             self.baseline[deal.contract_id] = counter
             if last is not None and counter > last:
-                share = 1.0 / max(1, len(self.active()))  # concurrent contracts split the meter
                 wh = (counter - last) * 1000 * share
                 self.book.add_energy(deal.contract_id, wh, self.board.now_ms() // 1000)
 

@@ -220,13 +220,16 @@ class Node:
         self.log("bid %.2f c/kWh from aggregator %d" % (msg.bid_price, session.peer))
 
     async def close_auctions(self):
-        """Close the open auction when due; answer every bidder."""
+        """Close the open auction when due; answer every bidder. Sleeps until the close
+        once a bid set it (a board should not wake 100 times a second for nothing)."""
         while True:
-            offer = self.offer
-            if offer is not None and offer.auction.due(self.board.now_ms()):
+            offer, now = self.offer, self.board.now_ms()
+            if offer is not None and offer.auction.due(now):
                 self.offer = None
                 await self.decide(offer)
-            await asyncio.sleep(0.01)
+                continue
+            closes = offer.auction.closes_ms if offer is not None else None
+            await asyncio.sleep(0.02 if closes is None else (closes - now) / 1000)
 
     async def decide(self, offer):
         winner, rejects = offer.auction.close()

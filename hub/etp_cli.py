@@ -14,6 +14,7 @@ import json
 import sys
 import time
 
+from hub.transport import now_ms
 from protocol import auth, errors, frame, message
 
 
@@ -55,10 +56,6 @@ def run(args):
         return 2
     print(out)
     return 0
-
-
-def now_ms():
-    return time.time_ns() // 1_000_000
 
 
 def read_arg(text):

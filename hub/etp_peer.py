@@ -3,14 +3,10 @@ group and bids over TCP sessions. The demo, tests and benchmarks drive devices w
 
 import asyncio
 import collections
-import socket
 import time
 
+from hub.transport import group_socket, now_ms
 from protocol import auth, errors, frame, message
-
-
-def now_ms():
-    return time.time_ns() // 1_000_000
 
 
 class GroupListener(asyncio.DatagramProtocol):
@@ -37,12 +33,7 @@ class Aggregator:
 
     async def join(self):
         """Listen on the group (through the loopback interface) and be able to send to it."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", self.group[1]))
-        mreq = socket.inet_aton(self.group[0]) + socket.inet_aton("127.0.0.1")
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sock = group_socket(*self.group)
         loop = asyncio.get_running_loop()
         _transport, self.listener = await loop.create_datagram_endpoint(
             lambda: GroupListener(self.codec), sock=sock
@@ -87,7 +78,7 @@ class Link:
     def __init__(self, agg, reader, writer):
         self.agg = agg
         self.reader, self.writer = reader, writer
-        self.decoder = frame.StreamDecoder(agg.codec, max_buffer=4096 + frame.FRAME_SIZE)
+        self.decoder = frame.StreamDecoder(agg.codec)
         self.inbox = asyncio.Queue()
         self.sent = collections.deque(maxlen=64)  # the frames as sent (for replay tests)
         self.task = asyncio.create_task(self._read())

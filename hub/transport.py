@@ -31,6 +31,18 @@ def now_ms():
     return time.time_ns() // 1_000_000
 
 
+def group_socket(group_addr, port, interface="127.0.0.1"):
+    """A UDP socket joined to the ETP group through `interface`, sending through it too
+    (several processes on one host may bind the group port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", port))
+    via = socket.inet_aton(interface)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(group_addr) + via)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, via)
+    return sock
+
+
 class QueueFull(Exception):
     """A link's outgoing queue is full: the battery is not reading, or is gone."""
 
@@ -94,14 +106,7 @@ class Discovery(asyncio.DatagramProtocol):
         self._sock = None
 
     async def start(self):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", self.group[1]))
-        group = socket.inet_aton(self.group[0])
-        sock.setsockopt(
-            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + socket.inet_aton(self.interface)
-        )
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.interface))
+        sock = group_socket(*self.group, self.interface)
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._sock = sock
@@ -210,8 +215,7 @@ class DeviceLink:
             await writer.drain()
 
     async def _read_loop(self, reader):
-        # The decoder must hold a whole read plus a partial frame, or it drops bytes.
-        decoder = frame.StreamDecoder(self.codec, max_buffer=READ_SIZE + frame.FRAME_SIZE)
+        decoder = frame.StreamDecoder(self.codec)
         while True:
             data = await reader.read(READ_SIZE)
             if not data:

@@ -148,9 +148,10 @@ class StreamDecoder:
     `for got in decoder.frames(now_ms, on_error): ...`; each bad frame or run
     of garbage is dropped and handed to on_error(exc), and decoding goes on.
     next() is the step underneath: a Frame, None (needs more bytes), or an
-    ETPError raised after the bad bytes were dropped. The buffer never holds
-    more than max_buffer bytes: make it at least a read's size plus one frame,
-    or bytes are dropped (counted in `skipped`) before they can be decoded.
+    ETPError raised after the bad bytes were dropped. Bytes just fed are always
+    kept (with a partial frame before them); older undecoded bytes beyond
+    max_buffer are dropped and counted in `skipped`, so the buffer stays within
+    max(max_buffer, the largest read + one frame).
     """
 
     def __init__(self, codec, max_buffer=8 * FRAME_SIZE):
@@ -161,7 +162,7 @@ class StreamDecoder:
 
     def feed(self, data):
         buf = self._buf + data
-        excess = len(buf) - self.max_buffer
+        excess = len(buf) - max(self.max_buffer, len(data) + self.codec.frame_size)
         if excess > 0:  # a peer sending faster than we decode, or pure garbage
             buf = buf[excess:]
             self.skipped += excess
