@@ -27,9 +27,10 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class DeviceUnderTest:
-    def __init__(self, fleet, index, device_id, address, sim, config_path, data_dir):
+    def __init__(self, fleet, index, device_id, key, address, sim, config_path, data_dir):
         self.fleet, self.index = fleet, index
         self.device_id = device_id
+        self.key = key
         self.address = address
         self.sim = sim
         self.config_path = config_path
@@ -143,8 +144,7 @@ class Fleet:
         path = folder / "config.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps(cfg))
-        device = DeviceUnderTest(self, index, device_id, address, sim, path, folder / "data")
-        device.key = key
+        device = DeviceUnderTest(self, index, device_id, key, address, sim, path, folder / "data")
         self.devices.append(device)
         return device
 

@@ -208,10 +208,10 @@ async def bad_input(fleet):
     # Garbage, a forged frame and a replay get nothing back, and break nothing.
     import os
 
-    from protocol import frame
+    from protocol import auth, frame
 
     link.writer.write(b"\x00garbage\xffET\x01" + os.urandom(300))
-    forged = frame.Codec(agg.keyring.__class__({1: os.urandom(32)}), key_id=1)
+    forged = frame.Codec(auth.Keyring({1: os.urandom(32)}), key_id=1)
     link.writer.write(forged.seal(message.query(agg.ids.next(), 0), int(time.time() * 1000)))
     bid = await link.bid(device.device_id, offer.sale_price + 1.0, offer.energy_total)
     answer, _ = await link.answer(bid)
