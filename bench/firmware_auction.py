@@ -9,6 +9,11 @@
 - the firmware's live heap peak.
 
     .venv/bin/python bench/firmware_auction.py [--rounds 40] [--aggregators 8]
+    .venv/bin/python bench/firmware_auction.py --romfs --heap 128k   # as on an ESP32
+
+--romfs runs the ROMFS build (tools/flash.py build --romfs), as a board without
+PSRAM must: the modules run in place from the image, mapped outside the VM's
+heap (tools/romvm.py), so the heap holds only what the firmware allocates.
 """
 
 import argparse
@@ -21,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "firmware"))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import flash  # noqa: E402
 
 from hub.fleet import Fleet  # noqa: E402
 from protocol import message  # noqa: E402
@@ -32,9 +40,13 @@ def pct(values, p):
 
 
 async def bench(args, tmp):
+    bundle = romfs = None
+    if args.romfs:
+        bundle = flash.build("unix", Path(tmp) / "build", romfs=True)
+        romfs = flash.romfs_path(bundle)
     fleet = Fleet(tmp, aggregators=range(1, args.aggregators + 1), heap=args.heap,
                   auction_ms=args.auction_ms, max_peers=max(8, args.aggregators),
-                  heap_report_s=1, status_ms=2000)  # fmt: skip
+                  heap_report_s=1, status_ms=2000, bundle=bundle, romfs=romfs)  # fmt: skip
     try:
         device = await fleet.add(sim_settings={"capacity_kwh": 500.0, "soc_pct": 90.0})
         await device.start()
@@ -74,7 +86,9 @@ async def bench(args, tmp):
             mark = len(device.lines)
             await device.wait_for("battery recovered", after=mark, timeout=5)
         await asyncio.sleep(1.2)  # one more heap report
-        return bids / elapsed, answer_ms, decision_ms, failure_ms, device.peak_heap(), fleet.heap
+        oom = sum("MemoryError" in line or "out of memory" in line for line in device.lines)
+        heap = (device.peak_heap(), fleet.heap, oom)
+        return bids / elapsed, answer_ms, decision_ms, failure_ms, heap
     finally:
         await fleet.close()
 
@@ -86,9 +100,12 @@ def main(argv=None):
     parser.add_argument("--auction-ms", type=int, default=50)
     parser.add_argument("--alarms", type=int, default=5)
     parser.add_argument("--heap", default="512k", help="VM heap (-X heapsize)")
+    parser.add_argument(
+        "--romfs", action="store_true", help="run the ROMFS build, modules outside the heap"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gridbid-bench-") as tmp:
-        rate, answers, decisions, failures, heap, heap_size = asyncio.run(bench(args, tmp))
+        rate, answers, decisions, failures, (heap, heap_size, oom) = asyncio.run(bench(args, tmp))
     print("bids answered          %d" % len(answers))
     print("bid -> answer          p50 %d ms, p99 %d ms (auction window %d ms)"
           % (pct(answers, 50), pct(answers, 99), args.auction_ms))  # fmt: skip
@@ -97,10 +114,12 @@ def main(argv=None):
     print("DeviceFailure          p50 %d ms, max %d ms, %d alarms x %d aggregators (deadline 200)"
           % (statistics.median(failures), max(failures), args.alarms,
              args.aggregators))  # fmt: skip
-    print("live heap peak         %s bytes (VM -X heapsize=%s, 64-bit)" % (heap, heap_size))
+    build = "ROMFS build" if args.romfs else "modules compiled from source"
+    print("live heap peak         %s bytes (VM -X heapsize=%s, 64-bit, %s); %d out-of-memory"
+          % (heap, heap_size, build, oom))  # fmt: skip
     print(
         "firmware_auction: %.0f bids/s with %d aggregators; bid->answer p50 %d / p99 %d ms; "
-        "close->answer p99 %d ms; DeviceFailure max %d ms; peak heap %s B"
+        "close->answer p99 %d ms; DeviceFailure max %d ms; peak heap %s B at %s"
         % (
             rate,
             args.aggregators,
@@ -109,6 +128,7 @@ def main(argv=None):
             pct(decisions, 99),
             max(failures),
             heap,
+            heap_size + (" (ROMFS)" if args.romfs else ""),
         )  # fmt: skip
     )
 

@@ -14,8 +14,15 @@ bench/hub_load_hub.py). Measured:
 - overload: one simulator core cannot saturate the hub one frame per write, so a short
   probe sends status in bursts of --overload-burst: the hub's ceiling, what it loses;
 - bid -> BidAccept/BidReject (net of the --auction-ms window) and DeviceFailure fan-out
-  latencies, p50/p99, at the firmware's 1 s status and under load;
-- frames lost, and the hub's RSS with all links up.
+  latencies, p50/p99, at the firmware's 1 s status and under load, end to end; and where
+  the time went, from the batteries' own timestamps and the kernel's receive stamp on
+  their sockets: the hub and the network, and the batteries waiting for their shared CPU
+  (a real battery has its own) are told apart;
+- frames lost, and the hub's RSS with all links up; the hub's event-loop lag and GC
+  pauses (it calls gc.freeze() once the links are up, as a hub should: --no-gc-freeze);
+- how long the hub and the batteries waited for a CPU (/proc/PID/schedstat) and how much
+  other work the machine did meanwhile: another test run on a shared machine shows in the
+  latencies, and here is how much.
 
 With two or more CPUs the hub is pinned to the first and the batteries to the others
 (--no-pin: leave it to the kernel); on 2 cores the 1,000 batteries share one core,
@@ -30,6 +37,7 @@ is 0 unless the run failed. About 30 s.
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -45,7 +53,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hub_load_hub import Hub, LagMonitor, decode_cost, measure, report, rss_kb, send_costs  # noqa: E402
+from hub_load_hub import (  # noqa: E402
+    NAN,
+    Hub,
+    LagMonitor,
+    decode_cost,
+    measure,
+    report,
+    rss_kb,
+    send_costs,
+)
 
 from hub import transport  # noqa: E402
 from protocol import message  # noqa: E402
@@ -111,6 +128,9 @@ class Children:
             found += json.loads(line)["ready"]
         return found
 
+    def pids(self):
+        return [proc.pid for proc in self.procs]
+
     async def tell(self, **cmd):
         data = (json.dumps(cmd) + "\n").encode()
         for proc in self.procs:
@@ -146,6 +166,16 @@ class Children:
             await proc.wait()
 
 
+def full_gc_ms():
+    """How long a full collection takes now (the median of 3), ms."""
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[1]
+
+
 def phase(**kw):
     """What a phase measured: Bid answers, DeviceFailure latencies, and so on."""
     empty = dict(answers=[], missing=0, failures=[], lasts=[], fail_missing=0)
@@ -159,7 +189,7 @@ async def bid_round(hub, rng, tag, into, timeout=5.0):
     for link in hub.links:
         hub.bid(link, rng, tag)
     hub.queueing_ms.append((time.perf_counter() - t0) * 1000)
-    # Every link's send task has taken its Bid (sealed and written it at once).
+    # Every Bid written (at once by DeviceLink.send, unless a link's peer is not reading).
     await wait_until(lambda: all(link.queue.empty() for link in hub.links), timeout, step=0.001)
     hub.sending.append(((time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000))
     await wait_until(lambda: not hub.pending, timeout)
@@ -219,6 +249,7 @@ async def nominal_phase(hub, children, rng, args, monitor):
     _, p.bursts = await children.trace()
     log("at 1 s status: %d DeviceFailure fan-outs done", args.failures)
     p.lags = monitor.take()
+    p.usage = monitor.usage
     return p
 
 
@@ -233,7 +264,9 @@ async def load_phase(hub, children, rng, args, monitor):
     window = await measure(hub, children, args.seconds, monitor, args.profile)
     traffic.cancel()
     await wait_until(lambda: not hub.pending, 3)
-    p = phase(lags=window.lags, answers=hub.answers[start:], missing=len(hub.pending))
+    p = phase(
+        lags=window.lags, usage=window.usage, answers=hub.answers[start:], missing=len(hub.pending)
+    )
     hub.pending.clear()
     p.trace, _ = await children.trace()
     await failure_round(hub, children, p)
@@ -269,6 +302,7 @@ async def bench(args, cpus):
     n_links = args.devices * args.links_per_device
     children, monitor, ok = Children(), None, False
     R = argparse.Namespace(n_links=n_links, aggregators=args.aggregators, pinned=bool(cpus))
+    R.sim_cpus = "CPU " + ",".join(map(str, cpus)) if cpus else "any CPU"
     try:
         log("starting %d batteries in %d processes ...", args.devices, args.processes)
         devices = await children.start(chunks, aggregator_keys, args, cpus)
@@ -285,7 +319,13 @@ async def bench(args, cpus):
             raise RuntimeError(f"only {hub.responses} of {n_links} links answered the first Query")
         log("%d links up and answered in %.2f s", n_links, time.perf_counter() - t0)
         R.rss_links = rss_kb()
-        monitor = LagMonitor()
+        R.full_gc_ms = full_gc_ms(), NAN
+        if not args.no_gc_freeze:
+            # What lives now (links, keys, registry) lives as long as the hub: out of the
+            # collector's sight, so that no full collection walks it mid-auction.
+            gc.freeze()
+            R.full_gc_ms = R.full_gc_ms[0], full_gc_ms()
+        monitor = LagMonitor(children.pids())
         await asyncio.sleep(0.5)
         R.nominal = await nominal_phase(hub, children, rng, args, monitor)
         R.throughput, R.loaded = await load_phase(hub, children, rng, args, monitor)
@@ -328,6 +368,7 @@ def main(argv=None):
     add("--overload-seconds", type=float, default=3.0)
     add("--seed", type=int, default=1)
     add("--no-pin", action="store_true", help="do not pin the hub to one CPU")
+    add("--no-gc-freeze", action="store_true", help="no gc.freeze() once the links are up")
     add("--profile", action="store_true", help="cProfile the throughput window (slows it)")
     args = parser.parse_args(argv)
     if not 1 <= args.links_per_device <= args.aggregators:

@@ -9,9 +9,9 @@ authenticated ETP like the firmware (firmware/node.py), without Modbus or storag
   firmware's own reserve.py;
 - Bids go into the firmware's own sealed-bid Auction (firmware/auction.py); it
   closes auction_ms after the first bid (a timer at the close, where the firmware
-  polls every 10 ms), then BidAccept to the best bid >= reserve and BidReject to
-  every other, each with reply_to = the bid; a failed device rejects at once
-  (REJECT_UNAVAILABLE);
+  polls every 10 ms), then BidAccept to the bids >= reserve, best first, while the
+  offer lasts, and BidReject to every other, each with reply_to = the bid; a failed
+  device rejects at once (REJECT_UNAVAILABLE);
 - BESSStatus to every authenticated session every status_ms (devices spread over
   10 ms ticks, so the fleet sends evenly rather than in one burst);
 - DeviceFailure to every session when the parent says so, at a given wall time.
@@ -30,6 +30,8 @@ import asyncio
 import json
 import os
 import resource
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -47,6 +49,12 @@ from protocol import auth, frame, message  # noqa: E402
 Message = message.Message
 WRITE_LIMIT = 256 * 1024  # bytes waiting in a session's user-space buffer: skip status
 TICK_MS = 10
+READ_SIZE = 65536
+# Kernel receive timestamps on TCP (Linux; the asm-generic value, x86-64 and arm64).
+STAMPS = sys.platform.startswith("linux")
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@qq")
+ANCILLARY_SIZE = socket.CMSG_SPACE(TIMESPEC.size) if STAMPS else 0
 
 
 def now_ms():
@@ -61,42 +69,94 @@ class Counters:
         self.late_ticks = 0  # status ticks more than one tick late (this process is busy)
 
 
-class Session(asyncio.Protocol):
-    __slots__ = ("device", "transport", "peer", "decoder", "_auth_timer")
+class Session:
+    """One aggregator's TCP session with a device, on a bare non-blocking socket (not an
+    asyncio transport: recvmsg() brings the kernel's receive timestamp, SO_TIMESTAMPNS,
+    so the bench can tell when a frame reached this battery from when this process, one
+    of many batteries sharing a CPU, got round to reading it)."""
 
-    def __init__(self, device):
+    __slots__ = ("device", "sock", "fd", "peer", "decoder", "out", "arrived_ms", "_auth_timer")
+
+    def __init__(self, device, sock):
         self.device = device
-        self.transport = None
+        self.sock = sock
+        self.fd = sock.fileno()
         self.peer = None
         self.decoder = frame.StreamDecoder(device.codec)
-        self._auth_timer = None
-
-    def connection_made(self, transport):
-        device = self.device
-        self.transport = transport
-        if len(device.sessions) >= device.fleet.max_peers:
-            transport.close()
-            return
-        device.sessions.append(self)
+        self.out = bytearray()  # what the kernel did not take yet
+        self.arrived_ms = None  # kernel receive time of the last bytes read (ms, float)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if STAMPS:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         loop = asyncio.get_running_loop()
+        loop.add_reader(self.fd, self.readable)
+        device.sessions.append(self)
         self._auth_timer = loop.call_later(device.fleet.auth_ms / 1000, self._auth_check)
 
     def _auth_check(self):
         if self.peer is None:
-            self.transport.close()
+            self.close()
 
-    def connection_lost(self, exc):
-        device = self.device
-        if self in device.sessions:
-            device.sessions.remove(self)
-        if self._auth_timer is not None:
-            self._auth_timer.cancel()
-
-    def data_received(self, data):
+    def readable(self):
+        try:
+            data, ancillary, _flags, _addr = self.sock.recvmsg(READ_SIZE, ANCILLARY_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        self.arrived_ms = None
+        for level, kind, stamp in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(stamp) >= 16:
+                sec, ns = TIMESPEC.unpack_from(stamp)
+                self.arrived_ms = sec * 1e3 + ns / 1e6
         self.decoder.feed(data)
         device = self.device
         for got in self.decoder.frames(now_ms(), device.fleet.dropped):
             device.received(self, got)
+
+    def write(self, data):
+        if self.out:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close()
+            return
+        if sent < len(data):
+            self.out += memoryview(data)[sent:]
+            asyncio.get_running_loop().add_writer(self.fd, self.writable)
+
+    def writable(self):
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self.out[:sent]
+        if not self.out:
+            asyncio.get_running_loop().remove_writer(self.fd)
+
+    def buffered(self):
+        return len(self.out)
+
+    def close(self):
+        device = self.device
+        if self in device.sessions:
+            device.sessions.remove(self)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.fd)
+            loop.remove_writer(self.fd)
+            self._auth_timer.cancel()
+            self.sock.close()
 
 
 class Device:
@@ -121,17 +181,39 @@ class Device:
         self.failed = False
         self.server = None
 
-    async def start(self):
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: Session(self), self.address, 0, backlog=self.fleet.max_peers + 2
-        )
-        return self.server.sockets[0].getsockname()[1]
+    def start(self):
+        """Listen on the device's address -> the port."""
+        server = self.server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((self.address, 0))
+        server.listen(self.fleet.max_peers + 2)
+        server.setblocking(False)
+        asyncio.get_running_loop().add_reader(server.fileno(), self.accept)
+        return server.getsockname()[1]
+
+    def accept(self):
+        while True:
+            try:
+                sock, _addr = self.server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: the hub's link retries
+                return
+            if len(self.sessions) >= self.fleet.max_peers:
+                sock.close()
+            else:
+                Session(self, sock)
+
+    def stop(self):
+        asyncio.get_running_loop().remove_reader(self.server.fileno())
+        self.server.close()
+        for session in list(self.sessions):
+            session.close()
 
     def send(self, session, msg, reply_to=0):
         """Seal with the time of sending and write; -> that time (the frame's sent_ms)."""
         at = now_ms()
-        session.transport.write(self.codec.seal(msg, at, reply_to=reply_to))
+        session.write(self.codec.seal(msg, at, reply_to=reply_to))
         self.fleet.counters.sent[msg[0]] += 1
         return at
 
@@ -155,7 +237,7 @@ class Device:
         elif kind == message.BID:
             self.bid(session, msg, got.sent_ms)
         elif kind == message.TERMINATE:
-            session.transport.close()
+            session.close()
 
     def query_response(self):
         kwh, reserve = (0.0, 0.0) if self.failed else (self.offer_kwh, self.reserve)
@@ -178,22 +260,24 @@ class Device:
             self.auction = Auction(self.reserve, self.offer_kwh, self.fleet.auction_ms, now)
             asyncio.get_running_loop().call_later(self.fleet.auction_ms / 1000, self.close_auction)
         bid = Bid(session.peer, msg.message_id, msg.bid_price, msg.required_energy_amount, now)
-        bid.sent_ms = sent_ms  # the hub's send time, for the latency breakdown
+        # For the latency breakdown: the hub's send time, when the bid reached this
+        # battery's socket (the kernel's stamp) and when this process read it.
+        read = time.time_ns() / 1e6
+        bid.times = (sent_ms, session.arrived_ms or read, read)
         self.auction.add(bid)
 
     def close_auction(self):
         auction, self.auction = self.auction, None
         if auction is None:  # the device failed meanwhile: like the firmware, no answers
             return
-        winner, rejects = auction.close()
+        winners, rejects = auction.close()
         answers = []
-        if winner is not None:
-            kwh = min(winner.kwh, auction.kwh) if winner.kwh > 0 else auction.kwh
+        for bid, kwh in winners:
             # The firmware's message.bid_accept()/bid_reject() build the same bodies;
             # the namedtuple is built directly to spare this one core's CPU.
-            answers.append((winner, Message(
-                message.BID_ACCEPT, self.ids.next(), self.device_id, 10, winner.price,
-                winner.price, 0.0, 0.0, kwh, 0, 0.0, 0, 0.0, 0.0,
+            answers.append((bid, Message(
+                message.BID_ACCEPT, self.ids.next(), self.device_id, 10, bid.price,
+                bid.price, 0.0, 0.0, kwh, 0, 0.0, 0, 0.0, 0.0,
             )))  # fmt: skip
         for bid, reason in rejects:
             answers.append((bid, Message(
@@ -205,8 +289,7 @@ class Device:
             session = self.session_of(bid.peer)
             if session is not None:
                 at = self.send(session, answer, bid.message_id)
-                trace.append((bid.peer, bid.message_id, bid.sent_ms, bid.at_ms,
-                              auction.closes_ms, at))  # fmt: skip
+                trace.append((bid.peer, bid.message_id, *bid.times, auction.closes_ms, at))
 
     def status(self, burst=1):
         """BESSStatus to every authenticated session; burst > 1 writes that many
@@ -215,7 +298,7 @@ class Device:
         for session in self.sessions:
             if session.peer is None:
                 continue
-            if session.transport.get_write_buffer_size() > WRITE_LIMIT:
+            if session.buffered() > WRITE_LIMIT:
                 counters.skipped += burst
                 continue
             at = now_ms()
@@ -228,7 +311,7 @@ class Device:
                 ), at)
                 for _ in range(burst)
             )  # fmt: skip
-            session.transport.write(data)
+            session.write(data)
             counters.sent[message.BESS_STATUS] += burst
 
     def fail(self):
@@ -254,7 +337,8 @@ class DeviceFleet:
         self.auth_ms = cfg.get("auth_ms", 10000)
         self.max_peers = cfg.get("max_peers", 8)
         self.counters = Counters()
-        self.bid_trace = []  # (peer, bid id, bid sent_ms, read ms, auction due ms, answer ms)
+        # (peer, bid id, bid sent_ms, reached the socket, read, auction due, answer sent_ms)
+        self.bid_trace = []
         self.fail_trace = []  # (trigger ms, first DeviceFailure sent_ms, last)
         aggregator_keys = {int(k): bytes.fromhex(v) for k, v in cfg["aggregators"].items()}
         self.devices = [
@@ -328,7 +412,7 @@ async def main():
             pass
     fleet = DeviceFleet(cfg)
     del cfg, line  # the keys: only the codecs keep them
-    ports = [await device.start() for device in fleet.devices]
+    ports = [device.start() for device in fleet.devices]
     reply({"ready": [[d.device_id, d.address, p] for d, p in zip(fleet.devices, ports)]})
     ticker = asyncio.create_task(fleet.status_loop())
     try:
@@ -357,9 +441,7 @@ async def main():
     finally:
         ticker.cancel()
         for device in fleet.devices:
-            device.server.close()
-            for session in list(device.sessions):
-                session.transport.close()
+            device.stop()
 
 
 if __name__ == "__main__":

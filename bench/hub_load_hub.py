@@ -1,7 +1,7 @@
 """The hub side of bench/hub_load.py: the hub under test (its links and what it does with
 every frame), what is measured of it (loop lag, GC pauses, a window's frames and CPU, RSS,
-the costs of a frame without sockets), and the report; its last line sums up (README.md
-quotes it).
+who waited for a CPU and what else ran, the costs of a frame without sockets), and the
+report; its last line sums up (README.md quotes it).
 """
 
 import argparse
@@ -21,6 +21,7 @@ FAILURE_P99_TARGET_MS = 20
 DEVICE_ID = 100_000  # any battery's id, for the costs without sockets
 NAN = float("nan")
 FAIL = message.DEVICE_FAILURE
+BID_KWH = 1.0
 
 
 class Hub:
@@ -88,13 +89,14 @@ class Hub:
 
     def bid(self, link, rng, tag):
         """A Bid to link's battery, 1 in 4 below its reserve; one tag, one battery: one auction."""
-        reserve = self.registry.devices[link.device_id].reserve
+        info = self.registry.devices[link.device_id]
+        reserve = info.reserve
         if rng.random() < 0.25:
             price = round(reserve * 0.9, 4)
         else:
             price = round(reserve + rng.uniform(0.1, 4.0), 4)
-        msg = message.bid(self.ids[link.aggregator].next(), link.device_id, price, 1.0)
-        entry = (time.time_ns() / 1e6, link.device_id, price, reserve, tag)
+        msg = message.bid(self.ids[link.aggregator].next(), link.device_id, price, BID_KWH)
+        entry = (time.time_ns() / 1e6, link.device_id, price, reserve, tag, BID_KWH, info.offer_kwh)
         self.pending[(link.aggregator, msg.message_id)] = entry
         link.send(msg)
 
@@ -102,15 +104,65 @@ class Hub:
         await asyncio.gather(*(link.close() for link in self.links))
 
 
+def cpu_snapshot(pids):
+    """-> (wall s, the machine's CPU-s in processes, in interrupts, stolen, {pid: (s on a
+    CPU, s runnable but waiting for one)}) from /proc/stat and /proc/PID/schedstat (Linux;
+    zeros elsewhere)."""
+    procs = irqs = steal = 0.0
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, stolen = map(
+                int, f.readline().split()[1:9]
+            )
+        hz = os.sysconf("SC_CLK_TCK")
+        procs, irqs, steal = (user + nice + system) / hz, (irq + softirq) / hz, stolen / hz
+    except (OSError, ValueError):
+        pass
+    tasks = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                ran, waited = f.read().split()[:2]
+            tasks[pid] = int(ran) / 1e9, int(waited) / 1e9
+        except (OSError, ValueError):
+            pass
+    return time.perf_counter(), procs, irqs, steal, tasks
+
+
+def cpu_use(before, after, hub_pid):
+    """What two cpu_snapshot()s say: who ran, who waited for a CPU, what else ran."""
+    b, a = before[4], after[4]
+    ran = {p: a[p][0] - b[p][0] for p in a if p in b}
+    waited = {p: a[p][1] - b[p][1] for p in a if p in b}
+    sims = [p for p in ran if p != hub_pid]
+    return argparse.Namespace(
+        wall=after[0] - before[0],
+        hub_ran=ran.get(hub_pid, NAN),
+        hub_waited=waited.get(hub_pid, NAN),
+        sims_ran=sum(ran[p] for p in sims),
+        sims_waited=sum(waited[p] for p in sims),
+        # The machine's busy time less ours: another test run on the machine, say, and
+        # interrupt work no process of ours was charged for (tick-sampled against our
+        # exact run times: a few hundredths either way are noise).
+        others=after[1] + after[2] - before[1] - before[2] - sum(ran.values()),
+        irqs=after[2] - before[2],
+        steal=after[3] - before[3],
+    )
+
+
 class LagMonitor:
     """How late the hub's event loop runs a 5 ms timer: how busy the hub is.
-    Also times the hub's garbage collections (gc.callbacks)."""
+    Also times the hub's garbage collections (gc.callbacks), and, with each take(),
+    the CPU the hub and the batteries (pids) used and waited for since the last one."""
 
-    def __init__(self):
+    def __init__(self, pids=()):
         self.lags = []
         self.gc_pauses = []  # (generation, ms)
         self._gc_start = None
         gc.callbacks.append(self._gc)
+        self._pids = [os.getpid(), *pids]
+        self._cpu = cpu_snapshot(self._pids)
+        self.usage = None  # cpu_use() over the span the last take() closed
         self._task = asyncio.create_task(self._run())
 
     def _gc(self, phase, info):
@@ -128,7 +180,10 @@ class LagMonitor:
             self.lags.append((loop.time() - t - 0.005) * 1000)
 
     def take(self):
+        """-> the lags since the last take(); self.usage: the CPU used over that span."""
         lags, self.lags = self.lags, []
+        now = cpu_snapshot(self._pids)
+        self.usage, self._cpu = cpu_use(self._cpu, now, self._pids[0]), now
         return lags
 
     def stop(self):
@@ -155,8 +210,9 @@ async def measure(hub, children, seconds, monitor, profile=False):
         w.profiler.disable()
     w.cpu, w.wall = c1 - c0, w1 - w0
     w.user, w.system = t1.user - t0.user, t1.system - t0.system
-    w.stats1 = await children.ask("stats")
     w.lags = monitor.take()
+    w.usage = monitor.usage
+    w.stats1 = await children.ask("stats")
     return w
 
 
@@ -230,18 +286,25 @@ def sent(stats, kind=None):
 
 
 def wrong_answers(answers):
-    """Answers that are not what the battery's auction must say."""
-    best = {}  # (device id, auction tag) -> the best price bid
-    for *_, (_ms, device, price, _reserve, tag) in answers:
-        best[device, tag] = max(price, best.get((device, tag), price))
-    return sum(
-        (kind == message.BID_ACCEPT) != (price == best[device, tag] and price >= reserve)
-        for _raw, _leg, kind, _key, (_ms, device, price, reserve, tag) in answers
-    )
+    """Answers that are not what the battery's auction must say (firmware/auction.py):
+    bids at or above the reserve accepted best first while offered energy is left."""
+    auctions = {}  # (device id, auction tag) -> [(price, kind, reserve, kWh, offer)]
+    for _raw, _leg, kind, _key, (_ms, device, price, reserve, tag, kwh, offer) in answers:
+        auctions.setdefault((device, tag), []).append((price, kind, reserve, kwh, offer))
+    wrong = 0
+    for bids in auctions.values():
+        left = bids[0][4]
+        for price, kind, reserve, kwh, _offer in sorted(bids, key=lambda b: -b[0]):
+            accept = price >= reserve and left >= 0.0001
+            if accept:
+                left -= min(kwh, left)
+            wrong += (kind == message.BID_ACCEPT) != accept
+    return wrong
 
 
 def bid_lines(label, phase, auction_ms):
-    """Bid -> answer latencies, and where the time went -> (net p50, net p99, hub's p99)."""
+    """Bid -> answer latencies, and where the time went -> (net p50, net p99, hub's p99,
+    net p99 less the batteries' own waits)."""
     answers = phase.answers
     raw, leg = [a[0] for a in answers], [a[1] for a in answers]
     net = [r - auction_ms for r in raw]
@@ -252,20 +315,23 @@ def bid_lines(label, phase, auction_ms):
         f"missing): raw {p50_99(raw)} ms, net of the {auction_ms} ms window {p50_99(net)} ms; "
         f"battery's send -> hub handler {p50_99(leg)} ms"
     )
-    # Joined with the batteries' own timestamps: (bid sent_ms, read, due, answer sent_ms).
-    names = ("hub send() -> bid sealed", "-> battery read it", "-> auction due")
+    # Joined with the batteries' own timestamps: (bid sent_ms, the kernel's receive stamp
+    # on the battery's socket, read, auction due, answer sent_ms), one clock.
+    names = ("hub send() -> in the battery's socket", "-> battery read it", "-> auction due")
     names += ("-> answer sealed", "-> hub handler", "hub's own part (1st + 5th)")
+    names += ("batteries' waits (2nd + 4th)", "net less those")
     parts = [[] for _ in names]
     for _raw, leg, _kind, key, entry in answers:
         if key in phase.trace:
-            bid_sent, read, due, answer_sent = phase.trace[key]
-            hub_send = bid_sent - entry[0]
-            values = (hub_send, read - bid_sent, due - read, answer_sent - due, leg, hub_send + leg)
+            _bid_sent, arrived, read, due, answer_sent = phase.trace[key]
+            to_socket, waited, late = arrived - entry[0], read - arrived, max(0, answer_sent - due)
+            values = (to_socket, waited, due - read, answer_sent - due, leg, to_socket + leg)
+            values += (waited + late, _raw - auction_ms - waited - late)
             for part, value in zip(parts, values):
                 part.append(value)
     where = "; ".join(f"{n} {pct(p, 50):.1f} / {pct(p, 99):.1f}" for n, p in zip(names, parts))
     print(f"  where it went (p50 / p99 ms, {len(parts[0])} joined): {where}")
-    return pct(net, 50), pct(net, 99), pct(parts[5], 99)
+    return pct(net, 50), pct(net, 99), pct(parts[5], 99), pct(parts[7], 99)
 
 
 def failure_lines(label, phase, devices):
@@ -340,35 +406,51 @@ def report(args, hub, R):
         f"{d1:.1f} us per frame fed one at a time, {d8:.1f} us fed 8 at a time; so of the "
         f"{us:.1f} us per frame above, ~{d1:.1f} us is decoding, verifying and dispatching and "
         f"~{(us - d1) * per_read:.0f} us per read ({per_read:.1f} frames) is the rest: the "
-        "event loop, StreamReader, recv() and the kernel"
+        "event loop, recv() and the kernel"
     )
     over_text = "" if R.over is None else overload_line(args, R)
     for label, lags in (("at 1 s status", R.nominal.lags), ("under load", R.loaded.lags)):
         late = f"{p50_99(lags)} / max {max(lags, default=NAN):.1f} ms"
         print(f"hub loop lag  {label:<16} 5 ms timer late by {late}")
+    for label, cpu in (("at 1 s status", R.nominal.usage), ("under load", t.usage)):
+        print(
+            f"CPU            {label:<16} {cpu.wall:.1f} s: hub ran {cpu.hub_ran:.2f} s and "
+            f"waited {1e3 * cpu.hub_waited:.0f} ms for a CPU; batteries ran {cpu.sims_ran:.2f} s, "
+            f"waited {1e3 * cpu.sims_waited:.0f} ms ({args.processes} processes on "
+            f"{R.sim_cpus}); the machine's other work {cpu.others:.2f} CPU-s (other "
+            f"processes, and interrupts not charged to ours; interrupts in all {cpu.irqs:.2f}), "
+            f"hypervisor steal {cpu.steal:.2f} s"
+        )
     for generation in (0, 1, 2):
         pauses = [ms for g, ms in R.gc_pauses if g == generation]
         print(
             f"hub GC         generation {generation}: {len(pauses)} collections, p50 "
             f"{pct(pauses, 50):.2f} / max {max(pauses, default=0.0):.1f} ms"
         )
-    bid50, bid99, hub99 = bid_lines("at 1 s status", R.nominal, args.auction_ms)
+    print(
+        f"               a full collection with the links up: {R.full_gc_ms[0]:.1f} ms; after "
+        f"gc.freeze() (what lived then is left out): {R.full_gc_ms[1]:.1f} ms"
+    )
+    bid50, bid99, hub99, less99 = bid_lines("at 1 s status", R.nominal, args.auction_ms)
     wall_ms = pct([w for w, _c in hub.sending], 50)
     cpu_ms = pct([c for _w, c in hub.sending], 50)
     build_us, seal_us = R.send_us
     print(
-        f"  the hub's send path: the {R.n_links} Bids of a round built and queued (message.bid "
+        f"  the hub's send path: the {R.n_links} Bids of a round built and sent (message.bid "
         f"+ DeviceLink.send) in {pct(hub.queueing_ms, 50):.1f} ms, all written in {wall_ms:.1f} "
         f"ms wall, {cpu_ms:.1f} ms CPU (medians of {len(hub.sending)} rounds): "
         f"{1000 * cpu_ms / R.n_links:.1f} us per Bid, of which message.bid() {build_us:.1f}, "
-        f"Codec.seal() {seal_us:.1f}, the rest the PriorityQueue, the send task and the socket "
-        "write"
+        f"Codec.seal() {seal_us:.1f}, the rest the socket write (the kernel's loopback delivery "
+        "to the battery included) and the bench's bookkeeping"
     )
-    bid_lines("under load", R.loaded, args.auction_ms)
+    _, load_bid99, load_hub99, load_less99 = bid_lines("under load", R.loaded, args.auction_ms)
     fail50, fail99 = failure_lines("at 1 s status", R.nominal, args.devices)
     _, load_fail99 = failure_lines("under load", R.loaded, args.devices)
     final, got = R.final, R.hub_by_kind
     lost = sent(final) - R.hub_frames
+    spans = (R.nominal.usage, t.usage)
+    other_pct = 100 * sum(u.others for u in spans) / sum(u.wall for u in spans)
+    waited_pct = 100 * sum(u.hub_waited for u in spans) / sum(u.wall for u in spans)
     answers_lost = sum(sent(final, k) - got[k] for k in (message.BID_ACCEPT, message.BID_REJECT))
     print(
         f"frames lost    {lost} of {sent(final)} sent by the batteries never reached a handler "
@@ -388,9 +470,12 @@ def report(args, hub, R):
         f"offered (target {THROUGHPUT_TARGET:,}: {met(-per_cpu, -THROUGHPUT_TARGET)}; hub "
         f"{busy}% busy), bid->accept p50 {bid50:.0f} / p99 {bid99:.0f} ms net of the "
         f"{args.auction_ms} ms window (target p99 {BID_P99_TARGET_MS} ms: "
-        f"{met(bid99, BID_P99_TARGET_MS)}; the hub's own part p99 {hub99:.0f} ms), "
+        f"{met(bid99, BID_P99_TARGET_MS)}; less the simulated batteries' waits for their "
+        f"shared CPU p99 {less99:.0f} ms, the hub's own part p99 {hub99:.0f} ms; under load "
+        f"p99 {load_bid99:.0f} / {load_less99:.0f} / {load_hub99:.0f} ms), "
         f"DeviceFailure fan-out p50 {fail50:.0f} / p99 {fail99:.0f} ms (target p99 "
         f"{FAILURE_P99_TARGET_MS} ms: {met(fail99, FAILURE_P99_TARGET_MS)}; under load p99 "
         f"{load_fail99:.0f} ms: {met(load_fail99, FAILURE_P99_TARGET_MS)}), {lost:,} frames "
-        f"lost, hub RSS {end[0] / 1024:.0f} MB{over_text}"
+        f"lost, hub RSS {end[0] / 1024:.0f} MB{over_text}; the machine's other work "
+        f"{other_pct:.0f}% of a CPU, the hub waited {waited_pct:.1f}% of the time for one"
     )

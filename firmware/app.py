@@ -8,19 +8,20 @@ contracts.
 
 A broken config.json is never a crash loop: the controller says what is wrong,
 stays idle with the watchdog fed, and starts as soon as the file is fixed.
+
+Heap: a board without PSRAM has ~100 KB. Start-up imports only what reading
+config.json and the register maps needs, then drops the modules only start-up
+uses (config, register_map: their code is collected), and only then imports
+the trading side; so the two never sit in the heap together, and parsing the
+maps' JSON does not land on top of the whole app.
 """
 
 import asyncio
 import gc
+import sys
 
 import board as boards
-import config
-import contracts
 import devices
-import execution
-import node as nodes
-
-from protocol import auth, frame, message
 
 try:
     import micropython
@@ -29,6 +30,9 @@ except ImportError:  # CPython: no heap to watch
 
 _IDLE_RETRY_S = 5
 _MARKS_S = 30
+_STARTUP_ONLY = ("config", "register_map")
+# Settings only start-up reads: the keys are in cfg["keyring"], the devices in the plant.
+_STARTUP_KEYS = ("keys", "group", "devices")
 
 
 def log(text):
@@ -37,6 +41,8 @@ def log(text):
 
 async def configure(board, path):
     """config.json and the devices it names -> (cfg, plant); safe idle until both work."""
+    import config
+
     while True:
         try:
             cfg = config.load(path)
@@ -52,7 +58,11 @@ async def configure(board, path):
 
 async def poll(board, plant, period_ms):
     while True:
-        await plant.poll(board.now_ms())
+        try:
+            await plant.poll(board.now_ms())
+        except MemoryError:  # a full heap passes: polling must not stop for good
+            gc.collect()
+            log("poll: out of memory (%d bytes free after a collection)" % gc.mem_free())
         await asyncio.sleep(period_ms / 1000)
 
 
@@ -63,13 +73,34 @@ async def keep_marks(node, book):
         book.save_marks(node.codec.replay.marks(), node.ids.last)
 
 
+def forget(names):
+    """Drop modules nothing needs any more: nothing refers to their functions, so
+    their code and constants are collected (the names they interned stay)."""
+    for name in names:
+        sys.modules.pop(name, None)
+    gc.collect()
+
+
+def tune_gc():
+    """Collect after every quarter of the free heap is allocated, not only when the
+    heap is full: live objects then stay packed low in a small heap, and a larger
+    buffer still finds room (the usual MicroPython advice for small boards)."""
+    gc.collect()
+    if micropython is not None:
+        gc.threshold(gc.mem_free() // 4)
+
+
 async def report_heap(period_s=10):
-    """Log the live heap after a collection (tests and benchmarks read it)."""
+    """Log the live heap after a collection, and the largest so far (tests and
+    benchmarks read these lines)."""
     if micropython is None:
         return
+    peak = 0
     while True:
         gc.collect()
-        log("heap: used %d, free %d" % (gc.mem_alloc(), gc.mem_free()))
+        used = gc.mem_alloc()
+        peak = max(peak, used)
+        log("heap: used %d, free %d, peak %d" % (used, gc.mem_free(), peak))
         await asyncio.sleep(period_s)
 
 
@@ -80,9 +111,19 @@ async def feed_watchdog(board):
 
 
 async def run(profile_path, config_path):
+    tune_gc()
     board = boards.Board(boards.load_profile(profile_path), log)
     board.start_watchdog()
     cfg, plant = await configure(board, config_path)
+    for key in _STARTUP_KEYS:
+        cfg.pop(key, None)
+    forget(_STARTUP_ONLY)
+    import contracts
+    import execution
+    import node as nodes
+
+    from protocol import auth, frame, message
+
     asyncio.create_task(feed_watchdog(board))
     asyncio.create_task(board.keep_connected(cfg.get("wifi")))
 
@@ -108,6 +149,7 @@ async def run(profile_path, config_path):
         keep_marks(node, book), report_heap(cfg.get("heap_report_s", 10)),
     ):  # fmt: skip
         asyncio.create_task(job)
+    tune_gc()
     log("battery %d ready on %s:%d (board %s)"
         % (cfg["device_id"], cfg["bind"], cfg["tcp_port"], board.name))  # fmt: skip
     while True:

@@ -1,16 +1,21 @@
-"""One sealed-bid auction of one offer of energy (pay-as-bid).
+"""One sealed-bid auction of one offer of energy (multi-unit, pay-as-bid).
 
 The battery offers `kwh` at `reserve` c/kWh. Bids arrive until the auction
-closes, `window_ms` after the first bid. The best bid at or above the reserve
-wins (ties: the earlier bid); it is accepted for at most the offered energy,
-at its own price. Every other bid is rejected: outbid, or below the reserve.
-One bid per aggregator counts, its latest, so an aggregator may raise its bid
-while the auction is open.
+closes, `window_ms` after the first bid. Bids at or above the reserve are
+accepted best first (ties: the earlier bid), each at its own price, while
+offered energy is left; a bid for 0 kWh asks for all that is left. So when
+every bid asks for the whole offer (the paper's case) the best bid alone wins,
+and when a market maker has split the offer between buyers at one clearing
+price, every buyer's share is accepted. Every other bid is rejected: outbid
+(nothing left for it), or below the reserve. One bid per aggregator counts, its
+latest, so an aggregator may raise its bid while the auction is open.
 
 Pure logic, no I/O: the node sends the answers close() returns.
 """
 
 from protocol import message
+
+_SLIVER_KWH = 0.0001  # less than this left over is nothing left (rounding)
 
 
 class Bid:
@@ -18,7 +23,7 @@ class Bid:
         self.peer = peer  # the aggregator's key id
         self.message_id = message_id
         self.price = price
-        self.kwh = kwh
+        self.kwh = kwh  # 0: as much as the offer has
         self.at_ms = at_ms
 
 
@@ -44,13 +49,17 @@ class Auction:
         return self.closes_ms is not None and now_ms >= self.closes_ms
 
     def close(self):
-        """-> (winner Bid or None, [(Bid, reject reason)]) for every bid received."""
+        """-> ([(Bid, kWh accepted)], [(Bid, reject reason)]) for every bid received."""
         ranked = sorted(self.bids.values(), key=lambda b: (-b.price, b.at_ms))
-        winner = ranked[0] if ranked and ranked[0].price >= self.reserve else None
+        winners, left = [], self.kwh
         rejects = [(b, message.REJECT_OUTBID) for b in self.replaced]
         for bid in ranked:
-            if bid is winner:
-                continue
-            below = bid.price < self.reserve
-            rejects.append((bid, message.REJECT_BELOW_RESERVE if below else message.REJECT_OUTBID))
-        return winner, rejects
+            if bid.price < self.reserve:
+                rejects.append((bid, message.REJECT_BELOW_RESERVE))
+            elif left < _SLIVER_KWH:
+                rejects.append((bid, message.REJECT_OUTBID))
+            else:
+                kwh = min(bid.kwh, left) if bid.kwh > 0 else left
+                winners.append((bid, round(kwh, 4)))
+                left -= kwh
+        return winners, rejects

@@ -23,6 +23,7 @@ def load_profile(path):
     for key in ("name", "network"):
         if key not in profile:
             raise ValueError("board profile %s has no %r" % (path, key))
+    profile.pop("description", None)  # for people; the board keeps the profile for good
     return profile
 
 

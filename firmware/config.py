@@ -26,6 +26,7 @@ DEFAULTS = {
     "max_kw": 5.0,  # inverter power the contracts may ask for
     "slot_s": 900,  # market slot length (60 in the demo)
     "gate_s": 300,
+    "slots_ahead": 1,  # offer the next slot only (as the market maker trades); more: sell ahead
     "market_maker": "hub",
     "auction_ms": 300,  # bids are collected this long after the first one
     "confirm_ms": 5000,  # an accepted bid not confirmed by then is void
@@ -34,6 +35,7 @@ DEFAULTS = {
     "status_ms": 1000,  # BESS_STATUS period (the paper allows 2000 ms)
     "register_s": 30,  # Register on the group this often
     "poll_ms": 1000,  # full Modbus poll
+    "tick_ms": 1000,  # contracts start, stop and count metered energy on this beat
     "alarm_poll_ms": 50,  # BMS alarm poll: DeviceFailure must go out within 200 ms
     "success_share": 0.95,  # delivered / promised energy that counts as success
     "data_dir": "data",  # contracts and replay marks (LittleFS on a board)
@@ -76,6 +78,10 @@ def check(data, where="config"):
             raise ConfigError("%s: %s must be a non-negative number, not %r" % (where, name, value))
     if not 0 <= cfg["min_soc_pct"] <= 100 or not 0 <= cfg["sell_pct"] <= 100:
         raise ConfigError("%s: min_soc_pct and sell_pct are percentages (0..100)" % where)
+    if cfg["tick_ms"] < 10 or cfg["poll_ms"] < 10:
+        raise ConfigError("%s: tick_ms and poll_ms must be at least 10" % where)
+    if not 1 <= cfg["slots_ahead"] <= 96:
+        raise ConfigError("%s: slots_ahead must be 1..96" % where)
     if not 1 <= cfg["max_peers"] <= 16:
         raise ConfigError("%s: max_peers must be 1..16 (sockets are scarce on a board)" % where)
     if cfg["status_ms"] > 2000:

@@ -21,7 +21,11 @@ the board's clock keeps using it for its properties.
 import asyncio
 
 import modbus
-from register_map import _A, _N, _NI, _S, _SF, _T, _W, KINDS, check_map, load_map, plan_reads
+from modbus import plan_reads
+
+# Only plain values from register_map: a function of it kept here would keep the
+# whole startup-only module alive (app.py drops it once the plant is open).
+from register_map import _A, _N, _NI, _S, _SF, _T, _W, KINDS
 
 from protocol import message
 from protocol.compat import const, ticks_diff, ticks_ms
@@ -51,6 +55,8 @@ class Device:
         if register_map.get("kind") != kind:
             raise ValueError("%s map used for a %s" % (register_map.get("kind"), kind))
         if "_specs" not in register_map:
+            from register_map import check_map
+
             check_map(register_map, register_map.get("name", kind))
         self.kind = kind
         self.map = register_map
@@ -75,9 +81,11 @@ class Device:
                 wanted.add(self.specs[name][_SF])
         return plan_reads(self.specs, wanted, self._blocks, self._max)
 
-    async def read(self, now_ms, names=None):
-        """Read the named points (default all) in few requests; True if all succeeded."""
-        plan = self.plan if names is None else self._plan(names)
+    async def read(self, now_ms, names=None, plan=None):
+        """Read the named points (default all) in few requests; True if all succeeded.
+        plan: a plan made before (self.alarm_plan), not made again on every call."""
+        if plan is None:
+            plan = self.plan if names is None else self._plan(names)
         raws, ok = {}, True
         for function, start, count, members in plan:
             try:
@@ -219,7 +227,7 @@ class Plant:
         now = self._now(now_ms)
         if self._since_ms is None:
             self._since_ms = now
-        return await self.battery.read(now, [n for p in self.battery.alarm_plan for n in p[3]])
+        return await self.battery.read(now, plan=self.battery.alarm_plan)
 
     def value(self, device, name, now_ms=None):
         return device.value(name, self._now(now_ms), self.max_age_ms)
@@ -316,6 +324,8 @@ def open_plant(devices_config, maps_dir, serial_factory=None):
     "uart", "baud", "unit", "timeout_ms"}, "battery": {...}, "inverter": {...},
     "link_timeout_ms": 1000}. Devices on one link (host:port, path, uart) share a client.
     ValueError (MapError) names what is wrong."""
+    from register_map import load_map
+
     if not isinstance(devices_config, dict):
         raise ValueError("devices config must be an object")
     clients, built = {}, {}

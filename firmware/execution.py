@@ -84,7 +84,7 @@ class Executor:
                 await self.tick(node, self.board.now_ms())
             except (OSError, ModbusError) as exc:  # a device link down: again next second
                 self.log("execution: %s" % exc)
-            await asyncio.sleep(1)
+            await asyncio.sleep(self.cfg["tick_ms"] / 1000)
 
     async def tick(self, node, now_ms):
         now_s = now_ms // 1000
@@ -141,7 +141,10 @@ class Executor:
             code = _OUTCOME_CODES.get(deal.state)
             if code is None:
                 continue
-            msg = message.terminate(node.ids.next(), self.cfg["device_id"], code)
+            kwh = max(0.0, self.book.delivered_wh(deal.contract_id)) / 1000
+            msg = message.terminate(
+                node.ids.next(), self.cfg["device_id"], code, delivered_kwh=round(kwh, 6)
+            )
             if await node.send_to_peer(buyer, msg, confirm_id):
                 self.book.reported(deal.contract_id)
 

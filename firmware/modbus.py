@@ -64,28 +64,33 @@ class ModbusExceptionResponse(ModbusError):
         )
 
 
-def _crc_table():
-    table = []
+def _crc_tables():
+    # The 16-bit table split into its high and low bytes: two 256-byte bytearrays (512
+    # bytes of heap, where a list of ints takes 2 KB on a 64-bit VM), and the loop in
+    # crc16() then needs no 16-bit shifts (the Modbus spec's own table-driven form).
+    high, low = bytearray(256), bytearray(256)
     for byte in range(256):
         crc = byte
         for _ in range(8):
             crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
+        high[byte], low[byte] = crc >> 8, crc & 0xFF
+    return high, low
 
 
-_crc = []  # the 256-entry table, built on first use: TCP-only controllers never pay its 1-2 KB
+_crc = []  # [high, low], built on first use: TCP-only controllers never pay for them
 
 
 def crc16(data):
     """CRC-16/Modbus (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
     if not _crc:
-        _crc.extend(_crc_table())  # 8x faster per frame than bit by bit
-    crc = 0xFFFF
-    table = _crc
+        _crc.extend(_crc_tables())  # 8x faster per frame than bit by bit
+    high, low = _crc
+    hi = lo = 0xFF
     for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
+        i = lo ^ byte
+        lo = hi ^ low[i]
+        hi = high[i]
+    return hi << 8 | lo
 
 
 def _check_u16(value, what):
@@ -139,7 +144,12 @@ def parse_reply(request, reply):
         count = (request[3] << 8) | request[4]
         if len(reply) < 2 or reply[1] != 2 * count or len(reply) != 2 + 2 * count:
             raise ModbusFrameError("read reply of %d bytes for %d registers" % (len(reply), count))
-        return list(struct.unpack(">%dH" % count, reply[2:]))
+        # One list of the exact size, filled in place: struct.unpack + list() would make
+        # a tuple and a list of up to 1 KB each, and in a small heap every block counts.
+        regs = [0] * count
+        for i in range(count):
+            regs[i] = reply[2 + 2 * i] << 8 | reply[3 + 2 * i]
+        return regs
     if len(reply) != 5 or reply[1:5] != request[1:5]:  # 6 and 16 echo address + value/count
         raise ModbusFrameError("write reply does not echo the request")
     return None
@@ -215,6 +225,38 @@ def encode(value, kind, word_order="big"):
             return [value & 0xFFFF]
         hi, lo = value >> 16, value & 0xFFFF
     return [hi, lo] if word_order == "big" else [lo, hi]
+
+
+def plan_reads(specs, names, blocks=None, max_registers=MAX_READ):
+    """[(function, start, count, [names])]: few requests covering the named points.
+
+    specs maps a point's name to a tuple starting (function, address, count),
+    as register_map.py compiles them. Neighbours merge when the span stays
+    within max_registers and is either contiguous or inside one of the map's
+    readable blocks (a device may answer "illegal address" for registers
+    between its documented ones). It lives here, not in register_map.py, because
+    reads are planned at run time too, after that startup-only module is gone.
+    """
+    plan = []
+    for function, address, size, name in sorted(
+        (specs[n][0], specs[n][1], specs[n][2], n) for n in names
+    ):
+        end = address + size
+        if plan:
+            f, start, count, members = plan[-1]
+            if f == function and end - start <= max_registers:
+                if address <= start + count or _in_block(blocks, start, end):
+                    plan[-1] = (f, start, max(count, end - start), members + [name])
+                    continue
+        plan.append((function, address, size, [name]))
+    return plan
+
+
+def _in_block(blocks, start, end):
+    for first, count in blocks or ():
+        if first <= start and end <= first + count:
+            return True
+    return False
 
 
 def scaled(raw, scale=1, sf=None):

@@ -173,8 +173,11 @@ class Node:
 
     def current_offer(self):
         """The open offer, or a new one; None while the battery has nothing to sell."""
-        if self.offer is not None:
-            return self.offer
+        offer, now = self.offer, self.board.now_ms()
+        if offer is not None:
+            if offer.auction.closes_ms is not None or now // 1000 < offer.slot_start:
+                return offer
+            self.offer = None  # its slot began unsold: offer the next one
         if self.failure is not None:
             return None
         cfg, plant = self.cfg, self.plant
@@ -185,8 +188,7 @@ class Node:
             plant.remaining_kwh, plant.capacity_kwh, cfg["min_soc_pct"], cfg["sell_pct"],
             self.executor.committed_kwh(),
         )  # fmt: skip
-        now = self.board.now_ms()
-        start, free = self.executor.free_slot(now // 1000)
+        start, free = self.executor.free_slot(now // 1000, cfg["slots_ahead"])
         kwh = round(min(free, stored), 4)
         if reserve is None or kwh <= 0:
             return None
@@ -232,20 +234,16 @@ class Node:
             await asyncio.sleep(0.02 if closes is None else (closes - now) / 1000)
 
     async def decide(self, offer):
-        winner, rejects = offer.auction.close()
-        if winner is not None:
-            kwh = min(winner.kwh, offer.kwh) if winner.kwh > 0 else offer.kwh
-            accept = message.bid_accept(
-                self.ids.next(), self.device_id, winner.price, winner.price, kwh
-            )
-            expiry = self.board.now_ms() + self.cfg["confirm_ms"]
+        winners, rejects = offer.auction.close()
+        expiry = self.board.now_ms() + self.cfg["confirm_ms"]
+        for bid, kwh in winners:
+            accept = message.bid_accept(self.ids.next(), self.device_id, bid.price, bid.price, kwh)
             self.accepted[accept.message_id] = (
-                winner.peer, winner.message_id, winner.price, kwh, expiry, offer.slot_start
+                bid.peer, bid.message_id, bid.price, kwh, expiry, offer.slot_start
             )  # fmt: skip
-            await self.send_to_peer(winner.peer, accept, winner.message_id)
+            await self.send_to_peer(bid.peer, accept, bid.message_id)
             self.log(
-                "accepted %.2f c/kWh for %.4f kWh from aggregator %d"
-                % (winner.price, kwh, winner.peer)
+                "accepted %.2f c/kWh for %.4f kWh from aggregator %d" % (bid.price, kwh, bid.peer)
             )
         for bid, reason in rejects:
             reject = message.bid_reject(
@@ -253,8 +251,7 @@ class Node:
             )
             await self.send_to_peer(bid.peer, reject, bid.message_id)
         self.log(
-            "auction closed: %d bids, reserve %.2f"
-            % (len(rejects) + (winner is not None), offer.reserve)
+            "auction closed: %d bids, reserve %.2f" % (len(winners) + len(rejects), offer.reserve)
         )
 
     async def confirm(self, session, got):

@@ -2,7 +2,7 @@
 
     register_map = load_map(path)       # checked, points compiled; MapError names what is wrong
     check_map(a_dict, where)            # the same for a map already in memory
-    plan_reads(specs, names, blocks)    # [(function, start, count, [names])]
+    plan_reads(specs, names, blocks)    # [(function, start, count, [names])] (modbus.py)
 
 Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
 every map of a kind names its points the same (REQUIRED below), and where a
@@ -10,12 +10,16 @@ register sits, its type, word order, scale, scale-factor register and sign
 are data in the map (format: hardware/registers/README.md). A checked map holds
 its points as spec tuples in "_specs" (fields _F.._NI below) and its derived
 points in "_derived"; devices.py reads and writes devices through them.
+
+Only start-up needs this module: app.py drops it once the plant is open (its
+code then goes back to the heap), so nothing used at run time lives here.
 """
 
 import gc
 import json
 
 import modbus
+from modbus import plan_reads  # noqa: F401  (part of this module's interface)
 
 KINDS = ("meter", "battery", "inverter")
 REQUIRED = {
@@ -133,32 +137,3 @@ def _check_sections(register_map, specs, where):
             _need(ok, here, "enable is a list of [holding point, value]")
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
             _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
-
-
-def plan_reads(specs, names, blocks=None, max_registers=modbus.MAX_READ):
-    """[(function, start, count, [names])]: few requests covering the named points.
-
-    Neighbours merge when the span stays within max_registers and is either
-    contiguous or inside one of the map's readable blocks (a device may answer
-    "illegal address" for registers between its documented ones).
-    """
-    plan = []
-    for function, address, size, name in sorted(
-        (specs[n][_F], specs[n][_A], specs[n][_N], n) for n in names
-    ):
-        end = address + size
-        if plan:
-            f, start, count, members = plan[-1]
-            if f == function and end - start <= max_registers:
-                if address <= start + count or _in_block(blocks, start, end):
-                    plan[-1] = (f, start, max(count, end - start), members + [name])
-                    continue
-        plan.append((function, address, size, [name]))
-    return plan
-
-
-def _in_block(blocks, start, end):
-    for first, count in blocks or ():
-        if first <= start and end <= first + count:
-            return True
-    return False

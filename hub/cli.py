@@ -6,7 +6,8 @@ import sys
 # subcommand -> (module, one-line help). The module has add_arguments(parser) and run(args).
 COMMANDS = {
     "etp": ("hub.etp_cli", "decode and encode ETP frames (for debugging captures)"),
-    "demo": ("hub.demo", "run the local demo: a device on the MicroPython VM and aggregators"),
+    "demo": ("hub.demo", "run the local demo: the hub, aggregators and batteries on the VM"),
+    "hub": ("hub.service", "run the hub: market maker, aggregator agents and store"),
     "device": ("hub.device_cli", "run a battery controller, or simulate its Modbus devices"),
     "experiment": (
         "hub.experiment",

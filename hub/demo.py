@@ -1,47 +1,55 @@
-"""`gridbid demo`: competing aggregators buy batteries' energy over authenticated ETP.
+"""`gridbid demo`: the hub trades batteries' energy between competing aggregators.
 
 Everything runs here, on 127.0.0.x, with embedded defaults: N batteries (the
 firmware on the MicroPython VM, each with a simulated meter, BMS and inverter
-over Modbus) and M aggregators (CPython). The aggregators find the batteries on
-the multicast group; each round every aggregator asks every battery for its
-offer and reserve price and bids; each battery runs its sealed-bid auction,
-accepts the best bid at or above its reserve and rejects the rest; winners
-confirm, and battery and buyer derive the same contract id. Keys are made for
-the run and never shown.
+over Modbus), and the hub (hub/service.py) with M aggregator agents, its market
+maker and a SQLite store in a temporary folder. Slots are seconds long. Per
+slot the hub queries the batteries, the aggregators bid, the market clears at
+one price, each buyer buys its share from each battery over ETP, and the
+batteries run the contracts and report what their meters counted. Keys are made
+for the run and never shown.
 
-Strategy: aggregator i values a battery's energy at v_i (uniform between the
-reserve r and r + 6 c/kWh) and bids r + (v_i - r)(n - 1)/n, the equilibrium bid
-of a first-price auction with n bidders and uniform values. With one buyer
-(n = 1, the single-utility model) the bid is the reserve itself, so the
-improvement printed at the end is what competition adds.
+Aggregators: 1 = the single utility (it posts each battery's reserve); 2 or
+more compete: value bidders (a resale value drawn per offer, less a margin)
+and, every second one, an adaptive bidder that learns from clearing prices.
+The improvement printed at the end is the market price over the reserve, which
+is all a single utility pays.
 """
 
 import asyncio
+import json
+import os
 import random
-import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+from hub import hub_config
 from hub.fleet import Fleet
-from protocol import contract, message
+from hub.service import Hub
 
-SHOWN = ("accepted", "contract ", "auction closed", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
+SHOWN = ("accepted", "contract ", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
 
 
 def add_arguments(parser):
     parser.add_argument("--devices", type=int, default=5, help="batteries (default 5)")
-    parser.add_argument("--aggregators", type=int, default=3, help="competing buyers (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="auctions per battery (default 3)")
+    parser.add_argument(
+        "--aggregators", type=int, default=3, help="buyers (default 3; 1 = utility)"
+    )
+    parser.add_argument("--slots", type=int, default=3, help="market slots to trade (default 3)")
+    parser.add_argument("--slot-s", type=int, default=6, help="slot length, s (default 6)")
     parser.add_argument("--reserve", type=float, default=14.0, help="batteries' floor, c/kWh")
-    parser.add_argument("--auction-ms", type=int, default=300, help="bid window after first bid")
     parser.add_argument("--seed", type=int, default=None, help="seed for values and batteries")
 
 
 def run(args):
-    for name, low, high in (("devices", 1, 20), ("aggregators", 1, 8), ("rounds", 1, 1000)):
+    for name, low, high in (("devices", 1, 20), ("aggregators", 1, 8), ("slots", 1, 1000),
+                            ("slot_s", 4, 3600)):  # fmt: skip
         if not low <= getattr(args, name) <= high:
-            print("error: --%s must be %d..%d" % (name, low, high), file=sys.stderr)
+            print(
+                "error: --%s must be %d..%d" % (name.replace("_", "-"), low, high), file=sys.stderr
+            )
             return 2
     return asyncio.run(Demo(args).main())
 
@@ -50,43 +58,84 @@ def say(who, text):
     print("%-9s| %s" % (who, text), flush=True)
 
 
+def aggregators(count, seed):
+    if count == 1:
+        return [{"key_id": 1, "name": "utility", "strategy": "utility"}]
+    rng = random.Random(seed)
+    return [
+        {
+            "key_id": k,
+            "name": "agg%d" % k,
+            "strategy": "adaptive" if k % 2 == 0 else "value",
+            "value": round(rng.uniform(18.0, 20.0), 2),
+            "spread": 4.0,
+            "margin": 1.0,
+            "bidders": count,
+        }  # fmt: skip
+        for k in range(1, count + 1)
+    ]
+
+
 class Demo:
     def __init__(self, args):
         self.args = args
         self.rng = random.Random(args.seed)
-        self.results = []  # (battery, aggregator or None, price, reserve)
-        self.latencies = []  # ms from an auction's close to its answers' arrival
-        self.contracts = {"aggregators": set(), "batteries": set()}
+        self.contracts = {"hub": set(), "batteries": set()}
 
     async def main(self):
         args = self.args
+        gate_s = max(2, args.slot_s // 3)
         with tempfile.TemporaryDirectory(prefix="gridbid-demo-") as tmp:
+            agg_ids = range(1, args.aggregators + 1)
             fleet = Fleet(
-                tmp, aggregators=range(1, args.aggregators + 1), reserve_floor=args.reserve,
-                auction_ms=args.auction_ms, slot_s=60,
-            )  # fmt: skip
-            echo = None
+                tmp,
+                aggregators=agg_ids,
+                reserve_floor=args.reserve,
+                slot_s=args.slot_s,
+                gate_s=gate_s,
+                slots_ahead=1,
+                poll_ms=100,
+                tick_ms=100,
+            )  # fmt: skip  (seconds-long slots)
+            hub, echo = None, None
             try:
                 for _ in range(args.devices):
-                    soc = self.rng.uniform(55.0, 95.0)
-                    await fleet.add(sim_settings={"soc_pct": soc})
+                    await fleet.add(sim_settings={"soc_pct": self.rng.uniform(55.0, 95.0)})
                 say("demo", "starting %d batteries, each with a simulated meter, BMS and inverter"
                     % args.devices)  # fmt: skip
                 await asyncio.gather(*(d.start() for d in fleet.devices))
                 for device in fleet.devices:
-                    say(
-                        "bat %d" % device.device_id,
-                        "ready on %s (%s)" % (device.address, device.runtime),
-                    )
+                    say("bat %d" % device.device_id,
+                        "ready on %s (%s)" % (device.address, device.runtime))  # fmt: skip
                 echo = asyncio.create_task(self.echo(fleet))
-                await self.trade(fleet)
-                await asyncio.sleep(0.5)  # the batteries' last lines
+                hub = Hub(self.config(fleet, Path(tmp), gate_s), seed=args.seed,
+                          log=lambda text: say("hub", text))  # fmt: skip
+                for agent in hub.agents.values():
+                    say("hub", "aggregator %s: %s strategy" % (agent.name, agent.cfg["strategy"]))
+                summaries = await hub.run(args.slots)
+                await self.wait_for_reports(hub)
+                self.summary(hub, summaries)
             finally:
                 if echo is not None:
                     echo.cancel()
+                if hub is not None:
+                    await hub.close()
                 await fleet.close()
-        self.summary()
         return 0
+
+    def config(self, fleet, tmp, gate_s):
+        keys = {str(k): v.hex() for k, v in fleet.agg_keys.items()}
+        keys.update({str(d.device_id): d.key.hex() for d in fleet.devices})
+        keys_file = tmp / "hub-keys.json"
+        keys_file.touch(mode=0o600)
+        keys_file.write_text(json.dumps({"keys": keys, "group": fleet.group_key.hex()}))
+        return hub_config.check({
+            "hub": {"name": "hub", "store": str(tmp / "hub.sqlite"), "keys_file": str(keys_file),
+                    "group_addr": fleet.group_addr, "group_port": fleet.group_port,
+                    "interface": "127.0.0.1", "device_port": fleet.tcp_port,
+                    "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5},
+            "aggregator": aggregators(self.args.aggregators, self.args.seed),
+        })  # fmt: skip
 
     async def echo(self, fleet):
         seen = {d.device_id: 0 for d in fleet.devices}
@@ -100,65 +149,45 @@ class Demo:
                 seen[device.device_id] = len(device.lines)
             await asyncio.sleep(0.05)
 
-    async def trade(self, fleet):
-        aggs = [await fleet.aggregator(key_id) for key_id in range(1, self.args.aggregators + 1)]
-        found = await aggs[0].discover(len(fleet.devices))
-        say("agg 1", "found %d batteries on the multicast group" % len(found))
-        links = {}
-        for agg in aggs:
-            for device in fleet.devices:
-                links[agg.key_id, device.device_id] = await agg.connect(
-                    device.address, fleet.tcp_port
-                )
-        for number in range(1, self.args.rounds + 1):
-            say("demo", "--- round %d: %d aggregators bid on %d batteries ---"
-                % (number, len(aggs), len(fleet.devices)))  # fmt: skip
-            await asyncio.gather(*(self.auction(d, aggs, links) for d in fleet.devices))
-            await asyncio.sleep(0.3)  # the batteries' lines of this round print before the next
+    async def wait_for_reports(self, hub):
+        """The last slot's contracts run after the hub stops trading: wait for their reports."""
+        deadline = time.time() + self.args.slot_s * 2 + 3
+        while time.time() < deadline:
+            live = [
+                r for r in hub.store.contracts(limit=1000) if r["state"] in ("Confirmed", "Active")
+            ]
+            if not live:
+                return
+            await asyncio.sleep(0.2)
 
-    async def auction(self, device, aggs, links):
-        n = len(aggs)
-        offers = await asyncio.gather(*(links[a.key_id, device.device_id].query() for a in aggs))
-        reserve = offers[0].sale_price
-        if offers[0].energy_total <= 0:
-            say("bat %d" % device.device_id, "has nothing to sell")
-            return
-        bids = []
-        for agg, offer in zip(aggs, offers):
-            value = offer.sale_price + self.rng.uniform(0.0, 6.0)
-            bid = offer.sale_price + (value - offer.sale_price) * (n - 1) / n
-            price = max(offer.sale_price, round(bid, 2))  # cents, never below the reserve
-            link = links[agg.key_id, device.device_id]
-            bids.append((agg, link, await link.bid(device.device_id, price, offer.energy_total)))
-        closes = int(time.time() * 1000) + self.args.auction_ms
-        winner = None
-        for agg, link, bid in bids:
-            answer, received = await link.answer(bid)
-            self.latencies.append(received - closes)
-            if answer.message.message_type == message.BID_ACCEPT:
-                winner = (agg, bid.bid_price)
-                await link.confirm(answer, kw=5.0)
-                deal = contract.contract_id(device.device_id, agg.key_id, bid.message_id)
-                self.contracts["aggregators"].add(deal)
-                say("agg %d" % agg.key_id, "won battery %d at %.2f c/kWh (reserve %.2f)"
-                    % (device.device_id, bid.bid_price, reserve))  # fmt: skip
-        self.results.append((device.device_id, winner, reserve))
-
-    def summary(self):
-        sold = [(w[1], r) for _d, w, r in self.results if w]
-        say("demo", "--- %d auctions, %d sold ---" % (len(self.results), len(sold)))
+    def summary(self, hub, summaries):
+        rows = hub.store.contracts(limit=10000)
+        self.contracts["hub"] = {r["id"] for r in rows}
+        sold = [(s["price"], s["volume_kwh"], s["reserve"]) for s in summaries if s["price"]]
+        say(
+            "demo",
+            "--- %d slots, %d cleared, %d contracts ---" % (len(summaries), len(sold), len(rows)),
+        )
+        states = {}
+        for row in rows:
+            states[row["state"]] = states.get(row["state"], 0) + 1
+        say(
+            "demo", "contract states: %s" % ", ".join("%s %d" % kv for kv in sorted(states.items()))
+        )
         if sold:
-            paid = statistics.mean(p for p, _r in sold)
-            reserve = statistics.mean(r for _p, r in sold)
+            kwh = sum(v for _p, v, _r in sold)
+            price = sum(p * v for p, v, _r in sold) / kwh
+            reserve = sum(r * v for _p, v, r in sold) / kwh
             say("demo", "a single utility pays the reserve:  %.2f c/kWh on average" % reserve)
-            say("demo", "with %d aggregator(s) bidding:       %.2f c/kWh on average (%+.1f%%)"
-                % (self.args.aggregators, paid, 100 * (paid - reserve) / reserve))  # fmt: skip
-        ours, theirs = self.contracts["aggregators"], self.contracts["batteries"]
+            say("demo", "the market with %d aggregator(s):     %.2f c/kWh on average (%+.1f%%)"
+                % (self.args.aggregators, price, 100 * (price - reserve) / reserve))  # fmt: skip
+        ours, theirs = self.contracts["hub"], self.contracts["batteries"]
         if ours == theirs:
-            say("demo", "batteries and aggregators derived the same %d contract ids" % len(ours))
+            say("demo", "batteries and hub hold the same %d contract ids" % len(ours))
         else:
-            say("demo", "MISMATCH: only the aggregators have %s; only the batteries %s"
+            say("demo", "MISMATCH: only the hub has %s; only the batteries %s"
                 % (sorted(ours - theirs), sorted(theirs - ours)))  # fmt: skip
-        if self.latencies:
-            say("demo", "answers after an auction closed: median %d ms, max %d ms (deadline 500)"
-                % (statistics.median(self.latencies), max(self.latencies)))  # fmt: skip
+        say(
+            "demo",
+            "store: %s (deleted with the demo's folder)" % os.path.basename(hub.cfg["store"]),
+        )

@@ -102,11 +102,12 @@ class Tally:
         self.rows = []  # (kWh sold, price, theory, reserve, bidders)
         self.per_slot = [[0.0, 0.0] for _ in range(slots)]  # [revenue c, kWh]
 
-    def add(self, slot, offer, kwh, price, theory, bidders):
+    def add(self, slot, offer, sales, theory, bidders):
+        """sales: [(kWh, price)] of the auction's winners (one when bids take all)."""
         self.auctions += 1
         self.offered += offer.kwh
-        if kwh > 0:
-            self.sold += 1
+        self.sold += bool(sales)
+        for kwh, price in sales:
             self.rows.append((kwh, price, theory(offer.reserve, bidders), offer.reserve, bidders))
             self.per_slot[slot][0] += price * kwh
             self.per_slot[slot][1] += kwh
@@ -152,17 +153,20 @@ def simulate(buyers, theory, devices, slots, seed, floor=FLOOR, progress=None):
                     auction.add(
                         auction_py.Bid(buyer.name, message_id, bid.price, bid.kwh, now + at)
                     )
-            winner, _rejects = auction.close()
-            kwh = min(winner.kwh, offer.kwh) if winner else 0.0  # as firmware/node.py decides
-            delivered = battery.deliver(kwh)
+            winners, _rejects = auction.close()
+            sold = {bid.peer: (kwh, bid.price) for bid, kwh in winners}
+            top = winners[0][0].price if winners else None  # the published winning price
+            total = sum(kwh for kwh, _p in sold.values())
+            delivered = battery.deliver(total)
             for buyer in buyers:
-                won, mine = winner is not None and winner.peer == buyer.name, bids[buyer.name]
+                kwh, price = sold.get(buyer.name, (0.0, None))
+                mine = bids[buyer.name]
                 buyer.observe(strategies.Outcome(
-                    offer.device_id, slot, won, mine and mine.price, kwh if won else 0.0,
-                    winner and winner.price, kwh if won else 0.0, delivered if won else None,
+                    offer.device_id, slot, kwh > 0, mine and mine.price, kwh, top, kwh,
+                    delivered * kwh / total if kwh > 0 else None,
                 ))  # fmt: skip
             bidders = sum(bid is not None for bid in bids.values())
-            tally.add(slot, offer, kwh, winner and winner.price, theory, bidders)
+            tally.add(slot, offer, list(sold.values()), theory, bidders)
         for battery in batteries:
             battery.deliver(0.0, recharge=True)
         if progress:

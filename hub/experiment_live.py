@@ -27,6 +27,7 @@ async def _live(buyers, theory, devices, slots, seed, floor, progress):
         fleet = Fleet(
             tmp, aggregators=keys, reserve_floor=floor, min_soc_pct=MIN_SOC, max_kw=MAX_KW,
             max_peers=max(8, len(buyers)), slot_s=int(SLOT_H * 3600), auction_ms=150,
+            slots_ahead=slots,  # each experiment slot sells a later real slot
         )  # fmt: skip
         try:
             for i in range(devices):
@@ -43,9 +44,9 @@ async def _live(buyers, theory, devices, slots, seed, floor, progress):
                 signal = price_signal(slot)
                 auctions = [_live_auction(d.device_id, buyers, links, slot, signal, market)
                             for d in fleet.devices]  # fmt: skip
-                for offer, kwh, price, bidders in await asyncio.gather(*auctions):
+                for offer, sales, bidders in await asyncio.gather(*auctions):
                     if offer is not None:
-                        tally.add(slot, offer, kwh, price, theory, bidders)
+                        tally.add(slot, offer, sales, theory, bidders)
                 if progress:
                     progress((slot + 1) / slots)
             runtime = fleet.devices[0].runtime
@@ -66,7 +67,7 @@ async def _live_auction(device_id, buyers, links, slot, signal, market):
 
     replies = await asyncio.gather(*(query(links[b.name, device_id]) for b in buyers))
     if replies[0].energy_total <= 0:
-        return None, 0.0, None, 0
+        return None, [], 0
     offer = strategies.Offer(
         device_id, replies[0].energy_total, replies[0].sale_price, slot, signal
     )
@@ -76,15 +77,16 @@ async def _live_auction(device_id, buyers, links, slot, signal, market):
         if bid is not None:
             link = links[buyer.name, device_id]
             sent.append((buyer, link, await link.bid(device_id, bid.price, bid.kwh)))
-    winner, price, kwh = None, None, 0.0
+    sold = {}  # buyer name -> (kWh, price) of each accepted bid
     for buyer, link, msg in sent:
         got, _at = await link.answer(msg)
         if got.message.message_type == message.BID_ACCEPT:
-            winner, price, kwh = buyer, got.message.sale_price, got.message.required_energy_amount
+            sold[buyer.name] = (got.message.required_energy_amount, got.message.sale_price)
             await link.confirm(got, kw=MAX_KW)
+    top = max((price for _kwh, price in sold.values()), default=None)
     bids = {buyer.name: msg.bid_price for buyer, _link, msg in sent}
     for buyer in buyers:
-        won = buyer is winner
+        kwh, _price = sold.get(buyer.name, (0.0, None))
         buyer.observe(strategies.Outcome(
-            device_id, slot, won, bids.get(buyer.name), kwh if won else 0.0, price))  # fmt: skip
-    return offer, kwh, price, len(sent)
+            device_id, slot, kwh > 0, bids.get(buyer.name), kwh, top))  # fmt: skip
+    return offer, list(sold.values()), len(sent)

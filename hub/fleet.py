@@ -45,6 +45,7 @@ class DeviceUnderTest:
         argv, env, self.runtime = micropython.command(
             (bundle or micropython.FIRMWARE) / "main.py", str(UNIX_BOARD), str(self.config_path),
             heap=self.fleet.heap, device_root=bundle, cpython=self.fleet.cpython,
+            romfs=self.fleet.romfs,
         )  # fmt: skip
         self.process = await asyncio.create_subprocess_exec(
             *argv, env=env, cwd=micropython.ROOT, stdout=asyncio.subprocess.PIPE,
@@ -91,11 +92,13 @@ class Fleet:
     """Devices plus the keys and group their aggregators need."""
 
     def __init__(
-        self, tmp, aggregators=(1, 2), heap="256k", bundle=None, cpython=False, **settings
-    ):
+        self, tmp, aggregators=(1, 2), heap="256k", bundle=None, cpython=False, romfs=None,
+        **settings,
+    ):  # fmt: skip
         self.tmp = Path(tmp)
         self.heap = heap
         self.bundle = bundle  # run the built .mpy bundle (tools/flash.py build), as a board does
+        self.romfs = romfs  # ... with its modules in this ROMFS image (build --romfs)
         self.cpython = cpython  # run the firmware on CPython, as on a Raspberry Pi
         self.settings = settings
         self.group_addr = "239.255.70.%d" % random.randint(2, 250)
@@ -136,7 +139,9 @@ class Fleet:
             },
             "heap_report_s": 2,
         }  # fmt: skip
-        if self.bundle:
+        if self.romfs:
+            cfg["registers_dir"] = "/rom/registers"
+        elif self.bundle:
             cfg["registers_dir"] = str(self.bundle / "registers")
         cfg.update(self.settings)
         cfg.update(settings)

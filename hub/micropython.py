@@ -22,16 +22,22 @@ def binary():
 FIRMWARE = ROOT / "firmware"
 
 
-def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None, cpython=False):
+def command(
+    script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None, cpython=False, romfs=None
+):
     """(argv, env, runtime name) to run a device script.
 
     As on a board, firmware/'s modules import as top-level names (`import node`)
     and protocol/ as a package beside them: from the source tree, or from a
     bundle built by tools/flash.py (device_root). cpython=True runs it on CPython
-    even where the VM exists, as a Raspberry Pi must.
+    even where the VM exists, as a Raspberry Pi must. romfs: a ROMFS image
+    (tools/flash.py build --romfs), mapped as the VM's flash by tools/romvm.py;
+    script (the bundle's main.py) mounts it and imports the modules from it.
     """
     roots = [str(device_root)] if device_root else [str(ROOT), str(FIRMWARE)]
     found = None if cpython else binary()
+    if romfs is not None and found is None:
+        raise RuntimeError("a ROMFS image runs on the MicroPython VM only")
     if found is None:
         path = os.pathsep.join([*roots, *map(str, extra_path)])
         # Unbuffered, as a board's console: its log lines are read as they come.
@@ -39,4 +45,8 @@ def command(script, *args, heap=DEFAULT_HEAP, extra_path=(), device_root=None, c
         return [sys.executable, str(script), *args], env, "CPython"
     path = ":".join([".frozen", *roots, *map(str, extra_path)])
     env = {**os.environ, "MICROPYPATH": path}
-    return [found, "-X", "heapsize=" + heap, str(script), *args], env, "MicroPython"
+    argv = [found, "-X", "heapsize=" + heap, str(script), *args]
+    if romfs is not None:
+        env["MICROPYPATH"] = ":".join([".frozen", *map(str, extra_path)])  # the rest is in /rom
+        argv[:1] = [sys.executable, str(ROOT / "tools" / "romvm.py"), str(romfs)]
+    return argv, env, "MicroPython"

@@ -352,11 +352,13 @@ class Store:
             )
         return True
 
-    def advance_contract(self, contract_id, state, by, at=None, delivered_kwh=None):
+    def advance_contract(
+        self, contract_id, state, by, at=None, delivered_kwh=None, confirm_id=None
+    ):
         """Move a contract to `state` (a STATE_NAMES name or number) on behalf of `by`
         ("buyer" or "device"), if protocol.contract's rules allow it; append the change to
         contract_states. delivered_kwh (metered) may come with a final state; it feeds the
-        device's reputation. Returns the advanced MarketContract."""
+        device's reputation; confirm_id comes with Confirmed. Returns the MarketContract."""
         state = check_state(state)
         if delivered_kwh is not None:
             delivered_kwh = check_amount("delivered_kwh", delivered_kwh)
@@ -367,9 +369,9 @@ class Store:
             if delivered_kwh is not None and contract.live:
                 raise ValueError("delivered_kwh comes with a final state, not %s" % contract)
             conn.execute(
-                "UPDATE contracts SET state = ?, delivered_kwh = coalesce(?, delivered_kwh) "
-                "WHERE id = ?",
-                (contract.state_name, delivered_kwh, contract_id),
+                "UPDATE contracts SET state = ?, delivered_kwh = coalesce(?, delivered_kwh), "
+                "confirm_id = coalesce(?, confirm_id) WHERE id = ?",
+                (contract.state_name, delivered_kwh, confirm_id, contract_id),
             )
             conn.execute(
                 "INSERT INTO contract_states (contract, from_state, to_state, by, at) "
@@ -397,6 +399,16 @@ class Store:
             sql + " ORDER BY start DESC, created_at DESC LIMIT ? OFFSET ?",
             params + check_page(limit, offset),
         )
+
+    def contracts_of_slot(self, slot):
+        return self._rows("SELECT * FROM contracts WHERE slot = ?", (check_slot(slot),))
+
+    def contract_by_confirm(self, buyer, confirm_id):
+        """The contract whose BID_CONFIRM from `buyer` had this message id, or None."""
+        rows = self._rows(
+            "SELECT * FROM contracts WHERE buyer = ? AND confirm_id = ?", (buyer, confirm_id)
+        )
+        return rows[0] if rows else None
 
     def contract_history(self, contract_id):
         """Every state the contract went through, oldest first (from_state None = recorded)."""

@@ -41,6 +41,10 @@ Version 2 (reputation and the status page's indexes):
   contracts.delivered_kwh (metered energy, NULL = not reported); view device_reputation
   (device, promised_kwh, delivered_kwh, reputation = delivered / promised), and indexes
   for the history queries.
+
+Version 3 (the hub's contract ledger):
+  contracts.confirm_id: the buyer's BID_CONFIRM message id, which the device's outcome
+  report (a TERMINATE) answers; unique per buyer.
 """
 
 import math
@@ -191,10 +195,20 @@ CREATE INDEX telemetry_device_at ON telemetry (device, at);
 CREATE INDEX price_signals_at ON price_signals (at);
 """
 
+# The buyer's BID_CONFIRM id: the device's outcome report (a TERMINATE) answers it, so
+# a report that arrives after a hub restart still finds its contract.
+V3 = """
+ALTER TABLE contracts ADD COLUMN confirm_id INTEGER;
+CREATE UNIQUE INDEX contracts_confirm ON contracts (buyer, confirm_id)
+    WHERE confirm_id IS NOT NULL;
+CREATE INDEX contracts_slot ON contracts (slot);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
     ("reputation view and history indexes", V2),
+    ("contracts know the confirm their outcome report answers", V3),
 )
 CURRENT = len(MIGRATIONS)
 

@@ -160,13 +160,18 @@ class Buyer:
             price = outcome.price if outcome.price is not None else held.price
             self.spent += price * outcome.kwh
             self.bought += outcome.kwh
-        if outcome.delivered is not None and outcome.promised > 0:
-            tally = self.delivery.setdefault(outcome.device_id, [0.0, 0.0])
-            tally[0] += min(outcome.delivered, outcome.promised)
-            tally[1] += outcome.promised
+        if outcome.delivered is not None:
+            self.delivered(outcome.device_id, outcome.promised, outcome.delivered)
         offer = self.offers.get(outcome.device_id)
         if offer is not None:
             self.learn(offer, held, outcome)
+
+    def delivered(self, device_id, promised, delivered):
+        """A contract with this device ran: its metered kWh against the kWh promised."""
+        if promised > 0:
+            tally = self.delivery.setdefault(device_id, [0.0, 0.0])
+            tally[0] += min(delivered, promised)
+            tally[1] += promised
 
     def price(self, offer):
         raise NotImplementedError

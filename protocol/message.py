@@ -28,7 +28,8 @@ Which fields each type carries (all others are zero):
                                  time), termination_code (REJECT_* reason)
   7  TERMINATE       either      termination_code (TERM_* reason); from a device with
                                  reply_to = the contract's BID_CONFIRM, it reports
-                                 the contract's outcome (TERM_CONTRACT_*)
+                                 the contract's outcome (TERM_CONTRACT_*) and
+                                 required_energy_amount = the kWh its meter counted
   8  DEVICE_FAILURE  device      termination_code (FAIL_* cause), health,
                                  remaining_battery_energy, battery_voltage
   9  BESS_STATUS     device      energy_total (capacity), remaining_battery_energy,
@@ -319,8 +320,11 @@ def bid_reject(message_id, device_id, bid_price, reserve_price, reason, ttl=None
     )  # fmt: skip
 
 
-def terminate(message_id, device_id, reason=TERM_NORMAL, ttl=None):
-    return _make(TERMINATE, message_id, device_id, ttl, termination_code=reason)
+def terminate(message_id, device_id, reason=TERM_NORMAL, ttl=None, delivered_kwh=0.0):
+    return _make(
+        TERMINATE, message_id, device_id, ttl,
+        termination_code=reason, required_energy_amount=delivered_kwh,
+    )  # fmt: skip
 
 
 def device_failure(message_id, device_id, cause, health, remaining_kwh, voltage, ttl=None):

@@ -251,22 +251,40 @@ def test_bad_input_gets_nothing_and_breaks_nothing(tmp_path):
 
 
 def test_the_firmware_runs_in_a_small_heap_and_reports_its_peak(tmp_path):
-    """The compiled bundle, as on a board (a board has no RAM to compile the app).
+    """The ROMFS build, as on a board without PSRAM (tools/flash.py build --romfs).
 
-    200 KB works, 180 KB does not: ~120 KB of it is the modules' loaded bytecode
-    (about as much on a 32-bit port), ~45 KB what the firmware allocates. An ESP32
-    without PSRAM (~100 KB) needs the modules frozen into its image (bytecode in
-    flash); until that build exists, this checks the budget the VM needs.
+    The modules run in place from the image, which tools/romvm.py maps read-only
+    outside the VM's heap, as a board's flash is mapped: -X heapsize holds only
+    what the firmware allocates. The live peak is ~110 KB on this 64-bit VM
+    (~68 KB of it the objects MicroPython builds for the loaded modules, ~35 KB
+    the running firmware's state), expected at 55-60 % of that on a 32-bit
+    board; the README has the breakdown. 120 KB runs, 116 KB does not always:
+    the default keeps a margin. The image plus that peak would not fit the
+    heap, so the image is not in it.
     """
+    if micropython.binary() is None:
+        pytest.skip("no MicroPython VM on this machine (no wheel for its architecture)")
     sys.path.insert(0, str(micropython.ROOT / "tools"))
     import flash
 
-    bundle = flash.build("unix", tmp_path / "build")
-    heap_kb = int(os.environ.get("GRIDBID_FIRMWARE_HEAP_KB", "200"))
-    a, b = run(tmp_path, competing_bids, heap="%dk" % heap_kb, bundle=bundle)
+    bundle = flash.build("unix", tmp_path / "build", romfs=True)
+    image = flash.romfs_path(bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == ["board.json", "main.py"]
+    heap_kb = int(os.environ.get("GRIDBID_FIRMWARE_HEAP_KB", "128"))
+    a, b = run(
+        tmp_path, competing_bids, heap="%dk" % heap_kb, bundle=bundle, romfs=image,
+        heap_report_s=0.5,
+    )  # fmt: skip
     peaks = [a.peak_heap(), b.peak_heap()]
-    print("live heap peak at -X heapsize=%dk: %s bytes" % (heap_kb, peaks))
+    print("live heap peak at -X heapsize=%dk, modules in a %d-byte ROMFS image: %s bytes"
+          % (heap_kb, image.stat().st_size, peaks))  # fmt: skip
     assert all(p is not None and p < heap_kb * 1024 for p in peaks), peaks
+    assert min(peaks) + image.stat().st_size > heap_kb * 1024  # so the image is not in the heap
+    for device in (a, b):
+        trouble = [
+            line for line in device.lines if "MemoryError" in line or "out of memory" in line
+        ]
+        assert not trouble, trouble
 
 
 def test_the_same_firmware_runs_on_cpython(tmp_path):

@@ -3,6 +3,7 @@ priority order, stay bounded and come back after the battery goes away."""
 
 import asyncio
 import os
+import socket
 
 import pytest
 
@@ -146,5 +147,192 @@ def test_a_full_read_of_many_frames_loses_none():
         await wait_until(lambda: len(got) == 100)
         await link.close()
         server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_is_written_at_once_when_nothing_waits():
+    """No queue and no sender task in the way: send() hands the frame to the socket."""
+
+    async def scenario():
+        hub, device = codecs()
+        rx = Receiver(device)
+        await rx.start()
+        ids = message.MessageIds(transport.now_ms())
+        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None).start()
+        await asyncio.wait_for(link.connected.wait(), 5)
+        for n in range(1, 4):
+            link.send(message.bid(ids.next(), 5, 15.0, 1.0))
+            assert link.queue.empty()
+            # Written, not waiting in the transport: the kernel has taken all of it.
+            assert link._session.transport.get_write_buffer_size() == 0
+            await wait_until(lambda n=n: len(rx.got) == n)
+        await link.close()
+        rx.server.close()
+
+    asyncio.run(scenario())
+
+
+def test_frames_that_wait_for_a_slow_peer_leave_most_urgent_first():
+    """A battery that stops reading: once the socket and the transport's few frames are
+    full, frames wait in the queue, and the DeviceFailure goes first when it reads again;
+    nothing sent after that jumps the queue, and direct writes resume once it is empty."""
+
+    async def scenario():
+        hub, device = codecs()
+        got, readers = [], []
+        decoder = frame.StreamDecoder(device)
+
+        class Slow(asyncio.Protocol):
+            def connection_made(self, tr):
+                tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                tr.pause_reading()
+                readers.append(tr)
+
+            def data_received(self, data):
+                decoder.feed(data)
+                got.extend(f.message for f in decoder.frames(transport.now_ms()))
+
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        server = await loop.create_server(Slow, sock=listener)
+        port = listener.getsockname()[1]
+        ids = message.MessageIds(transport.now_ms())
+        link = transport.DeviceLink(hub, "127.0.0.1", port, lambda *_: None, queue_size=8)
+        link.start()
+        await asyncio.wait_for(link.connected.wait(), 5)
+        link._session.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        direct = 0
+        while link.queue.empty():  # fill the peer's socket, ours, then the transport's buffer
+            link.send(message.query(ids.next()))
+            direct += 1
+            assert direct < 100_000, "the link never started queueing"
+        assert link._session.transport.get_write_buffer_size() > 0
+        urgent = [
+            message.bid(ids.next(), 5, 15.0, 1.0),
+            message.terminate(ids.next(), 5),
+            message.bid_confirm(ids.next(), 5, 15.0, 1.0, 2.0),
+            message.device_failure(ids.next(), 5, 1, message.HEALTH_FAULT, 1.0, 48.0),
+            message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0),
+        ]
+        for msg in urgent:
+            link.send(msg)
+        assert link.queue.qsize() == 1 + len(urgent)  # none bypassed the queue
+        readers[0].resume_reading()
+        await wait_until(lambda: len(got) == direct + len(urgent))
+        assert all(m.message_type == message.QUERY for m in got[: direct - 1])
+        kinds = [m.message_type for m in got[direct - 1 :]]
+        assert kinds == [
+            message.DEVICE_FAILURE,
+            message.BID_CONFIRM,
+            message.BID,
+            message.TERMINATE,
+            message.BESS_STATUS,
+            message.QUERY,
+        ]
+        link.send(message.query(ids.next()))  # drained: straight out again
+        assert link.queue.empty()
+        await wait_until(lambda: len(got) == direct + len(urgent) + 1)
+        await link.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_on_connect_frames_join_the_waiting_ones_in_priority_order():
+    async def scenario():
+        hub, device = codecs()
+        rx = Receiver(device)
+        await rx.start()
+        ids = message.MessageIds(transport.now_ms())
+
+        def hello(link):
+            link.send(message.query(ids.next()))
+            link.send(message.bid_confirm(ids.next(), 5, 15.0, 1.0, 2.0))
+
+        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None, on_connect=hello)
+        link.send(message.bid(ids.next(), 5, 15.0, 1.0))  # waits: not connected yet
+        link.start()
+        await wait_until(lambda: len(rx.got) == 3)
+        kinds = [m.message_type for m in rx.got]
+        assert kinds == [message.BID_CONFIRM, message.BID, message.QUERY]
+        await link.close()
+        rx.server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_raises_is_reported_and_the_link_reads_on():
+    async def scenario():
+        hub, device = codecs()
+        loop = asyncio.get_running_loop()
+        reported, got = [], []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        server_port = free_port()
+
+        async def talk(reader, writer):
+            ids = message.MessageIds(transport.now_ms())
+            for _ in range(3):
+                status = message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0)
+                writer.write(device.seal(status, transport.now_ms()))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+        def handler(_link, f):
+            got.append(f)
+            if len(got) == 1:
+                raise RuntimeError("a bug in the hub's handler")
+
+        server = await asyncio.start_server(talk, "127.0.0.1", server_port)
+        link = transport.DeviceLink(hub, "127.0.0.1", server_port, handler).start()
+        await wait_until(lambda: len(got) == 3)
+        assert link.reconnects == 0 and link.connected.is_set()
+        assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+        await link.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_reads_split_anywhere_with_garbage_and_a_forged_frame_lose_only_those():
+    """Whole-frame reads skip the stream decoder; split frames, garbage and a frame that
+    fails its tag go through it; either way every good frame comes out, in order."""
+
+    async def scenario():
+        hub, device = codecs()
+        got = []
+        link = transport.DeviceLink(hub, "127.0.0.1", 9, lambda _l, f: got.append(f))
+        session = transport._Session(link, asyncio.get_running_loop())
+        ids = message.MessageIds(transport.now_ms())
+        msgs = [
+            message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0) for _ in range(12)
+        ]
+        frames = [device.seal(m, transport.now_ms()) for m in msgs]
+        forged = bytearray(frames[8])
+        forged[-1] ^= 1
+        for data in (
+            frames[0],  # one whole frame
+            frames[1] + frames[2],  # two
+            frames[3] + frames[4][:50],  # split ...
+            frames[4][50:],  # ... and completed
+            frames[5],  # whole again
+        ):
+            session.data_received(data)
+        assert session.in_step and len(got) == 6
+        for data in (
+            b"garbage" + frames[6],  # resynchronised by the decoder
+            frames[7] + bytes(forged) + frames[9],  # a bad tag among good ones
+            frames[10],
+            frames[11][:1],
+            frames[11][1:],
+        ):
+            session.data_received(data)
+        assert not session.in_step
+        want = [m.message_id for i, m in enumerate(msgs) if i != 8]
+        assert [f.message.message_id for f in got] == want
 
     asyncio.run(scenario())

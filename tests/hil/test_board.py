@@ -49,7 +49,7 @@ def test_the_auction_logic_on_the_board(dut):
     run(dut, "from auction import Auction, Bid", ">>>")
     run(dut, "a = Auction(14.0, 1.0, 300, 0)", ">>>")
     run(dut, "a.add(Bid(1, 11, 15.0, 1.0, 0)); a.add(Bid(2, 21, 16.0, 1.0, 5))", ">>>")
-    run(dut, "print('winner', a.close()[0].peer)", "winner 2")
+    run(dut, "print('winner', a.close()[0][0][0].peer)", "winner 2")
 
 
 def test_hmac_speed_on_the_board(dut):

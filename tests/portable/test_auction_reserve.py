@@ -44,8 +44,8 @@ def test_best_bid_at_or_above_reserve_wins_and_the_rest_are_told_why():
     auction.add(Bid(2, 21, 16.5, 1.0, at_ms=20))
     auction.add(Bid(3, 31, 13.0, 1.0, at_ms=30))
     assert not auction.due(309) and auction.due(310)  # closes 300 ms after the first bid
-    winner, rejects = auction.close()
-    assert (winner.peer, winner.price) == (2, 16.5)
+    winners, rejects = auction.close()
+    assert [(b.peer, b.price, kwh) for b, kwh in winners] == [(2, 16.5, 1.0)]
     reasons = {bid.peer: why for bid, why in rejects}
     assert reasons == {1: message.REJECT_OUTBID, 3: message.REJECT_BELOW_RESERVE}
 
@@ -55,17 +55,35 @@ def test_ties_go_to_the_earlier_bid_and_a_raised_bid_replaces_the_old_one():
     auction.add(Bid(1, 11, 15.0, 1.0, 10))
     auction.add(Bid(2, 21, 15.0, 1.0, 20))
     auction.add(Bid(1, 12, 15.5, 1.0, 30))  # aggregator 1 raises
-    winner, rejects = auction.close()
-    assert (winner.peer, winner.message_id) == (1, 12)
+    winners, rejects = auction.close()
+    assert [(b.peer, b.message_id) for b, _kwh in winners] == [(1, 12)]
     assert sorted((b.peer, b.message_id) for b, _why in rejects) == [(1, 11), (2, 21)]
     tie = Auction(14.0, 1.0, 300, 0)
     tie.add(Bid(1, 11, 15.0, 1.0, 10))
     tie.add(Bid(2, 21, 15.0, 1.0, 20))
-    assert tie.close()[0].peer == 1
+    assert tie.close()[0][0][0].peer == 1
 
 
 def test_nobody_wins_below_the_reserve():
     auction = Auction(14.0, 1.0, 300, 0)
     auction.add(Bid(1, 11, 13.99, 1.0, 10))
-    winner, rejects = auction.close()
-    assert winner is None and rejects[0][1] == message.REJECT_BELOW_RESERVE
+    winners, rejects = auction.close()
+    assert winners == [] and rejects[0][1] == message.REJECT_BELOW_RESERVE
+
+
+def test_shares_split_by_a_market_maker_are_all_accepted_while_energy_lasts():
+    auction = Auction(14.0, 1.0, 300, 0)
+    auction.add(Bid(1, 11, 15.0, 0.4, 10))
+    auction.add(Bid(2, 21, 15.0, 0.6, 20))
+    auction.add(Bid(3, 31, 15.0, 0.2, 30))  # nothing left for it
+    winners, rejects = auction.close()
+    assert [(b.peer, kwh) for b, kwh in winners] == [(1, 0.4), (2, 0.6)]
+    assert [(b.peer, why) for b, why in rejects] == [(3, message.REJECT_OUTBID)]
+
+
+def test_a_bid_for_more_than_is_left_gets_the_rest_and_zero_means_all():
+    auction = Auction(14.0, 1.0, 300, 0)
+    auction.add(Bid(1, 11, 16.0, 0.7, 10))
+    auction.add(Bid(2, 21, 15.0, 0.0, 20))
+    winners, _rejects = auction.close()
+    assert [(b.peer, kwh) for b, kwh in winners] == [(1, 0.7), (2, 0.3)]

@@ -1,0 +1,103 @@
+"""The hub's contract ledger: the one owner of the hub's side of every contract.
+
+Everything that moves a contract on the hub goes through here, and each move is
+written to the store (hub.store, contract_states) before the hub acts on it, so
+a hub that restarts finds every contract where it left it. The states and who
+may set them are protocol.contract's (GridWorks' MarketContract):
+
+  BID_ACCEPT arrives          Created (buyer), Received (device): the battery
+                              accepted a share of a trade at the clearing price
+  BID_CONFIRM about to leave  Confirmed (buyer), with the confirm's message id,
+                              written before the frame is sent (write-ahead)
+  no link to confirm over     TerminatedByAtn: the battery's accept lapses
+                              unconfirmed, so neither side holds a contract
+  the battery's TERMINATE     Active, then the outcome its meter gave:
+  (reply_to = our confirm)    CompletedSuccess / CompletedFailureByScada /
+                              CompletedUnknownOutcome / TerminatedByScada,
+                              with the metered kWh (it feeds reputation)
+  no report by end + grace    CompletedUnknownOutcome (buyer)
+
+The terms are derived exactly as the firmware derives them (execution.py's
+contract_from_confirm), and so is the ContractId, so hub and battery hold the
+same contract without sending it.
+"""
+
+from protocol import contract, message
+
+OUTCOMES = {
+    message.TERM_CONTRACT_SUCCESS: contract.COMPLETED_SUCCESS,
+    message.TERM_CONTRACT_FAILURE: contract.COMPLETED_FAILURE_BY_SCADA,
+    message.TERM_CONTRACT_UNKNOWN: contract.COMPLETED_UNKNOWN_OUTCOME,
+    message.TERM_CONTRACT_STOPPED: contract.TERMINATED_BY_SCADA,
+}
+NEED_ACTIVE = (contract.COMPLETED_SUCCESS, contract.COMPLETED_FAILURE_BY_SCADA)
+
+
+def terms(slot_s, kwh, kw):
+    """(duration s, avg watts) of a contract for kwh at kw, as the firmware computes them."""
+    duration = min(slot_s, max(1, round(kwh / kw * 3600)))
+    return duration, round(kwh * 1000 * 3600 / duration)
+
+
+class Ledger:
+    def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, log=print):
+        self.store = store
+        self.slot_s, self.gate_s, self.market_maker = slot_s, gate_s, market_maker
+        # A battery reports after its contract ends, once a session with the buyer is up.
+        self.grace_s = slot_s if grace_s is None else grace_s
+        self.log = log
+
+    def accepted(self, device_id, buyer, bid_id, price, kwh, kw, start, at=None):
+        """The battery accepted our bid: Created then Received. -> the MarketContract."""
+        duration, watts = terms(self.slot_s, kwh, kw)
+        deal = contract.MarketContract.create(
+            contract.BUYER, contract.contract_id(device_id, buyer, bid_id),
+            contract.slot_name(self.slot_s, self.gate_s, self.market_maker, start),
+            start, duration / 60, watts,
+        )  # fmt: skip
+        self.store.record_contract(deal, device_id, buyer, price, at=at)
+        self.store.advance_contract(deal.contract_id, contract.RECEIVED, contract.DEVICE, at=at)
+        return deal
+
+    def confirming(self, contract_id, confirm_id, at=None):
+        """Confirmed, before the BID_CONFIRM with this id leaves."""
+        self.store.advance_contract(
+            contract_id, contract.CONFIRMED, contract.BUYER, at=at, confirm_id=confirm_id
+        )
+
+    def withdrawn(self, contract_id, why, at=None):
+        self.store.advance_contract(contract_id, contract.TERMINATED_BY_ATN, contract.BUYER, at=at)
+        self.log("contract %s withdrawn: %s" % (contract_id, why))
+
+    def reported(self, buyer, confirm_id, code, delivered_kwh, at=None):
+        """A battery's outcome report. -> (contract row, new state) or None when it is
+        not ours, not an outcome, or already final (a report may come twice)."""
+        state = OUTCOMES.get(code)
+        row = self.store.contract_by_confirm(buyer, confirm_id)
+        if state is None or row is None:
+            return None
+        if row["state"] not in [contract.STATE_NAMES[s] for s in contract.LIVE]:
+            return None
+        if state in NEED_ACTIVE and row["state"] != "Active":
+            self.store.advance_contract(row["id"], contract.ACTIVE, contract.DEVICE, at=at)
+        self.store.advance_contract(
+            row["id"], state, contract.DEVICE, at=at, delivered_kwh=delivered_kwh
+        )
+        return row, contract.STATE_NAMES[state]
+
+    def expire(self, now_s, at=None):
+        """Confirmed contracts whose report is overdue -> CompletedUnknownOutcome. -> ids."""
+        overdue = []
+        for state in ("Created", "Received", "Confirmed", "Active"):
+            for row in self.store.contracts(state=state, limit=10000):
+                if row["start"] + row["duration_s"] + self.grace_s <= now_s:
+                    self.store.advance_contract(
+                        row["id"], contract.COMPLETED_UNKNOWN_OUTCOME, contract.BUYER, at=at
+                    )
+                    overdue.append(row["id"])
+        return overdue
+
+    def bound(self, slot_name):
+        """{(device, buyer)} that already hold a contract of this slot (a restarted hub
+        must not buy the same trade twice)."""
+        return {(r["device"], r["buyer"]) for r in self.store.contracts_of_slot(slot_name)}

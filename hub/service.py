@@ -1,0 +1,278 @@
+"""`gridbid hub run`: the hub. Per market slot, on the slots' grid (slot_s):
+
+1. Offers. When the previous slot starts, the hub Queries the group (the Query
+   carries the latest price signal; batteries' reserves follow it) and every
+   battery's QueryResponse becomes an ask layer in the slot's book at its reserve.
+   A battery offers for its next slot (firmware slots_ahead = 1): this one.
+2. Bids. Every aggregator agent's strategy prices each offer (hub/strategies.py)
+   and the price becomes a bid layer: its kWh at no more than that price.
+3. The price signal (hub.market.price_signal over the book) is recorded and goes
+   out with the next Query.
+4. At gate closure the market maker clears the book once: one uniform price,
+   bilateral trades (hub/marketmaker.py). Publishing the price binds them: each
+   buyer buys its share from each battery over ETP (hub/agent.py) and the
+   contract ledger (hub/ledger.py) records every state.
+5. Strategies learn the outcome; overdue contracts become CompletedUnknownOutcome.
+
+Every layer, trade and contract state is in the SQLite store before it counts,
+so a hub killed mid-slot and started again rebuilds the book, re-clears to the
+same recorded trades, and buys only what no contract holds yet.
+"""
+
+import asyncio
+import time
+
+from hub import hub_config
+from hub.agent import Agent
+from hub.ledger import Ledger
+from hub.market.auction import ASK, BID
+from hub.market.price_signal import PriceSignal
+from hub.marketmaker import MarketMaker
+from hub.store import Store
+from hub.strategies import Offer, Outcome
+from hub.transport import Discovery, Registry, now_ms
+from protocol import contract, frame, message
+
+
+class Hub:
+    def __init__(self, cfg, seed=None, log=print, loss=0.0):
+        self.cfg = cfg
+        self.log = log
+        self.store = Store(cfg["store"])
+        signal = PriceSignal(cfg["p_balance"], cfg["p_con"], cfg["k"])
+        self.market = MarketMaker(self.store, cfg["name"], cfg["slot_s"], cfg["gate_s"], signal)
+        self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"], log=log)
+        self.registry = Registry()
+        first = cfg["aggregators"][0]["key_id"]  # the hub's group frames go out under it
+        self.ids = message.MessageIds(now_ms())
+        self.discovery = Discovery(
+            frame.Codec(cfg["keyring"], key_id=first), self.registry, cfg["group_addr"],
+            cfg["group_port"], cfg["interface"], loss=loss, seed=seed,
+        )  # fmt: skip
+        self.agents = {
+            a["key_id"]: Agent(a, cfg["keyring"], self, seed) for a in cfg["aggregators"]
+        }
+        self.signal = 0.0  # the latest price signal, sent with every Query
+        self.known = set()  # batteries in the store
+
+    # --- running ------------------------------------------------------------------
+
+    async def run(self, slots=None):
+        """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
+        await self.discovery.start()
+        # Every battery that answers within discovery_s (no count of them is known).
+        found = await self.discovery.find(self.ids, 10**6, timeout_s=self.cfg["discovery_s"])
+        cfg = self.cfg
+        self.log("hub %s: %d batteries answered on %s:%d"
+                 % (cfg["name"], len(found), cfg["group_addr"], cfg["group_port"]))  # fmt: skip
+        summaries = []
+        resumed = await self.resume()  # a restart between a gate closure and its slot
+        if resumed is not None:
+            summaries.append(resumed)
+        while slots is None or len(summaries) < slots:
+            summaries.append(await self.trade_slot())
+        return summaries
+
+    async def resume(self):
+        """Started (again) after a slot's gate closed and before the slot starts: its
+        clearing binds (recorded, or made now from the stored book), so buy what no
+        contract holds yet, if the purchase can end before the slot starts (after it,
+        a battery sells its next slot instead). -> the slot's summary, or None."""
+        slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
+        now = time.time()
+        start = (int(now) // slot_s + 1) * slot_s
+        name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
+        if not start - gate_s <= now < start - self.cfg["bind_timeout_s"]:
+            return None
+        asks = self.store.bids(name, side=ASK)
+        if not asks:
+            return None
+        offers = {}
+        for row in asks:
+            info = self.registry.devices.get(row["owner"])
+            if info is not None:
+                self._know(info)
+                offers[info.device_id] = Offer(
+                    info.device_id, row["kwh"], row["price"], start, self.signal
+                )
+        return await self.settle(name, start, offers, {})
+
+    async def close(self):
+        await asyncio.gather(*(agent.close() for agent in self.agents.values()))
+        self.store.close()
+
+    async def trade_slot(self):
+        slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
+        while True:
+            now = time.time()
+            start = (int(now) // slot_s + 1) * slot_s
+            if start - gate_s - now >= self.cfg["answer_s"] + 0.2:
+                break
+            await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
+        name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
+        offers = await self.collect_offers(name, start)
+        bids = self.place_bids(name, offers)
+        self.signal = self.market.indicative_price(name)
+        await asyncio.sleep(max(0.0, start - gate_s - time.time()))
+        return await self.settle(name, start, offers, bids)
+
+    async def collect_offers(self, name, start):
+        """Query the group; each answer with energy becomes an ask. -> {device: Offer}."""
+        since = now_ms()
+        await self.discovery.find(
+            self.ids, len(self.registry.devices) or 1, self.cfg["answer_s"],
+            retry_ms=250, price_signal=self.signal,
+        )  # fmt: skip
+        offers = {}
+        for info in list(self.registry.devices.values()):
+            if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
+                continue
+            self._know(info)
+            offer = Offer(info.device_id, info.offer_kwh, info.reserve, start, self.signal)
+            try:
+                self.market.offer(name, info.device_id, info.offer_kwh, info.reserve,
+                                  ref="offer:%d" % info.device_id)  # fmt: skip
+            except ValueError as exc:  # a restarted hub: the battery's first offer stands
+                self.log("offer of battery %d kept as first recorded: %s" % (info.device_id, exc))
+            offers[info.device_id] = offer
+        return offers
+
+    def _know(self, info):
+        if info.device_id not in self.known:
+            key_id = info.device_id  # a battery signs with its device id (firmware key_id)
+            self.store.add_device(info.device_id, key_id, info.address)
+            self.known.add(info.device_id)
+        for agent in self.agents.values():
+            agent.link(info.device_id, info.address, self.cfg["device_port"])
+
+    def place_bids(self, name, offers):
+        """Every agent prices every offer; each price is a bid layer. -> {(agent, device): Bid}"""
+        bids = {}
+        for agent in self.agents.values():
+            for device_id, offer in offers.items():
+                bid = agent.strategy.bid(offer)
+                if bid is None:
+                    continue
+                try:
+                    self.market.bid(name, agent.key_id, bid.price, bid.kwh,
+                                    ref="bid:%d" % device_id)  # fmt: skip
+                except ValueError as exc:  # a restarted hub: its first bid stands
+                    self.log("bid of %s kept as first recorded: %s" % (agent.name, exc))
+                bids[agent.key_id, device_id] = bid
+        return bids
+
+    async def settle(self, name, start, offers, bids):
+        """Clear at the gate, buy each trade from its battery, let strategies learn."""
+        result, trades = self.market.close(name, int(time.time()))
+        shares = {}  # (buyer, battery) -> kWh: one ETP purchase per pair
+        for trade in trades:
+            key = (trade.buyer, trade.battery)
+            shares[key] = shares.get(key, 0.0) + trade.kwh
+        done = self.ledger.bound(name)
+        todo = [(b, d, kwh) for (b, d), kwh in shares.items() if (d, b) not in done]
+        results = await asyncio.gather(*(self._buy(b, d, kwh, result.price, start)
+                                         for b, d, kwh in todo))  # fmt: skip
+        contracts = dict(zip(((b, d) for b, d, _k in todo), results))
+        for (buyer, device_id), bid in bids.items():
+            got = shares.get((buyer, device_id), 0.0) if result.price is not None else 0.0
+            self.agents[buyer].strategy.observe(Outcome(
+                device_id, start, got > 0, bid.price, got, result.price))  # fmt: skip
+        expired = self.ledger.expire(time.time())
+        book = self.market.book(name)
+        summary = {
+            "slot": name, "start": start, "offers": len(offers),
+            "offered_kwh": sum(o.kwh for o in offers.values()),
+            "reserve": _mean([(o.reserve, o.kwh) for o in offers.values()]),
+            "bid_layers": sum(1 for o in book.layers if o.side == BID),
+            "price": result.price, "volume_kwh": result.volume_kwh, "signal": self.signal,
+            "trades": [(t.buyer, t.battery, t.kwh) for t in trades],
+            "contracts": contracts, "expired": expired,
+        }  # fmt: skip
+        self._say(summary, offers)
+        return summary
+
+    async def _buy(self, buyer, device_id, kwh, price, start):
+        agent, info = self.agents[buyer], self.registry.devices.get(device_id)
+        if info is None:  # resumed before this battery answered the restarted hub
+            self.log("%s could not buy from battery %d: not found" % (agent.name, device_id))
+            return None, "not found"
+        kw = min(x for x in (agent.cfg["max_kw"], info.max_kw) if x) if info.max_kw else 1.0
+        contract_id, state = await agent.buy(
+            self.ledger, device_id, kwh, price, kw, start, self.cfg["bind_timeout_s"]
+        )
+        if contract_id is None:
+            self.log("%s could not buy %.4f kWh of battery %d: %s"
+                     % (agent.name, kwh, device_id, state))  # fmt: skip
+        return contract_id, state
+
+    def _say(self, s, offers):
+        if s["price"] is None:
+            self.log("slot %s: %d offers, no trade (bids below every reserve)"
+                     % (s["slot"], s["offers"]))  # fmt: skip
+            return
+        made = sum(1 for cid, state in s["contracts"].values() if state == "Confirmed")
+        self.log("slot %s: %d offers (%.4f kWh, mean reserve %.2f), %d bid layers -> "
+                 "%.4f kWh at %.2f c/kWh; %d contracts"
+                 % (s["slot"], s["offers"], s["offered_kwh"], s["reserve"] or 0,
+                    s["bid_layers"], s["volume_kwh"], s["price"], made))  # fmt: skip
+
+    # --- frames from batteries -------------------------------------------------------
+
+    def on_frame(self, agent, got):
+        msg = got.message
+        kind = msg.message_type
+        info = self.registry.devices.get(msg.device_id)
+        if info is not None:
+            self.registry.seen(msg.device_id, info.address, msg, got.sent_ms)
+        if kind == message.TERMINATE and got.reply_to:
+            moved = self.ledger.reported(
+                agent.key_id, got.reply_to, msg.termination_code, msg.required_energy_amount
+            )
+            if moved:
+                row, state = moved
+                promised = abs(row["avg_watts"]) * row["duration_s"] / 3_600_000
+                agent.strategy.delivered(row["device"], promised, msg.required_energy_amount)
+                self.log("contract %s of battery %d: %s, %.4f kWh metered" % (
+                    row["id"], row["device"], state, msg.required_energy_amount))  # fmt: skip
+        elif kind == message.DEVICE_FAILURE:
+            self.log("DEVICE FAILURE battery %d (cause %d), told %s"
+                     % (msg.device_id, msg.termination_code, agent.name))  # fmt: skip
+        elif kind == message.BESS_STATUS and agent is next(iter(self.agents.values())):
+            if msg.device_id in self.known and msg.energy_total > 0:
+                self.store.record_telemetry(
+                    msg.device_id, soc=100.0 * msg.remaining_battery_energy / msg.energy_total,
+                    remaining_kwh=msg.remaining_battery_energy, voltage=msg.battery_voltage,
+                    power_kw=msg.discharge_rate, health=msg.battery_health_status_code,
+                )  # fmt: skip
+
+
+def _mean(pairs):
+    weight = sum(w for _v, w in pairs)
+    return sum(v * w for v, w in pairs) / weight if weight else None
+
+
+def add_arguments(parser):
+    parser.add_argument("action", choices=("run",), help="run: start the hub")
+    parser.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
+    parser.add_argument("--slots", type=int, default=None, help="stop after N slots")
+
+
+def run(args):
+    try:
+        cfg = hub_config.load(args.config)
+    except hub_config.ConfigError as exc:
+        print("error: %s" % exc, flush=True)
+        return 2
+
+    async def main():
+        hub = Hub(cfg, log=lambda text: print(text, flush=True))
+        try:
+            await hub.run(args.slots)
+        finally:
+            await hub.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print("hub stopped", flush=True)
+    return 0
