@@ -133,7 +133,8 @@ class Demo:
             "hub": {"name": "hub", "store": str(tmp / "hub.sqlite"), "keys_file": str(keys_file),
                     "group_addr": fleet.group_addr, "group_port": fleet.group_port,
                     "interface": "127.0.0.1", "device_port": fleet.tcp_port,
-                    "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5},
+                    "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5,
+                    "bind_timeout_s": 1.5},
             "aggregator": aggregators(self.args.aggregators, self.args.seed),
         })  # fmt: skip
 

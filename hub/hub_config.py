@@ -75,6 +75,8 @@ def check(data, base=Path("."), where="hub config"):
             raise ConfigError("%s: hub.%s must be a non-negative number" % (where, name))
     if not 0 <= hub["gate_s"] < hub["slot_s"]:
         raise ConfigError("%s: hub.gate_s must be >= 0 and below hub.slot_s" % where)
+    if hub["gate_s"] <= hub["bind_timeout_s"]:  # buying must end before the slot starts
+        raise ConfigError("%s: hub.gate_s must be above hub.bind_timeout_s" % where)
     if hub["slot_s"] - hub["gate_s"] < hub["answer_s"] + 0.5:
         raise ConfigError("%s: hub.slot_s - gate_s leaves no time to collect offers" % where)
     for name in ("store", "keys_file"):

@@ -298,6 +298,13 @@ def test_a_handler_that_raises_is_reported_and_the_link_reads_on():
     asyncio.run(scenario())
 
 
+def feed(session, data):
+    """One read of `data`, as the transport makes it (get_buffer, recv_into, buffer_updated)."""
+    buffer = session.get_buffer(-1)
+    buffer[: len(data)] = data
+    session.buffer_updated(len(data))
+
+
 def test_reads_split_anywhere_with_garbage_and_a_forged_frame_lose_only_those():
     """Whole-frame reads skip the stream decoder; split frames, garbage and a frame that
     fails its tag go through it; either way every good frame comes out, in order."""
@@ -309,30 +316,34 @@ def test_reads_split_anywhere_with_garbage_and_a_forged_frame_lose_only_those():
         session = transport._Session(link, asyncio.get_running_loop())
         ids = message.MessageIds(transport.now_ms())
         msgs = [
-            message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0) for _ in range(12)
+            message.bess_status(ids.next(), 5, 10.0, 5.0, 50.0, 0, 51.0, 1.0) for _ in range(14)
         ]
-        frames = [device.seal(m, transport.now_ms()) for m in msgs]
-        forged = bytearray(frames[8])
-        forged[-1] ^= 1
+        now = transport.now_ms()
+        frames = [device.seal(m, now) for m in msgs]
+        frames[2] = device.seal(msgs[2], now - 60_000)  # expired: dropped, in step
+        frames[10] = bytearray(frames[10])
+        frames[10][-1] ^= 1  # forged
+        frames[10] = bytes(frames[10])
         for data in (
             frames[0],  # one whole frame
-            frames[1] + frames[2],  # two
-            frames[3] + frames[4][:50],  # split ...
-            frames[4][50:],  # ... and completed
-            frames[5],  # whole again
+            frames[1] + frames[2] + frames[3],  # three
+            frames[4] + frames[5][:50],  # split ...
+            frames[5][50:],  # ... and completed
+            frames[6] + frames[1],  # whole again, one replayed: dropped, in step
+            frames[7],
         ):
-            session.data_received(data)
-        assert session.in_step and len(got) == 6
+            feed(session, data)
+        assert session.in_step and len(got) == 7
         for data in (
-            b"garbage" + frames[6],  # resynchronised by the decoder
-            frames[7] + bytes(forged) + frames[9],  # a bad tag among good ones
-            frames[10],
-            frames[11][:1],
-            frames[11][1:],
+            b"garbage" + frames[8],  # resynchronised by the decoder
+            frames[9] + frames[10] + frames[11],  # a bad tag among good ones
+            frames[12],
+            frames[13][:1],
+            frames[13][1:],
         ):
-            session.data_received(data)
+            feed(session, data)
         assert not session.in_step
-        want = [m.message_id for i, m in enumerate(msgs) if i != 8]
+        want = [m.message_id for i, m in enumerate(msgs) if i not in (2, 10)]
         assert [f.message.message_id for f in got] == want
 
     asyncio.run(scenario())

@@ -63,6 +63,11 @@ class SimThread:
 def sim():
     served = SimThread(capacity_kwh=13.5, soc_pct=80.0, speed=60.0)
     served.call(served.sim.start, 0)
+    # The state settles at the simulation's first step (voltage follows SoC from then):
+    # a snapshot taken before it would not match what a device reads a moment later.
+    deadline = time.monotonic() + 5
+    while not served.call(lambda: served.sim.state["elapsed_s"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield served
     served.close()
 
