@@ -20,6 +20,7 @@ same recorded trades, and buys only what no contract holds yet.
 """
 
 import asyncio
+import gc
 import time
 
 from hub import hub_config
@@ -71,6 +72,10 @@ class Hub:
             summaries.append(resumed)
         while slots is None or len(summaries) < slots:
             summaries.append(await self.trade_slot())
+            if len(summaries) == 1:
+                # The links and the store are up: what lives now lives for good, so the
+                # collector need not scan it again (a full collection: 25-30 ms -> ~0).
+                gc.freeze()
         return summaries
 
     async def resume(self):

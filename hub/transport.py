@@ -17,7 +17,7 @@ when the link connects (after on_connect, whose frames join them) or the peer
 reads again. Frames are sealed when they leave, so sent_ms is the real send time;
 a full queue refuses a frame (QueueFull) rather than grow. Every frame received
 goes to the link's handler as soon as the transport has read it (no reader task, no
-StreamReader: at 1,000 links, that saves a third of the hub's CPU per frame); a handler
+StreamReader: at 1,000 links, that saves a quarter of the hub's CPU per frame); a handler
 that raises is reported to the loop's exception handler and the link reads on.
 """
 
