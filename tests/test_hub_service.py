@@ -79,7 +79,8 @@ def fleet(tmp_path_factory):
     fleet = Fleet(
         tmp_path_factory.mktemp("fleet"), aggregators=(1, 2), slot_s=SLOT_S, gate_s=GATE_S,
         slots_ahead=1, poll_ms=100, tick_ms=100,
-    )  # fmt: skip
+        success_share=0.9,  # 5 s contracts: the 100 ms beats of meter, tick and inverter
+    )  # fmt: skip           # are a few % of them, more on a loaded CI machine
     fleet.run = run
     try:
         for soc in (90.0, 75.0, 60.0):
@@ -479,7 +480,7 @@ def test_hub_run_trades_and_contracts_match_the_batteries(batteries, hubs, tmp_p
             assert path == ["Created", "Received", "Confirmed", "Active", "CompletedSuccess"]
             row = store.contract(contract_id)
             promised = row["avg_watts"] * row["duration_s"] / 3.6e6
-            assert row["delivered_kwh"] >= 0.95 * promised, row
+            assert row["delivered_kwh"] >= 0.9 * promised, row
     for device in fleet.devices:
         mine = {i for i, d, _b, _s in ours if d == device.device_id}
         done = [line for line in device.lines if "CompletedSuccess" in line]
