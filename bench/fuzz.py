@@ -304,9 +304,9 @@ def open_one(codec, kind, data, expect, tally):
 
 def frame_ids(data):
     """-> (key_id, group, message_id) of a valid frame."""
-    key_id = struct.unpack_from(">I", data, 4)[0]
+    group, key_id, _sent_ms, _reply_to = frame.parse_header(data)
     message_id = struct.unpack_from(">Q", data, frame.HEADER_SIZE + 1)[0]
-    return key_id, data[3] == frame.FLAG_GROUP, message_id
+    return key_id, group, message_id
 
 
 class Stream:

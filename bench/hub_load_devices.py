@@ -44,6 +44,7 @@ for _path in (str(ROOT / "firmware"), str(ROOT)):
 from auction import Auction, Bid  # noqa: E402  (firmware/auction.py)
 from reserve import reserve_price  # noqa: E402  (firmware/reserve.py)
 
+from hub.transport import now_ms  # noqa: E402
 from protocol import auth, frame, message  # noqa: E402
 
 Message = message.Message
@@ -55,10 +56,6 @@ STAMPS = sys.platform.startswith("linux")
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("@qq")
 ANCILLARY_SIZE = socket.CMSG_SPACE(TIMESPEC.size) if STAMPS else 0
-
-
-def now_ms():
-    return time.time_ns() // 1_000_000
 
 
 class Counters:

@@ -64,7 +64,7 @@ class BookFull(BookError):
 
 
 class ContractBook:
-    def __init__(self, path, max_contracts=16, flush_s=30):
+    def __init__(self, path, max_contracts=MAX_CONTRACTS, flush_s=30):
         if not 0 < max_contracts <= MAX_CONTRACTS:
             raise ValueError("max_contracts must be 1..%d to fit one record" % MAX_CONTRACTS)
         self.path = path

@@ -156,13 +156,10 @@ class Device:
         return sorted(active)
 
     def warnings(self, now_ms, max_age_ms):
-        """True with any warning bit set (warning_bits in the map)."""
+        """True with any warning bit set (the map's warning_bits, as check_map's mask)."""
         alarm = self.map.get("alarm") or {}
         bits = self.value(alarm.get("point", ""), now_ms, max_age_ms)
-        mask = alarm.get("warning_mask")
-        if mask is None:
-            mask = sum(1 << bit for bit in alarm.get("warning_bits", {}).values())
-        return bool(bits and bits & mask)
+        return bool(bits and bits & alarm.get("warning_mask", 0))
 
     async def write(self, values, now_ms=None):
         """Write [(point, value)] (scaled values) in as few requests as contiguity allows."""
@@ -261,12 +258,6 @@ class Plant:
         if active:
             return (message.FAIL_BMS_ALARM, "BMS alarm: " + ", ".join(active))
         return None
-
-    def inverter_fault(self, now_ms=None):
-        """None, or (FAIL_INVERTER, text) when the inverter reports an alarm or fault state."""
-        now = self._now(now_ms)
-        active = self.inverter.alarms(now, self.max_age_ms)
-        return (message.FAIL_INVERTER, "inverter alarm: " + ", ".join(active)) if active else None
 
     def health_code(self, now_ms=None):
         """HEALTH_FAULT on a BMS fault; POOR below 60 % SoH; DEGRADED below 80 %, with

@@ -51,12 +51,9 @@ class Executor:
         slot = self.cfg["slot_s"]
         capacity = self.cfg["max_kw"] * slot / 3600
         first = (now_s // slot + 1) * slot  # the next boundary: never the running slot
+        selling = [d for d in self.book.live() if d.avg_power_watts > 0]
         for start in range(first, first + horizon * slot, slot):
-            sold = sum(
-                d.energy_wh / 1000
-                for d in self.book.live()
-                if d.start_unix_s == start and d.avg_power_watts > 0
-            )
+            sold = sum(d.energy_wh / 1000 for d in selling if d.start_unix_s == start)
             if capacity - sold > capacity / 100:  # a sliver left by rounding is full
                 return start, round(capacity - sold, 4)
         return None, 0.0
@@ -65,13 +62,9 @@ class Executor:
         """A BID_CONFIRM is the buyer creating and confirming the contract; the
         device marks it Received in between (the lifecycle's order)."""
         cfg = self.cfg
-        slot = cfg["slot_s"]
-        duration = min(slot, max(1, round(kwh / kw * 3600)))
-        watts = round(kwh * 1000 * 3600 / duration)
-        deal = contract.MarketContract.create(
-            contract.BUYER, contract.contract_id(cfg["device_id"], peer, bid_id),
-            contract.slot_name(slot, cfg["gate_s"], cfg["market_maker"], start),
-            start, duration / 60, watts,
+        deal = contract.purchase(
+            cfg["device_id"], peer, bid_id, cfg["slot_s"], cfg["gate_s"], cfg["market_maker"],
+            start, kwh, kw,
         )  # fmt: skip
         deal.advance(contract.RECEIVED, contract.DEVICE)
         deal.advance(contract.CONFIRMED, contract.BUYER)
@@ -153,6 +146,7 @@ class Executor:
         self.book.failsafe = True
         for deal in self.book.live():
             self.book.advance(deal.contract_id, contract.TERMINATED_BY_SCADA)
+            self.baseline.pop(deal.contract_id, None)  # it meters nothing more
         try:
             await self.apply_setpoint()
         except (OSError, ModbusError) as exc:  # the inverter may be down too: every tick retries

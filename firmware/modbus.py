@@ -281,8 +281,6 @@ class _Client:
     def __init__(self, timeout_ms):
         self.timeout_ms = timeout_ms
         self._lock = asyncio.Lock()
-        self.requests = 0  # counters for status pages and benchmarks
-        self.failures = 0
 
     async def read_holding(self, unit, address, count):
         return await self.request(unit, read_request(READ_HOLDING, address, count))
@@ -299,25 +297,20 @@ class _Client:
     async def request(self, unit, pdu):
         """Send one request PDU to unit; the parsed reply (see parse_reply)."""
         async with self._lock:
-            self.requests += 1
             try:
                 reply = await asyncio.wait_for(self._exchange(unit, pdu), self.timeout_ms / 1000)
                 return parse_reply(pdu, reply)
             except asyncio.TimeoutError:
-                self.failures += 1
                 await self._abandon()
                 raise ModbusTimeout(
                     "unit %d: no reply within %d ms" % (unit, self.timeout_ms)
                 ) from None
             except ModbusExceptionResponse:
-                self.failures += 1  # the link is fine: keep it
-                raise
+                raise  # the link is fine: keep it
             except ModbusError:
-                self.failures += 1
                 await self._abandon()
                 raise
             except (OSError, EOFError) as exc:  # refused, reset, closed: reconnect next time
-                self.failures += 1
                 await self._abandon()
                 raise ModbusError("unit %d: link: %s" % (unit, exc)) from None
 

@@ -45,11 +45,9 @@ class Session:
 
 
 class Offer:
-    def __init__(self, slot_start, kwh, reserve, auction):
+    def __init__(self, slot_start, auction):
         self.slot_start = slot_start  # the market slot the energy is for
-        self.kwh = kwh
-        self.reserve = reserve
-        self.auction = auction
+        self.auction = auction  # its kwh and reserve are the offer's
 
 
 class Node:
@@ -64,7 +62,7 @@ class Node:
         self.device_id = cfg["device_id"]
         self.sessions = []
         self.offer = None
-        self.accepted = {}  # our BID_ACCEPT id -> (peer, bid id, price, kWh, expiry ms)
+        self.accepted = {}  # our BID_ACCEPT id -> (peer, bid id, price, kWh, expiry ms, slot)
         self.price_signal = 0.0
         self.failure = None  # (cause, text) while the battery is faulted
         self._group_out = None
@@ -192,13 +190,13 @@ class Node:
         kwh = round(min(free, stored), 4)
         if reserve is None or kwh <= 0:
             return None
-        self.offer = Offer(start, kwh, reserve, Auction(reserve, kwh, cfg["auction_ms"], now))
+        self.offer = Offer(start, Auction(reserve, kwh, cfg["auction_ms"], now))
         return self.offer
 
     def answer_query(self):
         offer = self.current_offer()
         plant = self.plant
-        kwh, reserve = (offer.kwh, offer.reserve) if offer else (0.0, 0.0)
+        kwh, reserve = (offer.auction.kwh, offer.auction.reserve) if offer else (0.0, 0.0)
         capacity = plant.capacity_kwh or 0.0
         pct = 100.0 * kwh / capacity if capacity else 0.0
         return message.query_response(
@@ -234,8 +232,12 @@ class Node:
             await asyncio.sleep(0.02 if closes is None else (closes - now) / 1000)
 
     async def decide(self, offer):
-        winners, rejects = offer.auction.close()
-        expiry = self.board.now_ms() + self.cfg["confirm_ms"]
+        auction = offer.auction
+        winners, rejects = auction.close()
+        now = self.board.now_ms()
+        for accept_id in [a for a, v in self.accepted.items() if v[4] < now]:
+            del self.accepted[accept_id]  # void: not confirmed in time
+        expiry = now + self.cfg["confirm_ms"]
         for bid, kwh in winners:
             accept = message.bid_accept(self.ids.next(), self.device_id, bid.price, bid.price, kwh)
             self.accepted[accept.message_id] = (
@@ -247,19 +249,16 @@ class Node:
             )
         for bid, reason in rejects:
             reject = message.bid_reject(
-                self.ids.next(), self.device_id, bid.price, offer.reserve, reason
+                self.ids.next(), self.device_id, bid.price, auction.reserve, reason
             )
             await self.send_to_peer(bid.peer, reject, bid.message_id)
         self.log(
-            "auction closed: %d bids, reserve %.2f" % (len(winners) + len(rejects), offer.reserve)
+            "auction closed: %d bids, reserve %.2f" % (len(winners) + len(rejects), auction.reserve)
         )
 
     async def confirm(self, session, got):
-        now = self.board.now_ms()
-        for accept_id in [a for a, v in self.accepted.items() if v[4] < now]:
-            del self.accepted[accept_id]  # void: not confirmed in time
         accepted = self.accepted.get(got.reply_to)
-        if accepted is None or accepted[0] != session.peer:
+        if accepted is None or accepted[0] != session.peer or accepted[4] < self.board.now_ms():
             self.log("a confirm from %d answers no live accept of ours: ignored" % session.peer)
             return
         del self.accepted[got.reply_to]

@@ -8,8 +8,9 @@ Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
 every map of a kind names its points the same (REQUIRED below), and where a
 register sits, its type, word order, scale, scale-factor register and sign
 are data in the map (format: hardware/registers/README.md). A checked map holds
-its points as spec tuples in "_specs" (fields _F.._NI below) and its derived
-points in "_derived"; devices.py reads and writes devices through them.
+its points as spec tuples in "_specs" (fields _F.._NI below), its derived
+points in "_derived" and its warning bits as one alarm "warning_mask";
+devices.py reads and writes devices through them.
 
 Only start-up needs this module: app.py drops it once the plant is open (its
 code then goes back to the heap), so nothing used at run time lives here.
@@ -53,8 +54,8 @@ def load_map(path):
     for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
         register_map.pop(key, None)
     alarm = register_map.get("alarm")
-    if alarm:  # warnings only count (health), they need no names: one mask
-        alarm["warning_mask"] = sum(1 << bit for bit in alarm.pop("warning_bits", {}).values())
+    if alarm:  # warnings only count (health): check_map's warning_mask is all the code reads
+        alarm.pop("warning_bits", None)
     gc.collect()
     return register_map
 
@@ -107,6 +108,9 @@ def check_map(register_map, where="map"):
     for name in REQUIRED[kind]:
         _need(name in specs or name in derived, where, "a %s map needs point %r" % (kind, name))
     _check_sections(register_map, specs, where)
+    alarm = register_map.get("alarm")
+    if alarm is not None:  # warnings only count (health), they need no names: one mask
+        alarm["warning_mask"] = sum(1 << bit for bit in alarm.get("warning_bits", {}).values())
     register_map["_specs"], register_map["_derived"] = specs, derived
     return register_map
 

@@ -9,6 +9,7 @@ then a BidConfirm. The contract moves through the hub's Ledger only.
 """
 
 import asyncio
+import random
 
 from hub import strategies
 from hub.transport import DeviceLink, QueueFull, now_ms
@@ -17,14 +18,8 @@ from protocol import frame, message
 
 def make_strategy(cfg, seed=None):
     name, limits = cfg["key_id"], {"budget": cfg["budget"], "capacity": cfg["capacity"]}
-    rng = strategies.random.Random("%s/aggregator/%d" % (seed, name))
-    value = cfg["value"]
-    if cfg["spread"]:
-        low, spread = cfg["value"], cfg["spread"]
-
-        def value(_offer, rng):  # noqa: F811  (a drawn value instead of a fixed one)
-            return low + rng.uniform(0.0, spread)
-
+    rng = random.Random("%s/aggregator/%d" % (seed, name))
+    value = _drawn(cfg["value"], cfg["spread"]) if cfg["spread"] else cfg["value"]
     if cfg["strategy"] == "value":
         return strategies.ValueBidder(
             name, value, cfg["margin"], bidders=cfg["bidders"], rng=rng, **limits
@@ -32,6 +27,15 @@ def make_strategy(cfg, seed=None):
     if cfg["strategy"] == "adaptive":
         return strategies.AdaptiveBidder(name, value, cfg["margin"], rng=rng, **limits)
     return strategies.SingleUtility(name, price=cfg["price"], **limits)
+
+
+def _drawn(low, spread):
+    """A resale value drawn per offer from [low, low + spread] (strategies' value form)."""
+
+    def value(_offer, rng):
+        return low + rng.uniform(0.0, spread)
+
+    return value
 
 
 class Agent:

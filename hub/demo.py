@@ -17,6 +17,7 @@ is all a single utility pays.
 """
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -172,9 +173,7 @@ class Demo:
             "demo",
             "--- %d slots, %d cleared, %d contracts ---" % (len(summaries), len(sold), len(rows)),
         )
-        states = {}
-        for row in rows:
-            states[row["state"]] = states.get(row["state"], 0) + 1
+        states = collections.Counter(row["state"] for row in rows)
         say(
             "demo", "contract states: %s" % ", ".join("%s %d" % kv for kv in sorted(states.items()))
         )

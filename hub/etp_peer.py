@@ -116,11 +116,13 @@ class Link:
             if item[0].message.message_type in kinds:
                 return item
 
-    async def query(self):
-        msg = await self.send(message.query(self.agg.ids.next(), 0))
-        got, _at = await self.expect(message.QUERY_RESPONSE)
-        assert got.reply_to == msg.message_id
-        return got.message
+    async def query(self, price_signal=0.0):
+        """The battery's QueryResponse to a Query (carrying the market's price signal)."""
+        sent = await self.send(message.query(self.agg.ids.next(), 0, 0.0, price_signal))
+        while True:
+            got, _at = await self.expect(message.QUERY_RESPONSE)
+            if got.reply_to == sent.message_id:
+                return got.message
 
     async def bid(self, device_id, price, kwh):
         return await self.send(message.bid(self.agg.ids.next(), device_id, price, kwh))

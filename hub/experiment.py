@@ -189,12 +189,12 @@ def run_experiment(
         raise ValueError("devices and slots must be >= 1, spread > 0 and margin >= 0")
     if live:
         from hub.experiment_live import live_simulate as engine
-    else:
-        engine = simulate
-    if live:
+
         devices, slots = min(devices, LIVE_DEVICES), min(slots, LIVE_SLOTS)
         if max(aggregators) > LIVE_AGGREGATORS:
             raise ValueError("--live runs at most %d aggregators" % LIVE_AGGREGATORS)
+    else:
+        engine = simulate
 
     def run(label, buyers, theory):
         report = (lambda fraction: progress(label, fraction)) if progress else None

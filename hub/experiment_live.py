@@ -58,14 +58,7 @@ async def _live(buyers, theory, devices, slots, seed, floor, progress):
 async def _live_auction(device_id, buyers, links, slot, signal, market):
     from protocol import message
 
-    async def query(link):  # a Query carries the market's price signal
-        sent = await link.send(message.query(link.agg.ids.next(), 0, 0.0, signal))
-        while True:
-            got, _at = await link.expect(message.QUERY_RESPONSE)
-            if got.reply_to == sent.message_id:
-                return got.message
-
-    replies = await asyncio.gather(*(query(links[b.name, device_id]) for b in buyers))
+    replies = await asyncio.gather(*(links[b.name, device_id].query(signal) for b in buyers))
     if replies[0].energy_total <= 0:
         return None, [], 0
     offer = strategies.Offer(

@@ -27,8 +27,8 @@ def free_port(kind=socket.SOCK_STREAM):
 
 
 class DeviceUnderTest:
-    def __init__(self, fleet, index, device_id, key, address, sim, config_path, data_dir):
-        self.fleet, self.index = fleet, index
+    def __init__(self, fleet, device_id, key, address, sim, config_path, data_dir):
+        self.fleet = fleet
         self.device_id = device_id
         self.key = key
         self.address = address
@@ -122,8 +122,6 @@ class Fleet:
             ours, theirs = await self._pty_pair(index)
             link, rtu_path = {"link": "rtu", "path": str(ours), "baud": 19200}, str(theirs)
         await sim.start(tcp_port=sim_port, rtu_port=rtu_path, baudrate=19200)
-        units = devicesim.DEFAULT_UNITS
-        maps = {role: devicesim.DEFAULT_MAPS[role] for role in units}
         key = os.urandom(32)
         keys = {str(agg): k.hex() for agg, k in self.agg_keys.items()}
         keys[str(device_id)] = key.hex()
@@ -135,7 +133,8 @@ class Fleet:
             "group_addr": self.group_addr, "group_port": self.group_port,
             "data_dir": str(folder / "data"), "slot_s": 10, "gate_s": 2,
             "devices": {
-                role: {**link, "map": maps[role], "unit": units[role]} for role in units
+                role: {**link, "map": devicesim.DEFAULT_MAPS[role], "unit": unit}
+                for role, unit in devicesim.DEFAULT_UNITS.items()
             },
             "heap_report_s": 2,
         }  # fmt: skip
@@ -149,7 +148,7 @@ class Fleet:
         path = folder / "config.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps(cfg))
-        device = DeviceUnderTest(self, index, device_id, key, address, sim, path, folder / "data")
+        device = DeviceUnderTest(self, device_id, key, address, sim, path, folder / "data")
         self.devices.append(device)
         return device
 

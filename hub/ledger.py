@@ -17,9 +17,8 @@ may set them are protocol.contract's (GridWorks' MarketContract):
                               with the metered kWh (it feeds reputation)
   no report by end + grace    CompletedUnknownOutcome (buyer)
 
-The terms are derived exactly as the firmware derives them (execution.py's
-contract_from_confirm), and so is the ContractId, so hub and battery hold the
-same contract without sending it.
+The contract is protocol.contract.purchase(), as the firmware's is, so hub and
+battery hold the same ContractId and terms without sending them.
 """
 
 from protocol import contract, message
@@ -31,12 +30,7 @@ OUTCOMES = {
     message.TERM_CONTRACT_STOPPED: contract.TERMINATED_BY_SCADA,
 }
 NEED_ACTIVE = (contract.COMPLETED_SUCCESS, contract.COMPLETED_FAILURE_BY_SCADA)
-
-
-def terms(slot_s, kwh, kw):
-    """(duration s, avg watts) of a contract for kwh at kw, as the firmware computes them."""
-    duration = min(slot_s, max(1, round(kwh / kw * 3600)))
-    return duration, round(kwh * 1000 * 3600 / duration)
+LIVE_NAMES = tuple(contract.STATE_NAMES[s] for s in contract.LIVE)
 
 
 class Ledger:
@@ -49,12 +43,9 @@ class Ledger:
 
     def accepted(self, device_id, buyer, bid_id, price, kwh, kw, start, at=None):
         """The battery accepted our bid: Created then Received. -> the MarketContract."""
-        duration, watts = terms(self.slot_s, kwh, kw)
-        deal = contract.MarketContract.create(
-            contract.BUYER, contract.contract_id(device_id, buyer, bid_id),
-            contract.slot_name(self.slot_s, self.gate_s, self.market_maker, start),
-            start, duration / 60, watts,
-        )  # fmt: skip
+        deal = contract.purchase(
+            device_id, buyer, bid_id, self.slot_s, self.gate_s, self.market_maker, start, kwh, kw
+        )
         self.store.record_contract(deal, device_id, buyer, price, at=at)
         self.store.advance_contract(deal.contract_id, contract.RECEIVED, contract.DEVICE, at=at)
         return deal
@@ -76,7 +67,7 @@ class Ledger:
         row = self.store.contract_by_confirm(buyer, confirm_id)
         if state is None or row is None:
             return None
-        if row["state"] not in [contract.STATE_NAMES[s] for s in contract.LIVE]:
+        if row["state"] not in LIVE_NAMES:
             return None
         if state in NEED_ACTIVE and row["state"] != "Active":
             self.store.advance_contract(row["id"], contract.ACTIVE, contract.DEVICE, at=at)
@@ -88,7 +79,7 @@ class Ledger:
     def expire(self, now_s, at=None):
         """Confirmed contracts whose report is overdue -> CompletedUnknownOutcome. -> ids."""
         overdue = []
-        for state in ("Created", "Received", "Confirmed", "Active"):
+        for state in LIVE_NAMES:
             for row in self.store.contracts(state=state, limit=10000):
                 if row["start"] + row["duration_s"] + self.grace_s <= now_s:
                     self.store.advance_contract(

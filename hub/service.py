@@ -53,6 +53,8 @@ class Hub:
         self.agents = {
             a["key_id"]: Agent(a, cfg["keyring"], self, seed) for a in cfg["aggregators"]
         }
+        # BESS_STATUS reaches every agent: the first one's copy is the one recorded.
+        self._telemetry_from = self.agents[first]
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
 
@@ -85,7 +87,7 @@ class Hub:
         a battery sells its next slot instead). -> the slot's summary, or None."""
         slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
         now = time.time()
-        start = (int(now) // slot_s + 1) * slot_s
+        start = next_start(now, slot_s)
         name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
         if not start - gate_s <= now < start - self.cfg["bind_timeout_s"]:
             return None
@@ -110,7 +112,7 @@ class Hub:
         slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
         while True:
             now = time.time()
-            start = (int(now) // slot_s + 1) * slot_s
+            start = next_start(now, slot_s)
             if start - gate_s - now >= self.cfg["answer_s"] + 0.2:
                 break
             await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
@@ -193,7 +195,7 @@ class Hub:
             "trades": [(t.buyer, t.battery, t.kwh) for t in trades],
             "contracts": contracts, "expired": expired,
         }  # fmt: skip
-        self._say(summary, offers)
+        self._say(summary)
         return summary
 
     async def _buy(self, buyer, device_id, kwh, price, start):
@@ -210,7 +212,7 @@ class Hub:
                      % (agent.name, kwh, device_id, state))  # fmt: skip
         return contract_id, state
 
-    def _say(self, s, offers):
+    def _say(self, s):
         if s["price"] is None:
             self.log("slot %s: %d offers, no trade (bids below every reserve)"
                      % (s["slot"], s["offers"]))  # fmt: skip
@@ -242,13 +244,18 @@ class Hub:
         elif kind == message.DEVICE_FAILURE:
             self.log("DEVICE FAILURE battery %d (cause %d), told %s"
                      % (msg.device_id, msg.termination_code, agent.name))  # fmt: skip
-        elif kind == message.BESS_STATUS and agent is next(iter(self.agents.values())):
+        elif kind == message.BESS_STATUS and agent is self._telemetry_from:
             if msg.device_id in self.known and msg.energy_total > 0:
                 self.store.record_telemetry(
                     msg.device_id, soc=100.0 * msg.remaining_battery_energy / msg.energy_total,
                     remaining_kwh=msg.remaining_battery_energy, voltage=msg.battery_voltage,
                     power_kw=msg.discharge_rate, health=msg.battery_health_status_code,
                 )  # fmt: skip
+
+
+def next_start(now_s, slot_s):
+    """The start of the next slot on the grid: what a battery offers (slots_ahead = 1)."""
+    return (int(now_s) // slot_s + 1) * slot_s
 
 
 def _mean(pairs):

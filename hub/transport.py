@@ -69,12 +69,6 @@ class DeviceInfo:
         self.health = message.HEALTH_GOOD
         self.offer_kwh = self.reserve = 0.0
         self.failures = 0
-        self.promised_wh = self.delivered_wh = 0.0
-
-    @property
-    def reputation(self):
-        """Energy delivered / promised over its contracts (1.0 until it has a record)."""
-        return self.delivered_wh / self.promised_wh if self.promised_wh else 1.0
 
 
 class Registry:
@@ -150,13 +144,12 @@ class Discovery(asyncio.DatagramProtocol):
         """Query until `count` batteries answered after this call; -> their ids."""
         since = now_ms()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while True:
             fresh = [d for d, at in self.answered.items() if at >= since]
-            if len(fresh) >= count:
+            if len(fresh) >= count or time.monotonic() >= deadline:
                 return fresh
             self.query(ids, price_signal)
             await asyncio.sleep(retry_ms / 1000)
-        return [d for d, at in self.answered.items() if at >= since]
 
 
 class DeviceLink:

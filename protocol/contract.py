@@ -118,6 +118,23 @@ def market_type(slot_s, gate_s):
     return "rt%dsgate%ds" % (slot_s, gate_s)
 
 
+def purchase_terms(slot_s, kwh, kw):
+    """(duration s, avg watts) of kWh bought at kw: at kw, but never past the slot
+    (too little power for the energy raises the watts to fit it)."""
+    duration = min(slot_s, max(1, round(kwh / kw * 3600)))
+    return duration, round(kwh * 1000 * 3600 / duration)
+
+
+def purchase(device_id, buyer_id, bid_message_id, slot_s, gate_s, market_maker, start, kwh, kw):
+    """The Created contract a device's acceptance of a bid makes, as battery and buyer
+    each derive it: same ContractId, slot name and terms, without sending them."""
+    duration, watts = purchase_terms(slot_s, kwh, kw)
+    return MarketContract.create(
+        BUYER, contract_id(device_id, buyer_id, bid_message_id),
+        slot_name(slot_s, gate_s, market_maker, start), start, duration / 60, watts,
+    )  # fmt: skip
+
+
 def slot_name(slot_s, gate_s, market_maker, start_s):
     name = "%s.%s.%d" % (market_type(slot_s, gate_s), market_maker, start_s)
     parse_slot_name(name)  # one grammar: refuse what the parser would refuse

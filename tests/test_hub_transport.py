@@ -42,6 +42,15 @@ class Receiver:
         self.writers.clear()
 
 
+async def receiving_link(**options):
+    """A Receiver listening, a DeviceLink to it (not started yet), and message ids."""
+    hub, device = codecs()
+    rx = Receiver(device)
+    await rx.start()
+    link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None, **options)
+    return rx, link, message.MessageIds(transport.now_ms())
+
+
 async def wait_until(condition, timeout=5.0):
     for _ in range(int(timeout / 0.02)):
         if condition():
@@ -52,11 +61,7 @@ async def wait_until(condition, timeout=5.0):
 
 def test_frames_leave_in_etp_priority_order_and_the_queue_is_bounded():
     async def scenario():
-        hub, device = codecs()
-        rx = Receiver(device)
-        await rx.start()
-        ids = message.MessageIds(transport.now_ms())
-        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None, queue_size=4)
+        rx, link, ids = await receiving_link(queue_size=4)
         for msg in (
             message.query(ids.next()),
             message.bid(ids.next(), 5, 15.0, 1.0),
@@ -78,12 +83,8 @@ def test_frames_leave_in_etp_priority_order_and_the_queue_is_bounded():
 
 def test_a_link_comes_back_after_the_peer_hangs_up():
     async def scenario():
-        hub, device = codecs()
-        rx = Receiver(device)
-        await rx.start()
-        ids = message.MessageIds(transport.now_ms())
-        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None).start()
-        await asyncio.wait_for(link.connected.wait(), 5)
+        rx, link, ids = await receiving_link()
+        await asyncio.wait_for(link.start().connected.wait(), 5)
         link.send(message.query(ids.next()))
         await wait_until(lambda: len(rx.got) == 1)
         await rx.hang_up()
@@ -155,12 +156,8 @@ def test_a_frame_is_written_at_once_when_nothing_waits():
     """No queue and no sender task in the way: send() hands the frame to the socket."""
 
     async def scenario():
-        hub, device = codecs()
-        rx = Receiver(device)
-        await rx.start()
-        ids = message.MessageIds(transport.now_ms())
-        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None).start()
-        await asyncio.wait_for(link.connected.wait(), 5)
+        rx, link, ids = await receiving_link()
+        await asyncio.wait_for(link.start().connected.wait(), 5)
         for n in range(1, 4):
             link.send(message.bid(ids.next(), 5, 15.0, 1.0))
             assert link.queue.empty()
@@ -245,16 +242,11 @@ def test_frames_that_wait_for_a_slow_peer_leave_most_urgent_first():
 
 def test_on_connect_frames_join_the_waiting_ones_in_priority_order():
     async def scenario():
-        hub, device = codecs()
-        rx = Receiver(device)
-        await rx.start()
-        ids = message.MessageIds(transport.now_ms())
-
         def hello(link):
             link.send(message.query(ids.next()))
             link.send(message.bid_confirm(ids.next(), 5, 15.0, 1.0, 2.0))
 
-        link = transport.DeviceLink(hub, "127.0.0.1", rx.port, lambda *_: None, on_connect=hello)
+        rx, link, ids = await receiving_link(on_connect=hello)
         link.send(message.bid(ids.next(), 5, 15.0, 1.0))  # waits: not connected yet
         link.start()
         await wait_until(lambda: len(rx.got) == 3)

@@ -4,9 +4,10 @@ same ContractId and terms as the firmware derives (firmware/execution.py)."""
 import pytest
 
 from hub.experiment import firmware
-from hub.ledger import Ledger, terms
+from hub.ledger import Ledger
 from hub.store import Store
 from protocol import contract, message
+from protocol.contract import purchase_terms as terms
 
 START = 1763700300  # a multiple of 900 s and of 60 s
 DEVICE, BUYER = 1001, 2

@@ -58,6 +58,7 @@ from operator import itemgetter, ne
 
 import numpy as np
 
+from hub.market import finite
 from protocol.contract import parse_slot_name
 
 BID = "bid"  # a buyer (aggregator): wants up to `quantity` kWh at <= `price`
@@ -72,18 +73,6 @@ _SIDE = itemgetter(1)
 _OWNER = itemgetter(2)
 _ID_PRICE_MWH = itemgetter(0, 3, 5)
 _COLUMNS = np.dtype([("order_id", np.int64), ("price", np.float64), ("mwh", np.int64)])
-
-
-def _finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError("%s must be a number, not %r" % (name, value))
-    try:
-        value = float(value)
-    except OverflowError:
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError("%s must be finite, not %r" % (name, value))
-    return value
 
 
 class Order(namedtuple("Order", "order_id side owner price quantity quantity_mwh")):
@@ -104,10 +93,10 @@ class Order(namedtuple("Order", "order_id side owner price quantity quantity_mwh
             raise ValueError("side must be %r (buy) or %r (sell), not %r" % (BID, ASK, side))
         if isinstance(owner, bool) or not isinstance(owner, (str, int)) or owner == "":
             raise ValueError("owner must be a non-empty str or an int, not %r" % (owner,))
-        price = _finite("price (c/kWh)", price)
+        price = finite("price (c/kWh)", price)
         if price < 0:
             raise ValueError("price must be >= 0 c/kWh, not %r" % (price,))
-        quantity = _finite("quantity (kWh)", quantity)
+        quantity = finite("quantity (kWh)", quantity)
         if not 0 < quantity <= MAX_ORDER_KWH:
             raise ValueError("quantity must be > 0 and <= 1e6 kWh, not %r" % (quantity,))
         mwh = round(quantity * MWH_PER_KWH)

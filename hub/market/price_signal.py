@@ -25,19 +25,8 @@ largest shortage, and an empty book as balanced (p_balance).
 """
 
 import math
-import numbers
 
-
-def _finite(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError("%s must be a number, not %r" % (name, value))
-    try:
-        value = float(value)
-    except OverflowError:  # an int beyond float range
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError("%s must be finite, not %r" % (name, value))
-    return value
+from hub.market import finite
 
 
 class PriceSignal:
@@ -47,10 +36,10 @@ class PriceSignal:
     ratio_limit: D/S is clamped to [1/ratio_limit, ratio_limit], > 1."""
 
     def __init__(self, p_balance, p_con, k=1.0, ratio_limit=10.0):
-        self.p_balance = _finite("p_balance", p_balance)
-        self.p_con = _finite("p_con", p_con)
-        self.k = _finite("k", k)
-        self.ratio_limit = _finite("ratio_limit", ratio_limit)
+        self.p_balance = finite("p_balance", p_balance)
+        self.p_con = finite("p_con", p_con)
+        self.k = finite("k", k)
+        self.ratio_limit = finite("ratio_limit", ratio_limit)
         if self.p_con < 0:
             raise ValueError("p_con must be >= 0 c/kWh, not %r" % (p_con,))
         if self.k <= 0:
@@ -62,8 +51,8 @@ class PriceSignal:
 
     def ratio(self, demand_kwh, supply_kwh):
         """D/S clamped to [1/ratio_limit, ratio_limit]; 1 when both are 0."""
-        demand = _finite("demand (kWh)", demand_kwh)
-        supply = _finite("supply (kWh)", supply_kwh)
+        demand = finite("demand (kWh)", demand_kwh)
+        supply = finite("supply (kWh)", supply_kwh)
         if demand < 0 or supply < 0:
             raise ValueError("demand and supply must be >= 0 kWh, not %r, %r" % (demand, supply))
         if supply == 0:
