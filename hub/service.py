@@ -32,7 +32,7 @@ from hub.marketmaker import MarketMaker
 from hub.store import Store
 from hub.strategies import Offer, Outcome
 from hub.transport import Discovery, Registry, now_ms
-from protocol import contract, frame, message
+from protocol import auth, contract, frame, message
 
 
 class Hub:
@@ -47,7 +47,11 @@ class Hub:
         first = cfg["aggregators"][0]["key_id"]  # the hub's group frames go out under it
         self.ids = message.MessageIds(now_ms())
         self.discovery = Discovery(
-            frame.Codec(cfg["keyring"], key_id=first), self.registry, cfg["group_addr"],
+            # Every battery answers on the group: its replay table holds them all (the
+            # default 64 would refuse a battery whose window was just pushed out).
+            frame.Codec(cfg["keyring"], key_id=first,
+                        group_replay=auth.ReplayGuard(max(64, len(cfg["keyring"])))),
+            self.registry, cfg["group_addr"],
             cfg["group_port"], cfg["interface"], loss=loss, seed=seed,
         )  # fmt: skip
         self.agents = {
