@@ -15,6 +15,9 @@ missing=()
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # Debian splits it out
 command -v socat >/dev/null || missing+=(socat)  # RS-485 (Modbus RTU) over a pty pair in tests
+command -v mosquitto >/dev/null || missing+=(mosquitto)  # the MQTT broker the tests use
+command -v chromium >/dev/null || missing+=(chromium)  # the web page's browser test
+command -v openssl >/dev/null || missing+=(openssl)  # the broker's test TLS certificates
 
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"

@@ -24,6 +24,10 @@ def load_profile(path):
         if key not in profile:
             raise ValueError("board profile %s has no %r" % (path, key))
     profile.pop("description", None)  # for people; the board keeps the profile for good
+    # Its paths are relative to its own folder, as the register maps travel with it.
+    registers, folder = profile.get("registers_dir"), path.rpartition("/")[0]
+    if registers and folder and not registers.startswith("/"):
+        profile["registers_dir"] = folder + "/" + registers
     return profile
 
 

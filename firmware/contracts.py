@@ -86,6 +86,7 @@ class ContractBook:
     def start(self, now_s):
         """Load the book and apply the start-up rules; -> report entries still due."""
         self.corrupt = None
+        store.make_folder(self.path)
         try:
             loaded = book_record.decode(store.load(self.path))
         except store.CorruptRecord as exc:

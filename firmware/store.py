@@ -100,6 +100,18 @@ def _check(head, payload, name):
     return payload
 
 
+def make_folder(path):
+    """The record's folder: a board's fresh filesystem has none, and a save there
+    would fail with the contract already promised."""
+    cut = path.rfind("/")
+    if cut > 0:
+        try:
+            os.mkdir(path[:cut])
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+
+
 def save(path, payload):
     """Replace the record at path with payload, atomically. Raises OSError on a flash error.
 

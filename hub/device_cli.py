@@ -6,13 +6,15 @@
 The firmware runs from firmware/ exactly as on a board; on a CPU without a
 MicroPython VM build (a Raspberry Pi) it runs on CPython, and says so.
 Relative paths in the config (data_dir, registers_dir) are taken from the
-repository root.
+config's folder, as a board's config.json sits at the root of its filesystem.
 """
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from hub import micropython
 
@@ -53,13 +55,17 @@ def run_device(args):
         print("error: board %s is flashed, not run here: see tools/flash.py" % args.board,
               file=sys.stderr)  # fmt: skip
         return 2
+    config = Path(args.config).resolve()
     argv, env, runtime = micropython.command(
-        micropython.FIRMWARE / "main.py", str(profile_path), args.config,
+        micropython.FIRMWARE / "main.py", str(profile_path), str(config),
         heap=profile.get("heap", micropython.DEFAULT_HEAP),
     )  # fmt: skip
     if runtime != "MicroPython":
         print("no MicroPython VM for this CPU: the firmware runs on CPython", flush=True)
-    device = subprocess.Popen(argv, env=env, cwd=micropython.ROOT, start_new_session=True)
+    device = subprocess.Popen(argv, env=env, cwd=config.parent, start_new_session=True)
+    # The VM is in its own session (a Ctrl-C is ours to pass on): a service manager's
+    # SIGTERM must reach it too, or it would run on without us.
+    signal.signal(signal.SIGTERM, lambda *_: device.terminate())
     try:
         return device.wait()
     except KeyboardInterrupt:

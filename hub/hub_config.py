@@ -7,16 +7,13 @@ holding every key the hub uses, in the firmware's format:
     {"keys": {"<key id>": "<64 hex>", ...}, "group": "<64 hex>"}
 
 one key per aggregator (its key_id) and per battery (its device id), and the
-group key. tools/flash.py provision adds a battery's key to it.
+group key (hub/keys_file.py; `gridbid hub keys` makes it).
 """
 
-import json
-import os
-import stat
 import tomllib
 from pathlib import Path
 
-from protocol import auth
+from hub import keys_file
 
 HUB_DEFAULTS = {
     "name": "hub",  # the market maker's name in slot names
@@ -47,13 +44,24 @@ AGGREGATOR_DEFAULTS = {
     "max_kw": None,  # power asked of batteries (None: what each offers)
 }
 STRATEGIES = ("value", "adaptive", "utility")
+# Optional integrations: a [section] in hub.toml turns one on. Each module has
+# DEFAULTS (every setting) and check(settings, base, where) -> settings, raising
+# ValueError that names the fault; the hub then calls its start(hub, settings),
+# which returns an object with `async close()` (hub/service.py).
+INTEGRATIONS = {
+    "mqtt": "hub.mqtt_bridge",
+    "coap": "hub.coap_server",
+    "web": "hub.web",
+    "settlement": "hub.settlement",
+}
 
 
 class ConfigError(ValueError):
     pass
 
 
-def load(path):
+def load(path, keys=True):
+    """hub.toml checked; keys=False skips the keys file (`gridbid hub keys` makes it)."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -61,10 +69,13 @@ def load(path):
         raise ConfigError("cannot read %s: %s" % (path, exc.strerror)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("%s is not valid TOML: %s" % (path, exc)) from None
-    return check(data, base=path.parent, where=str(path))
+    return check(data, base=path.parent, where=str(path), keys=keys)
 
 
-def check(data, base=Path("."), where="hub config"):
+def check(data, base=Path("."), where="hub config", keys=True):
+    unknown = set(data) - {"hub", "aggregator"} - set(INTEGRATIONS)
+    if unknown:
+        raise ConfigError("%s: unknown sections %s" % (where, sorted(unknown)))
     hub = dict(HUB_DEFAULTS)
     unknown = set(data.get("hub", {})) - set(HUB_DEFAULTS)
     if unknown:
@@ -88,8 +99,30 @@ def check(data, base=Path("."), where="hub config"):
     ids = [a["key_id"] for a in hub["aggregators"]]
     if len(set(ids)) != len(ids):
         raise ConfigError("%s: aggregators' key_id values must differ" % where)
-    hub["keyring"] = load_keys(hub["keys_file"], ids)
+    hub["integrations"] = {
+        name: _integration(name, data[name], base, where) for name in INTEGRATIONS if name in data
+    }
+    if keys:
+        try:
+            hub["keyring"] = keys_file.load(hub["keys_file"], ids)
+        except keys_file.KeysError as exc:
+            raise ConfigError(str(exc)) from None
     return hub
+
+
+def _integration(name, settings, base, where):
+    import importlib
+
+    module = importlib.import_module(INTEGRATIONS[name])
+    if not isinstance(settings, dict):
+        raise ConfigError("%s: [%s] must be a table" % (where, name))
+    unknown = set(settings) - set(module.DEFAULTS)
+    if unknown:
+        raise ConfigError("%s: [%s] has unknown settings %s" % (where, name, sorted(unknown)))
+    try:
+        return module.check({**module.DEFAULTS, **settings}, base, "%s: [%s]" % (where, name))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _aggregator(data, index, where):
@@ -114,28 +147,6 @@ def _aggregator(data, index, where):
     if not isinstance(agg["bidders"], int) or agg["bidders"] < 1:
         raise ConfigError("%s: aggregator %s: bidders must be >= 1" % (where, agg["name"]))
     return agg
-
-
-def load_keys(path, aggregator_ids):
-    """The keyring from keys_file; refuses a file others can read (it holds secrets)."""
-    try:
-        mode = os.stat(path).st_mode
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ConfigError("cannot read the keys file %s: %s" % (path, exc.strerror)) from None
-    except ValueError:
-        raise ConfigError("the keys file %s is not valid JSON" % path) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError("the keys file %s is readable by others: chmod 600 it" % path)
-    try:
-        keyring = auth.Keyring.from_json(data)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError("the keys file %s: %s" % (path, exc)) from None
-    for key_id in aggregator_ids:
-        if keyring.get(key_id) is None:
-            raise ConfigError("the keys file %s has no key for aggregator %d" % (path, key_id))
-    return keyring
 
 
 def _number(value):

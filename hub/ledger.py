@@ -34,8 +34,9 @@ LIVE_NAMES = tuple(contract.STATE_NAMES[s] for s in contract.LIVE)
 
 
 class Ledger:
-    def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, log=print):
+    def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, log=print, events=None):
         self.store = store
+        self.events = events  # hub.events.Events: a "contract" event per state reached
         self.slot_s, self.gate_s, self.market_maker = slot_s, gate_s, market_maker
         # A battery reports after its contract ends, once a session with the buyer is up.
         self.grace_s = slot_s if grace_s is None else grace_s
@@ -47,17 +48,16 @@ class Ledger:
             device_id, buyer, bid_id, self.slot_s, self.gate_s, self.market_maker, start, kwh, kw
         )
         self.store.record_contract(deal, device_id, buyer, price, at=at)
-        self.store.advance_contract(deal.contract_id, contract.RECEIVED, contract.DEVICE, at=at)
+        self._emit(deal.contract_id)
+        self._advance(deal.contract_id, contract.RECEIVED, contract.DEVICE, at)
         return deal
 
     def confirming(self, contract_id, confirm_id, at=None):
         """Confirmed, before the BID_CONFIRM with this id leaves."""
-        self.store.advance_contract(
-            contract_id, contract.CONFIRMED, contract.BUYER, at=at, confirm_id=confirm_id
-        )
+        self._advance(contract_id, contract.CONFIRMED, contract.BUYER, at, confirm_id=confirm_id)
 
     def withdrawn(self, contract_id, why, at=None):
-        self.store.advance_contract(contract_id, contract.TERMINATED_BY_ATN, contract.BUYER, at=at)
+        self._advance(contract_id, contract.TERMINATED_BY_ATN, contract.BUYER, at)
         self.log("contract %s withdrawn: %s" % (contract_id, why))
 
     def reported(self, buyer, confirm_id, code, delivered_kwh, at=None):
@@ -70,10 +70,8 @@ class Ledger:
         if row["state"] not in LIVE_NAMES:
             return None
         if state in NEED_ACTIVE and row["state"] != "Active":
-            self.store.advance_contract(row["id"], contract.ACTIVE, contract.DEVICE, at=at)
-        self.store.advance_contract(
-            row["id"], state, contract.DEVICE, at=at, delivered_kwh=delivered_kwh
-        )
+            self._advance(row["id"], contract.ACTIVE, contract.DEVICE, at)
+        self._advance(row["id"], state, contract.DEVICE, at, delivered_kwh=delivered_kwh)
         return row, contract.STATE_NAMES[state]
 
     def expire(self, now_s, at=None):
@@ -82,9 +80,7 @@ class Ledger:
         for state in LIVE_NAMES:
             for row in self.store.contracts(state=state, limit=10000):
                 if row["start"] + row["duration_s"] + self.grace_s <= now_s:
-                    self.store.advance_contract(
-                        row["id"], contract.COMPLETED_UNKNOWN_OUTCOME, contract.BUYER, at=at
-                    )
+                    self._advance(row["id"], contract.COMPLETED_UNKNOWN_OUTCOME, contract.BUYER, at)
                     overdue.append(row["id"])
         return overdue
 
@@ -92,3 +88,17 @@ class Ledger:
         """{(device, buyer)} that already hold a contract of this slot (a restarted hub
         must not buy the same trade twice)."""
         return {(r["device"], r["buyer"]) for r in self.store.contracts_of_slot(slot_name)}
+
+    def _advance(self, contract_id, state, by, at, **more):
+        self.store.advance_contract(contract_id, state, by, at=at, **more)
+        self._emit(contract_id)
+
+    def _emit(self, contract_id):
+        if self.events is not None:
+            row = self.store.contract(contract_id)
+            self.events.emit(
+                "contract", contract=row["id"], device=row["device"], buyer=row["buyer"],
+                slot=row["slot"], start=row["start"], state=row["state"], price=row["price"],
+                kwh=abs(row["avg_watts"]) * row["duration_s"] / 3_600_000,
+                delivered_kwh=row["delivered_kwh"],
+            )  # fmt: skip

@@ -23,8 +23,9 @@ import asyncio
 import gc
 import time
 
-from hub import hub_config
+from hub import hub_config, keys_file
 from hub.agent import Agent
+from hub.events import Events
 from hub.ledger import Ledger
 from hub.market.auction import ASK, BID
 from hub.market.price_signal import PriceSignal
@@ -40,9 +41,11 @@ class Hub:
         self.cfg = cfg
         self.log = log
         self.store = Store(cfg["store"])
+        self.events = Events(log)  # for the MQTT bridge, the web page, CoAP (hub/events.py)
         signal = PriceSignal(cfg["p_balance"], cfg["p_con"], cfg["k"])
         self.market = MarketMaker(self.store, cfg["name"], cfg["slot_s"], cfg["gate_s"], signal)
-        self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"], log=log)
+        self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"], log=log,
+                             events=self.events)  # fmt: skip
         self.registry = Registry()
         first = cfg["aggregators"][0]["key_id"]  # the hub's group frames go out under it
         self.ids = message.MessageIds(now_ms())
@@ -61,11 +64,22 @@ class Hub:
         self._telemetry_from = self.agents[first]
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
+        self.controls = self.store.controls()  # operators' settings in force (set_control)
+        self.integrations = []  # started by run(): each has async close()
 
     # --- running ------------------------------------------------------------------
 
+    async def start_integrations(self):
+        """MQTT, CoAP, the web page, settlement: each [section] of hub.toml that is set."""
+        import importlib
+
+        for name, settings in self.cfg.get("integrations", {}).items():
+            module = importlib.import_module(hub_config.INTEGRATIONS[name])
+            self.integrations.append(await module.start(self, settings))
+
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
+        await self.start_integrations()
         await self.discovery.start()
         # Every battery that answers within discovery_s (no count of them is known).
         found = await self.discovery.find(self.ids, 10**6, timeout_s=self.cfg["discovery_s"])
@@ -109,6 +123,8 @@ class Hub:
         return await self.settle(name, start, offers, {})
 
     async def close(self):
+        for integration in reversed(self.integrations):
+            await integration.close()
         await asyncio.gather(*(agent.close() for agent in self.agents.values()))
         self.store.close()
 
@@ -124,6 +140,9 @@ class Hub:
         offers = await self.collect_offers(name, start)
         bids = self.place_bids(name, offers)
         self.signal = self.market.indicative_price(name)
+        latest = self.store.price_signals(limit=1)[0]
+        self.events.emit("price", slot=name, price=self.signal, demand=latest["demand"],
+                         supply=latest["supply"])  # fmt: skip
         await asyncio.sleep(max(0.0, start - gate_s - time.time()))
         return await self.settle(name, start, offers, bids)
 
@@ -139,12 +158,17 @@ class Hub:
             if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
                 continue
             self._know(info)
-            offer = Offer(info.device_id, info.offer_kwh, info.reserve, start, self.signal)
+            # The owner's floor, set on the hub by an operator, raises the battery's reserve.
+            reserve = max(info.reserve, self.controls.get(floor_name(info.device_id), 0.0))
+            offer = Offer(info.device_id, info.offer_kwh, reserve, start, self.signal)
             try:
-                self.market.offer(name, info.device_id, info.offer_kwh, info.reserve,
+                self.market.offer(name, info.device_id, info.offer_kwh, reserve,
                                   ref="offer:%d" % info.device_id)  # fmt: skip
             except ValueError as exc:  # a restarted hub: the battery's first offer stands
                 self.log("offer of battery %d kept as first recorded: %s" % (info.device_id, exc))
+            else:
+                self.events.emit("offer", slot=name, device=info.device_id,
+                                 kwh=info.offer_kwh, reserve=reserve)  # fmt: skip
             offers[info.device_id] = offer
         return offers
 
@@ -153,6 +177,7 @@ class Hub:
             key_id = info.device_id  # a battery signs with its device id (firmware key_id)
             self.store.add_device(info.device_id, key_id, info.address)
             self.known.add(info.device_id)
+            self.events.emit("device", device=info.device_id, address=info.address)
         for agent in self.agents.values():
             agent.link(info.device_id, info.address, self.cfg["device_port"])
 
@@ -160,6 +185,8 @@ class Hub:
         """Every agent prices every offer; each price is a bid layer. -> {(agent, device): Bid}"""
         bids = {}
         for agent in self.agents.values():
+            if self.controls.get(pause_name(agent.name)):
+                continue  # an operator paused it: it sits this slot out
             for device_id, offer in offers.items():
                 bid = agent.strategy.bid(offer)
                 if bid is None:
@@ -169,6 +196,9 @@ class Hub:
                                     ref="bid:%d" % device_id)  # fmt: skip
                 except ValueError as exc:  # a restarted hub: its first bid stands
                     self.log("bid of %s kept as first recorded: %s" % (agent.name, exc))
+                else:
+                    self.events.emit("bid", slot=name, aggregator=agent.name, device=device_id,
+                                     price=bid.price, kwh=bid.kwh)  # fmt: skip
                 bids[agent.key_id, device_id] = bid
         return bids
 
@@ -200,7 +230,45 @@ class Hub:
             "contracts": contracts, "expired": expired,
         }  # fmt: skip
         self._say(summary)
+        self.events.emit(
+            "clearing", slot=name, start=start, price=result.price,
+            volume_kwh=result.volume_kwh, reserve=summary["reserve"], offers=len(offers),
+            bid_layers=summary["bid_layers"],
+            trades=[{"buyer": self._name_of(b), "device": d, "kwh": k}
+                    for b, d, k in summary["trades"]],
+        )  # fmt: skip
         return summary
+
+    def _name_of(self, key_id):
+        agent = self.agents.get(key_id)
+        return agent.name if agent else str(key_id)
+
+    # --- operators' controls (MQTT commands, the web page) ---------------------------
+
+    def set_control(self, name, value, by):
+        """Set (value None: clear) an operator's setting; ValueError names a bad one.
+
+        reserve_floor.<device id>   c/kWh: that battery's asks are at least this
+        paused.<aggregator name>    true: the aggregator bids no more until false
+        """
+        kind, _, target = name.partition(".")
+        if kind == "reserve_floor":
+            if not target.isdigit() or int(target) not in self.registry.devices:
+                raise ValueError("no battery %r" % target)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < 1000):  # fmt: skip
+                raise ValueError("a reserve floor is c/kWh, 0..1000, or null to clear it")
+        elif kind == "paused":
+            if target not in {a.name for a in self.agents.values()}:
+                raise ValueError("no aggregator %r" % target)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError("paused is true or false")
+        else:
+            raise ValueError("unknown control %r (reserve_floor.<device>, paused.<aggregator>)"
+                             % name)  # fmt: skip
+        self.store.set_control(name, value, by)
+        self.controls = self.store.controls()
+        self.events.emit("control", name=name, value=value, by=by)
 
     async def _buy(self, buyer, device_id, kwh, price, start):
         agent, info = self.agents[buyer], self.registry.devices.get(device_id)
@@ -218,8 +286,8 @@ class Hub:
 
     def _say(self, s):
         if s["price"] is None:
-            self.log("slot %s: %d offers, no trade (bids below every reserve)"
-                     % (s["slot"], s["offers"]))  # fmt: skip
+            why = "bids below every reserve" if s["offers"] else "no battery offered"
+            self.log("slot %s: %d offers, no trade (%s)" % (s["slot"], s["offers"], why))
             return
         made = sum(1 for cid, state in s["contracts"].values() if state == "Confirmed")
         self.log("slot %s: %d offers (%.4f kWh, mean reserve %.2f), %d bid layers -> "
@@ -248,13 +316,25 @@ class Hub:
         elif kind == message.DEVICE_FAILURE:
             self.log("DEVICE FAILURE battery %d (cause %d), told %s"
                      % (msg.device_id, msg.termination_code, agent.name))  # fmt: skip
+            self.events.emit("failure", device=msg.device_id, cause=msg.termination_code,
+                             aggregator=agent.name)  # fmt: skip
         elif kind == message.BESS_STATUS and agent is self._telemetry_from:
             if msg.device_id in self.known and msg.energy_total > 0:
-                self.store.record_telemetry(
-                    msg.device_id, soc=100.0 * msg.remaining_battery_energy / msg.energy_total,
+                reading = dict(
+                    soc=100.0 * msg.remaining_battery_energy / msg.energy_total,
                     remaining_kwh=msg.remaining_battery_energy, voltage=msg.battery_voltage,
                     power_kw=msg.discharge_rate, health=msg.battery_health_status_code,
                 )  # fmt: skip
+                self.store.record_telemetry(msg.device_id, **reading)
+                self.events.emit("telemetry", device=msg.device_id, **reading)
+
+
+def floor_name(device_id):
+    return "reserve_floor.%d" % device_id
+
+
+def pause_name(aggregator_name):
+    return "paused.%s" % aggregator_name
 
 
 def next_start(now_s, slot_s):
@@ -268,15 +348,37 @@ def _mean(pairs):
 
 
 def add_arguments(parser):
-    parser.add_argument("action", choices=("run",), help="run: start the hub")
+    parser.add_argument(
+        "action", choices=("run", "keys"),
+        help="run: start the hub; keys: make or extend its keys file (hub/keys_file.py)",
+    )  # fmt: skip
     parser.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
-    parser.add_argument("--slots", type=int, default=None, help="stop after N slots")
+    parser.add_argument("--slots", type=int, default=None, help="run: stop after N slots")
+    parser.add_argument(
+        "--battery", type=int, action="append", default=[], metavar="DEVICE_ID",
+        help="keys: add a key for this battery and write battery-<id>.json (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", help="keys: folder for battery-<id>.json (default: the keys file's)"
+    )
+    parser.add_argument(
+        "--template", metavar="CONFIG_JSON",
+        help="keys: battery-<id>.json completes this battery config (its devices; "
+        "e.g. firmware/config.example.json)",
+    )  # fmt: skip
 
 
 def run(args):
     try:
-        cfg = hub_config.load(args.config)
-    except hub_config.ConfigError as exc:
+        cfg = hub_config.load(args.config, keys=args.action == "run")
+        if args.action == "keys":
+            bad = [b for b in args.battery if not 0 < b < 2**32]
+            if bad:  # a device id is its key id in frame headers: u32
+                raise hub_config.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
+            for line in keys_file.provision(cfg, args.battery, args.out, args.template):
+                print(line, flush=True)
+            return 0
+    except (hub_config.ConfigError, keys_file.KeysError) as exc:
         print("error: %s" % exc, flush=True)
         return 2
 

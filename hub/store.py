@@ -36,6 +36,7 @@ batch what arrives together (record_bids) or choose NORMAL for the bid stream.
 """
 
 import contextlib
+import json
 import sqlite3
 
 from sqlite_utils import Database
@@ -290,6 +291,21 @@ class Store:
             "SELECT * FROM price_signals ORDER BY at DESC, id DESC LIMIT ?",
             [check_id("limit", limit)],
         )
+
+    def set_control(self, name, value, by, at=None):
+        """An operator's setting (JSON value; None clears it), kept with who set it."""
+        row = (str(name), json.dumps(value), str(by), check_at(at))
+        with self._write() as conn:
+            conn.execute("INSERT INTO controls (name, value, by, at) VALUES (?, ?, ?, ?)", row)
+
+    def controls(self):
+        """{name: value} in force (the newest of each name; cleared ones left out)."""
+        rows = self._rows(
+            "SELECT name, value FROM controls WHERE id IN "
+            "(SELECT max(id) FROM controls GROUP BY name)"
+        )
+        found = {r["name"]: json.loads(r["value"]) for r in rows}
+        return {name: value for name, value in found.items() if value is not None}
 
     def stats(self, limit=100):
         """Per slot (newest first): trades, kWh, kWh-weighted mean price, min and max price;

@@ -57,7 +57,8 @@ class SchemaError(RuntimeError):
     """The file is not a gridbid store, or was written by a newer version of the hub."""
 
 
-APPEND_ONLY = ("bids", "trades", "contract_states", "price_signals", "telemetry")
+V1_APPEND_ONLY = ("bids", "trades", "contract_states", "price_signals", "telemetry")
+APPEND_ONLY = V1_APPEND_ONLY + ("controls",)  # V4 adds its own triggers
 _STATES = ", ".join("'%s'" % name for name in STATE_NAMES)
 
 V1 = (
@@ -162,7 +163,7 @@ CREATE TRIGGER %(t)s_no_delete BEFORE DELETE ON %(t)s
 BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
 """
         % {"t": table}
-        for table in APPEND_ONLY
+        for table in V1_APPEND_ONLY
     )
 )
 
@@ -204,11 +205,29 @@ CREATE UNIQUE INDEX contracts_confirm ON contracts (buyer, confirm_id)
 CREATE INDEX contracts_slot ON contracts (slot);
 """
 
+# Operators' settings (a battery's reserve floor, a paused aggregator), kept as a history:
+# the newest row per name is in force; who changed what, and when, stays on record.
+V4 = """
+CREATE TABLE controls (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX controls_name ON controls (name, id);
+CREATE TRIGGER controls_no_update BEFORE UPDATE ON controls
+BEGIN SELECT RAISE(ABORT, 'controls is append-only'); END;
+CREATE TRIGGER controls_no_delete BEFORE DELETE ON controls
+BEGIN SELECT RAISE(ABORT, 'controls is append-only'); END;
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
     ("reputation view and history indexes", V2),
     ("contracts know the confirm their outcome report answers", V3),
+    ("operators' controls, with their history", V4),
 )
 CURRENT = len(MIGRATIONS)
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from hub.fleet import free_port
+from hub.micropython import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,10 +28,11 @@ def config_for(tmp_path, sim_port):
     }  # fmt: skip
 
 
-def start(*args):
+def start(*args, cwd=None):
     return subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", *args], stdout=subprocess.PIPE,
+        [sys.executable, "-m", "hub.cli", *args], stdout=subprocess.PIPE, cwd=cwd,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
 
 
@@ -103,4 +105,48 @@ def test_a_torn_config_gives_safe_idle_then_starts_once_fixed(tmp_path):
     finally:
         if device is not None:
             stop(device)
+        stop(sim)
+
+
+def running_with(argument):
+    """Processes whose command line holds argument (/proc: no ps needed)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if argument.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def test_relative_paths_are_the_users_and_sigterm_stops_the_vm(tmp_path):
+    """--config is found from where the user is, data_dir from the config's folder (as
+    on a board); a service manager's SIGTERM to `gridbid device run` stops the VM too."""
+    sim_port = free_port()
+    sim = start("device", "sim", "--tcp-port", str(sim_port))
+    device = None
+    try:
+        read_until(sim, str(sim_port), 20)
+        site = tmp_path / "site"
+        site.mkdir()
+        cfg = {**config_for(tmp_path, sim_port), "data_dir": "flash"}
+        (site / "battery.json").write_text(json.dumps(cfg))
+        device = start("device", "run", "--config", "site/battery.json", cwd=tmp_path)
+        read_until(device, "ready on", 20)
+        assert (site / "flash").is_dir(), "data_dir is taken from the config's folder"
+        vm = running_with(str(site / "battery.json"))
+        assert vm, "the VM runs with the config's absolute path"
+        device.send_signal(signal.SIGTERM)  # the wrapper only, as systemd's first signal
+        device.wait(10)
+        deadline = time.monotonic() + 10
+        while running_with(str(site / "battery.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running_with(str(site / "battery.json")), "the VM outlived its wrapper"
+    finally:
+        if device is not None:
+            stop(device)
+        for pid in running_with(str(tmp_path / "site" / "battery.json")):
+            os.kill(pid, signal.SIGKILL)
         stop(sim)

@@ -387,7 +387,7 @@ def _broken(case, tmp_path):
         expected = "at least one [[aggregator]]"
     elif case == "keys file missing":
         keys.unlink()
-        expected = "cannot read the keys file"
+        expected = "no keys file"
     elif case == "keys file world-readable":
         os.chmod(keys, 0o644)
         expected = "readable by others: chmod 600"
@@ -599,11 +599,12 @@ def test_batteries_lost_mid_auction_leave_no_orphan_contract(batteries, tmp_path
     dead, frozen, cut = fleet.devices
     cfg = in_process_config(fleet, tmp_path)
     db = tmp_path / "hub.sqlite"
-    loop, logs = Background(), []
+    loop, logs, events = Background(), [], []
 
     async def make():
         hub = Hub(cfg, seed=3, log=logs.append)
         hub.ledger.grace_s = 1.0  # overdue reports: no need to wait a whole slot here
+        hub.events.subscribe(events.append)
         return hub
 
     hub = loop(make())
@@ -690,6 +691,25 @@ def test_batteries_lost_mid_auction_leave_no_orphan_contract(batteries, tmp_path
     for row in mine:
         if row["state"] in LIVE:
             assert row["id"] in holds, "orphan on the hub: %r" % row
+    check_events(events, history, summaries)
+
+
+def check_events(events, history, summaries):
+    """The hub's events (hub/events.py) tell the store's story, in order: every
+    contract state as recorded, every slot's clearing as summarised."""
+    seqs = [int(e["id"].split(".")[1]) for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    for contract_id, states in history.items():
+        told = [e["state"] for e in events
+                if e["kind"] == "contract" and e["contract"] == contract_id]  # fmt: skip
+        assert told == states, (contract_id, told, states)
+    for summary in summaries:
+        (clearing,) = [
+            e for e in events if e["kind"] == "clearing" and e["slot"] == summary["slot"]
+        ]
+        assert clearing["price"] == summary["price"]
+        assert sorted((t["device"], t["kwh"]) for t in clearing["trades"]) == sorted(
+            (d, k) for _b, d, k in summary["trades"])  # fmt: skip
 
 
 def test_discovery_survives_ten_percent_udp_loss(batteries, tmp_path):

@@ -71,9 +71,9 @@ def test_open_sets_wal_foreign_keys_and_current_version(path):
     with Store(path) as s:
         assert s.db.journal_mode == "wal"
         assert s.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert s.version == store_schema.CURRENT == 3
+        assert s.version == store_schema.CURRENT == 4
         versions = [r["version"] for r in s.db.query("SELECT * FROM schema_version")]
-        assert versions == [1, 2, 3]
+        assert versions == [1, 2, 3, 4]
 
 
 def test_reopen_is_idempotent_and_keeps_data(path):
@@ -87,7 +87,7 @@ def test_reopen_is_idempotent_and_keeps_data(path):
 def test_database_from_a_newer_hub_is_refused(path):
     with Store(path) as s:
         s.db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
-    with pytest.raises(SchemaError, match="version 99 is newer than this hub's 3"):
+    with pytest.raises(SchemaError, match="version 99 is newer than this hub's 4"):
         Store(path)
 
 
@@ -109,7 +109,7 @@ def test_a_failing_migration_leaves_the_previous_version(path, monkeypatch):
         Store(path)
     monkeypatch.undo()
     with Store(path) as s:
-        assert s.version == 3 and "half_done" not in s.db.table_names()
+        assert s.version == 4 and "half_done" not in s.db.table_names()
 
 
 def test_a_version_1_database_migrates_with_its_data(path):
@@ -132,7 +132,7 @@ def test_a_version_1_database_migrates_with_its_data(path):
     assert "delivered_kwh" not in [col.name for col in Database(path)["contracts"].columns]
 
     with Store(path) as s:
-        assert s.version == 3
+        assert s.version == 4
         (device,) = s.devices()
         assert device["soc"] == 50 and device["address"] == "127.0.0.27:5000"
         assert device["promised_kwh"] == pytest.approx(0.5) and device["reputation"] == 1.0
@@ -337,6 +337,7 @@ def test_audit_tables_are_append_only(store):
     store.record_contract(c, 7, 3, 15.5)
     store.record_price_signal(12.0, 1, 1)
     store.record_telemetry(7, soc=50)
+    store.set_control("paused.agg1", True, "test")
     for table in store_schema.APPEND_ONLY:
         for sql in ("UPDATE %s SET id = id + 100", "DELETE FROM %s"):
             with pytest.raises(sqlite3.IntegrityError, match="%s is append-only" % table):
@@ -346,6 +347,16 @@ def test_audit_tables_are_append_only(store):
         store.db.execute("INSERT OR REPLACE INTO price_signals VALUES (1, NULL, 0, 1, 1, 1)")
     # contracts and devices do change: their history lives in the append-only tables
     store.advance_contract(c["ContractId"], "Received", pc.DEVICE)
+
+
+def test_controls_newest_wins_null_clears_and_history_stays(store):
+    store.set_control("reserve_floor.7", 18.5, "mqtt", at=1.0)
+    store.set_control("paused.value", True, "web", at=2.0)
+    store.set_control("reserve_floor.7", 19.0, "mqtt", at=3.0)
+    assert store.controls() == {"reserve_floor.7": 19.0, "paused.value": True}
+    store.set_control("paused.value", None, "web", at=4.0)
+    assert store.controls() == {"reserve_floor.7": 19.0}
+    assert count(store, "controls") == 4  # who set what, and when, stays on record
 
 
 # --- crash safety and concurrent readers -------------------------------------------------

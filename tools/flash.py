@@ -69,7 +69,9 @@ def build(board, out, romfs=False):
     shutil.copytree(ROOT / "hardware" / "registers", target / "registers")
     for extra in (target / "registers").glob("*.md"):
         extra.unlink()
-    shutil.copy(ROOT / "hardware" / "boards" / (board + ".json"), target / "board.json")
+    profile = json.loads((ROOT / "hardware" / "boards" / (board + ".json")).read_text())
+    profile["registers_dir"] = ROM_MOUNT + "/registers" if romfs else "registers"
+    (target / "board.json").write_text(json.dumps(profile, indent=2) + "\n")
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print("built %s: %d files, %d bytes in %s" % (board, len(sources), size, target))
     if romfs:
@@ -78,9 +80,6 @@ def build(board, out, romfs=False):
         for item in target.iterdir():
             if item.name not in ON_FILESYSTEM:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
-        profile = json.loads((target / "board.json").read_text())
-        profile["registers_dir"] = ROM_MOUNT + "/registers"
-        (target / "board.json").write_text(json.dumps(profile, indent=2) + "\n")
         print("ROMFS image: %d bytes in %s" % (len(image), romfs_path(target)))
     return target
 
