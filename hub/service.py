@@ -126,6 +126,7 @@ class Hub:
         for integration in reversed(self.integrations):
             await integration.close()
         await asyncio.gather(*(agent.close() for agent in self.agents.values()))
+        self.discovery.close()
         self.store.close()
 
     async def trade_slot(self):

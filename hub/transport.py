@@ -113,8 +113,15 @@ class Discovery(asyncio.DatagramProtocol):
     async def start(self):
         sock = group_socket(*self.group, self.interface)
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._sock = sock
+
+    def close(self):
+        """Leave the group: the socket is closed (a restarted hub in the same process
+        would otherwise find the port still joined)."""
+        if self._sock is not None:
+            self._endpoint.close()
+            self._sock = None
 
     def _lost(self):
         if self.loss and self.rng.random() < self.loss:
