@@ -18,6 +18,7 @@ command -v socat >/dev/null || missing+=(socat)  # RS-485 (Modbus RTU) over a pt
 command -v mosquitto >/dev/null || missing+=(mosquitto)  # the MQTT broker the tests use
 command -v chromium >/dev/null || missing+=(chromium)  # the web page's browser test
 command -v openssl >/dev/null || missing+=(openssl)  # the broker's test TLS certificates
+command -v debootstrap >/dev/null || missing+=(debootstrap)  # deploy/ansible converges into a Debian root
 
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"
