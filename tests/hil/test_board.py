@@ -1,38 +1,28 @@
 """Hardware-in-the-loop: a board with gridbid's firmware, driven over its serial REPL.
 
-On the bench (firmware uploaded with tools/flash.py):
+On the bench (hardware/HIL.md; the session's `bench` uploads the firmware first):
     .venv/bin/python -m pytest -p pytest_embedded tests/hil -m hil \\
-        --embedded-services serial --port /dev/ttyUSB0
-In CI, tests/test_hil_on_vm.py runs this same file against the MicroPython VM's
-REPL on a pty (socat), so the file itself is tested on every run.
+        --embedded-services serial --port /dev/ttyUSB0 --hil-board esp32-devkitc ...
+In CI, tests/test_hil_on_vm.py runs these files against the MicroPython VM's
+REPL on a pty (tests/hil/vm.py), so the files themselves are tested on every run.
 """
 
 import pytest
+from benchlib import repl, run
 
 pytestmark = pytest.mark.hil
 
 NOW = 1763700000000
 
 
-def repl(dut):
-    """Stop main.py if it runs (Ctrl-C) and wait for the prompt."""
-    dut.write("\x03\x03")
-    dut.expect(">>>", timeout=10)
-
-
-def run(dut, line, expect, timeout=10):
-    dut.write(line)
-    return dut.expect(expect, timeout=timeout)
-
-
-def test_the_board_runs_micropython_with_our_code(dut):
+def test_the_board_runs_micropython_with_our_code(bench, dut):
     repl(dut)
     run(dut, "import sys; print('impl', sys.implementation.name)", "impl micropython")
     run(dut, "import protocol; print('gridbid', protocol.VERSION)", "gridbid 0.1.0")
     run(dut, "import node, execution, devices; print('firmware ok')", "firmware ok")
 
 
-def test_etp_frames_round_trip_and_tampering_is_caught(dut):
+def test_etp_frames_round_trip_and_tampering_is_caught(bench, dut):
     repl(dut)
     run(dut, "from protocol import auth, errors, frame, message", ">>>")
     run(dut, "c = frame.Codec(auth.Keyring({1: b'k' * 32}), key_id=1)", ">>>")
@@ -44,7 +34,7 @@ def test_etp_frames_round_trip_and_tampering_is_caught(dut):
     run(dut, "attempt(bytes(bad))", "caught BadTag")
 
 
-def test_the_auction_logic_on_the_board(dut):
+def test_the_auction_logic_on_the_board(bench, dut):
     repl(dut)
     run(dut, "from auction import Auction, Bid", ">>>")
     run(dut, "a = Auction(14.0, 1.0, 300, 0)", ">>>")
@@ -52,7 +42,7 @@ def test_the_auction_logic_on_the_board(dut):
     run(dut, "print('winner', a.close()[0][0][0].peer)", "winner 2")
 
 
-def test_hmac_speed_on_the_board(dut):
+def test_hmac_speed_on_the_board(bench, dut):
     repl(dut)
     run(
         dut,
