@@ -89,7 +89,7 @@ async def throughput(folder, port, window, n):
     """Emit n events as fast as the loop allows; -> (emit µs median, events/s to PUBACK)."""
     hub = make_hub(folder, port, window)
     await hub.start_integrations()
-    bridge = hub.integrations[0]
+    bridge = hub.integrations["mqtt"]
     while not bridge.online:
         await asyncio.sleep(0.01)
     costs = []
@@ -118,7 +118,7 @@ async def replay(folder, port, n):
     hub = make_hub(folder, port, 100)
     t0 = time.perf_counter()
     await hub.start_integrations()
-    bridge = hub.integrations[0]
+    bridge = hub.integrations["mqtt"]
     while not bridge.online or bridge.handed or bridge.outbox.count():
         await asyncio.sleep(0.001)
     took = time.perf_counter() - t0

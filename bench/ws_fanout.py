@@ -67,7 +67,7 @@ async def serve(args):
         }, base=folder)  # fmt: skip
         hub = Hub(cfg, log=lambda text: None)
         await hub.start_integrations()
-        web = hub.integrations[0]
+        web = hub.integrations["web"]
         print("url %s" % web.url, flush=True)
         clients = web.fanout.clients
         deadline = time.monotonic() + 60

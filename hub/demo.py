@@ -29,8 +29,7 @@ from pathlib import Path
 
 from hub import hub_config
 from hub.fleet import Fleet
-from hub.service import Hub
-from hub.web import ListenError
+from hub.service import Hub, StartError
 
 SHOWN = ("accepted", "contract ", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
 
@@ -124,12 +123,15 @@ class Demo:
                     say("hub", "aggregator %s: %s strategy" % (agent.name, agent.cfg["strategy"]))
                 try:
                     summaries = await hub.run(args.slots)
-                except ListenError as exc:  # e.g. another demo's page: run without ours
-                    say("demo", "no status page (%s; --web-port N: another port)" % exc)
+                except StartError as exc:  # e.g. another demo's page: run without ours
+                    if exc.integration != "web":
+                        raise
+                    say("demo", "no status page (%s; --web-port N: another port)" % exc.reason)
                     hub.cfg["integrations"].pop("web")  # it failed first: nothing started
                     summaries = await hub.run(args.slots)
                 await self.wait_for_reports(hub)
                 self.summary(hub, summaries)
+                await self.settled(hub)
             finally:
                 if echo is not None:
                     echo.cancel()
@@ -153,7 +155,26 @@ class Demo:
                     "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5,
                     "bind_timeout_s": 1.5},
             "aggregator": aggregators(self.args.aggregators, self.args.seed), **web,
+            # Pay for delivered energy on an in-process Solana chain (LiteSVM): it makes its
+            # mint, funds the aggregators and makes owners' keys (0600 files, never shown).
+            "settlement": {"backend": "litesvm", "wallets": str(tmp / "wallets"),
+                           "batch_s": self.args.slot_s, "poll_s": 0.5},
         })  # fmt: skip
+
+    async def settled(self, hub):
+        """Settlement: each slot's final contracts are one batch, paid on the chain."""
+        settlement = hub.integrations.get("settlement")
+        if settlement is None:
+            return
+        status = await settlement.flush(timeout_s=self.args.slot_s + 15)
+        balances = await settlement.balances()
+        say("demo", "settled %d contracts in %d batches: %d transactions on LiteSVM, "
+            "%.4f cents paid (%d waiting)"
+            % (status["contracts"], sum(status["batches"].values()),
+               status["transactions"].get("finalized", 0), status["amount"] / 10**4,
+               status["waiting"]))  # fmt: skip
+        for device, credits in balances["owners"].items():
+            say("demo", "owner of battery %d received %.4f cents" % (device, credits * 100))
 
     async def echo(self, fleet):
         seen = {d.device_id: 0 for d in fleet.devices}

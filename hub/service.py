@@ -39,6 +39,10 @@ from protocol import auth, contract, frame, message
 class StartError(RuntimeError):
     """An integration of hub.toml could not start (its port is busy, ...)."""
 
+    def __init__(self, integration, reason):
+        super().__init__("[%s] cannot start: %s" % (integration, reason))
+        self.integration, self.reason = integration, reason
+
 
 class Hub:
     def __init__(self, cfg, seed=None, log=print, loss=0.0):
@@ -69,7 +73,7 @@ class Hub:
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
         self.controls = self.store.controls()  # operators' settings in force (set_control)
-        self.integrations = []  # started by run(): each has async close()
+        self.integrations = {}  # name -> started by run(), with async close()
 
     # --- running ------------------------------------------------------------------
 
@@ -78,11 +82,13 @@ class Hub:
         import importlib
 
         for name, settings in self.cfg.get("integrations", {}).items():
+            if name in self.integrations:
+                continue  # run() again after one failed to start: the rest are up
             module = importlib.import_module(hub_config.INTEGRATIONS[name])
             try:
-                self.integrations.append(await module.start(self, settings))
+                self.integrations[name] = await module.start(self, settings)
             except (OSError, RuntimeError, ValueError) as exc:  # a busy port, a bad address
-                raise StartError("[%s] cannot start: %s" % (name, exc)) from None
+                raise StartError(name, exc) from None
 
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
@@ -130,7 +136,7 @@ class Hub:
         return await self.settle(name, start, offers, {})
 
     async def close(self):
-        for integration in reversed(self.integrations):
+        for integration in reversed(list(self.integrations.values())):
             await integration.close()
         await asyncio.gather(*(agent.close() for agent in self.agents.values()))
         self.discovery.close()

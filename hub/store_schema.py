@@ -45,6 +45,17 @@ Version 2 (reputation and the status page's indexes):
 Version 3 (the hub's contract ledger):
   contracts.confirm_id: the buyer's BID_CONFIRM message id, which the device's outcome
   report (a TERMINATE) answers; unique per buyer.
+
+Version 5 (settlement on chain, hub/settlement/):
+  settlements gains window_start, hash (sha256 of the canonical records), records (the
+  canonical JSON lines), parts, amount (the mint's base units), error, updated_at; its
+  trade_ids are contract ids, tx_signature the first part's landed signature.
+  settlement_items(contract, batch, kwh paid, amount)  -- a contract is in one batch, ever
+  settlement_parts(batch, part 1..n, payer, payments JSON [[owner, amount], ...], status
+          'open'|'finalized', signature that landed)  -- one transaction's worth each
+  settlement_txs(signature, batch, part, raw signed bytes, last_valid block height, nonce,
+          status, error, created_at, updated_at)  -- the journal: every signed attempt,
+          written before it is first sent
 """
 
 import math
@@ -222,12 +233,63 @@ CREATE TRIGGER controls_no_delete BEFORE DELETE ON controls
 BEGIN SELECT RAISE(ABORT, 'controls is append-only'); END;
 """
 
+# Settlement (hub/settlement/): the batches, which contract each paid, and the journal of
+# signed transactions. A transaction is journaled (its signed bytes, signature and last
+# valid block height) before it is first sent, so a crash at any step leaves either nothing
+# on chain or a signature the uploader can look up; contract ids are unique in
+# settlement_items, so no contract is ever in two batches.
+V5 = """
+ALTER TABLE settlements ADD COLUMN window_start INTEGER;
+ALTER TABLE settlements ADD COLUMN hash TEXT;
+ALTER TABLE settlements ADD COLUMN records TEXT;
+ALTER TABLE settlements ADD COLUMN parts INTEGER;
+ALTER TABLE settlements ADD COLUMN amount INTEGER;
+ALTER TABLE settlements ADD COLUMN error TEXT;
+ALTER TABLE settlements ADD COLUMN updated_at REAL;
+CREATE TABLE settlement_items (
+    contract TEXT PRIMARY KEY REFERENCES contracts(id),
+    batch TEXT NOT NULL REFERENCES settlements(id),
+    kwh REAL NOT NULL CHECK (kwh >= 0),
+    amount INTEGER NOT NULL CHECK (amount >= 0)
+);
+CREATE INDEX settlement_items_batch ON settlement_items (batch);
+CREATE TABLE settlement_parts (
+    batch TEXT NOT NULL REFERENCES settlements(id),
+    part INTEGER NOT NULL CHECK (part >= 1),
+    payer TEXT NOT NULL,
+    payments TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'finalized')),
+    signature TEXT,
+    PRIMARY KEY (batch, part)
+);
+CREATE TABLE settlement_txs (
+    signature TEXT PRIMARY KEY,
+    batch TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    raw BLOB,
+    last_valid INTEGER,
+    nonce TEXT,
+    status TEXT NOT NULL CHECK (status IN
+        ('signed', 'sent', 'confirmed', 'finalized', 'failed', 'expired')),
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    FOREIGN KEY (batch, part) REFERENCES settlement_parts (batch, part)
+);
+CREATE INDEX settlement_txs_part ON settlement_txs (batch, part);
+CREATE INDEX settlement_txs_open ON settlement_txs (status)
+    WHERE status IN ('signed', 'sent', 'confirmed');
+CREATE INDEX settlements_status ON settlements (status);
+CREATE INDEX contracts_start ON contracts (start);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
     ("reputation view and history indexes", V2),
     ("contracts know the confirm their outcome report answers", V3),
     ("operators' controls, with their history", V4),
+    ("settlement batches, their parts and the journal of signed transactions", V5),
 )
 CURRENT = len(MIGRATIONS)
 

@@ -44,7 +44,7 @@ async def running_hub(tmp_path, name="hub", **settings):
     logs = []
     hub = Hub(cfg, log=logs.append)
     await hub.start_integrations()
-    hub.coap, hub.port, hub.logs = hub.integrations[0], port, logs
+    hub.coap, hub.port, hub.logs = hub.integrations["coap"], port, logs
     try:
         yield hub
     finally:

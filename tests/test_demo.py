@@ -49,6 +49,13 @@ def test_the_hub_trades_every_slot_and_competition_pays_more_than_the_reserve():
     assert "batteries and hub hold the same %d contract ids" % made in out
     assert "contract states: CompletedSuccess %d" % made in out  # metered, reported, judged
     assert improvement(out) > 0
+    # Every completed contract paid on the in-process chain, to the cent's ten-thousandth.
+    settled = re.search(r"settled (\d+) contracts in \d+ batches: (\d+) transactions on "
+                        r"LiteSVM, ([\d.]+) cents paid \((\d+) waiting\)", out)  # fmt: skip
+    assert settled, out
+    assert int(settled[1]) == made and int(settled[2]) >= 1 and int(settled[4]) == 0
+    owners = [float(c) for c in re.findall(r"owner of battery \d+ received ([\d.]+) cents", out)]
+    assert owners and abs(sum(owners) - float(settled[3])) < 1e-3 * len(owners)
     assert "Traceback" not in out and "CONFIG ERROR" not in out and "MISMATCH" not in out
 
 

@@ -235,7 +235,7 @@ def settings_for(broker, folder, user="gridbid-hub", password=None, **more):
 async def started(cfg, logs):
     hub = Hub(cfg, log=logs.append)
     await hub.start_integrations()  # the hub's own plumbing: check() was run by hub_config
-    return hub, hub.integrations[0]
+    return hub, hub.integrations["mqtt"]
 
 
 def add_battery(hub, device=DEVICE):
@@ -402,7 +402,7 @@ def test_a_real_hub_run_publishes_its_market(broker, tmp_path):
             hub = Hub(cfg, seed=5, log=logs.append)
             try:
                 summaries = await hub.run(1)
-                bridge = hub.integrations[0]
+                bridge = hub.integrations["mqtt"]
                 await until_async(lambda: any(e["kind"] == "telemetry" for _t, e in
                                               live.events()), 3, "telemetry")  # fmt: skip
                 await until_async(lambda: drained(bridge), 5, "every event acknowledged")

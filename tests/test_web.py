@@ -61,7 +61,7 @@ def live(tmp_path_factory):
             return hub, trading
 
         hub, trading = run(start())
-        web = hub.integrations[0]
+        web = hub.integrations["web"]
         collector = asyncio.run_coroutine_threadsafe(collect(web.url, events), run.loop)
         run(asyncio.wait_for(trading, SLOTS * SLOT_S + 25))
         yield hub, web, events, folder / "hub.sqlite", token, folder / "hub-keys.json"

@@ -15,9 +15,9 @@ import websockets
 from test_hub_service import write_keys
 
 from hub import hub_config
-from hub.service import Hub
+from hub.service import Hub, StartError
 from hub.store import Store
-from hub.web import ListenError, queries
+from hub.web import queries
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "t0ken-for-tests-only-0123456789"
@@ -35,7 +35,7 @@ def config(folder, **web):
 async def started(folder, **web):
     hub = Hub(config(folder, **web), log=lambda text: None)
     await hub.start_integrations()
-    return hub, hub.integrations[0]
+    return hub, hub.integrations["web"]
 
 
 def token_file(folder, text=TOKEN, mode=0o600):
@@ -229,7 +229,9 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
             finally:
                 await hub.close()
 
-        with pytest.raises(ListenError) as error:
+        with pytest.raises(StartError) as error:
             asyncio.run(main())
-    assert str(error.value).startswith("web: cannot listen on 127.0.0.1:%d: " % port)
+    assert error.value.integration == "web"
+    assert str(error.value).startswith("[web] cannot start: web: cannot listen on 127.0.0.1:%d: "
+                                       % port)  # fmt: skip
     assert "in use" in str(error.value)

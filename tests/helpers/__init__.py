@@ -1,0 +1,1 @@
+"""Helpers shared by test files (import as helpers.<module>; pytest puts tests/ on the path)."""
