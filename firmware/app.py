@@ -13,26 +13,28 @@ Heap: a board without PSRAM has ~100 KB. Start-up imports only what reading
 config.json and the register maps needs, then drops the modules only start-up
 uses (config, register_map: their code is collected), and only then imports
 the trading side; so the two never sit in the heap together, and parsing the
-maps' JSON does not land on top of the whole app.
+maps' JSON does not land on top of the whole app. Every distinct name the
+modules use is interned in the heap for good (a dropped module's too): past 620
+of them MicroPython adds a 7 KB table, so the firmware keeps below that (no
+module-level names for private constants: const(); shared parameter names).
 """
 
 import asyncio
 import gc
 import sys
 
-import board as boards
 import devices
+from board import Board, load_profile
+
+from protocol.compat import const
 
 try:
     import micropython
 except ImportError:  # CPython: no heap to watch
     micropython = None
 
-_IDLE_RETRY_S = 5
-_MARKS_S = 30
-_STARTUP_ONLY = ("config", "register_map")
-# Settings only start-up reads: the keys are in cfg["keyring"], the devices in the plant.
-_STARTUP_KEYS = ("keys", "group", "devices")
+_IDLE_RETRY_S = const(5)
+_MARKS_S = const(30)
 
 
 def log(text):
@@ -56,14 +58,14 @@ async def configure(board, path):
             await asyncio.sleep(0.1)
 
 
-async def poll(board, plant, period_ms):
+async def poll(board, plant, cfg):
     while True:
         try:
             await plant.poll(board.now_ms())
         except MemoryError:  # a full heap passes: polling must not stop for good
             gc.collect()
             log("poll: out of memory (%d bytes free after a collection)" % gc.mem_free())
-        await asyncio.sleep(period_ms / 1000)
+        await asyncio.sleep(cfg["poll_ms"] / 1000)
 
 
 async def keep_marks(node, book):
@@ -71,14 +73,6 @@ async def keep_marks(node, book):
     while True:
         await asyncio.sleep(_MARKS_S)
         book.save_marks(node.codec.replay.marks(), node.ids.last)
-
-
-def forget(names):
-    """Drop modules nothing needs any more: nothing refers to their functions, so
-    their code and constants are collected (the names they interned stay)."""
-    for name in names:
-        sys.modules.pop(name, None)
-    gc.collect()
 
 
 def tune_gc():
@@ -90,9 +84,9 @@ def tune_gc():
         gc.threshold(gc.mem_free() // 4)
 
 
-async def report_heap(period_s=10):
-    """Log the live heap after a collection, and the largest so far (tests and
-    benchmarks read these lines)."""
+async def report_heap(cfg):
+    """Log the live heap after a collection, and the largest so far, every
+    heap_report_s (tests and benchmarks read these lines)."""
     if micropython is None:
         return
     peak = 0
@@ -101,7 +95,7 @@ async def report_heap(period_s=10):
         used = gc.mem_alloc()
         peak = max(peak, used)
         log("heap: used %d, free %d, peak %d" % (used, gc.mem_free(), peak))
-        await asyncio.sleep(period_s)
+        await asyncio.sleep(cfg.get("heap_report_s", 10))
 
 
 async def feed_watchdog(board):
@@ -110,21 +104,27 @@ async def feed_watchdog(board):
         await asyncio.sleep(1)
 
 
-async def run(profile_path, config_path):
+async def run(profile, config):
     tune_gc()
-    board = boards.Board(boards.load_profile(profile_path), log)
+    board = Board(load_profile(profile), log)
     board.start_watchdog()
-    cfg, plant = await configure(board, config_path)
-    for key in _STARTUP_KEYS:
+    cfg, plant = await configure(board, config)
+    # Settings only start-up reads: the keys are in cfg["keyring"], the devices in the plant.
+    for key in ("keys", "group", "devices"):
         cfg.pop(key, None)
-    forget(_STARTUP_ONLY)
+    # Drop the modules only start-up uses: nothing refers to their functions, so their
+    # code and constants are collected (the names they interned stay).
+    for name in ("config", "register_map"):
+        sys.modules.pop(name, None)
+    gc.collect()
     import contracts
     import execution
     import node as nodes
 
     from protocol import auth, frame, message
 
-    asyncio.create_task(feed_watchdog(board))
+    if board.profile.get("watchdog_ms"):  # none on the unix port: no task to feed it
+        asyncio.create_task(feed_watchdog(board))
     asyncio.create_task(board.keep_connected(cfg.get("wifi")))
 
     book = contracts.ContractBook(cfg["data_dir"] + "/contracts.rec", flush_s=cfg["flush_s"])
@@ -142,13 +142,23 @@ async def run(profile_path, config_path):
     ids = message.MessageIds(board.now_ms(), floor=book.own_id)
     executor = execution.Executor(cfg, board, plant, book, log)
     node = nodes.Node(cfg, board, plant, executor, codec, ids, log)
+    # The first beat before the network starts: the inverter gets its setpoint (a resumed
+    # contract's, or idle) while no other Modbus request is in flight with it.
+    await executor.beat(node)
     await node.serve()
     for job in (
-        node.discovery(), node.keep_registering(), node.status(), node.watch_battery(),
-        node.close_auctions(), executor.run(node), poll(board, plant, cfg["poll_ms"]),
-        keep_marks(node, book), report_heap(cfg.get("heap_report_s", 10)),
+        node.discovery(), node.status(), node.watch_battery(), node.close_auctions(),
+        executor.run(node), poll(board, plant, cfg), keep_marks(node, book), report_heap(cfg),
     ):  # fmt: skip
         asyncio.create_task(job)
+    if cfg.get("coap_hub"):  # the hub's CoAP resources (coap_client.py): off by default,
+        import coap_client  # and only then imported (it costs ~14 KB of a small heap)
+
+        try:
+            coap_client.start(cfg, cfg["keyring"], book,
+                              lambda price: setattr(node, "price_signal", price), log)  # fmt: skip
+        except ValueError as exc:  # a bad coap_hub, or no key: trading goes on without CoAP
+            log("CONFIG ERROR: %s (CoAP off)" % exc)
     tune_gc()
     log("battery %d ready on %s:%d (board %s)"
         % (cfg["device_id"], cfg["bind"], cfg["tcp_port"], board.name))  # fmt: skip
@@ -156,5 +166,6 @@ async def run(profile_path, config_path):
         await asyncio.sleep(3600)
 
 
-def main(profile_path="board.json", config_path="config.json"):
-    asyncio.run(run(profile_path, config_path))
+def main(profile="board.json", config="config.json"):
+    """profile: the board profile's path; config: config.json's."""
+    asyncio.run(run(profile, config))

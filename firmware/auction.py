@@ -1,6 +1,7 @@
 """One sealed-bid auction of one offer of energy (multi-unit, pay-as-bid).
 
-The battery offers `kwh` at `reserve` c/kWh. Bids arrive until the auction
+The battery offers `kwh` at `reserve` c/kWh, for the market slot that starts at
+`slot_start` (node.py's open offer is its Auction). Bids arrive until the auction
 closes, `window_ms` after the first bid. Bids at or above the reserve are
 accepted best first (ties: the earlier bid), each at its own price, while
 offered energy is left; a bid for 0 kWh asks for all that is left. So when
@@ -15,8 +16,6 @@ Pure logic, no I/O: the node sends the answers close() returns.
 
 from protocol import message
 
-_SLIVER_KWH = 0.0001  # less than this left over is nothing left (rounding)
-
 
 class Bid:
     def __init__(self, peer, message_id, price, kwh, at_ms):
@@ -28,11 +27,11 @@ class Bid:
 
 
 class Auction:
-    def __init__(self, reserve, kwh, window_ms, now_ms):
+    def __init__(self, reserve, kwh, window_ms, now_ms, slot_start=None):
         self.reserve = reserve
         self.kwh = kwh
-        self.window_ms = window_ms
-        self.opened_ms = now_ms
+        self.slot_start = slot_start  # the market slot the energy is for (unix s)
+        self.window_ms = window_ms  # now_ms (when the offer opened) is not kept: nothing needs it
         self.closes_ms = None  # set by the first bid
         self.bids = {}  # peer -> its latest Bid
         self.replaced = []  # earlier bids of a peer: rejected when the auction closes
@@ -50,13 +49,13 @@ class Auction:
 
     def close(self):
         """-> ([(Bid, kWh accepted)], [(Bid, reject reason)]) for every bid received."""
-        ranked = sorted(self.bids.values(), key=lambda b: (-b.price, b.at_ms))
+        ranked = sorted(self.bids.values(), key=lambda bid: (-bid.price, bid.at_ms))
         winners, left = [], self.kwh
         rejects = [(b, message.REJECT_OUTBID) for b in self.replaced]
         for bid in ranked:
             if bid.price < self.reserve:
                 rejects.append((bid, message.REJECT_BELOW_RESERVE))
-            elif left < _SLIVER_KWH:
+            elif left < 0.0001:  # a sliver left over by rounding is nothing left
                 rejects.append((bid, message.REJECT_OUTBID))
             else:
                 kwh = min(bid.kwh, left) if bid.kwh > 0 else left

@@ -56,32 +56,13 @@ class Board:
 
     # --- network ------------------------------------------------------------
 
-    async def keep_connected(self, wifi, wlan=None):
-        """Join Wi-Fi and rejoin whenever the link drops, backing off 1 s -> 60 s."""
-        if self.profile["network"] != "wifi":
-            return
-        if wlan is None:
-            import network  # boards only
+    async def keep_connected(self, cfg, wlan=None):
+        """On a Wi-Fi board, join the network cfg names ({"ssid", "password"}) and
+        rejoin whenever the link drops (wifi.py; wlan: the radio, for tests)."""
+        if self.profile["network"] == "wifi":
+            import wifi  # only a Wi-Fi board loads it (and interns its names)
 
-            wlan = network.WLAN(network.STA_IF)
-        wlan.active(True)
-        delay = 1
-        while True:
-            if not wlan.isconnected():
-                self.log("wifi: connecting to %s" % wifi["ssid"])
-                wlan.connect(wifi["ssid"], wifi["password"])
-                for _ in range(100):
-                    if wlan.isconnected():
-                        break
-                    await asyncio.sleep(0.1)
-                if not wlan.isconnected():
-                    self.log("wifi: no link, retrying in %d s" % delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 60)
-                    continue
-                delay = 1
-                self.log("wifi: connected as %s" % wlan.ifconfig()[0])
-            await asyncio.sleep(2)
+            await wifi.keep_connected(cfg, self.log, wlan)
 
     def group_receiver(self, group_addr, port):
         """A UDP socket joined to the ETP multicast group, non-blocking."""
@@ -94,27 +75,27 @@ class Board:
         sock.setblocking(False)
         return sock
 
-    def group_sender(self, bind_ip):
+    def group_sender(self, address):
         """A UDP socket for sending to the group, from this device's own address."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(socket.getaddrinfo(bind_ip, 0)[0][-1])
+        sock.bind(socket.getaddrinfo(address, 0)[0][-1])
         interface = self.profile.get("multicast_interface")
         option = getattr(socket, "IP_MULTICAST_IF", self.profile.get("ip_multicast_if"))
         if interface and option:
             sock.setsockopt(0, option, _ip_bytes(interface))
         return sock
 
-    async def receive(self, sock, size=512):
-        """Wait for one datagram, and return exactly one."""
+    async def receive(self, sock):
+        """Wait for one datagram (of up to 512 bytes: a frame is 124), and return exactly one."""
         if not MICROPYTHON:
-            return await asyncio.get_running_loop().sock_recv(sock, size)
+            return await asyncio.get_running_loop().sock_recv(sock, 512)
         # MicroPython's stream read(n) calls recv until it has n bytes, which on a
         # UDP socket glues datagrams together: use the stream only to wait.
         reader = asyncio.StreamReader(sock)
         while True:
             await reader.read(0)
             try:
-                return sock.recv(size)
+                return sock.recv(512)
             except OSError:  # woken for nothing (EAGAIN): wait again
                 continue
 

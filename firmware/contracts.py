@@ -42,17 +42,12 @@ from book_record import MAX_MARKS, Entry
 from protocol import contract as mc
 from protocol.compat import const
 
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
+_U32 = const(0xFFFFFFFF)
+_U64 = const(0xFFFFFFFFFFFFFFFF)
 # 16 of the largest entries (MarketContract.to_bytes() is 35 bytes + a slot name
 # of up to 96) and 32 marks make a 2,979-byte record: within MAX_RECORD, and
 # ~10 KB of heap for the book in memory.
 MAX_CONTRACTS = const(16)
-
-IDLE = "idle"
-DISCHARGING = "discharging"
-CHARGING = "charging"
-FAILSAFE = "failsafe"
 
 
 class BookError(ValueError):
@@ -107,11 +102,13 @@ class ContractBook:
         an unconfirmed contract does not hold a slot forever; -> those contracts."""
         return self._lapse(now_s, False)
 
-    def _lapse(self, now_s, include_active):
+    def _lapse(self, now_s, active):
+        """Live contracts whose window ended -> CompletedUnknownOutcome; Active ones
+        too only if `active` (at start-up: they ran while the device was off)."""
         lapsed = []
         for e in self._held():
             c = e.contract
-            if c.live and c.end_unix_s <= now_s and (include_active or c.state != mc.ACTIVE):
+            if c.live and c.end_unix_s <= now_s and (active or c.state != mc.ACTIVE):
                 lapsed.append((e, c.state))
         for e, _old in lapsed:
             e.contract.advance(mc.COMPLETED_UNKNOWN_OUTCOME, mc.DEVICE)
@@ -197,14 +194,15 @@ class ContractBook:
             raise
         return c
 
-    def add_energy(self, contract_id, wh, now_s):
-        """Count wh delivered for an Active contract; -> True when this call saved."""
+    def add_energy(self, contract_id, energy_wh, now_s):
+        """Count energy_wh delivered for an Active contract; -> True when this call saved."""
         e = self._entry(contract_id)
         if e.contract.state != mc.ACTIVE:
             raise BookError(
                 "contract %s is %s: only Active contracts meter energy"
                 % (contract_id, e.contract.state_name)
             )
+        wh = energy_wh
         if isinstance(wh, bool) or not isinstance(wh, (int, float)) or not 0 <= wh < 1e12:
             raise BookError("delivered energy must be a finite number of Wh >= 0, not %r" % (wh,))
         e.delivered_wh += wh
@@ -303,15 +301,16 @@ class ContractBook:
         ]
 
     def mode(self, now_s):
-        """What the inverter should do now, from the Active contracts inside their window."""
+        """What the inverter should do now, from the Active contracts inside their window:
+        "idle", "discharging", "charging", or "failsafe" after a device failure."""
         if self.failsafe:
-            return FAILSAFE
+            return "failsafe"
         watts = 0
         for e in self._held():
             c = e.contract
             if c.state == mc.ACTIVE and c.start_unix_s <= now_s < c.end_unix_s:
                 watts += c.avg_power_watts
-        return DISCHARGING if watts > 0 else CHARGING if watts < 0 else IDLE
+        return "discharging" if watts > 0 else "charging" if watts < 0 else "idle"
 
     def reports(self):
         """(contract, buyer_id, confirm_id) of done contracts not yet reported to the hub."""
@@ -350,7 +349,7 @@ class ContractBook:
         self._dirty = False
 
 
-def _check_int(name, value, top):
+def _check_int(name, value, end):
     # MicroPython's struct silently truncates out-of-range ints: check first.
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-        raise BookError("%s must be an integer 0..%d, not %r" % (name, top, value))
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= end:
+        raise BookError("%s must be an integer 0..%d, not %r" % (name, end, value))

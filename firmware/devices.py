@@ -11,41 +11,45 @@ Code talks to a kind of device (a "nature", as in OpenEMS), never to a model,
 through its register map: loading, checking and read planning are in
 register_map.py.
 
-Each point keeps (value, at_ms, error). A failed read marks its points failed;
-value() answers None for a failed, missing or stale point, so an old reading
-is never presented as a fresh one. now_ms is any millisecond clock that does
-not go backwards (monotonic_ms() by default; ticks_ms() wraps); a Plant given
-the board's clock keeps using it for its properties.
+Each point keeps (value, at_ms), or (None, at_ms, error) when its read failed
+(point() always gives the three); value() answers None for a failed, missing or
+stale point, so an old reading is never presented as a fresh one. now_ms is any
+millisecond clock that does not go backwards (monotonic_ms() by default;
+ticks_ms() wraps); a Plant given the board's clock keeps using it for its
+properties.
 """
-
-import asyncio
 
 import modbus
 from modbus import plan_reads
 
-# Only plain values from register_map: a function of it kept here would keep the
-# whole startup-only module alive (app.py drops it once the plant is open).
-from register_map import _A, _N, _NI, _S, _SF, _T, _W, KINDS
-
 from protocol import message
 from protocol.compat import const, ticks_diff, ticks_ms
 
+# The fields of a point spec tuple, as register_map.py compiles them. Its own
+# const() copy: nothing of the startup-only register_map stays referenced here
+# (app.py drops that module once the plant is open).
+_A = const(1)  # address
+_N = const(2)  # registers
+_T = const(3)  # type
+_W = const(4)  # word order
+_S = const(5)  # scale
+_SF = const(6)  # scale-factor point, or None
+_NI = const(7)  # "not implemented" marker, or None
+
 # Health thresholds on state of health (SoH, % of rated capacity). 80 % is the usual
 # end-of-warranty line for Li-ion storage; below 60 % a pack is near end of life.
-DEGRADED_BELOW_SOH = const(80)
-POOR_BELOW_SOH = const(60)
+_DEGRADED_BELOW_SOH = const(80)
+_POOR_BELOW_SOH = const(60)
 
-_last_ticks = ticks_ms()
-_elapsed = 0
+_clock = [ticks_ms(), 0]  # the last ticks_ms() read, milliseconds elapsed until then
 
 
 def monotonic_ms():
     """Milliseconds that never wrap or go back (call it at least once every few days)."""
-    global _last_ticks, _elapsed
     now = ticks_ms()
-    _elapsed += ticks_diff(now, _last_ticks)
-    _last_ticks = now
-    return _elapsed
+    _clock[1] += ticks_diff(now, _clock[0])
+    _clock[0] = now
+    return _clock[1]
 
 
 class Device:
@@ -64,12 +68,10 @@ class Device:
         self.client = client
         self.unit = unit
         self.specs = register_map["_specs"]
-        self._blocks = register_map.get("blocks")
-        self._max = register_map.get("max_registers", modbus.MAX_READ)
-        self._state = {}  # point name -> (value, at_ms, error)
+        self._state = {}  # point name -> (value, at_ms), or (None, at_ms, error)
         self.last_ok_ms = None  # the last read in which every request succeeded
         self.last_error = None  # the ModbusError of the last failed request
-        self.plan = plan_reads(self.specs, self.specs, self._blocks, self._max)
+        self.plan = self._plan(self.specs)
         alarm = register_map.get("alarm") or {}
         fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
         self.alarm_plan = self._plan(fast)
@@ -79,7 +81,8 @@ class Device:
         for name in names:  # a point is only as good as its scale factor: read both
             if self.specs[name][_SF]:
                 wanted.add(self.specs[name][_SF])
-        return plan_reads(self.specs, wanted, self._blocks, self._max)
+        limit = self.map.get("max_registers", modbus.MAX_READ)
+        return plan_reads(self.specs, wanted, self.map.get("blocks"), limit)
 
     async def read(self, now_ms, names=None, plan=None):
         """Read the named points (default all) in few requests; True if all succeeded.
@@ -103,22 +106,21 @@ class Device:
                 spec = self.specs[name]
                 offset = spec[_A] - start
                 raws[name] = modbus.decode(regs[offset : offset + spec[_N]], spec[_T], spec[_W])
-        for name, raw in raws.items():
-            self._state[name] = self._scaled(name, raw, raws, now_ms)
+        for name, raw in raws.items():  # checked, now that every scale factor is in
+            spec = self.specs[name]
+            if raw == spec[_NI] or raw != raw:  # "not implemented" marker, or a NaN float
+                state = (None, now_ms, "not available")
+            elif spec[_SF] and self._factor(raws.get(spec[_SF]), spec[_SF]) is None:
+                state = (None, now_ms, "scale factor %s unknown" % spec[_SF])
+            else:
+                # The raw number, scaled by value(): for most points a small int, which
+                # takes no heap, where a float would take 32 bytes on the 64-bit VM; and
+                # a 2-tuple is one heap block, a 3-tuple two.
+                state = (raw, now_ms)
+            self._state[name] = state
         if ok:
             self.last_ok_ms = now_ms
         return ok
-
-    def _scaled(self, name, raw, raws, now_ms):
-        spec = self.specs[name]
-        if raw == spec[_NI] or raw != raw:  # "not implemented" marker, or a NaN float
-            return (None, now_ms, "not available")
-        sf = None
-        if spec[_SF]:
-            sf = raws.get(spec[_SF])
-            if sf is None or sf == self.specs[spec[_SF]][_NI] or not -10 <= sf <= 10:
-                return (None, now_ms, "scale factor %s unknown" % spec[_SF])
-        return (modbus.scaled(raw, spec[_S], sf), now_ms, None)
 
     def value(self, name, now_ms, max_age_ms=None):
         """The point's value, or None when unknown, failed or older than max_age_ms."""
@@ -132,15 +134,30 @@ class Device:
                 product *= value
             return product
         state = self._state.get(name)
-        if state is None or state[2] is not None:
+        if state is None or len(state) == 3:  # never read, or failed
             return None
         if max_age_ms is not None and now_ms - state[1] > max_age_ms:
             return None
-        return state[0]
+        spec = self.specs[name]
+        if not spec[_SF]:
+            return modbus.scaled(state[0], spec[_S])
+        # Its scale factor as last read: with the point, as every read plan takes both.
+        sf = self._state.get(spec[_SF])
+        sf = None if sf is None or len(sf) == 3 else self._factor(sf[0], spec[_SF])
+        return None if sf is None else modbus.scaled(state[0], spec[_S], sf)
+
+    def _factor(self, raw, name):
+        """A scale factor's raw reading (point name), or None when it is not a usable one."""
+        if raw is None or raw == self.specs[name][_NI] or not -10 <= raw <= 10:
+            return None
+        return raw
 
     def point(self, name):
         """(value, at_ms, error) as last read, or None if never read; for logs and status."""
-        return self._state.get(name)
+        state = self._state.get(name)
+        if state is None or len(state) == 3:
+            return state
+        return (self.value(name, state[1]), state[1], None)
 
     def alarms(self, now_ms, max_age_ms):
         """Names of the active alarm flags and fault state; None when unknown."""
@@ -154,12 +171,6 @@ class Device:
         active = [n for n, bit in alarm.get("alarm_bits", {}).items() if bits >> bit & 1]
         active += ["state " + n for n, v in alarm.get("fault_states", {}).items() if v == state]
         return sorted(active)
-
-    def warnings(self, now_ms, max_age_ms):
-        """True with any warning bit set (the map's warning_bits, as check_map's mask)."""
-        alarm = self.map.get("alarm") or {}
-        bits = self.value(alarm.get("point", ""), now_ms, max_age_ms)
-        return bool(bits and bits & alarm.get("warning_mask", 0))
 
     async def write(self, values, now_ms=None):
         """Write [(point, value)] (scaled values) in as few requests as contiguity allows."""
@@ -215,9 +226,13 @@ class Plant:
         now = self._now(now_ms)
         if self._since_ms is None:
             self._since_ms = now
-        return await asyncio.gather(
-            self.meter.read(now), self.battery.read(now), self.inverter.read(now)
-        )
+        # One after the other, not gathered: the three usually share one link, whose lock
+        # takes them in turn anyway, and three tasks in flight cost a small heap ~1.5 KB.
+        return [
+            await self.meter.read(now),
+            await self.battery.read(now),
+            await self.inverter.read(now),
+        ]
 
     async def poll_battery_alarms(self, now_ms=None):
         """Read only the BMS alarm/state registers (the fast path, one short request)."""
@@ -268,9 +283,12 @@ class Plant:
         soh = self.battery.value("soh_pct", now, self.max_age_ms)
         if soh is None:
             return message.HEALTH_DEGRADED  # unknown health is not good health
-        if soh < POOR_BELOW_SOH:
+        if soh < _POOR_BELOW_SOH:
             return message.HEALTH_POOR
-        if soh < DEGRADED_BELOW_SOH or self.battery.warnings(now, self.max_age_ms):
+        # any warning bit set (the map's warning_bits, as check_map's mask) degrades it
+        alarm = self.battery.map.get("alarm") or {}
+        bits = self.battery.value(alarm.get("point", ""), now, self.max_age_ms)
+        if soh < _DEGRADED_BELOW_SOH or (bits and bits & alarm.get("warning_mask", 0)):
             return message.HEALTH_DEGRADED
         return message.HEALTH_GOOD
 
@@ -310,25 +328,27 @@ class Plant:
                 await device.client.close()
 
 
-def open_plant(devices_config, maps_dir, serial_factory=None):
-    """A Plant from config: {"meter": {"map", "link": "tcp"|"rtu", "host", "port" | "path" |
-    "uart", "baud", "unit", "timeout_ms"}, "battery": {...}, "inverter": {...},
-    "link_timeout_ms": 1000}. Devices on one link (host:port, path, uart) share a client.
-    ValueError (MapError) names what is wrong."""
+def open_plant(config, path, open_port=None):
+    """A Plant from config (devices): {"meter": {"map", "link": "tcp"|"rtu", "host", "port" |
+    "path" | "uart", "baud", "unit", "timeout_ms"}, "battery": {...}, "inverter": {...},
+    "link_timeout_ms": 1000}, with the register maps in the folder path. Devices on one
+    link (host:port, path, uart) share a client; open_port(link config) opens an RTU
+    link's serial port (default serial_port.open_port). ValueError (MapError) names
+    what is wrong."""
     from register_map import load_map
 
-    if not isinstance(devices_config, dict):
+    if not isinstance(config, dict):
         raise ValueError("devices config must be an object")
     clients, built = {}, {}
-    for role in KINDS:
-        cfg = devices_config.get(role)
+    for role in ("meter", "battery", "inverter"):
+        cfg = config.get(role)
         where = "devices config: %s" % role
         if not isinstance(cfg, dict) or not isinstance(cfg.get("map"), str):
-            raise ValueError("%s: missing, or without a 'map' (a file in %s)" % (where, maps_dir))
-        path = maps_dir + "/" + cfg["map"] + ("" if cfg["map"].endswith(".json") else ".json")
-        register_map = load_map(path)
+            raise ValueError("%s: missing, or without a 'map' (a file in %s)" % (where, path))
+        file = path + "/" + cfg["map"] + ("" if cfg["map"].endswith(".json") else ".json")
+        register_map = load_map(file)
         if register_map["kind"] != role:
-            raise ValueError("%s: %s is a %s map" % (where, path, register_map["kind"]))
+            raise ValueError("%s: %s is a %s map" % (where, file, register_map["kind"]))
         unit, link, timeout_ms = cfg.get("unit"), cfg.get("link"), cfg.get("timeout_ms", 500)
         if not isinstance(unit, int) or not 1 <= unit <= 247:
             raise ValueError("%s: unit must be 1..247" % where)
@@ -336,20 +356,19 @@ def open_plant(devices_config, maps_dir, serial_factory=None):
             host, port = cfg.get("host"), cfg.get("port", 502)
             if not isinstance(host, str) or not isinstance(port, int):
                 raise ValueError("%s: a tcp link needs 'host' and 'port'" % where)
-            key = "tcp:%s:%d" % (host, port)
+            key = (host, port)
             if key not in clients:
                 clients[key] = modbus.TcpClient(host, port, timeout_ms)
         elif link == "rtu":
-            key = "rtu:%s" % (cfg.get("path") or "uart%s" % cfg.get("uart"))
+            key = (cfg.get("path"), cfg.get("uart"))
             if key not in clients:
-                if serial_factory is None:
+                if open_port is None:
                     import serial_port  # only with an RTU link: it pulls in machine/termios
 
-                    serial_factory = serial_port.open_port
-                port = serial_factory(cfg)
-                clients[key] = modbus.RtuClient(port, timeout_ms)
+                    open_port = serial_port.open_port
+                clients[key] = modbus.RtuClient(open_port(cfg), timeout_ms)
         else:
             raise ValueError("%s: link must be tcp or rtu, not %r" % (where, link))
         built[role] = Device(role, register_map, clients[key], unit)
     meter, battery, inverter = built["meter"], built["battery"], built["inverter"]
-    return Plant(meter, battery, inverter, devices_config.get("link_timeout_ms", 1000))
+    return Plant(meter, battery, inverter, config.get("link_timeout_ms", 1000))

@@ -72,12 +72,17 @@ class Executor:
         return deal
 
     async def run(self, node):
+        """A beat every tick_ms. The first is the caller's (`await executor.beat(node)`
+        at start-up): the inverter gets its setpoint before the other tasks start."""
         while True:
-            try:
-                await self.tick(node, self.board.now_ms())
-            except (OSError, ModbusError) as exc:  # a device link down: again next second
-                self.log("execution: %s" % exc)
             await asyncio.sleep(self.cfg["tick_ms"] / 1000)
+            await self.beat(node)
+
+    async def beat(self, node):
+        try:
+            await self.tick(node, self.board.now_ms())
+        except (OSError, ModbusError) as exc:  # a device link down: again next beat
+            self.log("execution: %s" % exc)
 
     async def tick(self, node, now_ms):
         now_s = now_ms // 1000

@@ -11,7 +11,8 @@ link: concurrent callers wait on a lock, as a half-duplex RS-485 bus needs and
 a TCP gateway expects. Every request has a deadline; a timeout closes a TCP
 link (a late reply must not be taken for the next one) and the next request
 reconnects. The framing and parsing are pure functions, tested on both runtimes
-in tests/portable/test_modbus_codec.py.
+in tests/portable/test_modbus_codec.py. `data` is a PDU (function code and its
+fields) wherever a function takes one.
 """
 
 import asyncio
@@ -21,23 +22,10 @@ from protocol.compat import const, ticks_diff, ticks_us
 
 READ_HOLDING = const(3)
 READ_INPUT = const(4)
-WRITE_SINGLE = const(6)
-WRITE_MULTIPLE = const(16)
+_WRITE_SINGLE = const(6)
+_WRITE_MULTIPLE = const(16)
 MAX_READ = const(125)  # registers per read (the PDU limit of 253 bytes)
-MAX_WRITE = const(123)  # registers per write multiple
-
-EXCEPTION_NAMES = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    7: "negative acknowledge",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
+_MAX_WRITE = const(123)  # registers per write multiple
 
 
 class ModbusError(Exception):
@@ -58,32 +46,34 @@ class ModbusExceptionResponse(ModbusError):
     def __init__(self, code, function):
         self.code = code
         self.function = function
-        super().__init__(
-            "function %d: exception %d (%s)"
-            % (function, code, EXCEPTION_NAMES.get(code, "unknown"))
-        )
+        names = (
+            None, "illegal function", "illegal data address", "illegal data value",
+            "server device failure", "acknowledge", "server device busy",
+            "negative acknowledge", "memory parity error", None, "gateway path unavailable",
+            "gateway target device failed to respond",
+        )  # fmt: skip
+        name = names[code] if 0 <= code < len(names) else None
+        super().__init__("function %d: exception %d (%s)" % (function, code, name or "unknown"))
 
 
-def _crc_tables():
-    # The 16-bit table split into its high and low bytes: two 256-byte bytearrays (512
-    # bytes of heap, where a list of ints takes 2 KB on a 64-bit VM), and the loop in
-    # crc16() then needs no 16-bit shifts (the Modbus spec's own table-driven form).
-    high, low = bytearray(256), bytearray(256)
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        high[byte], low[byte] = crc >> 8, crc & 0xFF
-    return high, low
-
-
-_crc = []  # [high, low], built on first use: TCP-only controllers never pay for them
+# The CRC table, built on first use (TCP-only controllers never pay for it): the
+# 16-bit table split into its high and low bytes, two 256-byte bytearrays (512
+# bytes of heap, where a list of ints takes 2 KB on a 64-bit VM), so the loop in
+# crc16() needs no 16-bit shifts (the Modbus spec's own table-driven form), and
+# runs 8x faster per frame than bit by bit.
+_crc = []
 
 
 def crc16(data):
     """CRC-16/Modbus (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
     if not _crc:
-        _crc.extend(_crc_tables())  # 8x faster per frame than bit by bit
+        high, low = bytearray(256), bytearray(256)
+        for byte in range(256):
+            crc = byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+            high[byte], low[byte] = crc >> 8, crc & 0xFF
+        _crc.extend((high, low))
     high, low = _crc
     hi = lo = 0xFF
     for byte in data:
@@ -93,10 +83,10 @@ def crc16(data):
     return hi << 8 | lo
 
 
-def _check_u16(value, what):
+def _check_u16(value, name):
     # MicroPython's struct truncates out-of-range ints silently: check first.
     if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
-        raise ValueError("%s must be 0..65535, not %r" % (what, value))
+        raise ValueError("%s must be 0..65535, not %r" % (name, value))
 
 
 def read_request(function, address, count):
@@ -112,56 +102,57 @@ def read_request(function, address, count):
 def write_single_request(address, value):
     _check_u16(address, "address")
     _check_u16(value, "register value")
-    return struct.pack(">BHH", WRITE_SINGLE, address, value)
+    return struct.pack(">BHH", _WRITE_SINGLE, address, value)
 
 
 def write_multiple_request(address, values):
     _check_u16(address, "address")
     count = len(values)
-    if not 1 <= count <= MAX_WRITE or address + count > 0x10000:
-        raise ValueError("1..%d registers within the address space" % MAX_WRITE)
+    if not 1 <= count <= _MAX_WRITE or address + count > 0x10000:
+        raise ValueError("1..%d registers within the address space" % _MAX_WRITE)
     for value in values:
         _check_u16(value, "register value")
-    return struct.pack(">BHHB%dH" % count, WRITE_MULTIPLE, address, count, 2 * count, *values)
+    return struct.pack(">BHHB%dH" % count, _WRITE_MULTIPLE, address, count, 2 * count, *values)
 
 
-def parse_reply(request, reply):
-    """Check a reply PDU against its request PDU: registers for a read, None for a write.
+def parse_reply(request, data):
+    """Check a reply PDU (data) against its request PDU: registers for a read, None for
+    a write.
 
     Raises ModbusExceptionResponse for an exception reply and ModbusFrameError
     for anything that does not answer this request.
     """
     function = request[0]
-    if not reply:
+    if not data:
         raise ModbusFrameError("empty reply")
-    if reply[0] == function | 0x80:
-        if len(reply) != 2:
-            raise ModbusFrameError("exception reply of %d bytes" % len(reply))
-        raise ModbusExceptionResponse(reply[1], function)
-    if reply[0] != function:
-        raise ModbusFrameError("reply to function %d, expected %d" % (reply[0], function))
+    if data[0] == function | 0x80:
+        if len(data) != 2:
+            raise ModbusFrameError("exception reply of %d bytes" % len(data))
+        raise ModbusExceptionResponse(data[1], function)
+    if data[0] != function:
+        raise ModbusFrameError("reply to function %d, expected %d" % (data[0], function))
     if function in (READ_HOLDING, READ_INPUT):
         count = (request[3] << 8) | request[4]
-        if len(reply) < 2 or reply[1] != 2 * count or len(reply) != 2 + 2 * count:
-            raise ModbusFrameError("read reply of %d bytes for %d registers" % (len(reply), count))
+        if len(data) < 2 or data[1] != 2 * count or len(data) != 2 + 2 * count:
+            raise ModbusFrameError("read reply of %d bytes for %d registers" % (len(data), count))
         # One list of the exact size, filled in place: struct.unpack + list() would make
         # a tuple and a list of up to 1 KB each, and in a small heap every block counts.
-        regs = [0] * count
+        registers = [0] * count
         for i in range(count):
-            regs[i] = reply[2 + 2 * i] << 8 | reply[3 + 2 * i]
-        return regs
-    if len(reply) != 5 or reply[1:5] != request[1:5]:  # 6 and 16 echo address + value/count
+            registers[i] = data[2 + 2 * i] << 8 | data[3 + 2 * i]
+        return registers
+    if len(data) != 5 or data[1:5] != request[1:5]:  # 6 and 16 echo address + value/count
         raise ModbusFrameError("write reply does not echo the request")
     return None
 
 
-def tcp_frame(transaction, unit, pdu):
+def tcp_frame(transaction, unit, data):
     """MBAP header (transaction id, protocol 0, length, unit) + PDU."""
-    return struct.pack(">HHHB", transaction, 0, len(pdu) + 1, unit) + pdu
+    return struct.pack(">HHHB", transaction, 0, len(data) + 1, unit) + data
 
 
-def rtu_frame(unit, pdu):
-    frame = bytes((unit,)) + pdu
+def rtu_frame(unit, data):
+    frame = bytes((unit,)) + data
     crc = crc16(frame)
     return frame + bytes((crc & 0xFF, crc >> 8))
 
@@ -173,7 +164,7 @@ def rtu_reply_length(head):
         return 5  # unit, function | 0x80, code, crc
     if function in (READ_HOLDING, READ_INPUT):
         return 5 + head[2]  # unit, function, byte count, data, crc
-    if function in (WRITE_SINGLE, WRITE_MULTIPLE):
+    if function in (_WRITE_SINGLE, _WRITE_MULTIPLE):
         return 8  # unit, function, address, value/count, crc
     raise ModbusFrameError("reply with unknown function %d" % function)
 
@@ -193,17 +184,15 @@ def rtu_pdu(frame, unit):
 # Values in registers: 16-bit registers are big-endian on the wire (parse_reply); a
 # 32-bit value spans two, high word first ("big") or low word first ("little").
 SIZES = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2}
-_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF)}
-_RANGES["i32"] = (-0x80000000, 0x7FFFFFFF)
 
 
-def decode(regs, kind, word_order="big"):
+def decode(registers, kind, word_order="big"):
     """The raw number in a point's registers (before scaling)."""
     if kind == "u16":
-        return regs[0]
+        return registers[0]
     if kind == "i16":
-        return regs[0] - 0x10000 if regs[0] & 0x8000 else regs[0]
-    hi, lo = (regs[0], regs[1]) if word_order == "big" else (regs[1], regs[0])
+        return registers[0] - 0x10000 if registers[0] & 0x8000 else registers[0]
+    hi, lo = (registers[0], registers[1]) if word_order == "big" else (registers[1], registers[0])
     if kind == "f32":
         return struct.unpack(">f", struct.pack(">HH", hi, lo))[0]
     value = (hi << 16) | lo
@@ -217,7 +206,9 @@ def encode(value, kind, word_order="big"):
     if kind == "f32":
         hi, lo = struct.unpack(">HH", struct.pack(">f", value))
     else:
-        low, high = _RANGES[kind]
+        bits = 16 * SIZES[kind]  # u16 u32: 0..2**bits-1; i16 i32: -2**(bits-1)..2**(bits-1)-1
+        low = -(1 << (bits - 1)) if kind[0] == "i" else 0
+        high = low + (1 << bits) - 1
         if not isinstance(value, int) or not low <= value <= high:
             raise ValueError("%r does not fit %s" % (value, kind))
         value &= 0xFFFFFFFF
@@ -245,18 +236,12 @@ def plan_reads(specs, names, blocks=None, max_registers=MAX_READ):
         if plan:
             f, start, count, members = plan[-1]
             if f == function and end - start <= max_registers:
-                if address <= start + count or _in_block(blocks, start, end):
+                inside = any(first <= start and end <= first + n for first, n in blocks or ())
+                if address <= start + count or inside:
                     plan[-1] = (f, start, max(count, end - start), members + [name])
                     continue
         plan.append((function, address, size, [name]))
     return plan
-
-
-def _in_block(blocks, start, end):
-    for first, count in blocks or ():
-        if first <= start and end <= first + count:
-            return True
-    return False
 
 
 def scaled(raw, scale=1, sf=None):
@@ -280,7 +265,7 @@ class _Client:
 
     def __init__(self, timeout_ms):
         self.timeout_ms = timeout_ms
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one request at a time on the link
 
     async def read_holding(self, unit, address, count):
         return await self.request(unit, read_request(READ_HOLDING, address, count))
@@ -294,12 +279,12 @@ class _Client:
     async def write_registers(self, unit, address, values):
         await self.request(unit, write_multiple_request(address, values))
 
-    async def request(self, unit, pdu):
+    async def request(self, unit, data):
         """Send one request PDU to unit; the parsed reply (see parse_reply)."""
-        async with self._lock:
+        async with self.lock:
             try:
-                reply = await asyncio.wait_for(self._exchange(unit, pdu), self.timeout_ms / 1000)
-                return parse_reply(pdu, reply)
+                reply = await asyncio.wait_for(self._exchange(unit, data), self.timeout_ms / 1000)
+                return parse_reply(data, reply)
             except asyncio.TimeoutError:
                 await self._abandon()
                 raise ModbusTimeout(
@@ -332,32 +317,33 @@ class TcpClient(_Client):
         self.port = port
         self._reader = None
         self._writer = None
-        self._transaction = 0
+        self.transaction = 0  # the MBAP transaction id of the last request
 
-    async def _exchange(self, unit, pdu):
-        if self._writer is not None:
-            try:
-                return await self._transact(unit, pdu)
-            except (OSError, EOFError):
-                await self._abandon()  # dropped while idle (gateway restart): reconnect once
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        return await self._transact(unit, pdu)
-
-    async def _transact(self, unit, pdu):
-        self._transaction = (self._transaction + 1) & 0xFFFF
-        self._writer.write(tcp_frame(self._transaction, unit, pdu))
-        await self._writer.drain()
+    async def _exchange(self, unit, data):
+        fresh = self._writer is None
         while True:
-            head = await self._reader.readexactly(7)
-            transaction, protocol, length, reply_unit = struct.unpack(">HHHB", head)
-            if protocol != 0 or not 2 <= length <= 254:
-                raise ModbusFrameError("bad MBAP header")
-            body = await self._reader.readexactly(length - 1)
-            if transaction == self._transaction:
-                break  # older transaction ids are late replies: skip them
-        if reply_unit != unit:
-            raise ModbusFrameError("reply from unit %d, expected %d" % (reply_unit, unit))
-        return body
+            if self._writer is None:
+                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                self.transaction = (self.transaction + 1) & 0xFFFF
+                self._writer.write(tcp_frame(self.transaction, unit, data))
+                await self._writer.drain()
+                while True:
+                    head = await self._reader.readexactly(7)
+                    transaction, protocol, length, reply_unit = struct.unpack(">HHHB", head)
+                    if protocol != 0 or not 2 <= length <= 254:
+                        raise ModbusFrameError("bad MBAP header")
+                    body = await self._reader.readexactly(length - 1)
+                    if transaction == self.transaction:
+                        break  # older transaction ids are late replies: skip them
+                if reply_unit != unit:
+                    raise ModbusFrameError("reply from unit %d, expected %d" % (reply_unit, unit))
+                return body
+            except (OSError, EOFError):
+                if fresh:
+                    raise
+                fresh = True  # dropped while idle (gateway restart): reconnect once
+                await self._abandon()
 
     async def _abandon(self):
         writer, self._reader, self._writer = self._writer, None, None
@@ -389,14 +375,14 @@ class RtuClient(_Client):
             self.silent_us = 38500000 // baud  # 3.5 chars x 11 bits
         self._quiet_since = ticks_us()
 
-    async def _exchange(self, unit, pdu):
+    async def _exchange(self, unit, data):
         if not 1 <= unit <= 247:
             raise ValueError("RTU unit must be 1..247, not %r" % (unit,))
         wait_us = self.silent_us - ticks_diff(ticks_us(), self._quiet_since)
         if wait_us > 0:
             await asyncio.sleep(wait_us / 1000000)
         self.port.discard()  # bytes left from an abandoned reply would shift this one
-        await self.port.write(rtu_frame(unit, pdu))
+        await self.port.write(rtu_frame(unit, data))
         head = await self.port.readexactly(3)
         rest = await self.port.readexactly(rtu_reply_length(head) - 3)
         self._quiet_since = ticks_us()

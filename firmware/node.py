@@ -8,7 +8,7 @@ with several aggregators at once, status, and DeviceFailure.
 - TCP (per-aggregator keys): up to max_peers sessions; one more is closed at
   once. A connection that does not authenticate within auth_ms is closed, and so
   is one that stops reading our frames (a write that cannot drain in
-  WRITE_MS). Unauthenticated or unknown peers get nothing back, ever.
+  2 s). Unauthenticated or unknown peers get nothing back, ever.
 - Auctions (auction.py): a Query opens an offer; Bids collect until the
   auction closes; the winner gets a BidAccept, the others BidRejects, at the
   close; a BidConfirm answering our BidAccept makes the contract (execution.py).
@@ -22,10 +22,11 @@ import socket
 from auction import Auction, Bid
 from reserve import offer_kwh, reserve_price
 
-from protocol import errors, frame, message
+from protocol import frame, message
 from protocol.compat import const
+from protocol.errors import ETPError
 
-WRITE_MS = const(2000)
+_WRITE_MS = const(2000)
 _READ_SIZE = const(512)
 
 
@@ -38,16 +39,14 @@ async def close(writer):
         pass
 
 
-class Session:
-    def __init__(self, writer):
+class Session(frame.StreamDecoder):
+    """One aggregator's connection, and the decoder of its stream (one object, not two:
+    a small heap pays per object)."""
+
+    def __init__(self, codec, writer):
+        super().__init__(codec)
         self.writer = writer
         self.peer = None  # the aggregator's key id, once a frame authenticated
-
-
-class Offer:
-    def __init__(self, slot_start, auction):
-        self.slot_start = slot_start  # the market slot the energy is for
-        self.auction = auction  # its kwh and reserve are the offer's
 
 
 class Node:
@@ -61,20 +60,25 @@ class Node:
         self.log = log
         self.device_id = cfg["device_id"]
         self.sessions = []
-        self.offer = None
+        self.offer = None  # the open offer: its Auction (kwh, reserve, slot_start)
         self.accepted = {}  # our BID_ACCEPT id -> (peer, bid id, price, kWh, expiry ms, slot)
         self.price_signal = 0.0
         self.failure = None  # (cause, text) while the battery is faulted
-        self._group_out = None
+        self._group = None  # (socket, address) to send to the group, once discovery runs
 
     # --- sending --------------------------------------------------------------
 
     async def send(self, session, msg, reply_to=0):
         """Send on a TCP session; a peer that stops reading is dropped."""
         data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to)
+        writer = session.writer
         try:
-            session.writer.write(data)
-            await asyncio.wait_for(session.writer.drain(), WRITE_MS / 1000)
+            writer.write(data)
+            # MicroPython's stream sends at once what the socket takes and keeps the rest
+            # in out_buf: with nothing left there is nothing to drain, and no wait_for
+            # (a task and two coroutines on every frame) to churn a small heap.
+            if getattr(writer, "out_buf", True):
+                await asyncio.wait_for(writer.drain(), _WRITE_MS / 1000)
         except (OSError, asyncio.TimeoutError):
             self.log("peer %s stopped reading: dropped" % session.peer)
             await self.drop(session)
@@ -87,11 +91,11 @@ class Node:
         return False
 
     def send_group(self, msg, reply_to=0):
-        if self._group_out is None:
+        if self._group is None:
             return
         data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to, group=True)
         try:
-            self._group_out.sendto(data, self._group_addr)
+            self._group[0].sendto(data, self._group[1])
         except OSError as exc:  # no route yet (Wi-Fi down): the next one will go
             self.log("group send failed: %s" % exc)
 
@@ -108,26 +112,31 @@ class Node:
             self.session, cfg["bind"], cfg["tcp_port"], backlog=cfg["max_peers"] + 2
         )
 
-    async def session(self, reader, writer):
+    async def session(self, stream, writer):
+        """One aggregator's connection; stream is what we read (MicroPython passes the
+        same Stream object twice)."""
         if len(self.sessions) >= self.cfg["max_peers"]:
             self.log("refused a connection: %d aggregators already" % len(self.sessions))
             await close(writer)
             return
-        session = Session(writer)
+        session = Session(self.codec, writer)
         self.sessions.append(session)
-        decoder = frame.StreamDecoder(self.codec)
         try:
             while session in self.sessions:
-                timeout = self.cfg["auth_ms"] / 1000 if session.peer is None else None
-                try:
-                    data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout)
-                except asyncio.TimeoutError:
-                    self.log("a connection never authenticated: closed")
-                    break
+                if session.peer is not None:  # no timeout: no wait_for task per read
+                    data = await stream.read(_READ_SIZE)
+                else:
+                    try:
+                        data = await asyncio.wait_for(
+                            stream.read(_READ_SIZE), self.cfg["auth_ms"] / 1000
+                        )
+                    except asyncio.TimeoutError:
+                        self.log("a connection never authenticated: closed")
+                        break
                 if not data:
                     break
-                decoder.feed(data)
-                for got in decoder.frames(self.board.now_ms(), self._dropped):
+                session.feed(data)
+                for got in session.frames(self.board.now_ms(), self._dropped):
                     if not await self.received(session, got):
                         return
         except OSError as exc:
@@ -152,7 +161,8 @@ class Node:
         msg = got.message
         kind = msg.message_type
         if kind == message.QUERY:
-            self.note_signal(msg)
+            if msg.bid_price > 0:  # the market's price signal (reserve.py)
+                self.price_signal = msg.bid_price
             await self.send(session, self.answer_query(), msg.message_id)
         elif kind == message.BID:
             await self.bid(session, msg)
@@ -165,15 +175,11 @@ class Node:
 
     # --- offers and auctions ----------------------------------------------------
 
-    def note_signal(self, msg):
-        if msg.bid_price > 0:
-            self.price_signal = msg.bid_price
-
     def current_offer(self):
         """The open offer, or a new one; None while the battery has nothing to sell."""
         offer, now = self.offer, self.board.now_ms()
         if offer is not None:
-            if offer.auction.closes_ms is not None or now // 1000 < offer.slot_start:
+            if offer.closes_ms is not None or now // 1000 < offer.slot_start:
                 return offer
             self.offer = None  # its slot began unsold: offer the next one
         if self.failure is not None:
@@ -190,13 +196,13 @@ class Node:
         kwh = round(min(free, stored), 4)
         if reserve is None or kwh <= 0:
             return None
-        self.offer = Offer(start, Auction(reserve, kwh, cfg["auction_ms"], now))
+        self.offer = Auction(reserve, kwh, cfg["auction_ms"], now, start)
         return self.offer
 
     def answer_query(self):
         offer = self.current_offer()
         plant = self.plant
-        kwh, reserve = (offer.auction.kwh, offer.auction.reserve) if offer else (0.0, 0.0)
+        kwh, reserve = (offer.kwh, offer.reserve) if offer else (0.0, 0.0)
         capacity = plant.capacity_kwh or 0.0
         pct = 100.0 * kwh / capacity if capacity else 0.0
         return message.query_response(
@@ -214,9 +220,7 @@ class Node:
             await self.send(session, reject, msg.message_id)
             return
         now = self.board.now_ms()
-        offer.auction.add(
-            Bid(session.peer, msg.message_id, msg.bid_price, msg.required_energy_amount, now)
-        )
+        offer.add(Bid(session.peer, msg.message_id, msg.bid_price, msg.required_energy_amount, now))
         self.log("bid %.2f c/kWh from aggregator %d" % (msg.bid_price, session.peer))
 
     async def close_auctions(self):
@@ -224,15 +228,14 @@ class Node:
         once a bid set it (a board should not wake 100 times a second for nothing)."""
         while True:
             offer, now = self.offer, self.board.now_ms()
-            if offer is not None and offer.auction.due(now):
+            if offer is not None and offer.due(now):
                 self.offer = None
-                await self.decide(offer)
+                await self.answer_bids(offer)
                 continue
-            closes = offer.auction.closes_ms if offer is not None else None
+            closes = offer.closes_ms if offer is not None else None
             await asyncio.sleep(0.02 if closes is None else (closes - now) / 1000)
 
-    async def decide(self, offer):
-        auction = offer.auction
+    async def answer_bids(self, auction):
         winners, rejects = auction.close()
         now = self.board.now_ms()
         for accept_id in [a for a, v in self.accepted.items() if v[4] < now]:
@@ -241,7 +244,7 @@ class Node:
         for bid, kwh in winners:
             accept = message.bid_accept(self.ids.next(), self.device_id, bid.price, bid.price, kwh)
             self.accepted[accept.message_id] = (
-                bid.peer, bid.message_id, bid.price, kwh, expiry, offer.slot_start
+                bid.peer, bid.message_id, bid.price, kwh, expiry, auction.slot_start
             )  # fmt: skip
             await self.send_to_peer(bid.peer, accept, bid.message_id)
             self.log(
@@ -282,19 +285,20 @@ class Node:
 
     async def discovery(self):
         cfg = self.cfg
-        self._group_addr = socket.getaddrinfo(cfg["group_addr"], cfg["group_port"])[0][-1]
-        self._group_out = self.board.group_sender(cfg["bind"])
+        address = socket.getaddrinfo(cfg["group_addr"], cfg["group_port"])[0][-1]
+        self._group = (self.board.group_sender(cfg["bind"]), address)
         receiver = self.board.group_receiver(cfg["group_addr"], cfg["group_port"])
         self.register()
         while True:
             data = await self.board.receive(receiver)
             try:
                 got = self.codec.open(data, self.board.now_ms())
-            except errors.ETPError as exc:
+            except ETPError as exc:
                 self._dropped(exc)
                 continue
             if got.key_id != cfg["key_id"] and got.message.message_type == message.QUERY:
-                self.note_signal(got.message)
+                if got.message.bid_price > 0:
+                    self.price_signal = got.message.bid_price
                 self.send_group(self.answer_query(), got.message.message_id)
 
     def register(self):
@@ -311,16 +315,17 @@ class Node:
             )  # fmt: skip
         )
 
-    async def keep_registering(self):
-        while True:
-            await asyncio.sleep(self.cfg["register_s"])
-            self.register()
-
     # --- status and failure ---------------------------------------------------------
 
     async def status(self):
+        """BESS_STATUS to every session each status_ms, and a Register on the group every
+        register_s: one task for both (each task costs a small heap ~250 bytes)."""
+        registered = self.board.now_ms()  # discovery() registers at start
         while True:
             await asyncio.sleep(self.cfg["status_ms"] / 1000)
+            if self.board.now_ms() - registered >= self.cfg["register_s"] * 1000:
+                registered = self.board.now_ms()
+                self.register()
             plant = self.plant
             capacity = plant.capacity_kwh or 0.0
             remaining = plant.remaining_kwh or 0.0
@@ -348,10 +353,11 @@ class Node:
                 self.register()
             await asyncio.sleep(self.cfg["alarm_poll_ms"] / 1000)
 
-    async def fail(self, fault, detected_ms):
-        self.failure = fault
+    async def fail(self, failure, now_ms):
+        """A BMS fault (cause, text) detected at now_ms: announce it, stop discharging."""
+        self.failure = failure
         self.offer = None
-        cause, text = fault
+        cause, text = failure
         plant = self.plant
         msg = message.device_failure(
             self.ids.next(), self.device_id, cause, message.HEALTH_FAULT,
@@ -361,7 +367,5 @@ class Node:
         for session in list(self.sessions):
             if session.peer is not None:
                 await self.send(session, msg)
-        self.log(
-            "DEVICE FAILURE (%s): announced in %d ms" % (text, self.board.now_ms() - detected_ms)
-        )
+        self.log("DEVICE FAILURE (%s): announced in %d ms" % (text, self.board.now_ms() - now_ms))
         await self.executor.stop_all(self)

@@ -14,6 +14,15 @@ devices.py reads and writes devices through them.
 
 Only start-up needs this module: app.py drops it once the plant is open (its
 code then goes back to the heap), so nothing used at run time lives here.
+
+Every name a module holds stays interned for good on MicroPython, even after the
+module is dropped: so the spec fields are const() (folded, no names), and devices.py
+keeps its own copy of them.
+
+A checked map refers to a point by the very string object that keys it in
+"_specs" (a scale factor, a derived point's inputs, the alarm and setpoint
+points), not by a second copy of the name parsed from the JSON: on the 64-bit VM
+each copy of a name is a 64-byte object, kept for as long as the plant.
 """
 
 import gc
@@ -22,17 +31,26 @@ import json
 import modbus
 from modbus import plan_reads  # noqa: F401  (part of this module's interface)
 
+from protocol.compat import const
+
 KINDS = ("meter", "battery", "inverter")
+# The points the code reads, by kind; every map of a kind has them.
 REQUIRED = {
-    "meter": ("voltage_v", "current_a", "power_w", "import_kwh", "export_kwh"),
-    "battery": tuple(
-        "soc_pct soh_pct capacity_kwh remaining_kwh voltage_v current_a temperature_c".split()
-    ),
-    "inverter": ("power_w",),
+    "meter": "voltage_v current_a power_w import_kwh export_kwh",
+    "battery": "soc_pct soh_pct capacity_kwh remaining_kwh voltage_v current_a temperature_c",
+    "inverter": "power_w",
 }
 SIZES = modbus.SIZES
 
-_F, _A, _N, _T, _W, _S, _SF, _NI = 0, 1, 2, 3, 4, 5, 6, 7  # fields of a point spec tuple
+# The fields of a point spec tuple (devices.py has the same).
+_F = const(0)  # Modbus function: 3 holding, 4 input
+_A = const(1)  # address
+_N = const(2)  # registers
+_T = const(3)  # type: u16 i16 u32 i32 f32
+_W = const(4)  # word order: big, little
+_S = const(5)  # scale
+_SF = const(6)  # the scale-factor point's name, or None
+_NI = const(7)  # the type's "not implemented" marker, or None
 
 
 class MapError(ValueError):
@@ -51,11 +69,33 @@ def load_map(path):
     check_map(register_map, path)
     # Keep what the code uses: the points are compiled into _specs, and the notes are for
     # people. A SunSpec map parsed is ~16 KB of heap on the unix port; this halves it.
+    # Only a battery's alarms are acted on (devices.Plant.bms_fault: the BMS stops the
+    # battery), so a meter's or an inverter's alarm section goes. Points the code never
+    # reads go too (each costs ~250 bytes of heap, read and kept): it reads the kind's
+    # REQUIRED ones and those the alarm and setpoint sections name, with what they
+    # are derived from and their scale factors.
+    if register_map["kind"] != "battery":
+        register_map.pop("alarm", None)
+    specs, derived = register_map["_specs"], register_map["_derived"]
+    used = REQUIRED[register_map["kind"]].split()
+    for section in (register_map.get("alarm") or {}, register_map.get("setpoint") or {}):
+        used += [section.get(k) for k in ("point", "state_point", "max_charge_w")]
+        used += [section.get(k) for k in ("max_discharge_w", "of")]
+        used += [pair[0] for pair in section.get("enable", ())]
+    for name in used:  # grows as it goes: inputs and scale factors join the end
+        if name in derived:
+            used += [i for i in derived[name][0] if i not in used]
+        elif name in specs and specs[name][_SF] and specs[name][_SF] not in used:
+            used.append(specs[name][_SF])
+    for table in (specs, derived):
+        for name in [n for n in table if n not in used]:
+            del table[name]
     for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
         register_map.pop(key, None)
     alarm = register_map.get("alarm")
     if alarm:  # warnings only count (health): check_map's warning_mask is all the code reads
         alarm.pop("warning_bits", None)
+        alarm.pop("ok_state", None)  # for simulators: the code knows faults, not the good state
     gc.collect()
     return register_map
 
@@ -78,13 +118,14 @@ def check_map(register_map, where="map"):
     defaults = register_map.get("defaults", {})
     missing = register_map.get("not_implemented", {})
     specs, derived = {}, {}
+    same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
         _need(isinstance(point, dict), here, "a point is a JSON object")
         if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
             inputs, scale = point["derive"], point.get("scale", 1)
             _need(isinstance(inputs, list) and inputs and _number(scale), here, "bad derive")
-            derived[name] = (inputs, scale)
+            derived[name] = ([same.get(i, i) for i in inputs], scale)
             continue
         p = dict(defaults)
         p.update(point)
@@ -94,9 +135,10 @@ def check_map(register_map, where="map"):
         _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
         _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
         _need(_number(scale) and scale != 0, here, "scale must be a non-zero number")
+        sf = p.get("sf")
         specs[name] = (
             p["function"], address, size, p["type"], p.get("word_order", "big"), scale,
-            p.get("sf"), missing.get(p["type"]),
+            same.get(sf, sf), missing.get(p["type"]),
         )  # fmt: skip
     for name, spec in specs.items():
         sf = spec[_SF]
@@ -105,18 +147,9 @@ def check_map(register_map, where="map"):
     for name, (inputs, _scale) in derived.items():
         for other in inputs:
             _need(other in specs, "%s: point %r" % (where, name), "unknown point %r" % other)
-    for name in REQUIRED[kind]:
+    for name in REQUIRED[kind].split():
         _need(name in specs or name in derived, where, "a %s map needs point %r" % (kind, name))
-    _check_sections(register_map, specs, where)
     alarm = register_map.get("alarm")
-    if alarm is not None:  # warnings only count (health), they need no names: one mask
-        alarm["warning_mask"] = sum(1 << bit for bit in alarm.get("warning_bits", {}).values())
-    register_map["_specs"], register_map["_derived"] = specs, derived
-    return register_map
-
-
-def _check_sections(register_map, specs, where):
-    kind, alarm = register_map["kind"], register_map.get("alarm")
     _need(kind != "battery" or isinstance(alarm, dict), where, "a battery map needs 'alarm'")
     if alarm is not None:
         _need(alarm.get("point") in specs, where, "alarm: 'point' must name a point")
@@ -127,6 +160,11 @@ def _check_sections(register_map, specs, where):
                 _need(ok, where, "alarm: %s %r: bit must be 0..%d" % (section, name, bits - 1))
         ok = "fault_states" not in alarm or alarm.get("state_point") in specs
         _need(ok, where, "alarm: fault_states need a state_point")
+        for key in ("point", "state_point"):
+            if isinstance(alarm.get(key), str):
+                alarm[key] = same.get(alarm[key], alarm[key])
+        # warnings only count (health), they need no names: one mask
+        alarm["warning_mask"] = sum(1 << bit for bit in alarm.get("warning_bits", {}).values())
     setpoint = register_map.get("setpoint")
     _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
     if setpoint is not None:
@@ -139,5 +177,11 @@ def _check_sections(register_map, specs, where):
         for pair in setpoint.get("enable", []):
             ok = isinstance(pair, list) and len(pair) == 2 and pair[0] in writable
             _need(ok, here, "enable is a list of [holding point, value]")
+            pair[0] = same.get(pair[0], pair[0])
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
             _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
+        for key in ("point", "max_charge_w", "max_discharge_w", "of"):
+            if isinstance(setpoint.get(key), str):
+                setpoint[key] = same.get(setpoint[key], setpoint[key])
+    register_map["_specs"], register_map["_derived"] = specs, derived
+    return register_map

@@ -34,10 +34,9 @@ from protocol.compat import const
 
 MAGIC = b"GBrc"
 VERSION = const(1)
-HEADER = ">4sBBHI"
-HEADER_SIZE = const(12)
+HEADER_SIZE = const(12)  # ">4sBBHI": magic, version, reserved, payload length, CRC-32
 MAX_RECORD = const(4096)
-TMP = ".tmp"
+_fsync = getattr(os, "fsync", None)  # None on MicroPython: LittleFS syncs at close
 
 
 class CorruptRecord(ValueError):
@@ -61,16 +60,17 @@ def _chunks(payload):
     raise TypeError("a record payload is bytes or a list of bytes")
 
 
-def _header(chunks):
+def _header(payload):
+    """The header for payload, a list of chunks."""
     size = 0
-    for chunk in chunks:
+    for chunk in payload:
         size += len(chunk)
     if size > MAX_RECORD:
         raise ValueError("record of %d bytes exceeds MAX_RECORD %d" % (size, MAX_RECORD))
     crc = binascii.crc32(struct.pack(">BH", VERSION, size))
-    for chunk in chunks:
+    for chunk in payload:
         crc = binascii.crc32(chunk, crc)
-    return struct.pack(HEADER, MAGIC, VERSION, 0, size, crc)
+    return struct.pack(">4sBBHI", MAGIC, VERSION, 0, size, crc)
 
 
 def decode(data, name="record"):
@@ -82,7 +82,7 @@ def decode(data, name="record"):
 def _check(head, payload, name):
     if len(head) < HEADER_SIZE:
         raise CorruptRecord("%s: %d bytes, shorter than the header" % (name, len(head)))
-    magic, version, flags, size, crc = struct.unpack_from(HEADER, head)
+    magic, version, flags, size, crc = struct.unpack_from(">4sBBHI", head)
     if magic != MAGIC:
         raise CorruptRecord("%s: bad magic %r" % (name, bytes(magic)))
     if flags:
@@ -119,14 +119,22 @@ def save(path, payload):
     need not build one large buffer in a fragmented heap."""
     chunks = _chunks(payload)
     header = _header(chunks)
-    tmp = path + TMP
+    tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(header)  # LittleFS commits the file once, at close
         for chunk in chunks:
             f.write(chunk)
-        _sync(f)
+        if _fsync is not None:
+            f.flush()
+            _fsync(f.fileno())
     os.rename(tmp, path)  # replaces an existing record on LittleFS and POSIX
-    _sync_dir(path)
+    if _fsync is not None and hasattr(os, "O_RDONLY"):  # the directory too, for the rename
+        cut = path.rfind("/")
+        fd = os.open(path[:cut] if cut > 0 else ("/" if cut == 0 else "."), os.O_RDONLY)
+        try:
+            _fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load(path):
@@ -139,7 +147,7 @@ def load(path):
     is remove-then-rename (FAT) can be cut between the two, and then the .tmp
     is the only copy.
     """
-    tmp = path + TMP
+    tmp = path + ".tmp"
     try:
         payload = _load(path)
     except CorruptRecord:
@@ -153,14 +161,15 @@ def load(path):
     return payload
 
 
-def _adopt(tmp, path):
+def _adopt(file, path):
+    """The payload of file (a PATH.tmp), renamed to path, if it is complete."""
     try:
-        payload = _load(tmp)
+        payload = _load(file)
     except CorruptRecord:
-        _remove(tmp)  # torn: its save never returned
+        _remove(file)  # torn: its save never returned
         return None
     if payload is not None:
-        os.rename(tmp, path)
+        os.rename(file, path)
     return payload
 
 
@@ -199,23 +208,3 @@ def _remove(path):
         os.remove(path)
     except OSError:
         pass
-
-
-_fsync = getattr(os, "fsync", None)  # None on MicroPython
-
-
-def _sync(f):
-    if _fsync is not None:
-        f.flush()
-        _fsync(f.fileno())
-
-
-def _sync_dir(path):
-    if _fsync is None or not hasattr(os, "O_RDONLY"):
-        return
-    cut = path.rfind("/")
-    fd = os.open(path[:cut] if cut > 0 else ("/" if cut == 0 else "."), os.O_RDONLY)
-    try:
-        _fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,8 +15,7 @@ from protocol.errors import Replay
 TAG_SIZE = const(16)  # HMAC-SHA256 truncated to 128 bits (RFC 2104 section 5)
 MIN_KEY_SIZE = const(16)
 _BLOCK = const(64)
-_sha256 = hashlib.sha256
-_CAN_COPY = hasattr(_sha256(), "copy")
+_CAN_COPY = hasattr(hashlib.sha256(), "copy")
 
 
 class HmacKey:
@@ -26,26 +25,26 @@ class HmacKey:
         if not isinstance(secret, (bytes, bytearray)) or len(secret) < MIN_KEY_SIZE:
             raise ValueError("a key must be at least %d random bytes" % MIN_KEY_SIZE)
         if len(secret) > _BLOCK:
-            secret = _sha256(secret).digest()
+            secret = hashlib.sha256(secret).digest()
         secret = bytes(secret) + bytes(_BLOCK - len(secret))
         inner = bytes(b ^ 0x36 for b in secret)
         outer = bytes(b ^ 0x5C for b in secret)
         if _CAN_COPY:
-            self._inner, self._outer = _sha256(inner), _sha256(outer)
-        else:
-            self._inner, self._outer = inner, outer
+            inner, outer = hashlib.sha256(inner), hashlib.sha256(outer)
+        self._pads = (inner, outer)  # the inner and outer pads (or their hash states)
 
     def tag(self, data):
         """The truncated HMAC-SHA256 of data (bytes or memoryview)."""
+        inner, outer = self._pads
         if _CAN_COPY:
-            h = self._inner.copy()
+            h = inner.copy()
             h.update(data)
-            o = self._outer.copy()
+            o = outer.copy()
             o.update(h.digest())
             return o.digest()[:TAG_SIZE]
-        h = _sha256(self._inner)
+        h = hashlib.sha256(inner)
         h.update(data)
-        o = _sha256(self._outer)
+        o = hashlib.sha256(outer)
         o.update(h.digest())
         return o.digest()[:TAG_SIZE]
 
@@ -131,9 +130,14 @@ class ReplayGuard:
         if window is None:
             if sent_ms <= self.evicted_ms:
                 raise Replay("sender %r: frame predates a dropped replay window" % (sender,))
-            if self.max_senders is not None and len(self._windows) >= self.max_senders:
-                self._evict()
-            self._windows[sender] = [message_id, 1, sent_ms]
+            windows = self._windows
+            if self.max_senders is not None and len(windows) >= self.max_senders:
+                oldest = None  # drop the sender heard from longest ago
+                for other, seen in windows.items():
+                    if oldest is None or seen[2] < windows[oldest][2]:
+                        oldest = other
+                self.evicted_ms = max(self.evicted_ms, windows.pop(oldest)[2])
+            windows[sender] = [message_id, 1, sent_ms]
             return
         high = window[0]
         if message_id > high:
@@ -149,13 +153,6 @@ class ReplayGuard:
             window[1] |= 1 << offset
         if sent_ms > window[2]:
             window[2] = sent_ms
-
-    def _evict(self):
-        oldest = None
-        for sender, window in self._windows.items():
-            if oldest is None or window[2] < self._windows[oldest][2]:
-                oldest = sender
-        self.evicted_ms = max(self.evicted_ms, self._windows.pop(oldest)[2])
 
     def marks(self):
         """{sender: highest message_id} — the high-water marks worth persisting."""

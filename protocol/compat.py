@@ -19,28 +19,28 @@ except ImportError:  # CPython: const() is only a hint to the MicroPython compil
 try:
     from time import ticks_diff, ticks_ms, ticks_us  # MicroPython's wrapping timers
 except ImportError:  # CPython: monotonic clocks that do not wrap
-    import time as _time
+    import time
 
     def ticks_ms():
-        return _time.monotonic_ns() // 1000000
+        return time.monotonic_ns() // 1000000
 
     def ticks_us():
-        return _time.monotonic_ns() // 1000
+        return time.monotonic_ns() // 1000
 
-    def ticks_diff(a, b):
-        return a - b
+    def ticks_diff(end, start):
+        return end - start
 
 
 try:
     from hmac import compare_digest as equal_tags  # CPython: constant time, in C
 except ImportError:
 
-    def equal_tags(a, b):
+    def equal_tags(tag, data):
         """Compare two tags in time that does not depend on where they differ."""
-        if len(a) != len(b):
+        if len(tag) != len(data):
             return False
         diff = 0
-        for x, y in zip(a, b):
+        for x, y in zip(tag, data):
             diff |= x ^ y
         return diff == 0
 

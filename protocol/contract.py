@@ -72,21 +72,22 @@ RULES = {
     COMPLETED_FAILURE_BY_ATN: (_EITHER, (ACTIVE,)),
 }
 
+# Binary form: ">BB16sQIiB" (version, state, id, start, duration s, watts, name length),
+# then the slot name: 35 fixed bytes.
 _BINARY_VERSION = const(1)
-_BINARY_FORMAT = ">BB16sQIiB"  # version, state, id, start, duration s, watts, name length
 _BINARY_FIXED = const(35)
 MAX_SLOT_NAME = const(96)
 
 
-def contract_id(device_id, buyer_id, bid_message_id):
+def contract_id(device_id, buyer_id, message_id):
     """The ContractId for a device's acceptance of a bid: a UUID (version 8,
     RFC 9562) from SHA-256 of the ids, so buyer and device derive the same id
     independently, and the same bid can never make two contracts.
 
-    buyer_id is the bidder's key id: message ids are only unique per sender,
-    so two buyers' bids may carry the same message_id.
+    message_id is the bid's, and buyer_id the bidder's key id: message ids are only
+    unique per sender, so two buyers' bids may carry the same message_id.
     """
-    ids = struct.pack(">QIQ", device_id, buyer_id, bid_message_id)
+    ids = struct.pack(">QIQ", device_id, buyer_id, message_id)
     raw = bytearray(hashlib.sha256(b"gridbid-contract" + ids).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80  # version 8
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC variant
@@ -98,26 +99,6 @@ def _uuid_str(raw):
     return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
 
-def _uuid_bytes(text):
-    if (
-        not isinstance(text, str)
-        or len(text) != 36
-        or [text[i] for i in (8, 13, 18, 23)] != ["-"] * 4
-    ):
-        raise ContractError("ContractId %r is not a UUID string" % (text,))
-    try:
-        return unhexlify(text.replace("-", ""))
-    except ValueError:
-        raise ContractError("ContractId %r is not a UUID string" % (text,)) from None
-
-
-def market_type(slot_s, gate_s):
-    """(slot length s, gate closure s) -> "rt15gate5" or, below a minute, "rt30sgate5s"."""
-    if slot_s % 60 == 0 and gate_s % 60 == 0:
-        return "rt%dgate%d" % (slot_s // 60, gate_s // 60)
-    return "rt%dsgate%ds" % (slot_s, gate_s)
-
-
 def purchase_terms(slot_s, kwh, kw):
     """(duration s, avg watts) of kWh bought at kw: at kw, but never past the slot
     (too little power for the energy raises the watts to fit it)."""
@@ -125,18 +106,24 @@ def purchase_terms(slot_s, kwh, kw):
     return duration, round(kwh * 1000 * 3600 / duration)
 
 
-def purchase(device_id, buyer_id, bid_message_id, slot_s, gate_s, market_maker, start, kwh, kw):
-    """The Created contract a device's acceptance of a bid makes, as battery and buyer
-    each derive it: same ContractId, slot name and terms, without sending them."""
+def purchase(device_id, buyer_id, message_id, slot_s, gate_s, market_maker, start, kwh, kw):
+    """The Created contract a device's acceptance of a bid (message_id) makes, as battery
+    and buyer each derive it: same ContractId, slot name and terms, without sending them."""
     duration, watts = purchase_terms(slot_s, kwh, kw)
     return MarketContract.create(
-        BUYER, contract_id(device_id, buyer_id, bid_message_id),
+        BUYER, contract_id(device_id, buyer_id, message_id),
         slot_name(slot_s, gate_s, market_maker, start), start, duration / 60, watts,
     )  # fmt: skip
 
 
-def slot_name(slot_s, gate_s, market_maker, start_s):
-    name = "%s.%s.%d" % (market_type(slot_s, gate_s), market_maker, start_s)
+def slot_name(slot_s, gate_s, market_maker, start):
+    """The slot's name; its market type is "rt15gate5" (minutes) or, for lengths that
+    are not whole minutes, "rt30sgate5s"."""
+    if slot_s % 60 == 0 and gate_s % 60 == 0:
+        kind = "rt%dgate%d" % (slot_s // 60, gate_s // 60)
+    else:
+        kind = "rt%dsgate%ds" % (slot_s, gate_s)
+    name = "%s.%s.%d" % (kind, market_maker, start)
     parse_slot_name(name)  # one grammar: refuse what the parser would refuse
     return name
 
@@ -149,8 +136,10 @@ def parse_slot_name(name):
         kind, maker, start = name[:first], name[first + 1 : last], int(name[last + 1 :])
         if not kind.startswith("rt") or "gate" not in kind:
             raise ValueError
-        length, gate = kind[2:].split("gate")
-        slot_s, gate_s = _duration_s(length), _duration_s(gate)
+        # "15" is minutes, "30s" seconds; exactly two parts, or ValueError.
+        slot_s, gate_s = [
+            int(t[:-1]) if t.endswith("s") else int(t) * 60 for t in kind[2:].split("gate")
+        ]
     except (AttributeError, TypeError, ValueError):
         raise ContractError(
             "market slot name %r is not <rtNgateG>.<market maker>.<start s>" % (name,)
@@ -162,12 +151,6 @@ def parse_slot_name(name):
     return slot_s, gate_s, maker, start
 
 
-def _duration_s(text):
-    if text.endswith("s"):
-        return int(text[:-1])
-    return int(text) * 60
-
-
 class MarketContract:
     """One contract's terms and state. Build new ones with create()."""
 
@@ -175,7 +158,16 @@ class MarketContract:
         self, contract_id, market_slot_name, start_unix_s, duration_minutes, avg_power_watts,
         state=CREATED,
     ):  # fmt: skip
-        self._id_bytes = _uuid_bytes(contract_id)
+        if (
+            not isinstance(contract_id, str)
+            or len(contract_id) != 36
+            or [contract_id[i] for i in (8, 13, 18, 23)] != ["-"] * 4
+        ):
+            raise ContractError("ContractId %r is not a UUID string" % (contract_id,))
+        try:
+            self._id_bytes = unhexlify(contract_id.replace("-", ""))
+        except ValueError:
+            raise ContractError("ContractId %r is not a UUID string" % (contract_id,)) from None
         slot_s, _gate, _maker, slot_start = parse_slot_name(market_slot_name)
         for name, value in (("StartUnixS", start_unix_s), ("AvgPowerWatts", avg_power_watts)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -230,25 +222,25 @@ class MarketContract:
     def state_name(self):
         return STATE_NAMES[self.state]
 
-    def may_advance(self, new_state, by):
-        rule = RULES.get(new_state)
+    def may_advance(self, state, by):
+        rule = RULES.get(state)
         return rule is not None and by in rule[0] and self.state in rule[1]
 
-    def advance(self, new_state, by):
-        """Move to new_state on behalf of `by` (BUYER or DEVICE), or raise ContractError."""
-        if not self.may_advance(new_state, by):
-            target = STATE_NAMES[new_state] if 0 <= new_state < 10 else new_state
+    def advance(self, state, by):
+        """Move to `state` on behalf of `by` (BUYER or DEVICE), or raise ContractError."""
+        if not self.may_advance(state, by):
+            target = STATE_NAMES[state] if 0 <= state < 10 else state
             raise ContractError(
                 "contract %s: %s may not go %s -> %s"
                 % (self.contract_id, by, self.state_name, target)
             )
-        previous, self.state = self.state, new_state
+        previous, self.state = self.state, state
         return previous
 
     def to_bytes(self):
         name = self.market_slot_name.encode()
         return struct.pack(
-            _BINARY_FORMAT, _BINARY_VERSION, self.state, self._id_bytes, self.start_unix_s,
+            ">BB16sQIiB", _BINARY_VERSION, self.state, self._id_bytes, self.start_unix_s,
             self.duration_s, self.avg_power_watts, len(name),
         ) + name  # fmt: skip
 
@@ -257,7 +249,7 @@ class MarketContract:
         if len(data) < _BINARY_FIXED:
             raise ContractError("contract record is %d bytes, too short" % len(data))
         version, state, raw_id, start, duration_s, watts, size = struct.unpack_from(
-            _BINARY_FORMAT, data
+            ">BB16sQIiB", data
         )
         if version != _BINARY_VERSION:
             raise ContractError("contract record version %d is not %d" % (version, _BINARY_VERSION))

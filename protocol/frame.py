@@ -55,8 +55,7 @@ SKEW_MS = const(2000)
 # Group senders tracked by default: each window costs ~150 bytes on a 32-bit
 # board; 64 covers a device's aggregators and neighbours. The hub passes more.
 GROUP_SENDERS = const(64)
-_SYNC = MAGIC + bytes((VERSION,))
-_U64 = 2**64 - 1
+_U64 = const(2**64 - 1)
 
 Frame = namedtuple("Frame", ("key_id", "group", "sent_ms", "reply_to", "message"))
 
@@ -145,8 +144,8 @@ class StreamDecoder:
     """Frames out of a byte stream that arrives in arbitrary pieces.
 
     feed() the bytes as they come, then take the complete frames with
-    `for got in decoder.frames(now_ms, on_error): ...`; each bad frame or run
-    of garbage is dropped and handed to on_error(exc), and decoding goes on.
+    `for got in decoder.frames(now_ms, handler): ...`; each bad frame or run
+    of garbage is dropped and handed to handler(exc), and decoding goes on.
     next() is the step underneath: a Frame, None (needs more bytes), or an
     ETPError raised after the bad bytes were dropped. Bytes just fed are always
     kept (with a partial frame before them); older undecoded bytes beyond
@@ -168,14 +167,14 @@ class StreamDecoder:
             self.skipped += excess
         self._buf = buf
 
-    def frames(self, now_ms, on_error=None):
-        """Yield every complete frame buffered; pass dropped ones to on_error."""
+    def frames(self, now_ms, handler=None):
+        """Yield every complete frame buffered; pass dropped ones' errors to handler."""
         while True:
             try:
                 got = self.next(now_ms)
             except ETPError as exc:
-                if on_error is not None:
-                    on_error(exc)
+                if handler is not None:
+                    handler(exc)
                 continue
             if got is None:
                 return
@@ -189,11 +188,11 @@ class StreamDecoder:
                 return None
             self._buf = buf[size:]
             return self.codec.open(buf[:size], now_ms)
-        start = buf.find(_SYNC)
+        start = buf.find(b"ET\x01")  # MAGIC and VERSION: where a frame may start
         if start < 0:  # no frame start; keep a tail that may be the start of one
             start = len(buf)
             for k in (2, 1):
-                if buf[-k:] == _SYNC[:k]:
+                if buf[-k:] == b"ET\x01"[:k]:
                     start -= k
                     break
         if start:

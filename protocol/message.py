@@ -58,35 +58,6 @@ TERMINATE = const(7)
 DEVICE_FAILURE = const(8)
 BESS_STATUS = const(9)
 
-TYPE_NAMES = (
-    "register",
-    "query",
-    "query_response",
-    "bid",
-    "bid_accept",
-    "bid_confirm",
-    "bid_reject",
-    "terminate",
-    "device_failure",
-    "bess_status",
-)
-
-# (priority, deadline_ms, default ttl_s) per type. Priority and deadline are the
-# paper's table (lower priority number = more urgent); None = the paper sets no
-# deadline. Deadlines are end to end: send -> the peer has acted.
-TIMING = (
-    (80, 5000, 30),  # register
-    (70, None, 10),  # query
-    (70, 500, 10),  # query_response
-    (20, None, 10),  # bid
-    (5, 500, 10),  # bid_accept
-    (10, 500, 10),  # bid_confirm
-    (15, 500, 10),  # bid_reject
-    (30, None, 10),  # terminate
-    (0, 200, 10),  # device_failure
-    (60, 2000, 10),  # bess_status
-)
-
 # Health codes (battery_health_status_code)
 HEALTH_GOOD = const(0)
 HEALTH_DEGRADED = const(1)
@@ -169,19 +140,16 @@ def check(msg):
         return msg
     for index, name, high in _FLOAT_BOUNDS:
         value = msg[index]
-        if value != value or value in (float("inf"), float("-inf")):
+        if value - value != 0.0:  # NaN or an infinity: x - x is 0.0 for every finite x
             raise BadValue("%s is not finite (%r)" % (name, value))
         if not 0.0 <= value <= high:
             raise BadValue("%s=%r is out of range 0..%r" % (name, value, high))
     return msg  # pragma: no cover  (the fast path and the loop agree)
 
 
-_INT_BOUNDS = ((0, 9), (1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255))
-
-
 def _check_ints(values):
     # Only needed on the way out: a decoded body cannot hold an out-of-range int.
-    for index, high in _INT_BOUNDS:
+    for index, high in ((0, 9), (1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255)):
         value = values[index]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
             raise BadValue("%s=%r is not a whole number in 0..%d" % (FIELDS[index], value, high))
@@ -197,50 +165,11 @@ def encode(msg):
     return struct.pack(BODY_FORMAT, *msg)
 
 
-def decode(body):
+def decode(data):
     """84 bytes -> checked Message. Raises only ETPError subclasses."""
-    if len(body) != BODY_SIZE:
-        raise BadLength("body is %d bytes, ETP bodies are %d" % (len(body), BODY_SIZE))
-    return check(Message(*struct.unpack(BODY_FORMAT, body)))
-
-
-def type_name(message_type):
-    return TYPE_NAMES[message_type] if 0 <= message_type <= 9 else "type%d" % message_type
-
-
-def priority(message_type):
-    return TIMING[message_type][0]
-
-
-def deadline_ms(message_type):
-    return TIMING[message_type][1]
-
-
-def as_dict(msg):
-    """Message -> {field: value} plus the type's name (for logs and JSON)."""
-    out = {"type": type_name(msg[0])}
-    for name, value in zip(FIELDS, msg):
-        out[name] = value
-    return out
-
-
-def from_dict(data):
-    """{field: value} (as as_dict makes, or a subset) -> checked Message.
-
-    'type' may name the type instead of message_type. Missing fields are zero.
-    """
-    values = []
-    for name in FIELDS:
-        values.append(data.get(name, 0))
-    kind = data.get("type")
-    if kind is not None:
-        if kind not in TYPE_NAMES:
-            raise UnknownType("unknown message type name %r" % (kind,))
-        values[0] = TYPE_NAMES.index(kind)
-    unknown = [k for k in data if k not in FIELDS and k != "type"]
-    if unknown:
-        raise BadValue("unknown field(s): %s" % ", ".join(sorted(unknown)))
-    return _build(values)
+    if len(data) != BODY_SIZE:
+        raise BadLength("body is %d bytes, ETP bodies are %d" % (len(data), BODY_SIZE))
+    return check(Message(*struct.unpack(BODY_FORMAT, data)))
 
 
 def _build(values):
@@ -262,36 +191,46 @@ def _build(values):
 
 
 def _make(kind, message_id, device_id, ttl=None, **fields):
-    values = [kind, message_id, device_id, TIMING[kind][2] if ttl is None else ttl]
+    if ttl is None:  # the type's default ttl (TIMING)
+        ttl = 30 if kind == REGISTER else 10
+    values = [kind, message_id, device_id, ttl]
     values += [0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0.0]
     for name, value in fields.items():
         values[FIELDS.index(name)] = value
     return _build(values)
 
 
-def register(message_id, device_id, capacity_kwh, remaining_kwh, health, voltage, max_kw, ttl=None):
+# Parameter names are shared with the rest of the firmware where they mean the same
+# (kwh, kw, voltage_v, reason): on MicroPython every distinct name costs heap.
+
+
+def register(
+    message_id, device_id, capacity_kwh, remaining_kwh, health, voltage_v, max_kw, ttl=None
+):
     return _make(
         REGISTER, message_id, device_id, ttl,
         energy_total=capacity_kwh, remaining_battery_energy=remaining_kwh,
-        battery_health_status_code=health, battery_voltage=voltage, discharge_rate=max_kw,
+        battery_health_status_code=health, battery_voltage=voltage_v, discharge_rate=max_kw,
     )  # fmt: skip
 
 
-def query(message_id, device_id=0, wanted_kwh=0.0, price_signal=0.0, ttl=None):
+def query(message_id, device_id=0, kwh=0.0, price_signal=0.0, ttl=None):
+    """kwh: the energy wanted (0: any)."""
     return _make(
-        QUERY, message_id, device_id, ttl, required_energy_amount=wanted_kwh, bid_price=price_signal
+        QUERY, message_id, device_id, ttl, required_energy_amount=kwh, bid_price=price_signal
     )
 
 
 def query_response(
-    message_id, device_id, reserve_price, offered_kwh, percentage, remaining_kwh,
-    health, voltage, max_kw, ttl=None,
+    message_id, device_id, reserve_price, kwh, percentage, remaining_kwh,
+    health, voltage_v, max_kw, ttl=None,
 ):  # fmt: skip
+    """kwh: the energy offered."""
     return _make(
         QUERY_RESPONSE, message_id, device_id, ttl,
-        sale_price=reserve_price, energy_total=offered_kwh, percentage_for_sale=percentage,
+        sale_price=reserve_price, energy_total=kwh, percentage_for_sale=percentage,
         remaining_battery_energy=remaining_kwh, battery_health_status_code=health,
-        battery_voltage=voltage, discharge_rate=max_kw,
+        battery_voltage=voltage_v, discharge_rate=max_kw,
     )  # fmt: skip
 
 
@@ -306,10 +245,11 @@ def bid_accept(message_id, device_id, bid_price, sale_price, kwh, ttl=None):
     )  # fmt: skip
 
 
-def bid_confirm(message_id, device_id, sale_price, kwh, avg_kw, ttl=None):
+def bid_confirm(message_id, device_id, sale_price, kwh, kw, ttl=None):
+    """kw: the average power to deliver."""
     return _make(
         BID_CONFIRM, message_id, device_id, ttl,
-        sale_price=sale_price, required_energy_amount=kwh, discharge_rate=avg_kw,
+        sale_price=sale_price, required_energy_amount=kwh, discharge_rate=kw,
     )  # fmt: skip
 
 
@@ -327,24 +267,41 @@ def terminate(message_id, device_id, reason=TERM_NORMAL, ttl=None, delivered_kwh
     )  # fmt: skip
 
 
-def device_failure(message_id, device_id, cause, health, remaining_kwh, voltage, ttl=None):
+def device_failure(message_id, device_id, reason, health, remaining_kwh, voltage_v, ttl=None):
+    """reason: the FAIL_* cause."""
     return _make(
         DEVICE_FAILURE, message_id, device_id, ttl,
-        termination_code=cause, battery_health_status_code=health,
-        remaining_battery_energy=remaining_kwh, battery_voltage=voltage,
+        termination_code=reason, battery_health_status_code=health,
+        remaining_battery_energy=remaining_kwh, battery_voltage=voltage_v,
     )  # fmt: skip
 
 
 def bess_status(
-    message_id, device_id, capacity_kwh, remaining_kwh, percentage, health, voltage, kw,
+    message_id, device_id, capacity_kwh, remaining_kwh, percentage, health, voltage_v, kw,
     ttl=None,
 ):  # fmt: skip
     return _make(
         BESS_STATUS, message_id, device_id, ttl,
         energy_total=capacity_kwh, remaining_battery_energy=remaining_kwh,
         percentage_for_sale=percentage, battery_health_status_code=health,
-        battery_voltage=voltage, discharge_rate=kw,
+        battery_voltage=voltage_v, discharge_rate=kw,
     )  # fmt: skip
+
+
+# The types' names, their timing (TIMING, priority(), deadline_ms()) and the dict forms
+# (as_dict(), from_dict()) are in protocol/message_info.py, loaded on first use: the
+# battery never uses them. After that they are this module's own names.
+_INFO = ("TYPE_NAMES", "TIMING", "type_name", "priority", "deadline_ms", "as_dict", "from_dict")
+
+
+def __getattr__(name):
+    if name not in _INFO:
+        raise AttributeError("module 'protocol.message' has no attribute %r" % (name,))
+    from protocol import message_info
+
+    for other in _INFO:
+        globals()[other] = getattr(message_info, other)
+    return globals()[name]
 
 
 class MessageIds:
