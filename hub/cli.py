@@ -13,6 +13,9 @@ COMMANDS = {
         "hub.experiment",
         "measure what N competing aggregators pay owners vs one utility",
     ),
+    "credit": ("hub.platform.credit_cli", "stable credit: rate, purchases, redemptions, reconcile"),
+    "rec": ("hub.platform.rec_cli", "renewable energy certificates: mint, list, buy, retire"),
+    "gov": ("hub.platform.gov_cli", "NRG governance: stake, propose, vote; incentive rewards"),
 }
 
 

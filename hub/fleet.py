@@ -26,6 +26,22 @@ def free_port(kind=socket.SOCK_STREAM):
         return s.getsockname()[1]
 
 
+def free_group_port():
+    """A UDP port for a multicast group, below the kernel's ephemeral range (32768+): a
+    port from that range may later be handed to some socket's send-only bind, which
+    (without SO_REUSEADDR) would then keep every group member out of it."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port in 20000-32000 for a multicast group")
+
+
 class DeviceUnderTest:
     def __init__(self, fleet, device_id, key, address, sim, config_path, data_dir):
         self.fleet = fleet
@@ -102,7 +118,7 @@ class Fleet:
         self.cpython = cpython  # run the firmware on CPython, as on a Raspberry Pi
         self.settings = settings
         self.group_addr = "239.255.70.%d" % random.randint(2, 250)
-        self.group_port = free_port(socket.SOCK_DGRAM)
+        self.group_port = free_group_port()
         self.tcp_port = free_port()
         self.group_key = os.urandom(32)
         self.agg_keys = {agg: os.urandom(32) for agg in aggregators}

@@ -53,6 +53,7 @@ INTEGRATIONS = {
     "coap": "hub.coap_server",
     "web": "hub.web",
     "settlement": "hub.settlement",
+    "platform": "hub.platform",
 }
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from benchlib import ROOT, tool
 
+from hub.fleet import free_group_port
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("gridbid HIL bench (hardware/HIL.md)")
@@ -134,7 +136,7 @@ class Bench:
         hub = {
             "name": "hil", "store": "hub.sqlite", "keys_file": "hub-keys.json",
             "group_addr": "239.255.71.%d" % random.randint(2, 250),
-            "group_port": free_port(self.host, socket.SOCK_DGRAM), "interface": self.host,
+            "group_port": free_group_port(), "interface": self.host,
             "device_port": free_port(self.host), "slot_s": slot_s, "gate_s": slot_s // 2 + 1,
             "discovery_s": 0.5, "answer_s": 1.0, "bind_timeout_s": 0.8,
         }  # fmt: skip

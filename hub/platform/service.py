@@ -1,0 +1,89 @@
+"""The platform inside a running hub (a [platform] section in hub.toml, once the lead adds
+"platform": "hub.platform" to hub/hub_config.py INTEGRATIONS, after "settlement").
+
+It shares the settlement's backend and mint (so credits bought here are the ones the
+uploader pays with, on the same chain), and every poll_s it:
+  - on LiteSVM, executes finalized platform transactions it has not seen (the CLI's, run
+    in another process against its own rebuilt chain) so the hub's chain matches the
+    journal; on a cluster there is nothing to do (one chain for everyone)
+  - finishes pending commands (engine.resume)
+  - mints the certificates new metered renewable energy has earned ("minted
+    automatically"; each contract's energy is counted once whatever the command id)
+  - decides and executes due proposals (gov.tick) and pays each ended epoch's rewards
+    once NRG exists
+A round's error is logged and the next round tries again: the store and the journal are
+the truth, so nothing is lost by a failed round.
+"""
+
+import asyncio
+import time
+
+from solders.signature import Signature
+from solders.transaction import Transaction
+
+from hub.platform import Keys, Platform, PlatformError
+
+
+class PlatformService:
+    def __init__(self, hub, settings, settlement):
+        self.hub, self.settings = hub, settings
+        uploader = settlement.uploader
+        self.chain = getattr(settlement, "chain", None)
+        keys = Keys(settings["keys"], make=self.chain is not None)
+        if self.chain is not None:
+            self.chain.airdrop(keys.authority.pubkey, 1000 * 10**9)
+        self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings)
+        self._seen = 0  # rowid of the last journaled transaction replayed
+        self._task = None
+
+    def replay_new(self):
+        """LiteSVM: run finalized journal entries the chain has never seen."""
+        if self.chain is None:
+            return 0
+        done = 0
+        for rowid, signature, raw in self.platform.engine.conn.execute(
+            "SELECT rowid, signature, raw FROM platform_txs WHERE status = 'finalized' "
+            "AND rowid > ? ORDER BY rowid",
+            (self._seen,),
+        ).fetchall():
+            self._seen = rowid
+            if self.chain.status(Signature.from_string(signature)) is None:
+                self.chain.svm.send_transaction(Transaction.from_bytes(bytes(raw)))
+                done += 1
+        return done
+
+    async def round(self, now=None):
+        now = time.time() if now is None else now
+        p = self.platform
+        self.replay_new()
+        await p.engine.resume()
+        minted = await p.rec.mint("rec-auto-%d" % int(now * 1000))
+        changes = p.gov.tick(now)
+        rewards = None
+        if p.engine.rows("SELECT 1 FROM gov_token"):
+            epoch = p.incentives.epoch_of(now) - p.incentives.rules["epoch_s"]
+            rewards = await p.incentives.pay(epoch)
+        return {"minted": minted, "changes": changes, "rewards": rewards}
+
+    async def run(self):
+        while True:
+            try:
+                result = await self.round()
+                if result["minted"] or result["changes"]:
+                    self.hub.log("platform: %s" % result)
+            except (PlatformError, OSError) as exc:
+                self.hub.log("platform: round failed, retrying: %s" % exc)
+            await asyncio.sleep(self.settings["poll_s"])
+
+    async def close(self):
+        if self._task is not None:
+            self._task.cancel()
+
+
+async def start(hub, settings):
+    settlement = hub.integrations.get("settlement")
+    if settlement is None:
+        raise PlatformError("[platform] needs [settlement]: its chain and mint are shared")
+    service = PlatformService(hub, settings, settlement)
+    service._task = asyncio.ensure_future(service.run())
+    return service

@@ -1,0 +1,56 @@
+"""The platform in a running hub (hub/platform/service.py): it shares the settlement's
+LiteSVM chain and mint, mints certificates by itself, and takes in what a CLI process
+did against its own rebuilt chain, so the hub's chain reconciles with the store."""
+
+import asyncio
+import types
+
+from helpers.platform import BASE, World
+
+from hub.platform import DEFAULTS, Keys, Platform, check
+from hub.platform.cli_common import replay
+from hub.platform.service import PlatformService
+from hub.settlement.backends import LiteSVMBackend
+from hub.settlement.chain import Chain
+from hub.settlement.provision import SOL, provision
+from hub.store import Store
+
+
+def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
+    w = World(tmp_path)  # the hub: its store and the settlement's chain
+    w.contract(101, BASE, 2.0, 2.0)
+    settings = check({**DEFAULTS, "sources": {"101": "solar"}}, tmp_path, "[platform]")
+    settlement = types.SimpleNamespace(
+        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint)
+    )
+    logs = []
+    hub = types.SimpleNamespace(store=w.store, integrations={"settlement": settlement},
+                                log=logs.append)  # fmt: skip
+    service = PlatformService(hub, settings, settlement)
+    out = asyncio.run(service.round(now=BASE + 10**6))
+    assert out["minted"][0]["serials"] == [1, 2]
+    # A CLI process: its own store connection and its own chain rebuilt from the journal.
+    store = Store(tmp_path / "hub.sqlite")
+    chain = Chain()
+    mint = provision(chain, tmp_path / "wallets", {}, 0, 6)
+    keys = Keys(tmp_path / "wallets", make=True)
+    chain.airdrop(keys.authority.pubkey, 100 * SOL)
+    cli = Platform(store, LiteSVMBackend(chain), keys, mint, settings)
+    assert replay(chain, store) == 0
+    asyncio.run(cli.credit.set_rate("r", 100))
+    asyncio.run(cli.credit.purchase("b", "alice", 500))
+    asyncio.run(cli.rec.retire("x", "owner-101", [2], "cli"))
+    assert asyncio.run(cli.reconcile()) == []
+    store.close()
+    # The hub has not seen those transactions: its chain differs until the next round.
+    assert asyncio.run(service.platform.reconcile()) != []
+    again = asyncio.run(service.round(now=BASE + 10**6 + 60))
+    assert again["minted"] == []  # the same energy is not minted again
+    assert asyncio.run(service.platform.reconcile()) == []
+    assert service.replay_new() == 0  # nothing new
+    status = service.platform.status()
+    counts = {(c["status"], c["vintage"]): c["count"] for c in status["certificates"]}
+    assert counts == {("held", 2023): 1, ("retired", 2023): 1}
+    assert status["credit_rate"][0]["fiat_per_credit"] == 100
+    assert status["pending_commands"] == []
+    w.close()
