@@ -23,7 +23,7 @@ import asyncio
 import gc
 import time
 
-from hub import hub_config, keys_file
+from hub import controls, hub_config, keys_file
 from hub.agent import Agent
 from hub.events import Events
 from hub.ledger import Ledger
@@ -151,6 +151,7 @@ class Hub:
                 break
             await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
         name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
+        self.follow_controls()
         offers = await self.collect_offers(name, start)
         bids = self.place_bids(name, offers)
         self.signal = self.market.indicative_price(name)
@@ -173,7 +174,7 @@ class Hub:
                 continue
             self._know(info)
             # The owner's floor, set on the hub by an operator, raises the battery's reserve.
-            reserve = max(info.reserve, self.controls.get(floor_name(info.device_id), 0.0))
+            reserve = max(info.reserve, self.controls.get(controls.floor_name(info.device_id), 0.0))
             offer = Offer(info.device_id, info.offer_kwh, reserve, start, self.signal)
             try:
                 self.market.offer(name, info.device_id, info.offer_kwh, reserve,
@@ -199,7 +200,7 @@ class Hub:
         """Every agent prices every offer; each price is a bid layer. -> {(agent, device): Bid}"""
         bids = {}
         for agent in self.agents.values():
-            if self.controls.get(pause_name(agent.name)):
+            if self.controls.get(controls.pause_name(agent.name)):
                 continue  # an operator paused it: it sits this slot out
             for device_id, offer in offers.items():
                 bid = agent.strategy.bid(offer)
@@ -257,32 +258,14 @@ class Hub:
         agent = self.agents.get(key_id)
         return agent.name if agent else str(key_id)
 
-    # --- operators' controls (MQTT commands, the web page) ---------------------------
+    # --- operators' controls (hub/controls.py) ----------------------------------------
+
+    def follow_controls(self):
+        controls.follow(self)
 
     def set_control(self, name, value, by):
-        """Set (value None: clear) an operator's setting; ValueError names a bad one.
-
-        reserve_floor.<device id>   c/kWh: that battery's asks are at least this
-        paused.<aggregator name>    true: the aggregator bids no more until false
-        """
-        kind, _, target = name.partition(".")
-        if kind == "reserve_floor":
-            if not target.isdigit() or int(target) not in self.registry.devices:
-                raise ValueError("no battery %r" % target)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 <= value < 1000):  # fmt: skip
-                raise ValueError("a reserve floor is c/kWh, 0..1000, or null to clear it")
-        elif kind == "paused":
-            if target not in {a.name for a in self.agents.values()}:
-                raise ValueError("no aggregator %r" % target)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError("paused is true or false")
-        else:
-            raise ValueError("unknown control %r (reserve_floor.<device>, paused.<aggregator>)"
-                             % name)  # fmt: skip
-        self.store.set_control(name, value, by)
-        self.controls = self.store.controls()
-        self.events.emit("control", name=name, value=value, by=by)
+        """Set (None: clear) an operator's setting; ValueError names a bad one."""
+        controls.set_control(self, name, value, by)
 
     async def _buy(self, buyer, device_id, kwh, price, start):
         agent, info = self.agents[buyer], self.registry.devices.get(device_id)
@@ -341,14 +324,6 @@ class Hub:
                 )  # fmt: skip
                 self.store.record_telemetry(msg.device_id, **reading)
                 self.events.emit("telemetry", device=msg.device_id, **reading)
-
-
-def floor_name(device_id):
-    return "reserve_floor.%d" % device_id
-
-
-def pause_name(aggregator_name):
-    return "paused.%s" % aggregator_name
 
 
 def next_start(now_s, slot_s):
