@@ -82,7 +82,7 @@ class Agent:
             return None
         waiter = self._waiting[msg.message_id] = asyncio.get_running_loop().create_future()
         try:
-            link.send(msg, reply_to)
+            link.send(msg, reply_to, expires_ms=now_ms() + int(timeout_s * 1000))
             return await asyncio.wait_for(waiter, timeout_s)
         except (asyncio.TimeoutError, QueueFull):
             return None

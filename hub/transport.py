@@ -175,12 +175,15 @@ class DeviceLink:
         self.queue = asyncio.PriorityQueue(queue_size)
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.expired = 0  # queued frames dropped at their expiry
         self._order = itertools.count()
         self._session = None  # the _Session while connected
         self._task = None
 
-    def send(self, msg, reply_to=0):
+    def send(self, msg, reply_to=0, expires_ms=None):
         """Send a frame now, or queue it by ETP priority; raises QueueFull rather than grow.
+        expires_ms: a queued frame not written by then is dropped (a question whose
+        asker has stopped waiting must not reach the battery after a reconnect).
 
         A frame that finds the link writable and nothing waiting is sealed and written
         at once (nothing is waiting that it could pass or that could pass it). Otherwise
@@ -196,7 +199,7 @@ class DeviceLink:
             session.writable = False  # lost: the frame waits for the next connection
         try:
             self.queue.put_nowait(
-                (message.priority(msg.message_type), next(self._order), msg, reply_to)
+                (message.priority(msg.message_type), next(self._order), msg, reply_to, expires_ms)
             )
         except asyncio.QueueFull:
             raise QueueFull(
@@ -356,7 +359,10 @@ class _Session(asyncio.BufferedProtocol):
             room = max(1, room)
             at, parts = now_ms(), []
             while room and queue.qsize():
-                _priority, _n, msg, reply_to = queue.get_nowait()
+                _priority, _n, msg, reply_to, expires_ms = queue.get_nowait()
+                if expires_ms is not None and at > expires_ms:
+                    link.expired += 1  # nobody waits for its answer any more
+                    continue
                 try:
                     parts.append(codec.seal(msg, at, reply_to=reply_to))
                 except Exception as exc:  # e.g. a bad reply_to: only that frame is lost

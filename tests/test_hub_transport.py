@@ -339,3 +339,26 @@ def test_reads_split_anywhere_with_garbage_and_a_forged_frame_lose_only_those():
         assert [f.message.message_id for f in got] == want
 
     asyncio.run(scenario())
+
+
+def test_a_question_nobody_waits_for_is_dropped_not_sent_on_reconnect():
+    """A Bid queued while the battery is away, whose buyer stopped waiting (expires_ms),
+    must not reach the battery when the link comes back: it would accept a bid nobody
+    confirms. A frame without an expiry still goes."""
+
+    async def scenario():
+        rx, link, ids = await receiving_link()
+        stale = message.bid(ids.next(), 5, 15.0, 1.0)
+        kept = message.bid(ids.next(), 5, 16.0, 1.0)
+        link.send(stale, expires_ms=transport.now_ms() + 50)  # not started: both wait
+        link.send(kept)
+        assert link.queue.qsize() == 2
+        await asyncio.sleep(0.1)  # the buyer's wait ends
+        await asyncio.wait_for(link.start().connected.wait(), 5)
+        await wait_until(lambda: len(rx.got) == 1)
+        await asyncio.sleep(0.1)
+        assert [m.message_id for m in rx.got] == [kept.message_id] and link.expired == 1
+        await link.close()
+        rx.server.close()
+
+    asyncio.run(scenario())
