@@ -13,6 +13,7 @@ from hub.platform.service import PlatformService
 from hub.settlement.backends import LiteSVMBackend
 from hub.settlement.chain import Chain
 from hub.settlement.provision import SOL, provision
+from hub.settlement.transactions import ata
 from hub.store import Store
 
 
@@ -53,4 +54,38 @@ def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
     assert counts == {("held", 2023): 1, ("retired", 2023): 1}
     assert status["credit_rate"][0]["fiat_per_credit"] == 100
     assert status["pending_commands"] == []
+    w.close()
+
+
+def test_a_hub_started_on_a_lost_store_reads_the_memos_first(tmp_path):
+    """The store was lost, the chain was not: the hub's first round reads the platform
+    authority's memos (recovery.py), logs what it found, and the lost command's id is
+    refused for good."""
+    import pytest
+
+    from hub.platform import PlatformError
+
+    w = World(tmp_path)
+    w.run(w.platform.credit.set_rate("r", 100))
+    w.run(w.platform.credit.purchase("p1", "alice", 500))
+    fresh = Store(tmp_path / "fresh.sqlite")
+    settings = check(dict(DEFAULTS), tmp_path, "[platform]")
+    settlement = types.SimpleNamespace(
+        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint)
+    )
+    logs = []
+    hub = types.SimpleNamespace(store=fresh, integrations={"settlement": settlement},
+                                log=logs.append)  # fmt: skip
+    service = PlatformService(hub, settings, settlement)
+    assert not service.platform.engine.recovered
+    asyncio.run(service.round(now=BASE + 10**6))
+    assert service.platform.engine.recovered
+    assert any("recovered" in line and "'p1'" in line for line in logs), logs
+    asyncio.run(service.platform.credit.set_rate("r", 100))
+    with pytest.raises(PlatformError, match="already landed on chain"):
+        asyncio.run(service.platform.credit.purchase("p1", "alice", 500))
+    assert w.chain.token_balance(ata(w.keys.pubkey("alice"), w.mint)) == 5_000_000
+    diffs = asyncio.run(service.platform.reconcile())
+    assert any("command 'p1'" in d for d in diffs), diffs
+    fresh.close()
     w.close()

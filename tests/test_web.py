@@ -292,7 +292,9 @@ def test_no_secret_in_any_answer(live):
              "/api/slots", "/api/slots/" + slot, "/api/trades", "/api/prices", "/api/stats",
              "/api/aggregators", "/api/devices", "/api/telemetry/%d" % min(hub.registry.devices),
              "/api/contracts", "/api/contracts/" + contract, "/api/settlements", "/api/controls",
-             "/api/contracts?state=x", "/plot", "/nothing"]  # fmt: skip
+             "/api/contracts?state=x", "/plot", "/nothing", "/api/platform",
+             "/api/platform/certificates", "/api/platform/proposals", "/api/platform/rewards",
+             "/api/platform/certificates?status=x"]  # fmt: skip
     answers = []
     for path in paths:
         response = httpx.get(web.url.rstrip("/") + path)
@@ -301,6 +303,7 @@ def test_no_secret_in_any_answer(live):
         for headers in ({"Authorization": "Bearer " + token}, {}):
             response = httpx.post(web.url + "api/controls", json=body, headers=headers)
             answers.append(str(response.headers) + response.text)
+    assert '"enabled":false' in answers[paths.index("/api/platform")]  # no platform here
     assert not any(token in a for a in answers)  # a bad value is not echoed back either
     text = "\n".join(answers + [json.dumps(e) for e in events])
     for secret in hexes:

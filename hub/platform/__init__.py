@@ -20,6 +20,9 @@ Layout (one concern per module):
                    retired (burned, with a memo); rec_ops.py: list/unlist/buy/retire
     gov.py         NRG: a fixed supply (mint authority dropped), stakes with a lock-up,
                    proposals voted by stake, passed ones recorded as hub controls
+    recovery.py    a lost journal/store: the authority's memo history read at a start;
+                   landed commands journaled again or refused for good (what is and is
+                   not rebuilt is listed there)
     incentives.py  NRG rewards per epoch (conservation, demand response, liquidity):
                    documented formulas with caps and a budget, computed from the store,
                    paid in batches from the treasury
@@ -43,6 +46,7 @@ calls their functions, and appends to one (controls, append-only: a passed propo
 import time
 from pathlib import Path
 
+from hub.platform import recovery
 from hub.platform.chain_ops import Keys
 from hub.platform.credit import Credit
 from hub.platform.engine import Engine, PlatformError, Replayed
@@ -142,7 +146,11 @@ class Platform:
         await self.engine.resume()
         diffs = await self.credit.reconcile() + await self.rec.reconcile()
         diffs += await self.gov.reconcile()
-        return diffs
+        return diffs + recovery.differences(self.engine.conn)
+
+    async def recover(self, since=0.0, hold=True):
+        """At a start: what the chain's memos say was done (hub/platform/recovery.py)."""
+        return await recovery.recover(self.engine, since, hold)
 
 
 async def start(hub, settings):

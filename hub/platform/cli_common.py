@@ -8,7 +8,8 @@ one: it is rebuilt from the journal, every finalized platform transaction re-exe
 order by the real programs (LiteSVM checks no blockhash age on replay). Keys are the
 same files, so the addresses are the same. Settlement's own transfers are not replayed
 (provision.py funds the aggregators anew at each hub start on LiteSVM); on a cluster
-(an RPC backend) nothing is rebuilt: the chain is the cluster's.
+(an RPC backend) nothing is rebuilt: the chain is the cluster's, and its memos are read
+first (recovery.py) so a command that landed but whose record was lost is refused.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from pathlib import Path
 from solders.transaction import Transaction
 
 from hub.platform import DEFAULTS, Keys, Platform, PlatformError, check
+from hub.settlement.backends import BackendError, LiteSVMBackend
 
 SOL = 10**9
 
@@ -89,7 +91,8 @@ def replay(chain, store):
     """Re-execute the finalized platform transactions on a fresh LiteSVM. -> failures."""
     failed = 0
     for (raw,) in store.db.conn.execute(
-        "SELECT raw FROM platform_txs WHERE status = 'finalized' ORDER BY created_at, rowid"
+        "SELECT raw FROM platform_txs WHERE status = 'finalized' AND length(raw) > 0 "
+        "ORDER BY created_at, rowid"
     ).fetchall():
         result = chain.svm.send_transaction(Transaction.from_bytes(bytes(raw)))
         failed += not hasattr(result, "compute_units_consumed")
@@ -102,6 +105,15 @@ def need_id(args):
     return args.command_id
 
 
+async def _recovered(platform, action):
+    # On a cluster: commands whose transactions landed but whose records were lost are
+    # refused (recovery.py); without the hold (a blockhash's life at each call), so a
+    # lost journal's pending command is signed again only by the hub (service.py).
+    if not isinstance(platform.engine.backend, LiteSVMBackend):
+        await platform.recover(hold=False)
+    return await action(platform)
+
+
 def execute(args, action):
     """Open, run `action(platform)` (a coroutine function), print JSON. -> exit code."""
     try:
@@ -110,8 +122,8 @@ def execute(args, action):
         print("error: %s" % exc, file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(action(platform))
-    except PlatformError as exc:
+        result = asyncio.run(_recovered(platform, action))
+    except (PlatformError, BackendError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     finally:

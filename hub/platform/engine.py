@@ -19,6 +19,12 @@ caller-chosen id and runs in three steps:
 3. apply   one write transaction: the ledger entries and state changes of the payload,
            and the command 'done' with its result.
 
+An unanswered call (BackendError: a lost request or response) proves nothing: the
+status is asked again, and a command still open after the last try is left pending.
+A pending command whose journal rows were lost is not applied blind: only after
+recovery.py's hold and memo scan (which journals a landed transaction again) is it
+signed anew (engine.recovered).
+
 A crash anywhere leaves a 'pending' command whose journal says what may be on chain;
 resume() (called before every command) finishes it, so the store and the chain agree
 again. At most one transaction of a command may still land: a new one is signed only
@@ -87,6 +93,7 @@ class Engine:
         self.db, self.conn = store.db, store.db.conn
         schema.migrate(self.db)
         self.operations = {}
+        self.recovered = False  # recovery.recover() ran (its hold passed) in this process
 
     def register(self, operation):
         self.operations[operation.kind] = operation
@@ -117,7 +124,10 @@ class Engine:
         operation = self.operations[kind]
         blockhash = last_valid = None
         if type(operation).instructions is not Operation.instructions:
-            blockhash, last_valid = await self.backend.latest_blockhash()
+            try:
+                blockhash, last_valid = await self.backend.latest_blockhash()
+            except BackendError as exc:
+                raise PlatformError("the chain is unreachable, nothing done: %s" % exc) from None
         now = time.time()
         with self.write() as conn:
             old = conn.execute(
@@ -125,6 +135,14 @@ class Engine:
             ).fetchone()
             if old:
                 raise Replayed(command, *old)
+            landed = conn.execute(
+                "SELECT signature FROM platform_landed WHERE command = ?", (command,)
+            ).fetchone()
+            if landed:  # recovery.py: on chain, its record lost
+                raise PlatformError(
+                    "command %r already landed on chain (transaction %s) but the store lost "
+                    "its record: not run again (see reconcile)" % (command, landed[0])
+                )
             # The row first: what plan() reserves references it (rolled back together).
             conn.execute(
                 "INSERT INTO platform_commands VALUES (?, ?, ?, 'pending', NULL, NULL, NULL, ?, ?)",
@@ -163,6 +181,13 @@ class Engine:
         )
         if txs:
             await self._settle_chain(command, operation, payload, txs[-1])
+        elif operation.instructions(payload) is not None:
+            # Its journal rows were lost (planned with a transaction, none journaled now).
+            if not self.recovered:
+                raise Pending("command %r lost its journal: recover first "
+                              "(hub/platform/recovery.py)" % command)  # fmt: skip
+            tx = await self._resign(command, operation, payload, None)  # none landed: sign
+            await self._settle_chain(command, operation, payload, tx)
         with self.write() as conn:
             status = conn.execute(
                 "SELECT status, result, error FROM platform_commands WHERE id = ?", (command,)
@@ -183,14 +208,19 @@ class Engine:
         # LiteSVM answers at once (3 checks are plenty); a cluster gets ~30 block times
         # before the command is left pending for resume().
         poll_s = getattr(self.backend, "poll_s", 0)
+        unreachable = None
         for attempt in range(30 if poll_s else 3):
             if attempt and poll_s:
                 await asyncio.sleep(poll_s)
             if tx["status"] == "finalized":
                 return
             signature = Signature.from_string(tx["signature"])
-            height = await self.backend.finalized_height()  # before the status (uploader)
-            status = (await self.backend.statuses([signature]))[0]
+            try:
+                height = await self.backend.finalized_height()  # before the status (uploader)
+                status = (await self.backend.statuses([signature]))[0]
+            except BackendError as exc:  # a lost answer proves nothing: ask again
+                unreachable = exc
+                continue
             if status is not None and status.finalized and status.err is None:
                 self._mark(tx["signature"], "finalized", None)
                 return
@@ -199,7 +229,11 @@ class Engine:
                 self._fail(command, operation, payload, "refused on chain: %s" % status.err)
             if status is None and height > tx["last_valid"]:
                 self._mark(tx["signature"], "expired", None)
-                tx = await self._resign(command, operation, payload, tx["signature"])
+                try:
+                    tx = await self._resign(command, operation, payload, tx["signature"])
+                except BackendError as exc:  # no new blockhash: nothing signed yet
+                    unreachable = exc
+                    continue
             elif status is None:
                 try:
                     await self.backend.send(bytes(tx["raw"]))
@@ -208,6 +242,8 @@ class Engine:
                 except BackendError as exc:
                     text = "command %r: the chain is unreachable: %s" % (command, exc)
                     raise Pending(text) from None
+        if unreachable is not None:
+            raise Pending("command %r: the chain is unreachable: %s" % (command, unreachable))
         raise Pending("command %r is sent and not final yet" % command)
 
     def _fail(self, command, operation, payload, error):
@@ -232,7 +268,7 @@ class Engine:
                 "ORDER BY created_at DESC, rowid DESC LIMIT 1",
                 (command,),
             ).fetchone()
-            if latest[0] != expired:
+            if (latest[0] if latest else None) != expired:
                 return dict(zip(("signature", "raw", "last_valid", "status"), latest))
             self._journal(conn, command, tx, last_valid, time.time())
         return {"signature": str(tx.signatures[0]), "raw": bytes(tx), "last_valid": last_valid,

@@ -39,6 +39,9 @@ Version 2 (governance, gov.py):
 Version 3 (incentives, incentives.py):
   incentive_rewards(epoch, account, rule, basis_kwh, amount NRG, command, paid_by)
   -- one row per (epoch, account, rule); paid_by set once, by the paying command
+
+Version 4 (recovery.py): platform_landed(signature, command, memo, found_at): a landed
+  platform transaction whose command the store has no row for (a lost store/journal)
 """
 
 import time
@@ -221,10 +224,25 @@ CREATE TRIGGER incentive_rewards_no_delete BEFORE DELETE ON incentive_rewards
 BEGIN SELECT RAISE(ABORT, 'incentive_rewards is append-only'); END;
 """
 
+# Recovery (recovery.py): platform transactions found on chain by their memo whose
+# command the store does not know (its rows were lost). Never run again, never rebuilt:
+# reconcile() reports each one until an operator has dealt with it.
+V4 = """
+CREATE TABLE platform_landed (
+    signature TEXT NOT NULL,
+    command TEXT NOT NULL,
+    memo TEXT NOT NULL,
+    found_at REAL NOT NULL,
+    PRIMARY KEY (signature, command)
+);
+CREATE INDEX platform_landed_command ON platform_landed (command);
+"""
+
 MIGRATIONS = (
     ("commands, journal, stable credit and certificates", V1),
     ("governance: NRG, stakes, proposals and votes", V2),
     ("incentive rewards per epoch", V3),
+    ("platform transactions found on chain with no command in the store", V4),
 )
 
 

@@ -6,6 +6,7 @@ uploader pays with, on the same chain), and every poll_s it:
   - on LiteSVM, executes finalized platform transactions it has not seen (the CLI's, run
     in another process against its own rebuilt chain) so the hub's chain matches the
     journal; on a cluster there is nothing to do (one chain for everyone)
+  - at its first round, reads the chain's memos (recovery.py: a lost journal/store)
   - finishes pending commands (engine.resume)
   - mints the certificates new metered renewable energy has earned ("minted
     automatically"; each contract's energy is counted once whatever the command id)
@@ -22,6 +23,7 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from hub.platform import Keys, Platform, PlatformError
+from hub.settlement.backends import BackendError
 
 
 class PlatformService:
@@ -43,7 +45,7 @@ class PlatformService:
         done = 0
         for rowid, signature, raw in self.platform.engine.conn.execute(
             "SELECT rowid, signature, raw FROM platform_txs WHERE status = 'finalized' "
-            "AND rowid > ? ORDER BY rowid",
+            "AND rowid > ? AND length(raw) > 0 ORDER BY rowid",
             (self._seen,),
         ).fetchall():
             self._seen = rowid
@@ -56,6 +58,10 @@ class PlatformService:
         now = time.time() if now is None else now
         p = self.platform
         self.replay_new()
+        if not p.engine.recovered:  # once per start, before anything new is signed
+            found = await p.recover()
+            if any(found.values()):
+                self.hub.log("platform: recovered from the chain's memos: %s" % found)
         await p.engine.resume()
         minted = await p.rec.mint("rec-auto-%d" % int(now * 1000))
         changes = p.gov.tick(now)
@@ -71,7 +77,7 @@ class PlatformService:
                 result = await self.round()
                 if result["minted"] or result["changes"]:
                     self.hub.log("platform: %s" % result)
-            except (PlatformError, OSError) as exc:
+            except (PlatformError, BackendError, OSError) as exc:
                 self.hub.log("platform: round failed, retrying: %s" % exc)
             await asyncio.sleep(self.settings["poll_s"])
 

@@ -7,6 +7,9 @@ every event as it happens and needs no second process on the Pi:
     /ws            every hub event as JSON, live (hub/web/stream.py)
     /api/...       history from the store, paged and filtered (hub/web/api.py);
                    the schema is /openapi.json
+    /api/platform  the platform layer's certificates, proposals and rewards, read from
+                   its tables in the store (hub/web/platform.py); {"enabled": false}
+                   when [platform] never ran
     /plot          the experiment's plot (experiment_plot), when the file exists
 
 Reads go through a read-only SQLite connection in one worker thread

@@ -8,6 +8,9 @@ reads of hub state (registry, agents, controls) are direct, reads of the store g
 through the read-only Reader thread, and the one write (POST /api/controls) calls
 hub.set_control on the loop, as every store write of the hub is made.
 
+The platform's views (/api/platform...) read its tables in the same store
+(hub/web/platform.py), never the chain or its wallets; {"enabled": false} without them.
+
 Nothing secret is read here: aggregators are shown from a whitelist of their
 settings, never hub.cfg whole (it holds the keyring), and the token is only compared.
 """
@@ -35,10 +38,11 @@ from pydantic import (
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.web import queries
+from hub.web import platform, queries
 from protocol.contract import STATE_NAMES, parse_slot_name
 
 STATIC = Path(__file__).parent / "static"
+PLATFORM_TTL_S = 2.0  # how stale a platform view may be (the page polls every 5 s)
 SHOWN_AGGREGATOR = ("name", "key_id", "strategy", "value", "spread", "margin", "bidders", "price",
                     "budget", "capacity", "max_kw")  # fmt: skip
 # An aggregator that never bid.
@@ -62,6 +66,8 @@ Slot = Annotated[str, AfterValidator(_slot)]
 DeviceId = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="ETP device id")]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
 State = Literal[STATE_NAMES]
+CertificateStatus = Literal[platform.CERTIFICATE_STATUSES]
+ProposalStatus = Literal[platform.PROPOSAL_STATUSES]
 
 
 class ControlIn(BaseModel):
@@ -90,6 +96,20 @@ def make_app(web):
 
     def page(items, limit, offset, **more):
         return {"items": items, "limit": limit, "offset": offset, **more}
+
+    recent = {}
+
+    async def polled(fn, *args):
+        """The platform's views: every open page polls them (nothing tells it they
+        changed), so one answer serves all pages for PLATFORM_TTL_S, whatever their number."""
+        now, key = time.monotonic(), (fn, args)
+        if key in recent and now - recent[key][0] < PLATFORM_TTL_S:
+            return recent[key][1]
+        value = await reader(fn, *args)
+        if len(recent) >= 256:  # every filter and page seen: bounded
+            recent.clear()
+        recent[key] = (now, value)
+        return value
 
     # --- the page -------------------------------------------------------------------
 
@@ -237,6 +257,43 @@ def make_app(web):
         if found is None:
             raise HTTPException(404, "no settlement batch %s" % batch)
         return found
+
+    # --- the platform (hub/platform: credit, certificates, governance, rewards) ---------
+
+    @app.get("/api/platform", tags=["platform"])
+    async def platform_summary():
+        """The platform at a glance: credit rate and supply, certificates by status and
+        vintage, NRG and open proposals, the last reward epoch. {"enabled": false} when
+        the store has no platform tables (no [platform] ever ran)."""
+        return await polled(platform.summary)
+
+    @app.get("/api/platform/certificates", tags=["platform"])
+    async def platform_certificates(
+        status: Annotated[CertificateStatus | None, Query()] = None,
+        vintage: Annotated[int | None, Query(ge=1970, le=9999)] = None,
+        limit: Limit = 100, offset: Offset = 0,
+    ):  # fmt: skip
+        """Renewable energy certificates, newest serial first: vintage, battery, source,
+        owner (public key), status (held, listed, retired) and listing price."""
+        on, total, rows = await polled(platform.certificates, status, vintage, limit, offset)
+        return page(rows, limit, offset, total=total, enabled=on)
+
+    @app.get("/api/platform/proposals", tags=["platform"])
+    async def platform_proposals(status: Annotated[ProposalStatus | None, Query()] = None,
+                                 limit: Limit = 100, offset: Offset = 0):  # fmt: skip
+        """Governance proposals, newest first, with their vote tally (staked NRG)."""
+        on, total, rows = await polled(platform.proposals, status, limit, offset)
+        return page(rows, limit, offset, total=total, enabled=on)
+
+    @app.get("/api/platform/rewards", tags=["platform"])
+    async def platform_rewards(
+        epoch: Annotated[int | None, Query(ge=0, le=2**53, description="epoch start")] = None,
+        limit: Limit = 100, offset: Offset = 0,
+    ):  # fmt: skip
+        """Incentive rewards per epoch, newest first (NRG per rule, paid or not); with
+        `epoch`, also that epoch's rewards per account and rule."""
+        on, total, epochs, rows = await polled(platform.rewards, epoch, limit, offset)
+        return page(epochs, limit, offset, total=total, enabled=on, rewards=rows)
 
     # --- controls ------------------------------------------------------------------------
 

@@ -18,20 +18,26 @@ SOURCES = {101: "solar", 102: "wind", 103: "grid", 104: "solar"}
 
 
 class World:
-    def __init__(self, tmp, sources=SOURCES, kwh_per_certificate=1.0, gov_supply=1_000_000):
+    def __init__(self, tmp, sources=SOURCES, kwh_per_certificate=1.0, gov_supply=1_000_000,
+                 chain=None):  # fmt: skip
         self.tmp = tmp
         self.store = Store(tmp / "hub.sqlite", synchronous="NORMAL")
-        self.chain = Chain()
+        self.chain = chain or Chain()
         self.keys = Keys(tmp / "wallets", make=True)
         self.mint = provision(self.chain, tmp / "wallets", {}, 0, 6)
         self.chain.airdrop(self.keys.authority.pubkey, 1000 * SOL)
         self.backend = LiteSVMBackend(self.chain)
-        settings = {"sources": sources, "kwh_per_certificate": kwh_per_certificate,
+        self.settings = settings = {"sources": sources, "kwh_per_certificate": kwh_per_certificate,
                     "gov_supply": gov_supply, "gov_quorum": 10}  # fmt: skip
         self.now = BASE + 10**7  # the governance clock, moved by the tests
         self.platform = Platform(self.store, self.backend, self.keys, self.mint, settings,
                                  clock=lambda: self.now)  # fmt: skip
         self.seq = 0
+
+    def platform_over(self, backend, store=None):
+        """Another Platform over `backend` (e.g. RPC) and `store` (default: this one's)."""
+        return Platform(store or self.store, backend, self.keys, self.mint, self.settings,
+                        clock=lambda: self.now)  # fmt: skip
 
     def run(self, coro):
         return asyncio.run(coro)

@@ -7,7 +7,8 @@ const $ = (id) => document.getElementById(id);
 const STATES = ["Created", "Received", "Confirmed", "Active", "TerminatedByAtn",
   "TerminatedByScada", "CompletedUnknownOutcome", "CompletedSuccess",
   "CompletedFailureByScada", "CompletedFailureByAtn"];
-const page = { status: null, skew: 0, live: null, contractOffset: 0, slots: [], prices: [] };
+const page = { status: null, skew: 0, live: null, contractOffset: 0, slots: [], prices: [],
+  platform: false, certOffset: 0 };
 
 // --- formatting ----------------------------------------------------------------------
 const num = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
@@ -274,10 +275,73 @@ async function setControl(event) {
   }
 }
 
+// --- the platform (credit, certificates, governance, rewards): shown only when the
+// store has its tables; polled every few seconds, as it changes without hub events.
+const PAGE = 25;
+const short = (key) => (key && key.length > 12 ? key.slice(0, 4) + "…" + key.slice(-4) : key);
+const date = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
+
+async function loadPlatform() {
+  const p = await api("/api/platform");
+  page.platform = p.enabled;
+  $("platform").hidden = !p.enabled;
+  $("platform-link").hidden = !p.enabled;
+  if (!p.enabled) return;
+  $("platform-pending").textContent = p.pending_commands + " pending";
+  const credit = p.credit || {};
+  $("platform-rate").textContent = credit.rate
+    ? num(credit.rate.fiat_per_credit / 100, 2) + " " + credit.rate.currency : "no rate set";
+  $("platform-supply").textContent = credit.supply_units ?? "–";
+  const certs = p.certificates || { total: 0, by_status: {}, by_vintage: {} };
+  $("platform-cert-count").textContent = certs.total;
+  $("platform-cert-status").textContent = Object.entries(certs.by_status).map(([k, n]) => n + " " + k).join(", ") || "–";
+  fill("platform-vintages", Object.entries(certs.by_vintage).reverse().map(([v, n]) =>
+    row([v, n.held, n.listed, n.retired], { "data-vintage": v })));
+  const nrg = p.nrg || {};
+  $("platform-staked").textContent = nrg.staked ?? "–";
+  $("platform-nrg-supply").textContent = nrg.supply ?? "–";
+  const proposals = p.proposals || { open: 0, total: 0 };
+  $("platform-open").textContent = proposals.open;
+  $("platform-proposal-total").textContent = proposals.total;
+  const last = p.rewards && p.rewards.last_epoch;
+  $("platform-epoch").textContent = last ? date(last.epoch) : "–";
+  $("platform-epoch-detail").textContent = last
+    ? last.nrg + " NRG to " + last.accounts + " accounts, " + last.paid + "/" + last.rewards + " paid" : "no rewards yet";
+  await Promise.all([loadCertificates(), loadProposals(), loadRewards()]);
+}
+
+async function loadCertificates() {
+  const q = new URLSearchParams({ limit: PAGE, offset: page.certOffset });
+  if ($("platform-cert-state").value) q.set("status", $("platform-cert-state").value);
+  const { items, total } = await api("/api/platform/certificates?" + q);
+  $("platform-cert-total").textContent = total;
+  fill("platform-certificates", items.map((c) => row([
+    c.serial, c.vintage, c.device, c.source, c.status, c.price ?? "–",
+    { text: short(c.owner), cls: "mono" }, date(c.minted_at),
+  ], { "data-serial": c.serial, "data-status": c.status })));
+}
+
+async function loadProposals() {
+  const { items } = await api("/api/platform/proposals?limit=" + PAGE);
+  fill("platform-proposals", items.map((p) => row([
+    { text: p.title, cls: "mono" }, { text: p.status, cls: "status" }, p.tally.yes, p.tally.no, p.tally.votes,
+    date(p.voting_ends), date(p.effective_at), { text: short(p.proposer), cls: "mono" },
+  ], { "data-proposal": p.id, "data-status": p.status })));
+}
+
+async function loadRewards() {
+  const { items } = await api("/api/platform/rewards?limit=" + PAGE);
+  fill("platform-rewards", items.map((e) => row([
+    date(e.epoch), e.accounts, e.nrg, e.by_rule.conservation ?? 0, e.by_rule.demand_response ?? 0,
+    e.by_rule.liquidity ?? 0, e.paid_nrg + " / " + e.nrg,
+  ], { "data-epoch": e.epoch })));
+}
+
 // --- live events ---------------------------------------------------------------------------
 const loadSlotsSoon = debounce(() => loadSlots().catch(report), 300);
 const loadDevicesSoon = debounce(() => loadDevices().catch(report), 500);
 const loadContractsSoon = debounce(() => Promise.all([loadContracts(), loadAggregators(), loadStatus()]).catch(report), 500);
+const loadPlatformSoon = debounce(() => loadPlatform().catch(report), 1000);
 
 function onEvent(ev) {
   logEvent(ev);
@@ -301,10 +365,11 @@ function onEvent(ev) {
       loadSlots().catch(report); loadContractsSoon(); break;
     case "telemetry": telemetry(ev); break;
     case "device": case "failure": loadDevicesSoon(); loadStatus().catch(report); break;
-    case "contract": loadContractsSoon(); break;
-    case "settlement": loadSettlements().catch(report); break;
-    case "control": loadControls().catch(report); loadAggregators().catch(report); loadDevicesSoon(); break;
+    case "contract": loadContractsSoon(); loadPlatformSoon(); break;
+    case "settlement": loadSettlements().catch(report); loadPlatformSoon(); break;
+    case "control": loadControls().catch(report); loadAggregators().catch(report); loadDevicesSoon(); loadPlatformSoon(); break;
   }
+  if (String(ev.kind).startsWith("platform")) loadPlatformSoon();
 }
 
 function logEvent(ev) {
@@ -339,7 +404,7 @@ function report(err) { console.error(err); }
 
 function loadAll() {
   return Promise.all([loadStatus(), loadSlots(), loadPrices(), loadAggregators(), loadDevices(),
-    loadContracts(), loadSettlements(), loadControls()]).catch(report);
+    loadContracts(), loadSettlements(), loadControls(), loadPlatform()]).catch(report);
 }
 
 function tick() {
@@ -364,7 +429,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("contract-table").addEventListener("click", (e) => { const tr = e.target.closest("tr[data-contract]"); if (tr) contractHistory(tr).catch(report); });
   $("slots").addEventListener("click", (e) => { const tr = e.target.closest("tr[data-slot]"); if (tr) showSlot(tr.getAttribute("data-slot")).catch(report); });
   $("control-form").addEventListener("submit", setControl);
+  $("platform-cert-filter").addEventListener("submit", (e) => { e.preventDefault(); page.certOffset = 0; loadCertificates().catch(report); });
+  $("platform-cert-prev").addEventListener("click", () => { page.certOffset = Math.max(0, page.certOffset - PAGE); loadCertificates().catch(report); });
+  $("platform-cert-next").addEventListener("click", () => { page.certOffset += PAGE; loadCertificates().catch(report); });
   loadAll();
   connect();
   setInterval(tick, 1000);
+  // Every 5 s while the platform is shown; every 30 s a look for one that appeared.
+  let polls = 0;
+  setInterval(() => { if (page.platform || ++polls % 6 === 0) loadPlatform().catch(report); }, 5000);
 });
