@@ -40,6 +40,10 @@ DEFAULTS = {
     "success_share": 0.95,  # delivered / promised energy that counts as success
     "data_dir": "data",  # contracts and replay marks (LittleFS on a board)
     "flush_s": 30,  # metered energy is written to flash at most this often (wear)
+    # What charges this battery, as its owner declares it: solar, wind, hydro or grid.
+    # The hub reads it from the provisioned config (battery-<id>.json) to mint renewable
+    # energy certificates (hub/platform/rec.py); the firmware itself does not act on it.
+    "source": "grid",
 }
 # registers_dir (the register maps) defaults to the board profile's, else "registers".
 _NUMBERS = [k for k, v in DEFAULTS.items() if isinstance(v, (int, float))]
@@ -98,6 +102,8 @@ def check(data, where="config"):
     for kind in ("meter", "battery", "inverter"):
         if not isinstance(cfg["devices"].get(kind), dict):
             raise ConfigError("%s: devices.%s is missing" % (where, kind))
+    if cfg["source"] not in ("solar", "wind", "hydro", "grid"):
+        raise ConfigError("%s: source is solar, wind, hydro or grid" % where)
     try:
         cfg["keyring"] = auth.Keyring.from_json(cfg)
     except ValueError as exc:

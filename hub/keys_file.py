@@ -112,6 +112,20 @@ def battery_settings(cfg, data, battery_id):
     }
 
 
+def battery_sources(keys_path):
+    """{device id: source} from the batteries' configs this hub provisioned
+    (battery-<id>.json beside its keys file): what each owner declared charges it."""
+    found = {}
+    for path in sorted(Path(keys_path).parent.glob("battery-*.json")):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            found[int(data["device_id"])] = data.get("source", "grid")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a battery config this hub wrote: its own check says why
+    return found
+
+
 def _template(path):
     if path is None:
         return {}

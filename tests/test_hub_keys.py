@@ -1,6 +1,7 @@
 """`gridbid hub keys`: the hub's keys file made and extended as a new user does, and
 each battery's share of the secrets, which its firmware config accepts."""
 
+import argparse
 import json
 import os
 import re
@@ -13,7 +14,8 @@ from pathlib import Path
 import config as firmware_config  # firmware/config.py (conftest puts firmware/ on the path)
 import pytest
 
-from hub import hub_config
+from hub import hub_config, keys_file
+from hub.platform import cli_common
 
 ROOT = Path(__file__).resolve().parent.parent
 HEX_KEY = re.compile(r"[0-9a-f]{64}")
@@ -128,3 +130,23 @@ def test_a_keys_file_others_can_read_is_refused_not_extended(site):
     code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "9", cwd=site)
     assert code == 2 and "chmod 600" in out
     assert path.read_bytes() == before
+
+
+def test_a_batterys_declared_source_reaches_the_platform(site):
+    """config.json names what charges the battery (firmware config `source`); the hub
+    reads it from the battery configs it provisioned, for its certificates (RECs)."""
+    template = site / "solar-home.json"
+    template.write_text(json.dumps({**keys_of(ROOT / "firmware" / "config.example.json"),
+                                    "source": "solar"}))  # fmt: skip
+    for battery, used in (("1001", template), ("1002", ROOT / "firmware" / "config.example.json")):
+        code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", battery,
+                            "--template", str(used), cwd=site)  # fmt: skip
+        assert code == 0, out
+    assert firmware_config.check(keys_of(site / "battery-1001.json"))["source"] == "solar"
+    with pytest.raises(firmware_config.ConfigError, match="source is solar, wind, hydro or grid"):
+        firmware_config.check({**keys_of(site / "battery-1002.json"), "source": "diesel"})
+    assert keys_file.battery_sources(site / "hub-keys.json") == {1001: "solar", 1002: "grid"}
+    args = argparse.Namespace(config=str(site / "hub.toml"), source=["1002=wind"], db=None,
+                              keys=None, backend=None)  # fmt: skip
+    sources = cli_common.settings_from(args)["platform"]["sources"]
+    assert sources == {1001: "solar", 1002: "wind"}  # the command line wins

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from solders.transaction import Transaction
 
+from hub import keys_file
 from hub.platform import DEFAULTS, Keys, Platform, PlatformError, check
 from hub.settlement.backends import BackendError, LiteSVMBackend
 
@@ -44,6 +45,9 @@ def settings_from(args):
     hub, settlement = data.get("hub", {}), data.get("settlement", {})
     s = check({**DEFAULTS, **data.get("platform", {})}, base, "[platform]")
     s["decimals"] = settlement.get("decimals", s["decimals"])  # one mint: settlement's
+    # Sources the batteries' own configs declare; [platform.sources] and --source win.
+    keys_path = base / hub.get("keys_file", "hub-keys.json")
+    s["sources"] = {**keys_file.battery_sources(keys_path), **s["sources"]}
     for item in args.source:
         device, _, source = item.partition("=")
         s["sources"][int(device)] = source

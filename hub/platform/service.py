@@ -22,6 +22,7 @@ import time
 from solders.signature import Signature
 from solders.transaction import Transaction
 
+from hub import keys_file
 from hub.platform import Keys, Platform, PlatformError
 from hub.settlement.backends import BackendError
 
@@ -90,6 +91,10 @@ async def start(hub, settings):
     settlement = hub.integrations.get("settlement")
     if settlement is None:
         raise PlatformError("[platform] needs [settlement]: its chain and mint are shared")
+    # Sources the batteries' own configs declare; hub.toml's [platform.sources] wins.
+    settings = dict(settings)
+    settings["sources"] = {**keys_file.battery_sources(hub.cfg["keys_file"]),
+                           **settings["sources"]}  # fmt: skip
     service = PlatformService(hub, settings, settlement)
     service._task = asyncio.ensure_future(service.run())
     return service
