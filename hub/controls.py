@@ -49,7 +49,7 @@ def follow(hub):
             hub.log("market: %s %s -> %s (governance)" % (param, getattr(signal, param), value))
             setattr(signal, param, float(value))
     slot_s = hub.controls.get("market.slot_s")
-    if slot_s not in (None, hub.cfg["slot_s"], getattr(hub, "_told_slot_s", None)):
-        hub._told_slot_s = slot_s
+    if slot_s not in (None, hub.cfg["slot_s"], hub.told_slot_s):
+        hub.told_slot_s = slot_s  # said once, not every slot
         hub.log("market: governance set slot_s = %s: it takes effect when hub.toml and every "
                 "battery's config say so and the hub restarts" % slot_s)  # fmt: skip

@@ -57,7 +57,7 @@ def _read(path):
     return data
 
 
-def provision(cfg, battery_ids=(), out_dir=None, template=None):
+def provision(cfg, battery_ids=(), out_dir=None, template=None, extra=None):
     """Make or extend cfg's keys file; returns what was added, as lines to print.
 
     Keys already in the file are kept (batteries and aggregators already hold
@@ -65,9 +65,10 @@ def provision(cfg, battery_ids=(), out_dir=None, template=None):
     the settings its config.json must share with this hub, its own key, the
     aggregators' keys and the group key, over the template's settings (a
     config.json with the battery's "devices", e.g. firmware/config.example.json):
-    with a template, a config the battery boots with.
+    with a template, a config the battery boots with. extra: more settings for each
+    battery's file (tools/flash.py provision adds the Wi-Fi and the CoAP address).
     """
-    base = _template(template)
+    base = read_template(template)
     out_dir = Path(out_dir) if out_dir else Path(cfg["keys_file"]).parent
     if battery_ids and not out_dir.is_dir():
         raise KeysError("no folder %s for the batteries' files" % out_dir)
@@ -88,7 +89,7 @@ def provision(cfg, battery_ids=(), out_dir=None, template=None):
     lines = ["%s: %s" % (path, ", ".join(added) if added else "already complete")]
     for battery in battery_ids:
         target = out_dir / ("battery-%d.json" % battery)
-        _write_private(target, {**base, **battery_settings(cfg, data, battery)})
+        _write_private(target, {**base, **battery_settings(cfg, data, battery), **(extra or {})})
         lines.append(
             "%s: battery %d's keys and hub settings for its config.json" % (target, battery)
         )
@@ -126,7 +127,7 @@ def battery_sources(keys_path):
     return found
 
 
-def _template(path):
+def read_template(path):
     if path is None:
         return {}
     try:

@@ -92,12 +92,16 @@ class MarketMaker:
     # --- prices and clearing ------------------------------------------------------
 
     def indicative_price(self, slot_name, at=None):
+        return self.price_signal(slot_name, at)[0]
+
+    def price_signal(self, slot_name, at=None):
+        """The price signal from the slot's book, recorded. -> (price, demand, supply)"""
         book = self.book(slot_name)
         demand = sum(o.quantity for o in book.bids)
         supply = sum(o.quantity for o in book.asks)
         price = self.signal.price(demand, supply)
         self.store.record_price_signal(price, demand, supply, slot=slot_name, at=at)
-        return price
+        return price, demand, supply
 
     def close(self, slot_name, now_s, at=None):
         """Clear the slot once its gate closed -> (Clearing, [Trade])."""

@@ -73,6 +73,7 @@ class Hub:
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
         self.controls = self.store.controls()  # operators' settings in force (set_control)
+        self.told_slot_s = None  # a governed slot length already logged (controls.follow)
         self.integrations = {}  # name -> started by run(), with async close()
 
     # --- running ------------------------------------------------------------------
@@ -154,10 +155,8 @@ class Hub:
         self.follow_controls()
         offers = await self.collect_offers(name, start)
         bids = self.place_bids(name, offers)
-        self.signal = self.market.indicative_price(name)
-        latest = self.store.price_signals(limit=1)[0]
-        self.events.emit("price", slot=name, price=self.signal, demand=latest["demand"],
-                         supply=latest["supply"])  # fmt: skip
+        self.signal, demand, supply = self.market.price_signal(name)
+        self.events.emit("price", slot=name, price=self.signal, demand=demand, supply=supply)
         await asyncio.sleep(max(0.0, start - gate_s - time.time()))
         return await self.settle(name, start, offers, bids)
 

@@ -68,6 +68,20 @@ class SchemaError(RuntimeError):
     """The file is not a gridbid store, or was written by a newer version of the hub."""
 
 
+def append_only(tables):
+    """SQL: triggers that refuse UPDATE and DELETE on each table (an audit history)."""
+    return "".join(
+        """
+CREATE TRIGGER %(t)s_no_update BEFORE UPDATE ON %(t)s
+BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
+CREATE TRIGGER %(t)s_no_delete BEFORE DELETE ON %(t)s
+BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
+"""
+        % {"t": table}
+        for table in tables
+    )
+
+
 V1_APPEND_ONLY = ("bids", "trades", "contract_states", "price_signals", "telemetry")
 APPEND_ONLY = V1_APPEND_ONLY + ("controls",)  # V4 adds its own triggers
 _STATES = ", ".join("'%s'" % name for name in STATE_NAMES)
@@ -166,16 +180,7 @@ CREATE TABLE settlements (
 );
 """
     % {"states": _STATES}
-    + "".join(
-        """
-CREATE TRIGGER %(t)s_no_update BEFORE UPDATE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-CREATE TRIGGER %(t)s_no_delete BEFORE DELETE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-"""
-        % {"t": table}
-        for table in V1_APPEND_ONLY
-    )
+    + append_only(V1_APPEND_ONLY)
 )
 
 # Reputation counts what the device owed: contracts that ended by the device's doing or
@@ -227,11 +232,7 @@ CREATE TABLE controls (
     at REAL NOT NULL
 );
 CREATE INDEX controls_name ON controls (name, id);
-CREATE TRIGGER controls_no_update BEFORE UPDATE ON controls
-BEGIN SELECT RAISE(ABORT, 'controls is append-only'); END;
-CREATE TRIGGER controls_no_delete BEFORE DELETE ON controls
-BEGIN SELECT RAISE(ABORT, 'controls is append-only'); END;
-"""
+""" + append_only(("controls",))
 
 # Settlement (hub/settlement/): the batches, which contract each paid, and the journal of
 # signed transactions. A transaction is journaled (its signed bytes, signature and last
@@ -296,42 +297,56 @@ CURRENT = len(MIGRATIONS)
 
 def version(db):
     """The schema version of an open sqlite_utils Database (0 = empty file)."""
-    if not db["schema_version"].exists():
-        if db.table_names():
-            raise SchemaError("%s has tables but no schema_version: not a gridbid store" % db)
-        return 0
-    return db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    if not db["schema_version"].exists() and db.table_names():
+        raise SchemaError("%s has tables but no schema_version: not a gridbid store" % db)
+    return table_version(db.conn, "schema_version")
 
 
 def migrate(db, target=None):
     """Apply the missing steps up to `target` (default: all) in one transaction; return
-    the version. (target < CURRENT exists to build old databases in tests.)
+    the version. (target < CURRENT exists to build old databases in tests.)"""
+    return apply(db, MIGRATIONS, "schema_version", target, version, "database schema")
+
+
+def table_version(conn, table):
+    """The newest version recorded in a version table (0: no such table yet)."""
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone():
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM %s" % table).fetchone()[0]
+
+
+def apply(db, migrations, table, target, current_of, what):
+    """Apply the missing steps of `migrations` ((description, SQL script or function(db)),
+    step k turning version k-1 into k), recorded in the version table `table`, in one
+    transaction; -> the version. Also the platform's own list (hub/platform/schema.py).
 
     BEGIN IMMEDIATE takes the write lock before the version is read, so two processes
     opening the same new file cannot both apply a step.
     """
-    conn, target = db.conn, len(MIGRATIONS) if target is None else target
+    conn, target = db.conn, len(migrations) if target is None else target
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = version(db)
-        if current > len(MIGRATIONS):
+        current = current_of(db)
+        if current > len(migrations):
             raise SchemaError(
-                "database schema version %d is newer than this hub's %d: upgrade gridbid "
-                "(it is not downgraded, and nothing was changed)" % (current, len(MIGRATIONS))
+                "%s version %d is newer than this hub's %d: upgrade gridbid "
+                "(it is not downgraded, and nothing was changed)" % (what, current, len(migrations))
             )
         if current == 0:
             conn.execute(
-                "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
-                "description TEXT NOT NULL, applied_at REAL NOT NULL)"
+                "CREATE TABLE %s (version INTEGER PRIMARY KEY, "
+                "description TEXT NOT NULL, applied_at REAL NOT NULL)" % table
             )
         for number in range(current + 1, target + 1):
-            description, step = MIGRATIONS[number - 1]
+            description, step = migrations[number - 1]
             if callable(step):
                 step(db)
             else:
                 db.executescript(step)  # in a transaction, sqlite-utils runs it without COMMIT
             conn.execute(
-                "INSERT INTO schema_version VALUES (?, ?, ?)", (number, description, time.time())
+                "INSERT INTO %s VALUES (?, ?, ?)" % table, (number, description, time.time())
             )
         conn.execute("COMMIT")
         return max(current, target)

@@ -32,6 +32,8 @@ import tomllib
 import book_record  # firmware/ (tests/conftest.py puts it on sys.path)
 import pytest
 import store as flash  # firmware/store.py: the battery's record on flash
+from helpers import waiting
+from helpers.waiting import until_async
 
 from hub import hub_config, micropython
 from hub.fleet import Fleet
@@ -122,28 +124,9 @@ def resume(device):
 
 
 def until(check, timeout, what, *hubs):
-    """Poll check() until it returns something true; -> that. AssertionError at the
-    deadline, with the output of these hub processes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            shown = "".join("\n--- hub %d:\n%s" % (i, h.output) for i, h in enumerate(hubs, 1))
-            raise AssertionError("timed out after %.0f s waiting for %s%s" % (timeout, what, shown))
-        time.sleep(0.01)
-
-
-async def until_async(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-        await asyncio.sleep(0.01)
+    """helpers.waiting.until, with the output of these hub processes at the deadline."""
+    return waiting.until(check, timeout, what, lambda: "".join(
+        "\n--- hub %d:\n%s" % (i, h.output) for i, h in enumerate(hubs, 1)))  # fmt: skip
 
 
 def toml(data):

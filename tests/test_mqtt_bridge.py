@@ -21,13 +21,8 @@ import tempfile
 import textwrap
 
 import pytest
-from helpers.mqtt_broker import (
-    DEPLOY,
-    Broker,
-    Subscriber,
-    until,
-    until_async,
-)  # fmt: skip
+from helpers.mqtt_broker import DEPLOY, Broker, Subscriber
+from helpers.waiting import until, until_async
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 

@@ -44,7 +44,7 @@ Version 4 (recovery.py): platform_landed(signature, command, memo, found_at): a 
   platform transaction whose command the store has no row for (a lost store/journal)
 """
 
-import time
+from hub.store_schema import append_only, apply, table_version
 
 APPEND_ONLY = ("credit_rates", "credit_moves", "rec_certificates", "rec_events")
 
@@ -132,16 +132,7 @@ WHEN OLD.status = 'retired'
 BEGIN SELECT RAISE(ABORT, 'a retired certificate never changes'); END;
 CREATE TRIGGER rec_state_no_delete BEFORE DELETE ON rec_state
 BEGIN SELECT RAISE(ABORT, 'rec_state rows are never deleted'); END;
-""" + "".join(
-    """
-CREATE TRIGGER %(t)s_no_update BEFORE UPDATE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-CREATE TRIGGER %(t)s_no_delete BEFORE DELETE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-"""
-    % {"t": t}
-    for t in APPEND_ONLY
-)
+""" + append_only(APPEND_ONLY)
 
 # Governance (gov.py): NRG's mint, its moves (double entry), stakes, proposals, votes.
 V2 = """
@@ -193,16 +184,7 @@ CREATE TABLE gov_votes (
     at REAL NOT NULL,
     PRIMARY KEY (proposal, account)
 );
-""" + "".join(
-    """
-CREATE TRIGGER %(t)s_no_update BEFORE UPDATE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-CREATE TRIGGER %(t)s_no_delete BEFORE DELETE ON %(t)s
-BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
-"""
-    % {"t": t}
-    for t in ("gov_moves", "gov_votes")
-)
+""" + append_only(("gov_moves", "gov_votes"))
 
 # Incentives (incentives.py): what each epoch's rules gave each account, and the
 # payment that carried it (paid_by: set once).
@@ -246,47 +228,12 @@ MIGRATIONS = (
 )
 
 
-class PlatformSchemaError(RuntimeError):
-    pass
-
-
 def version(conn):
-    if not conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'platform_schema_version'"
-    ).fetchone():
-        return 0
-    return conn.execute("SELECT coalesce(max(version), 0) FROM platform_schema_version").fetchone()[
-        0
-    ]
+    return table_version(conn, "platform_schema_version")
 
 
 def migrate(db, target=None):
     """Apply the missing steps to a sqlite_utils Database (the hub Store's .db) in one
-    BEGIN IMMEDIATE transaction, like hub/store_schema.migrate. -> the version."""
-    conn, target = db.conn, len(MIGRATIONS) if target is None else target
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        current = version(conn)
-        if current > len(MIGRATIONS):
-            raise PlatformSchemaError(
-                "platform schema version %d is newer than this hub's %d: upgrade gridbid"
-                % (current, len(MIGRATIONS))
-            )
-        if current == 0:
-            conn.execute(
-                "CREATE TABLE platform_schema_version (version INTEGER PRIMARY KEY, "
-                "description TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-        for number in range(current + 1, target + 1):
-            description, step = MIGRATIONS[number - 1]
-            db.executescript(step)  # sqlite-utils runs it inside our transaction
-            conn.execute(
-                "INSERT INTO platform_schema_version VALUES (?, ?, ?)",
-                (number, description, time.time()),
-            )
-        conn.execute("COMMIT")
-        return max(current, target)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    transaction, as the hub's own schema does (hub/store_schema.apply). -> the version."""
+    return apply(db, MIGRATIONS, "platform_schema_version", target,
+                 lambda d: version(d.conn), "platform schema")  # fmt: skip

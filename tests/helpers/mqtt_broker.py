@@ -1,7 +1,6 @@
 """A real mosquitto for tests (tests/test_mqtt_bridge.py): deploy/mosquitto's own config
 on free loopback ports, and a paho subscriber reading in its own thread."""
 
-import asyncio
 import json
 import os
 import pwd
@@ -12,7 +11,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,38 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from helpers.waiting import until
 from hub import micropython
+from hub.fleet import free_port
 
 DEPLOY = micropython.ROOT / "deploy" / "mosquitto"
 USERS = ("gridbid-hub", "homeassistant", "operator")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "timed out after %.1f s waiting for %s" % (
-            timeout, what)  # fmt: skip
-        time.sleep(0.01)
-
-
-async def until_async(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "timed out after %.1f s waiting for %s" % (
-            timeout, what)  # fmt: skip
-        await asyncio.sleep(0.01)
 
 
 class Broker:

@@ -16,10 +16,7 @@ the file's sha256, which must be the local file's. No key is printed, ever.
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from flashing import ROOT, VM_BOARD, Fail, Mismatch, Script, need_port, profile, tool
@@ -155,7 +152,10 @@ def provision(args, plan):
     stand_in = {"keys": {str(a["key_id"]): "00" * 32 for a in cfg["aggregators"]},
                 "group": "00" * 32}  # fmt: skip
     stand_in["keys"][str(battery)] = "00" * 32
-    base = read_template(template)
+    try:
+        base = keys_file.read_template(template)
+    except keys_file.KeysError as exc:
+        raise Fail(str(exc)) from None
     hub_side = keys_file.battery_settings(cfg, stand_in, battery)
     check_config({**base, **hub_side, **settings}, battery)
     extra = [", Wi-Fi %s" % settings["wifi"]["ssid"]] if "wifi" in settings else []
@@ -171,18 +171,11 @@ def provision(args, plan):
     if not plan.dry_run:
         if not out.is_dir():
             raise Fail("no folder %s for battery-%d.json" % (out, battery))
-        scratch = tempfile.mkdtemp(prefix="gridbid-provision-")  # 0700
         try:
-            said = keys_file.provision(cfg, [battery], scratch, str(template))
-            data = json.loads((Path(scratch) / target.name).read_text())
+            said = keys_file.provision(cfg, [battery], out, str(template), extra=settings)
         except keys_file.KeysError as exc:
             raise Fail(str(exc)) from None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
         plan.say(said[0])
-        data.update(settings)
-        check_config(data, battery)
-        write_private(target, (json.dumps(data, separators=(",", ":"), sort_keys=True) + "\n"))
     install = Script("install-config", INSTALL_CODE + VERIFY_CODE)
     copy = ["fs", "cp", str(target), ":config.json.tmp", "+", "exec", install]
     said = plan.run(mpremote(args.port, args.board, *copy, dry_run=plan.dry_run),
@@ -229,18 +222,6 @@ def coap_settings(cfg, address):
     return {"coap_hub": "%s:%d" % (host, coap["port"])}, None
 
 
-def read_template(path):
-    try:
-        base = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise Fail("cannot read the template %s: %s" % (path, exc.strerror)) from None
-    except ValueError:
-        raise Fail("the template %s is not valid JSON" % path) from None
-    if not isinstance(base, dict):
-        raise Fail("the template %s must hold a JSON object" % path)
-    return base
-
-
 def check_config(data, battery):
     """The firmware's own check (firmware/config.py, run here on CPython)."""
     source = ROOT / "firmware" / "config.py"
@@ -251,22 +232,6 @@ def check_config(data, battery):
         module.check(json.loads(json.dumps(data)), "battery-%d config" % battery)
     except module.ConfigError as exc:
         raise Fail("the firmware would refuse this config: %s" % exc) from None
-
-
-def write_private(path, text):
-    """Created 0600, written to a temporary name and renamed: never readable by others,
-    and a crash leaves the old file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise Fail("cannot write %s: %s" % (path, exc.strerror)) from None
 
 
 # --- verify ---------------------------------------------------------------------------------
