@@ -5,8 +5,9 @@ starts it with one call, and only when config.json sets coap_hub:
     coap_client.start(cfg, cfg["keyring"], book, on_price, log)
 
 It sets the clock from GET /time, observes /price (on_price(c/kWh): a second
-source of the signal ETP Queries carry) and reconciles the ContractBook with
-GET /contracts/<device id> at start and every coap_reconcile_s. Settings
+source of the signal ETP Queries carry; and the market's slot grid, which
+governance may move on at a set time: take_grid()) and reconciles the
+ContractBook with GET /contracts/<device id> at start and every coap_reconcile_s. Settings
 (optional): coap_hub "host:port", coap_reconcile_s 900, coap_ack_ms 2000
 (ACK_TIMEOUT), coap_adopt true (see reconcile()); key_id must be device_id.
 
@@ -37,6 +38,8 @@ import os
 import socket
 import sys
 import time
+
+import store
 
 from protocol import coap
 from protocol import contract as mc
@@ -291,14 +294,15 @@ def reconcile(book, entries, now_s, omitted=0, adopt=None, log=print):
 
     - missing: the hub holds a binding (Confirmed/Active) contract the book lacks (a
       record lost or set aside, or a BidConfirm that came too late). The device does
-      not execute a contract it has no record of, unless its terms verify (adopt:
-      {"market_maker", "slot_s", "max_w"}, None: never): signed by the hub for this
-      request (Client checked), Confirmed, of this device's market (maker, slot length),
-      not started yet (no energy can have gone out under it, so no meter reading was
-      lost), and within the inverter beside the live contracts of its slot. Such a
-      contract is put in the book as Confirmed, with the hub's buyer, confirm id and
-      price: it runs, and its outcome goes to the buyer as any other. Others are left
-      to the hub, which ends them (CompletedUnknownOutcome) when no report comes.
+      not execute a contract it has no record of, unless its terms verify (adopt: the
+      battery's config, with market_maker, slot_grid, max_kw; None: never): signed by
+      the hub for this request (Client checked), Confirmed, of this device's market
+      (maker, slot length), not started yet (no energy can have gone out under it, so
+      no meter reading was lost), and within the inverter beside the live contracts of
+      its slot. Such a contract is put in the book as Confirmed, with the hub's buyer,
+      confirm id and price: it runs, and its outcome goes to the buyer as any other.
+      Others are left to the hub, which ends them (CompletedUnknownOutcome) when no
+      report comes.
     - unknown: a live contract of the book the hub does not list (unsure instead when
       the hub left some out: it lists at most a few).
     - state / terms: the same id with another state (the hub learns Active and the
@@ -343,12 +347,13 @@ def _adopt(book, contract, buyer, confirm_id, price, now_s, adopt, log):
     c = contract
     if adopt is None or c.state != mc.CONFIRMED or now_s >= c.start_unix_s:
         return False
-    slot_s, _gate, maker, _start = mc.parse_slot_name(c.market_slot_name)
+    slot_s, _gate, maker, start = mc.parse_slot_name(c.market_slot_name)
     watts = c.avg_power_watts
     for other in book.live():
         if other.start_unix_s == c.start_unix_s:
             watts += other.avg_power_watts
-    if maker != adopt["market_maker"] or slot_s != adopt["slot_s"] or abs(watts) > adopt["max_w"]:
+    if (maker != adopt["market_maker"] or slot_s != mc.slot_length(adopt["slot_grid"], start)
+            or abs(watts) > adopt["max_kw"] * 1000):  # fmt: skip
         log("coap: contract %s is not one this device can run: not adopted" % c.contract_id)
         return False
     try:
@@ -357,6 +362,37 @@ def _adopt(book, contract, buyer, confirm_id, price, now_s, adopt, log):
         log("coap: contract %s not adopted: %s" % (c.contract_id, exc))
         return False
     log("coap: adopted contract %s from the hub (%s)" % (c.contract_id, c.market_slot_name))
+    return True
+
+
+def _grid_path(cfg):
+    return cfg.get("data_dir", "data") + "/grid.rec"
+
+
+def take_grid(cfg, grid, log=print):
+    """The hub's slot grid [before s, from unix s, after s] (protocol/contract.py
+    slot_length): kept in cfg["slot_grid"], and saved before it is used, so that a
+    battery that restarts between hearing it and its time still changes over.
+    -> True when it is new. A grid that is not one is logged and ignored."""
+    try:
+        before, at, after = [int(x) for x in grid]
+        ok = before > 0 and after > 0 and at >= 0 and at % before == 0 and at % after == 0
+    except (TypeError, ValueError):
+        ok = False
+    gate_s = cfg.get("gate_s", 0)
+    if not ok or after <= gate_s or before <= gate_s:
+        log("coap: the hub's slot grid %r is not one: ignored" % (grid,))
+        return False
+    grid = (before, at, after)
+    if grid == tuple(cfg["slot_grid"]):
+        return False
+    try:
+        store.make_folder(_grid_path(cfg))
+        store.save(_grid_path(cfg), json.dumps(grid).encode())
+    except OSError as exc:
+        log("coap: slot grid not saved (used anyway): %s" % exc)
+    cfg["slot_grid"] = grid
+    log("coap: slot grid from the hub: %d s slots until %d, %d s from then" % grid)
     return True
 
 
@@ -378,10 +414,14 @@ def start(cfg, keyring, book, on_price, log=print, on_time=None):
         raise ValueError("coap_hub needs key_id == device_id (the hub's key for a battery)")
     client = Client(host, int(port), cfg["key_id"], keyring.get(cfg["key_id"]), log,
                     cfg.get("coap_ack_ms", _ACK_TIMEOUT_MS))  # fmt: skip
-    adopt = None
-    if cfg.get("coap_adopt", True):
-        adopt = {"market_maker": cfg["market_maker"], "slot_s": cfg["slot_s"],
-                 "max_w": cfg["max_kw"] * 1000}  # fmt: skip
+    adopt = cfg if cfg.get("coap_adopt", True) else None
+    try:  # the grid heard before a restart (a power cut must not take the battery back)
+        saved = store.load(_grid_path(cfg))
+        grid = json.loads(bytes(saved)) if saved else None
+    except (OSError, ValueError) as exc:  # store.CorruptRecord is a ValueError
+        log("coap: the saved slot grid is unreadable, keeping config's: %s" % exc)
+        grid = None
+    cfg["slot_grid"] = tuple(grid or cfg.get("slot_grid") or (cfg["slot_s"], 0, cfg["slot_s"]))
     return asyncio.create_task(_run(client, cfg, book, on_price, log, on_time, adopt))
 
 
@@ -403,12 +443,15 @@ async def _run(client, cfg, book, on_price, log, on_time, adopt):
 
         def price(payload):
             try:
-                value = json.loads(payload).get("price")
+                heard = json.loads(payload)
+                value, grid = heard.get("price"), heard.get("grid")
             except (ValueError, AttributeError):
                 log("coap: /price is not JSON")
                 return
             if isinstance(value, (int, float)) and value > 0:
                 on_price(value)
+            if grid is not None:
+                take_grid(cfg, grid, log)
 
         observer = asyncio.create_task(client.observe("price", price))
         while True:

@@ -104,6 +104,11 @@ def check(data, where="config"):
             raise ConfigError("%s: devices.%s is missing" % (where, kind))
     if cfg["source"] not in ("solar", "wind", "hydro", "grid"):
         raise ConfigError("%s: source is solar, wind, hydro or grid" % where)
+    if not isinstance(cfg["slot_s"], int) or not 0 <= cfg["gate_s"] < cfg["slot_s"]:
+        raise ConfigError("%s: slot_s must be whole seconds above gate_s" % where)
+    # The market's slot grid (protocol/contract.py slot_length): the hub may move it on
+    # at a set time (governance), and coap_client.py then keeps the one it heard.
+    cfg["slot_grid"] = (cfg["slot_s"], 0, cfg["slot_s"])
     try:
         cfg["keyring"] = auth.Keyring.from_json(cfg)
     except ValueError as exc:

@@ -47,15 +47,17 @@ class Executor:
 
     def free_slot(self, now_s, horizon=8):
         """(start, kWh) of the first coming slot the inverter is not yet sold out in:
-        a slot holds max_kw for slot_s. (None, 0.0) when the next `horizon` are full."""
-        slot = self.cfg["slot_s"]
-        capacity = self.cfg["max_kw"] * slot / 3600
-        first = (now_s // slot + 1) * slot  # the next boundary: never the running slot
+        a slot holds max_kw for its length. (None, 0.0) when the next `horizon` are full."""
+        grid = self.cfg["slot_grid"]
+        start = contract.next_slot(grid, now_s)  # never the running slot
         selling = [d for d in self.book.live() if d.avg_power_watts > 0]
-        for start in range(first, first + horizon * slot, slot):
+        for _ in range(horizon):
+            length = contract.slot_length(grid, start)
+            capacity = self.cfg["max_kw"] * length / 3600
             sold = sum(d.energy_wh / 1000 for d in selling if d.start_unix_s == start)
             if capacity - sold > capacity / 100:  # a sliver left by rounding is full
                 return start, round(capacity - sold, 4)
+            start += length
         return None, 0.0
 
     def contract_from_confirm(self, peer, bid_id, price, kwh, kw, confirm_id, start):
@@ -63,8 +65,8 @@ class Executor:
         device marks it Received in between (the lifecycle's order)."""
         cfg = self.cfg
         deal = contract.purchase(
-            cfg["device_id"], peer, bid_id, cfg["slot_s"], cfg["gate_s"], cfg["market_maker"],
-            start, kwh, kw,
+            cfg["device_id"], peer, bid_id, contract.slot_length(cfg["slot_grid"], start),
+            cfg["gate_s"], cfg["market_maker"], start, kwh, kw,
         )  # fmt: skip
         deal.advance(contract.RECEIVED, contract.DEVICE)
         deal.advance(contract.CONFIRMED, contract.BUYER)

@@ -2,9 +2,13 @@
 
 Resources:
 
-    /price                 observable (RFC 7641): {"price": c/kWh, "slot": name, "at": unix s}
-                           (JSON, 50); a notification on each "price" event, and again
-                           every max_age_s / 2 so that a silent hub shows as one
+    /price                 observable (RFC 7641): {"price": c/kWh, "slot": name, "at": unix s,
+                           "grid": [before s, from unix s, after s]} (JSON, 50): the price
+                           signal and the market's slot grid (a governed slot_s change,
+                           hub/controls.py); a notification on each "price" event and
+                           grid change, and again every max_age_s / 2 so that a silent
+                           hub shows as one. A device it answers has heard the grid
+                           (hub.grid_told: the hub trades it past a change)
     /contracts/<device>    the device's binding contracts (Confirmed, Active) and those
                            that ended within recent_s, at most max_contracts, as the
                            compact list of protocol/coap.py (42); a device reads its own
@@ -39,6 +43,7 @@ from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.util.linkformat import Link
 
+from hub.controls import GRID
 from protocol import coap
 from protocol.contract import MarketContract
 
@@ -228,7 +233,10 @@ class PriceResource(Signed, resource.ObservableResource):
         self.updated_state()
 
     def answer(self, device, rest):
-        return coap.CONTENT, json.dumps(self.value, separators=(",", ":")).encode(), JSON
+        hub = self.server.hub
+        hub.grid_told.add(device)  # a notification re-renders this: sent to it too
+        value = dict(self.value, grid=list(hub.grid))
+        return coap.CONTENT, json.dumps(value, separators=(",", ":")).encode(), JSON
 
     async def render_get(self, request):
         response = await super().render_get(request)
@@ -308,6 +316,8 @@ class CoapServer:
     def _event(self, event):
         if event["kind"] == "price":
             self.price.update(event)
+        elif event["kind"] == "control" and event["name"] == GRID:
+            self.price.updated_state()  # the new grid goes out now, not with the next price
 
     async def _keep_fresh(self):
         """Notify within every Max-Age (RFC 7641 4.3.1): an observer that hears

@@ -113,18 +113,23 @@ def battery_settings(cfg, data, battery_id):
     }
 
 
-def battery_sources(keys_path):
-    """{device id: source} from the batteries' configs this hub provisioned
-    (battery-<id>.json beside its keys file): what each owner declared charges it."""
+def battery_configs(keys_path):
+    """{device id: config} of the batteries' configs this hub provisioned
+    (battery-<id>.json beside its keys file)."""
     found = {}
     for path in sorted(Path(keys_path).parent.glob("battery-*.json")):
         try:
             with open(path) as f:
                 data = json.load(f)
-            found[int(data["device_id"])] = data.get("source", "grid")
+            found[int(data["device_id"])] = data
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a battery config this hub wrote: its own check says why
     return found
+
+
+def battery_sources(keys_path):
+    """{device id: source}: what each owner declared charges the battery."""
+    return {d: c.get("source", "grid") for d, c in battery_configs(keys_path).items()}
 
 
 def read_template(path):

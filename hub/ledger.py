@@ -37,15 +37,17 @@ class Ledger:
     def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, log=print, events=None):
         self.store = store
         self.events = events  # hub.events.Events: a "contract" event per state reached
-        self.slot_s, self.gate_s, self.market_maker = slot_s, gate_s, market_maker
+        self.gate_s, self.market_maker = gate_s, market_maker
+        self.grid = (slot_s, 0, slot_s)  # the hub's, once governance moves it on
         # A battery reports after its contract ends, once a session with the buyer is up.
         self.grace_s = slot_s if grace_s is None else grace_s
         self.log = log
 
     def accepted(self, device_id, buyer, bid_id, price, kwh, kw, start, at=None):
         """The battery accepted our bid: Created then Received. -> the MarketContract."""
+        slot_s = contract.slot_length(self.grid, start)
         deal = contract.purchase(
-            device_id, buyer, bid_id, self.slot_s, self.gate_s, self.market_maker, start, kwh, kw
+            device_id, buyer, bid_id, slot_s, self.gate_s, self.market_maker, start, kwh, kw
         )
         self.store.record_contract(deal, device_id, buyer, price, at=at)
         self._emit(deal.contract_id)

@@ -39,6 +39,7 @@ class MarketMaker:
         self.store = store
         self.name = name
         self.slot_s, self.gate_s = slot_s, gate_s
+        self.grid = (slot_s, 0, slot_s)  # protocol/contract.py slot_length; the hub's
         self.signal = signal or PriceSignal(p_balance=16.0, p_con=6.0)
         self._books = {}
 
@@ -46,8 +47,9 @@ class MarketMaker:
 
     def open_slot(self, now_s):
         """The name of the first slot whose gate is still open at now_s."""
-        start = ((now_s + self.gate_s) // self.slot_s + 1) * self.slot_s
-        return contract.slot_name(self.slot_s, self.gate_s, self.name, start)
+        start = contract.next_slot(self.grid, now_s + self.gate_s)
+        length = contract.slot_length(self.grid, start)
+        return contract.slot_name(length, self.gate_s, self.name, start)
 
     def gate_closed(self, slot_name, now_s):
         _len, gate_s, _maker, start = contract.parse_slot_name(slot_name)

@@ -22,6 +22,7 @@ same recorded trades, and buys only what no contract holds yet.
 import asyncio
 import gc
 import time
+from pathlib import Path
 
 from hub import controls, hub_config, keys_file
 from hub.agent import Agent
@@ -73,7 +74,14 @@ class Hub:
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
         self.controls = self.store.controls()  # operators' settings in force (set_control)
-        self.told_slot_s = None  # a governed slot length already logged (controls.follow)
+        # The slot grid (protocol/contract.py slot_length): hub.toml's slot_s until
+        # governance moves it on (hub/controls.py schedule_slot_s).
+        self.set_grid(controls.slot_grid(self))
+        if self.grid[2] != cfg["slot_s"]:
+            log("market: %d s slots (governance; hub.toml says %d)" % (self.grid[2], cfg["slot_s"]))
+        self.told_slot_s = None  # a governed slot length already handled (controls.py)
+        self.grid_told = set()  # batteries that heard the grid (hub/coap_server.py)
+        self.told_off_grid = set()  # (battery, grid) told once it is not traded
         self.integrations = {}  # name -> started by run(), with async close()
 
     # --- running ------------------------------------------------------------------
@@ -117,10 +125,11 @@ class Hub:
         clearing binds (recorded, or made now from the stored book), so buy what no
         contract holds yet, if the purchase can end before the slot starts (after it,
         a battery sells its next slot instead). -> the slot's summary, or None."""
-        slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
+        gate_s = self.cfg["gate_s"]
         now = time.time()
-        start = next_start(now, slot_s)
-        name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
+        start = contract.next_slot(self.grid, now)
+        name = contract.slot_name(contract.slot_length(self.grid, start), gate_s,
+                                  self.cfg["name"], start)  # fmt: skip
         if not start - gate_s <= now < start - self.cfg["bind_timeout_s"]:
             return None
         asks = self.store.bids(name, side=ASK)
@@ -144,15 +153,16 @@ class Hub:
         self.store.close()
 
     async def trade_slot(self):
-        slot_s, gate_s = self.cfg["slot_s"], self.cfg["gate_s"]
+        gate_s = self.cfg["gate_s"]
         while True:
+            self.follow_controls()  # governance may have moved the grid on
             now = time.time()
-            start = next_start(now, slot_s)
+            start = contract.next_slot(self.grid, now)
             if start - gate_s - now >= self.cfg["answer_s"] + 0.2:
                 break
             await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
-        name = contract.slot_name(slot_s, gate_s, self.cfg["name"], start)
-        self.follow_controls()
+        name = contract.slot_name(contract.slot_length(self.grid, start), gate_s,
+                                  self.cfg["name"], start)  # fmt: skip
         offers = await self.collect_offers(name, start)
         bids = self.place_bids(name, offers)
         self.signal, demand, supply = self.market.price_signal(name)
@@ -170,6 +180,8 @@ class Hub:
         offers = {}
         for info in list(self.registry.devices.values()):
             if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
+                continue
+            if not controls.on_grid(self, info.device_id, start):
                 continue
             self._know(info)
             # The owner's floor, set on the hub by an operator, raises the battery's reserve.
@@ -259,8 +271,22 @@ class Hub:
 
     # --- operators' controls (hub/controls.py) ----------------------------------------
 
+    @property
+    def grid(self):
+        """The market's slot grid: (before s, from unix s, after s)."""
+        return self.market.grid
+
+    def set_grid(self, grid):
+        self.market.grid = self.ledger.grid = tuple(grid)
+
     def follow_controls(self):
         controls.follow(self)
+
+    def battery_slot_s(self):
+        """{battery: slot_s} of the configs the hub provisioned (gridbid hub keys)."""
+        where = self.cfg.get("keys_file")
+        configs = keys_file.battery_configs(where) if where else {}
+        return {d: c.get("slot_s") for d, c in configs.items()}
 
     def set_control(self, name, value, by):
         """Set (None: clear) an operator's setting; ValueError names a bad one."""
@@ -327,12 +353,22 @@ class Hub:
 
 def next_start(now_s, slot_s):
     """The start of the next slot on the grid: what a battery offers (slots_ahead = 1)."""
-    return (int(now_s) // slot_s + 1) * slot_s
+    return contract.next_slot((slot_s, 0, slot_s), now_s)
 
 
 def _mean(pairs):
     weight = sum(w for _v, w in pairs)
     return sum(v * w for v, w in pairs) / weight if weight else None
+
+
+def governed(cfg):
+    """cfg with the slot length governance moved the grid on to (hub/controls.py), for the
+    batteries' configs: one provisioned now must trade the slots the hub trades."""
+    if not Path(cfg["store"]).is_file():
+        return cfg
+    with Store(cfg["store"]) as store:
+        grid = store.controls().get(controls.GRID)
+    return dict(cfg, slot_s=grid[2]) if grid else cfg
 
 
 def add_arguments(parser):
@@ -363,7 +399,8 @@ def run(args):
             bad = [b for b in args.battery if not 0 < b < 2**32]
             if bad:  # a device id is its key id in frame headers: u32
                 raise hub_config.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
-            for line in keys_file.provision(cfg, args.battery, args.out, args.template):
+            for line in keys_file.provision(governed(cfg), args.battery, args.out,
+                                            args.template):  # fmt: skip
                 print(line, flush=True)
             return 0
     except (hub_config.ConfigError, keys_file.KeysError) as exc:

@@ -151,6 +151,18 @@ def parse_slot_name(name):
     return slot_s, gate_s, maker, start
 
 
+def slot_length(grid, start):
+    """The length of the slot at `start` on a grid (before s, from s, after s): slots
+    of `before` until `from`, a multiple of both, and of `after` from it on."""
+    return grid[0] if start < grid[1] else grid[2]
+
+
+def next_slot(grid, now_s):
+    """The start of the first slot after now_s."""
+    length = slot_length(grid, now_s)
+    return (int(now_s) // length + 1) * length
+
+
 class MarketContract:
     """One contract's terms and state. Build new ones with create()."""
 

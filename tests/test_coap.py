@@ -249,7 +249,9 @@ def test_price_observers_are_notified_within_100_ms(tmp_path):
 
             reader = asyncio.create_task(notifications())
             first = await asyncio.wait_for(request.response, 10)
-            assert json.loads(first.payload) == {"price": None, "slot": None, "at": None}
+            slot_s = hub.cfg["slot_s"]  # and the slot grid, which never changed here
+            assert json.loads(first.payload) == {"price": None, "slot": None, "at": None,
+                                                 "grid": [slot_s, 0, slot_s]}  # fmt: skip
             assert first.opt.observe == 0 and first.opt.max_age == 30
             last = hub_ms(first, value, "price")
             latencies = []

@@ -150,3 +150,18 @@ def test_a_batterys_declared_source_reaches_the_platform(site):
                               keys=None, backend=None)  # fmt: skip
     sources = cli_common.settings_from(args)["platform"]["sources"]
     assert sources == {1001: "solar", 1002: "wind"}  # the command line wins
+
+
+def test_a_battery_provisioned_after_governance_moved_the_grid_gets_the_new_length(site):
+    """hub/controls.py kept a governed slot_s in the store: a battery provisioned now is
+    given it (the hub would not trade one without CoAP on the old length)."""
+    from hub import controls
+    from hub.store import Store
+
+    cfg = hub_config.load(site / "hub.toml", keys=False)
+    with Store(cfg["store"]) as store:
+        store.set_control(controls.GRID, [900, 1_800_000_000, 600], "hub")
+    code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1003", cwd=site)
+    assert code == 0, out
+    assert keys_of(site / "battery-1003.json")["slot_s"] == 600
+    assert "slot_s = 900" in (site / "hub.toml").read_text()  # hub.toml is left as it was

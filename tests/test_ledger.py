@@ -43,12 +43,20 @@ def test_the_terms_are_the_firmwares(ledger, tmp_path):
         def add(self, deal, peer, confirm_id, price):
             self.deal = deal
 
-    cfg = {"slot_s": 900, "gate_s": 300, "market_maker": "hub", "device_id": DEVICE}
+    cfg = {"slot_s": 900, "gate_s": 300, "market_maker": "hub", "device_id": DEVICE,
+           "slot_grid": (900, 0, 900)}  # fmt: skip
     executor = execution.Executor(cfg, board=None, plant=None, book=Book(), log=print)
     theirs = executor.contract_from_confirm(BUYER, 77, 18.5, 1.3, 4.0, 9001, START)
     ours = ledger.accepted(DEVICE, BUYER, bid_id=77, price=18.5, kwh=1.3, kw=4.0, start=START)
     assert ours.to_json_dict() | {"Status": None} == theirs.to_json_dict() | {"Status": None}
     assert terms(900, 1.3, 4.0) == (900, 5200)  # too long at 4 kW: squeezed into the slot
+    # governance moved the grid on (hub/controls.py): both take the new length from then
+    at = START - START % 1800 + 1800
+    ledger.grid = cfg["slot_grid"] = (900, at, 600)
+    theirs = executor.contract_from_confirm(BUYER, 78, 18.5, 1.3, 4.0, 9002, at)
+    ours = ledger.accepted(DEVICE, BUYER, bid_id=78, price=18.5, kwh=1.3, kw=4.0, start=at)
+    assert ours.to_json_dict() | {"Status": None} == theirs.to_json_dict() | {"Status": None}
+    assert ours.market_slot_name.startswith("rt10gate5.") and ours.duration_minutes == 10
 
 
 def test_a_success_report_passes_through_active_and_records_the_meter(ledger):

@@ -28,7 +28,9 @@ Layout (one concern per module):
                    paid in batches from the treasury
     service.py     inside a running hub: shares settlement's chain and mint; mints,
                    ticks governance and pays rewards every poll_s
-    *_cli.py       `gridbid credit|rec|gov ...` (cli_common.py: options, LiteSVM replay)
+    *_cli.py       `gridbid credit|rec|gov ...` (cli_common.py: options, and on LiteSVM
+                   the hub's chain rebuilt from both journals, as the hub does at each
+                   start: hub/settlement/rebuild.py)
 
 How operations reach the chain: through the same backend interface the settlement uses
 (hub/settlement/backends.py: LiteSVM in-process by default, or RPC), with the same
@@ -41,6 +43,8 @@ rent, mints certificates and holds the escrow of listed certificates.
 Not edited: hub/store_schema.py, hub/store.py, hub/settlement/*: this package reads
 their tables (contracts, telemetry, bids, trades, price_signals, settlement_parts),
 calls their functions, and appends to one (controls, append-only: a passed proposal).
+One read goes the other way: hub/settlement/rebuild.py replays platform_txs (by name)
+when it rebuilds a LiteSVM chain.
 """
 
 import time

@@ -3,13 +3,15 @@
 Settings come from hub.toml (--config): [hub] store, [settlement] backend / wallets /
 decimals / mint, and [platform] (DEFAULTS in hub/platform/__init__.py); options override.
 
-The LiteSVM backend keeps its chain in memory, so a CLI process starts with an empty
-one: it is rebuilt from the journal, every finalized platform transaction re-executed in
-order by the real programs (LiteSVM checks no blockhash age on replay). Keys are the
-same files, so the addresses are the same. Settlement's own transfers are not replayed
-(provision.py funds the aggregators anew at each hub start on LiteSVM); on a cluster
-(an RPC backend) nothing is rebuilt: the chain is the cluster's, and its memos are read
-first (recovery.py) so a command that landed but whose record was lost is refused.
+The LiteSVM backend keeps its chain in memory, so a CLI process rebuilds it at each
+start exactly as the hub does (hub/settlement/rebuild.py): provisioned with the hub's
+aggregators ([[aggregator]] key_id), [settlement] wallets, fund_credits and
+durable_nonce, then every finalized transaction of both journals (settlement's payments
+and the platform's) re-executed in order by the real programs (no blockhash age on
+replay). Keys are the same files, so the addresses are the same, and the balances are
+the hub's. On a cluster (an RPC backend) nothing is rebuilt: the chain is the cluster's,
+and its memos are read first (recovery.py) so a command that landed but whose record was
+lost is refused.
 """
 
 import asyncio
@@ -18,9 +20,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from solders.transaction import Transaction
-
 from hub import keys_file
+from hub import settlement as settlement_cfg
 from hub.platform import DEFAULTS, Keys, Platform, PlatformError, check
 from hub.settlement.backends import BackendError, LiteSVMBackend
 
@@ -57,6 +58,24 @@ def settings_from(args):
         "backend": args.backend or settlement.get("backend", "litesvm"),
         "mint": settlement.get("mint", ""),
         "platform": s,
+        "provision": (data, base),  # read by _provision on LiteSVM only
+    }
+
+
+def _provision(cfg):
+    """What the hub's Settlement.open provisions a LiteSVM chain with: {"folder",
+    "key_ids", "fund_credits", "durable_nonce"}. Without a [settlement] section the hub
+    has no chain of its own: the mint only, from the keys folder."""
+    data, base = cfg["provision"]
+    if "settlement" not in data:
+        return {"folder": cfg["keys"], "key_ids": [], "fund_credits": 0, "durable_nonce": False}
+    settings = {**settlement_cfg.DEFAULTS, **data["settlement"]}
+    s = settlement_cfg.check(settings, base, "[settlement]")
+    return {
+        "folder": s["wallets"],
+        "key_ids": [a["key_id"] for a in data.get("aggregator", [])],
+        "fund_credits": s["fund_credits"],
+        "durable_nonce": s["durable_nonce"],
     }
 
 
@@ -66,15 +85,8 @@ def open_platform(args):
     cfg = settings_from(args)
     store = Store(cfg["db"])
     keys = Keys(cfg["keys"], make=cfg["backend"] == "litesvm")
-    decimals = cfg["platform"]["decimals"]
     if cfg["backend"] == "litesvm":
-        from hub.settlement.backends import LiteSVMBackend
-        from hub.settlement.chain import Chain
-        from hub.settlement.provision import provision
-
-        chain = Chain()
-        mint = provision(chain, cfg["keys"], {}, 0, decimals)
-        chain.airdrop(keys.authority.pubkey, 1000 * SOL)
+        chain, mint = _litesvm(cfg, store, keys.authority.pubkey)
         backend = LiteSVMBackend(chain)
     else:
         from hub.platform.chain_ops import pk
@@ -82,25 +94,31 @@ def open_platform(args):
 
         if not cfg["mint"]:
             raise PlatformError("an RPC backend needs [settlement] mint")
-        mint, backend, chain = pk(cfg["mint"]), RpcBackend(cfg["backend"]), None
-    platform = Platform(store, backend, keys, mint, cfg["platform"])
-    if chain is not None:
-        failed = replay(chain, store)
-        if failed:
-            print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
-    return platform
+        mint, backend = pk(cfg["mint"]), RpcBackend(cfg["backend"])
+    return Platform(store, backend, keys, mint, cfg["platform"])
+
+
+def _litesvm(cfg, store, authority):
+    """The hub's chain, rebuilt here (hub/settlement/rebuild.py). -> (chain, mint)"""
+    from hub.settlement import provision, rebuild, wallets
+
+    p, decimals = _provision(cfg), cfg["platform"]["decimals"]
+    payers = wallets.payers(p["folder"], p["key_ids"], create_missing=True)
+    nonces = provision.nonce_wallets(p["folder"], payers) if p["durable_nonce"] else None
+    chain, mint, _replayed, failed = rebuild.start(
+        store.db.conn, p["folder"], payers, p["fund_credits"], decimals, nonces=nonces
+    )
+    chain.airdrop(authority, 1000 * SOL)
+    if failed:
+        print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
+    return chain, mint
 
 
 def replay(chain, store):
-    """Re-execute the finalized platform transactions on a fresh LiteSVM. -> failures."""
-    failed = 0
-    for (raw,) in store.db.conn.execute(
-        "SELECT raw FROM platform_txs WHERE status = 'finalized' AND length(raw) > 0 "
-        "ORDER BY created_at, rowid"
-    ).fetchall():
-        result = chain.svm.send_transaction(Transaction.from_bytes(bytes(raw)))
-        failed += not hasattr(result, "compute_units_consumed")
-    return failed
+    """Re-execute both journals' finalized transactions on `chain`. -> failures."""
+    from hub.settlement import rebuild
+
+    return rebuild.rebuild(chain, store.db.conn)[1]
 
 
 def need_id(args):

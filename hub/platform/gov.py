@@ -7,8 +7,9 @@
     grant     treasury -> an account (how NRG reaches the community)
     stake     account -> the stake escrow (owner <keys>/nrg-stake.json), locked until
               now + lock_s; unstake moves it back, refused before the lock-up ends
-    propose   a change of one market parameter (PARAMS: name -> type and range) with a
-              voting end and an effective time; the proposer must have stake
+    propose   a change of one market parameter (PARAMS: name -> type and range; a slot
+              length must divide an hour) with a voting end and an effective time; the
+              proposer must have stake
     vote      yes/no, weight = the voter's stake locked at least until the voting end
               (a stake that could be withdrawn before the count does not vote); one
               vote per account; refused with no such stake and after the voting end.
@@ -303,6 +304,10 @@ class Propose(_GovOp):
             low <= value <= high
         ) or (kind is int and value != int(value)):  # fmt: skip
             raise PlatformError("%s must be a %s in %s..%s" % (param, kind.__name__, low, high))
+        if param == "slot_s" and 3600 % value:
+            # Slots start on multiples of their length (protocol/contract.py): lengths that
+            # divide an hour share a boundary within the hour, where the grid can change.
+            raise PlatformError("slot_s must divide an hour (60, 120, 300, 600, 900, ... 3600)")
         voting_s, effective_s = args.get("voting_s"), args.get("effective_s")
         if not (isinstance(voting_s, (int, float)) and voting_s > 0 and
                 isinstance(effective_s, (int, float)) and effective_s >= voting_s):  # fmt: skip

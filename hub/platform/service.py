@@ -5,7 +5,9 @@ It shares the settlement's backend and mint (so credits bought here are the ones
 uploader pays with, on the same chain), and every poll_s it:
   - on LiteSVM, executes finalized platform transactions it has not seen (the CLI's, run
     in another process against its own rebuilt chain) so the hub's chain matches the
-    journal; on a cluster there is nothing to do (one chain for everyone)
+    journal, through Chain.replay as the rebuild at the hub's start does (settlement's
+    Settlement.open, hub/settlement/rebuild.py: the chain outlives no process, the
+    journals do); on a cluster there is nothing to do (one chain for everyone)
   - at its first round, reads the chain's memos (recovery.py: a lost journal/store)
   - finishes pending commands (engine.resume)
   - mints the certificates new metered renewable energy has earned ("minted
@@ -18,9 +20,6 @@ the truth, so nothing is lost by a failed round.
 
 import asyncio
 import time
-
-from solders.signature import Signature
-from solders.transaction import Transaction
 
 from hub import keys_file
 from hub.platform import Keys, Platform, PlatformError
@@ -40,20 +39,22 @@ class PlatformService:
         self._task = None
 
     def replay_new(self):
-        """LiteSVM: run finalized journal entries the chain has never seen."""
+        """LiteSVM: run finalized journal entries the chain has never seen (Chain.replay
+        skips the ones it has: the start's rebuild ran them all). -> how many ran."""
         if self.chain is None:
             return 0
-        done = 0
-        for rowid, signature, raw in self.platform.engine.conn.execute(
-            "SELECT rowid, signature, raw FROM platform_txs WHERE status = 'finalized' "
+        rows = self.platform.engine.conn.execute(
+            "SELECT rowid, raw FROM platform_txs WHERE status = 'finalized' "
             "AND rowid > ? AND length(raw) > 0 ORDER BY rowid",
             (self._seen,),
-        ).fetchall():
-            self._seen = rowid
-            if self.chain.status(Signature.from_string(signature)) is None:
-                self.chain.svm.send_transaction(Transaction.from_bytes(bytes(raw)))
-                done += 1
-        return done
+        ).fetchall()
+        if not rows:
+            return 0
+        self._seen = rows[-1][0]
+        replayed, failed = self.chain.replay(raw for _rowid, raw in rows)
+        if failed:
+            self.hub.log("platform: %d journaled transactions did not replay" % failed)
+        return replayed
 
     async def round(self, now=None):
         now = time.time() if now is None else now

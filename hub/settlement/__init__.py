@@ -10,11 +10,11 @@ hub's SQLite store (journal.py) before it is sent, re-sends and rebuilds, and at
 start-up waits out strays and reconciles from the chain's memos (recovery.py), so that
 nothing is paid twice or lost. Backends (backends.py): LiteSVM in-process (chain.py;
 the default, for the demo and the tests: it makes its mint, funds the aggregators and
-makes owners' keys on first start, provision.py), or JSON-RPC to a cluster
-(rpc_backend.py) chosen by URL. Keys are solana-keygen files, mode 0600 or refused,
-never logged (wallets.py). Status goes out as "settlement" events (hub/events.py) to
-the MQTT bridge and the status page; `python -m hub.settlement status --config
-hub.toml` prints the journal.
+makes owners' keys, provision.py, and at every start is rebuilt from the journals,
+rebuild.py), or JSON-RPC to a cluster (rpc_backend.py) chosen by URL. Keys are
+solana-keygen files, mode 0600 or refused, never logged (wallets.py). Status goes out
+as "settlement" events (hub/events.py) to the MQTT bridge and the status page;
+`python -m hub.settlement status --config hub.toml` prints the journal.
 """
 
 from pathlib import Path

@@ -14,9 +14,11 @@ cluster's RPC node adds around a bank and LiteSVM lacks:
   reconciliation reads.
 
 Every processed transaction is final at once (finalized = processed here). State lives
-in this process: a hub on the LiteSVM backend starts with an empty chain each time
-(hub/settlement/provision.py sets it up), which is what a demo wants and a ledger must
-not: real money needs an RPC backend.
+in this process, but it is durable through the store's journals: at each start the
+chain is provisioned again (hub/settlement/provision.py, the same mint, aggregators and
+funding) and every finalized journaled transaction re-executed by replay()
+(hub/settlement/rebuild.py), so the token balances are those the hub left. That is
+still no ledger of its own: real money needs a cluster (an RPC backend).
 """
 
 import time
@@ -30,6 +32,8 @@ from solders.transaction_status import TransactionErrorFieldless
 
 from hub.settlement.transactions import memos, nonce_of, nonce_value
 
+SOL = 10**9
+REPLAY_FLOOR, REPLAY_TOP_UP = 1 * SOL, 100 * SOL  # a replayed fee payer's lamports
 Landed = namedtuple("Landed", "signature slot err memo block_time error")  # error: solders'
 
 
@@ -89,6 +93,36 @@ class Chain:
         if not self._fresh(tx):
             self.last_error = TransactionErrorFieldless.BlockhashNotFound
             return signature, "BlockhashNotFound", False
+        return self._execute(tx)
+
+    def replay(self, raws):
+        """Re-execute journaled transactions (signed bytes, oldest first) exactly as send()
+        records them (status, signatures by address, memos), but with no blockhash age:
+        their blockhashes were another chain's. A signature already seen is skipped, as
+        send() refuses it (AlreadyProcessed). -> (replayed, failed): failed = bytes that
+        do not parse, or a transaction refused or landed with an error."""
+        replayed = failed = 0
+        for raw in raws:
+            try:
+                tx = Transaction.from_bytes(bytes(raw))
+            except ValueError:
+                failed += 1
+                continue
+            self.tick()
+            if tx.signatures[0] in self._landed:
+                continue
+            # The journal holds no airdrops: its fee payers had the lamports when these
+            # landed, so they get them again (lamport balances are not rebuilt exactly).
+            payer = tx.message.account_keys[0]
+            if (self.svm.get_balance(payer) or 0) < REPLAY_FLOOR:
+                self.airdrop(payer, REPLAY_TOP_UP)
+            _sig, err, _landed = self._execute(tx)
+            replayed += err is None
+            failed += err is not None
+        return replayed, failed
+
+    def _execute(self, tx):
+        signature = tx.signatures[0]
         payer = tx.message.account_keys[0]
         before = self.svm.get_balance(payer) or 0
         result = self.svm.send_transaction(tx)

@@ -4,7 +4,13 @@
   mint authority <wallets>/mint-authority.json, made once and kept, so the mint's address
   (and every token account derived from it) is the same at every start;
 - each aggregator's wallet (<wallets>/aggregator-<key_id>.json, made if missing) gets SOL
-  for fees and rent, and `fund_credits` credits in its token account.
+  for fees and rent, and `fund_credits` credits in its token account (once: when that
+  account does not exist yet);
+- with durable nonces, each aggregator's nonce account (<wallets>/nonce-<key_id>.json)
+  with the aggregator as its authority, as recovery.py would make it: made here so that
+  the journal's nonce transactions can be replayed (rebuild.py).
+
+It runs at every start, before the journals are replayed onto the chain (rebuild.py).
 
 Every key file is written 0600 (hub/settlement/wallets.py) and no key is ever printed.
 Batteries' owners' keys are made on demand by wallets.Owners (make=...).
@@ -18,14 +24,15 @@ from spl.token import instructions as token_ix
 from spl.token.models import InitializeMint2Params, MintToCheckedParams
 
 from hub.settlement import wallets
-from hub.settlement.transactions import TOKEN_PROGRAM, ata
+from hub.settlement.transactions import NONCE_BYTES, TOKEN_PROGRAM, ata
 
 MINT_BYTES = 82
 SOL = 10**9
 
 
-def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL):
-    """Set up `chain` for `payers` ({key_id: Wallet}). -> the mint's Pubkey."""
+def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL, nonces=None):
+    """Set up `chain` for `payers` ({key_id: Wallet}) and their `nonces` ({key_id: nonce
+    account Wallet} or None). -> the mint's Pubkey."""
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     mint = wallets.read_or_create(folder / "mint.json", True)
@@ -53,7 +60,21 @@ def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL)
                     program_id=TOKEN_PROGRAM, mint=mint.pubkey, dest=account,
                     mint_authority=authority.pubkey, amount=units, decimals=decimals)),
             ])  # fmt: skip
+    for key_id, nonce in (nonces or {}).items():
+        wallet = payers[key_id]
+        if chain.account_data(nonce.pubkey) is None:
+            rent = chain.svm.minimum_balance_for_rent_exemption(NONCE_BYTES)
+            ixs = system_program.create_nonce_account(
+                wallet.pubkey, nonce.pubkey, wallet.pubkey, rent
+            )
+            _send(chain, wallet, [nonce], ixs)
     return mint.pubkey
+
+
+def nonce_wallets(folder, key_ids):
+    """{key_id: Wallet} of the aggregators' nonce accounts (<folder>/nonce-<k>.json, made
+    if missing): the uploader signs on them, provision() makes them on LiteSVM."""
+    return {k: wallets.read_or_create(Path(folder) / ("nonce-%d.json" % k), True) for k in key_ids}
 
 
 def _send(chain, payer, signers, ixs):

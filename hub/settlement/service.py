@@ -17,6 +17,7 @@ from solders.pubkey import Pubkey
 
 from hub.settlement import journal, records, wallets
 from hub.settlement.backends import BackendError, LiteSVMBackend
+from hub.settlement.provision import nonce_wallets
 from hub.settlement.uploader import Uploader
 
 
@@ -46,26 +47,17 @@ class Settlement:
             s["owners_file"] or (folder / "owners.json" if litesvm else None),
             make=folder / "owners" if litesvm else None,
         )
+        nonces = nonce_wallets(folder, payers) if s["durable_nonce"] else None
         if litesvm:
-            from hub.settlement.chain import Chain
-            from hub.settlement.provision import provision
-
-            self.chain = self.chain or Chain(block_s=0.4)
-            mint = provision(self.chain, folder, payers, s["fund_credits"], s["decimals"])
-            backend = LiteSVMBackend(self.chain)
-            hub.log("settlement: LiteSVM in-process chain; made its mint and funded %d "
-                    "aggregators with %d credits (keys in %s, mode 0600)"
-                    % (len(payers), s["fund_credits"], folder))  # fmt: skip
+            mint, backend = self._rebuild(folder, payers, nonces)
         else:
             from hub.settlement.rpc_backend import RpcBackend
 
             mint = Pubkey.from_string(s["mint"])
             backend = RpcBackend(s["backend"], timeout_s=s["timeout_s"])
             hub.log("settlement: RPC %s, mint %s" % (s["backend"], mint))
-        nonces = None
-        if s["durable_nonce"]:
-            nonces = {str(w.pubkey): wallets.read_or_create(folder / ("nonce-%d.json" % k), True)
-                      for k, w in payers.items()}  # fmt: skip
+        if nonces is not None:
+            nonces = {str(payers[k].pubkey): w for k, w in nonces.items()}
         self.uploader = Uploader(
             hub.store, backend, payers, owners, mint, name=hub.cfg["name"],
             decimals=s["decimals"], cents_per_credit=s["cents_per_credit"],
@@ -75,6 +67,23 @@ class Settlement:
         )  # fmt: skip
         self._unsubscribe = hub.events.subscribe(self._on_event)
         self._task = asyncio.create_task(self._run())
+
+    def _rebuild(self, folder, payers, nonces):
+        """LiteSVM: the chain provisioned and the journals replayed (rebuild.py), so the
+        payments made before this start are on it again. -> (mint, backend)"""
+        from hub.settlement import rebuild
+
+        s, hub = self.settings, self.hub
+        self.chain, mint, replayed, failed = rebuild.start(
+            hub.store.db.conn, folder, payers, s["fund_credits"], s["decimals"],
+            nonces=nonces, chain=self.chain, block_s=0.4,
+        )  # fmt: skip
+        hub.log("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
+                "with %d credits (keys in %s, mode 0600)"
+                % (len(payers), s["fund_credits"], folder))  # fmt: skip
+        hub.log("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
+                "(%d did not replay)" % (replayed, failed))  # fmt: skip
+        return mint, LiteSVMBackend(self.chain)
 
     def _on_event(self, event):
         if event["kind"] == "contract" and event.get("state") in records.FINAL_STATES:

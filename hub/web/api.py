@@ -39,7 +39,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.web import platform, queries
-from protocol.contract import STATE_NAMES, parse_slot_name
+from protocol.contract import STATE_NAMES, parse_slot_name, slot_length
 
 STATIC = Path(__file__).parent / "static"
 PLATFORM_TTL_S = 2.0  # how stale a platform view may be (the page polls every 5 s)
@@ -139,7 +139,8 @@ def make_app(web):
         now = time.time()
         plot = web.settings["experiment_plot"]
         return {
-            "hub": hub.cfg["name"], "now": now, "slot_s": hub.cfg["slot_s"],
+            "hub": hub.cfg["name"], "now": now, "slot_s": slot_length(hub.grid, now),
+            "slot_grid": hub.grid,
             "gate_s": hub.cfg["gate_s"], "open_slot": hub.market.open_slot(int(now)),
             "signal": hub.signal, "devices": len(hub.registry.devices),
             "aggregators": len(hub.agents), "totals": await web.cache(queries.totals),

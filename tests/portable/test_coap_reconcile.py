@@ -12,7 +12,7 @@ from protocol import contract as mc
 MICROPYTHON_HEAP = "128k"
 S = 1763700300  # a 15-minute slot boundary
 NOW = S - 600  # before the first slot starts
-RULES = {"market_maker": "hub", "slot_s": 900, "max_w": 5000}
+RULES = {"market_maker": "hub", "slot_grid": (900, 0, 900), "max_kw": 5.0}  # the config's
 
 
 def deal(n, slot=0, state=mc.CONFIRMED, watts=5000, maker="hub", minutes=15):
@@ -84,6 +84,14 @@ def test_a_lost_contract_is_adopted_only_when_its_terms_verify():
         assert found["missing"] == [deal(8).contract_id] and len(book) == 0
         found, said = run(book, listed(deal(8)), adopt=None)  # adoption off
         assert found["missing"] == [deal(8).contract_id] and len(book) == 0
+        # governance moved the grid on before its slot (coap_client.take_grid): the 15-min
+        # contract is not one of the slots the battery now sells, a 30-min one is
+        moved = dict(RULES, slot_grid=(900, S, 1800))
+        found, said = run(book, listed(deal(8)), adopt=moved)
+        assert found["missing"] == [deal(8).contract_id] and len(book) == 0
+        longer = deal(9, slot=1, minutes=30)
+        found, said = run(book, listed(longer), adopt=moved)
+        assert found["adopted"] == [longer.contract_id], said
 
 
 def test_a_full_book_adopts_nothing_and_says_why():

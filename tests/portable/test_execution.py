@@ -13,7 +13,7 @@ START = 1763700000 - 1763700000 % 60
 MICROPYTHON_HEAP = "256k"
 
 
-def executor(tag):
+def executor(tag, grid=None):
     folder = "/tmp/gridbid-exec-%s" % tag
     try:
         os.mkdir(folder)
@@ -22,7 +22,8 @@ def executor(tag):
             os.remove(folder + "/" + name)
     book = ContractBook(folder + "/contracts.rec")
     book.start(START)
-    cfg = {"slot_s": 60, "gate_s": 10, "max_kw": 5.0, "device_id": 1001, "market_maker": "hub"}
+    cfg = {"slot_s": 60, "gate_s": 10, "max_kw": 5.0, "device_id": 1001, "market_maker": "hub",
+           "slot_grid": grid or (60, 0, 60)}  # fmt: skip
     return Executor(cfg, None, None, book, print)
 
 
@@ -42,3 +43,19 @@ def test_half_a_slot_leaves_the_other_half_on_offer():
     ex.contract_from_confirm(1, 43, 18.0, 0.04, 5.0, 78, start)  # 0.04 kWh at 5 kW: 29 s
     again, free = ex.free_slot(START)
     assert again == start and 0.04 < free < 0.045
+
+
+def test_a_governed_slot_length_takes_over_at_its_boundary():
+    at = START - START % 240 + 240  # shared by 60 s and 120 s slots
+    ex = executor("grid", (60, at, 120))
+    before = ex.free_slot(at - 90)
+    assert before == (at - 60, 0.0833)  # the last 60 s slot
+    deal = ex.contract_from_confirm(1, 44, 18.0, 0.0833, 5.0, 79, at - 60)
+    assert contract.parse_slot_name(deal.market_slot_name)[0] == 60
+    assert ex.free_slot(at - 90) == (at, 0.1667)  # the first 120 s slot: twice the energy
+    deal = ex.contract_from_confirm(1, 45, 18.0, 0.1667, 5.0, 80, at)
+    assert contract.parse_slot_name(deal.market_slot_name)[:2] == (120, 10)
+    assert deal.duration_minutes == 2
+    assert ex.free_slot(at + 1) == (at + 120, 0.1667)  # on 120 s from then on
+    assert contract.next_slot((60, at, 120), at - 1) == at
+    assert contract.next_slot((60, at, 120), at) == at + 120
