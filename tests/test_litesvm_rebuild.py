@@ -19,6 +19,7 @@ from hub.settlement.backends import LiteSVMBackend
 from hub.settlement.provision import SOL
 from hub.settlement.service import Settlement
 from hub.settlement.transactions import TOKEN_PROGRAM, ata, transfer_ix
+from hub.store import Store
 
 
 def token_state(chain, addresses):
@@ -191,15 +192,22 @@ def credit_cli(*argv):
     return run(parser.parse_args(argv))
 
 
-def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
-    w, _keys, _settings = settled_world(tmp_path)
+def site(tmp_path, platform=""):
+    """hub.toml of a LiteSVM site: the aggregators, [settlement] and [platform]."""
     config = tmp_path / "hub.toml"
     config.write_text(
         '[hub]\nstore = "hub.sqlite"\n\n'
         + "".join("[[aggregator]]\nkey_id = %d\n\n" % k for k in AGGREGATORS)
         + '[settlement]\nwallets = "wallets"\nfund_credits = %d\n\n' % FUND
-        + '[platform]\nkeys = "wallets"\ngov_supply = 1000\n'
+        + '[platform]\nkeys = "wallets"\n'
+        + platform
     )
+    return config
+
+
+def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
+    w, _keys, _settings = settled_world(tmp_path)
+    config = site(tmp_path, "gov_supply = 1000\n")
     capsys.readouterr()
     assert credit_cli("reconcile", "--config", str(config)) == 0, capsys.readouterr().err
     out = capsys.readouterr()
@@ -211,3 +219,47 @@ def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
         assert balances.get(str(key), 0) == (w.chain.token_balance(ata(key, w.mint)) or 0)
     assert sum(balances.get(str(k), 0) for k in w.owners.known.values()) > 0
     w.store.close()
+
+
+def test_a_new_site_reconciles_the_funding_it_provisioned(tmp_path, capsys):
+    """A first `gridbid credit` on a fresh LiteSVM site: provisioning funded each
+    aggregator; that funding is recorded once as its opening (Credit.open_funded), so the
+    store and the chain agree before anything else happened, and again after a purchase."""
+    config = str(site(tmp_path))
+    assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out) == {"reconciled": True}
+    assert credit_cli("rate", "100", "--id", "r1", "--config", config) == 0
+    assert credit_cli("buy", "aggregator-1", "50", "--id", "b1", "--config", config) == 0
+    capsys.readouterr()
+    assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out) == {"reconciled": True}
+    with Store(tmp_path / "hub.sqlite") as store:
+        kinds = [r[0] for r in store.db.conn.execute(
+            "SELECT kind FROM credit_moves ORDER BY rowid")]  # fmt: skip
+    assert kinds == ["opening"] * len(AGGREGATORS) + ["purchase"]  # each opened once
+
+
+def test_a_new_hub_records_its_funding_once_and_reconciles_across_restarts(tmp_path):
+    from hub.platform import DEFAULTS as PLATFORM
+    from hub.platform import check as platform_check
+
+    store = Store(tmp_path / "hub.sqlite")
+    hub = FakeHub(store)
+    settings = platform_check(dict(PLATFORM), tmp_path, "[platform]")
+    for _start in range(2):  # a first start, then a restart on the same store
+
+        async def one_round():
+            s = Settlement(hub, check({**DEFAULTS, "poll_s": 60}, tmp_path, "[settlement]"))
+            await s.open()
+            service = PlatformService(hub, settings, s)
+            await service.round()
+            diffs = await service.platform.reconcile()
+            await s.close()
+            return diffs
+
+        assert asyncio.run(one_round()) == []
+        openings = store.db.conn.execute(
+            "SELECT count(*) FROM credit_moves WHERE kind = 'opening'").fetchone()[0]  # fmt: skip
+        assert openings == len(AGGREGATORS)
+    assert sum("funding recorded as openings" in x for x in hub.lines) == 1, hub.lines
+    store.close()

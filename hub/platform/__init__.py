@@ -110,9 +110,13 @@ def check(settings, base, where):
 class Platform:
     """Everything over one store and one backend."""
 
-    def __init__(self, store, backend, keys, credit_mint, settings=None, clock=None):
+    def __init__(self, store, backend, keys, credit_mint, settings=None, clock=None,
+                 funded=None):  # fmt: skip
         s = dict(DEFAULTS, **(settings or {}))
         self.settings = s
+        # LiteSVM: credits provisioning minted, {aggregator key id: base units}; they
+        # become each one's opening entry (Credit.open_funded)
+        self.funded = funded or {}
         self.engine = Engine(store, backend, keys)
         self.credit = Credit(self.engine, credit_mint, s["decimals"])
         self.rec = Rec(self.engine, self.credit, s["sources"], s["kwh_per_certificate"])

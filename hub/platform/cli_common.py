@@ -86,7 +86,7 @@ def open_platform(args):
     store = Store(cfg["db"])
     keys = Keys(cfg["keys"], make=cfg["backend"] == "litesvm")
     if cfg["backend"] == "litesvm":
-        chain, mint = _litesvm(cfg, store, keys.authority.pubkey)
+        chain, mint, funded = _litesvm(cfg, store, keys.authority.pubkey)
         backend = LiteSVMBackend(chain)
     else:
         from hub.platform.chain_ops import pk
@@ -94,12 +94,13 @@ def open_platform(args):
 
         if not cfg["mint"]:
             raise PlatformError("an RPC backend needs [settlement] mint")
-        mint, backend = pk(cfg["mint"]), RpcBackend(cfg["backend"])
-    return Platform(store, backend, keys, mint, cfg["platform"])
+        mint, backend, funded = pk(cfg["mint"]), RpcBackend(cfg["backend"]), {}
+    return Platform(store, backend, keys, mint, cfg["platform"], funded=funded)
 
 
 def _litesvm(cfg, store, authority):
-    """The hub's chain, rebuilt here (hub/settlement/rebuild.py). -> (chain, mint)"""
+    """The hub's chain, rebuilt here (hub/settlement/rebuild.py). -> (chain, mint,
+    {aggregator key id: credits provisioning minted it, in base units})"""
     from hub.settlement import provision, rebuild, wallets
 
     p, decimals = _provision(cfg), cfg["platform"]["decimals"]
@@ -111,7 +112,7 @@ def _litesvm(cfg, store, authority):
     chain.airdrop(authority, 1000 * SOL)
     if failed:
         print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
-    return chain, mint
+    return chain, mint, {k: p["fund_credits"] * 10**decimals for k in payers}
 
 
 def replay(chain, store):
@@ -133,6 +134,7 @@ async def _recovered(platform, action):
     # lost journal's pending command is signed again only by the hub (service.py).
     if not isinstance(platform.engine.backend, LiteSVMBackend):
         await platform.recover(hold=False)
+    await platform.credit.open_funded(platform.funded)
     return await action(platform)
 
 

@@ -197,6 +197,20 @@ class Credit:
     async def opening(self, command, account, units):
         return await self.engine.run(command, Opening.kind, {"account": account, "units": units})
 
+    async def open_funded(self, funded):
+        """LiteSVM: the credits provisioning minted ({aggregator key id: base units}) are
+        each aggregator's opening, recorded once, before its first move: the chain is
+        the hub's own, so what it holds before the ledger is known, not stated.
+        -> the accounts opened now."""
+        opened = []
+        for key_id, units in sorted(funded.items()):
+            account = "aggregator-%d" % key_id
+            owner = str(self.keys.account(account))
+            if not self.engine.rows("SELECT 1 FROM credit_moves WHERE account = ?", (owner,)):
+                await self.opening("litesvm-funding-%d" % key_id, account, units)
+                opened.append(account)
+        return opened
+
     def balances(self):
         return dict(ledger_balances(self.engine.conn))
 

@@ -34,7 +34,8 @@ class PlatformService:
         keys = Keys(settings["keys"], make=self.chain is not None)
         if self.chain is not None:
             self.chain.airdrop(keys.authority.pubkey, 1000 * 10**9)
-        self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings)
+        self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings,
+                                 funded=getattr(settlement, "funded", {}))  # fmt: skip
         self._seen = 0  # rowid of the last journaled transaction replayed
         self._task = None
 
@@ -64,6 +65,9 @@ class PlatformService:
             found = await p.recover()
             if any(found.values()):
                 self.hub.log("platform: recovered from the chain's memos: %s" % found)
+            opened = await p.credit.open_funded(p.funded)
+            if opened:
+                self.hub.log("platform: LiteSVM funding recorded as openings: %s" % opened)
         await p.engine.resume()
         minted = await p.rec.mint("rec-auto-%d" % int(now * 1000))
         changes = p.gov.tick(now)

@@ -81,6 +81,8 @@ class Settlement:
         hub.log("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
                 "with %d credits (keys in %s, mode 0600)"
                 % (len(payers), s["fund_credits"], folder))  # fmt: skip
+        # what provisioning minted to each aggregator (the platform's opening entries)
+        self.funded = {k: s["fund_credits"] * 10 ** s["decimals"] for k in payers}
         hub.log("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
                 "(%d did not replay)" % (replayed, failed))  # fmt: skip
         return mint, LiteSVMBackend(self.chain)
