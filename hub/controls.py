@@ -14,6 +14,8 @@ the newest of each name is in force.
 import math
 import time
 
+from hub import keys_file
+
 GRID = "market.slot_grid"
 NOTICE_SLOTS = 2  # a battery sells its next slot: two slots' notice reach it in time
 MAX_NOTICE_S = 86400
@@ -43,6 +45,11 @@ def set_control(hub, name, value, by):
     else:
         raise ValueError("unknown control %r (reserve_floor.<device>, paused.<aggregator>)"
                          % name)  # fmt: skip
+    record(hub, name, value, by)
+
+
+def record(hub, name, value, by):
+    """Kept in the store, in force, and told (an event)."""
     hub.store.set_control(name, value, by)
     hub.controls = hub.store.controls()
     hub.events.emit("control", name=name, value=value, by=by)
@@ -97,30 +104,31 @@ def schedule_slot_s(hub, now):
         )
         return
     hub.set_grid((current, start, want))
-    hub.store.set_control(GRID, list(hub.grid), "hub")
-    hub.controls = hub.store.controls()
-    hub.events.emit("control", name=GRID, value=list(hub.grid), by="hub")
+    record(hub, GRID, list(hub.grid), "hub")
     hub.log(
         "market: slot_s %d -> %d from %s (governance; batteries hear it on /price)"
         % (current, want, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)))
     )
 
 
-def on_grid(hub, device_id, start):
-    """May the hub trade `device_id`'s slot at `start`? Every battery shares a grid that
-    never changed, and the slots before a change; from it, only one known to have it:
-    it heard the grid over CoAP (hub.grid_told), or the config the hub provisioned it
-    with (battery-<id>.json, `gridbid hub keys`) has the new slot_s. Others would sell
-    other slots than the hub buys: each is told once and left out."""
+def off_grid(hub, start, devices):
+    """Which of `devices` the hub must not trade in the slot at `start`. Every battery
+    shares a grid that never changed, and the slots before a change; from it, only one
+    known to have it: it heard the grid over CoAP (hub.grid_told), or the config the hub
+    provisioned it with (battery-<id>.json, `gridbid hub keys`) has the new slot_s.
+    Others would sell other slots than the hub buys: each is told once and left out."""
     before, at, after = hub.grid
-    if before == after or start < at or device_id in hub.grid_told:
-        return True
-    if hub.battery_slot_s().get(device_id) == after:
-        return True
-    if (device_id, hub.grid) not in hub.told_off_grid:
-        hub.told_off_grid.add((device_id, hub.grid))
-        hub.log("battery %d is not known to have the new slot grid (%d s slots from %d): "
-                "not traded from then. Set its coap_hub (it hears the grid), or provision "
-                "it with slot_s = %d (gridbid hub keys; tools/flash.py provision)"
-                % (device_id, after, at, after))  # fmt: skip
-    return False
+    unsure = [d for d in devices if d not in hub.grid_told]
+    if before == after or start < at or not unsure:
+        return set()
+    where = hub.cfg.get("keys_file")  # the configs read once a slot, not once a battery
+    configs = keys_file.battery_configs(where) if where else {}
+    off = {d for d in unsure if configs.get(d, {}).get("slot_s") != after}
+    for device_id in sorted(off):
+        if (device_id, hub.grid) not in hub.told_off_grid:
+            hub.told_off_grid.add((device_id, hub.grid))
+            hub.log("battery %d is not known to have the new slot grid (%d s slots from %d): "
+                    "not traded from then. Set its coap_hub (it hears the grid), or "
+                    "provision it with slot_s = %d (gridbid hub keys; tools/flash.py "
+                    "provision)" % (device_id, after, at, after))  # fmt: skip
+    return off

@@ -178,10 +178,11 @@ class Hub:
             retry_ms=250, price_signal=self.signal,
         )  # fmt: skip
         offers = {}
+        off_grid = controls.off_grid(self, start, list(self.registry.devices))
         for info in list(self.registry.devices.values()):
             if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
                 continue
-            if not controls.on_grid(self, info.device_id, start):
+            if info.device_id in off_grid:
                 continue
             self._know(info)
             # The owner's floor, set on the hub by an operator, raises the battery's reserve.
@@ -282,12 +283,6 @@ class Hub:
     def follow_controls(self):
         controls.follow(self)
 
-    def battery_slot_s(self):
-        """{battery: slot_s} of the configs the hub provisioned (gridbid hub keys)."""
-        where = self.cfg.get("keys_file")
-        configs = keys_file.battery_configs(where) if where else {}
-        return {d: c.get("slot_s") for d, c in configs.items()}
-
     def set_control(self, name, value, by):
         """Set (None: clear) an operator's setting; ValueError names a bad one."""
         controls.set_control(self, name, value, by)
@@ -349,11 +344,6 @@ class Hub:
                 )  # fmt: skip
                 self.store.record_telemetry(msg.device_id, **reading)
                 self.events.emit("telemetry", device=msg.device_id, **reading)
-
-
-def next_start(now_s, slot_s):
-    """The start of the next slot on the grid: what a battery offers (slots_ahead = 1)."""
-    return contract.next_slot((slot_s, 0, slot_s), now_s)
 
 
 def _mean(pairs):

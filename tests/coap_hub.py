@@ -10,8 +10,8 @@ import time
 
 from hub import hub_config
 from hub.fleet import free_port
-from hub.service import Hub, next_start
-from protocol import auth, message
+from hub.service import Hub
+from protocol import auth, contract, message
 
 DEVICE, OTHER, BUYER, BUYER2, STRANGER = 1001, 1002, 1, 2, 4242
 KEYS = {BUYER: os.urandom(32), BUYER2: os.urandom(32), DEVICE: os.urandom(32),
@@ -66,7 +66,7 @@ def seed(hub):
     """DEVICE's contracts in each state that matters, and one of OTHER. -> {name: id}"""
     for device in (DEVICE, OTHER):
         hub.store.add_device(device, device, "127.0.0.1")
-    nxt = next_start(time.time(), SLOT_S)
+    nxt = contract.next_slot((SLOT_S, 0, SLOT_S), time.time())
     success = message.TERM_CONTRACT_SUCCESS
     return {
         "running": bought(hub, DEVICE, BUYER2, 17, nxt - SLOT_S, 5007),  # its slot started

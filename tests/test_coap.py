@@ -31,8 +31,7 @@ from coap_hub import (
 
 from hub import hub_config
 from hub.coap_server import CoapServer
-from hub.service import next_start
-from protocol import auth, coap
+from protocol import auth, coap, contract
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,7 +153,7 @@ def test_a_long_list_is_bounded_to_one_datagram(tmp_path):
         # The longest market maker name a slot name allows: ~150-byte entries
         async with running_hub(tmp_path, name="m" * 70, max_contracts=12) as hub:
             hub.store.add_device(DEVICE, DEVICE, "127.0.0.1")
-            nxt = next_start(time.time(), SLOT_S)
+            nxt = contract.next_slot((SLOT_S, 0, SLOT_S), time.time())
             for n in range(14):
                 bought(hub, DEVICE, BUYER, 100 + n, nxt + n * SLOT_S, 6000 + n)
             async with coap_client() as ctx:

@@ -28,7 +28,6 @@ from coap_hub import (
 
 from hub import micropython
 from hub.coap_server import CoapServer, Signed
-from hub.service import next_start
 from protocol import coap, contract
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,7 +125,7 @@ def device_book(path, ids, hub):
     """The battery's ContractBook on disk: one contract as the hub has it, one it ran
     while the hub heard nothing yet, one the hub never made; the hub's "later" and
     "running" ones are lost."""
-    nxt = next_start(time.time(), SLOT_S)
+    nxt = contract.next_slot((SLOT_S, 0, SLOT_S), time.time())
     book = contracts.ContractBook(str(path))
     book.start(int(time.time()))
 

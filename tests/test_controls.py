@@ -75,14 +75,14 @@ def test_a_governed_slot_length_is_scheduled_at_a_shared_boundary_and_kept(hub, 
     controls.follow(hub, now + 30)  # scheduled once: the same grid, nothing said again
     assert hub.grid == (60, at, 900) and sum("slot_s" in x for x in hub.logs) == 1
     # a battery that never heard the grid is traded before the change, not after it
-    assert controls.on_grid(hub, 7, at - 60) and not controls.on_grid(hub, 7, at)
-    assert not controls.on_grid(hub, 7, at + 900)
+    assert not controls.off_grid(hub, at - 60, [7]) and controls.off_grid(hub, at, [7]) == {7}
+    assert controls.off_grid(hub, at + 900, [7]) == {7}
     assert sum("battery 7 is not known" in x for x in hub.logs) == 1  # told once
     hub.grid_told.add(7)  # it observed /price (hub/coap_server.py)
-    assert controls.on_grid(hub, 7, at)
+    assert not controls.off_grid(hub, at, [7])
     # one provisioned with the new length (battery-<id>.json, gridbid hub keys) is traded
     (tmp_path / "battery-8.json").write_text(json.dumps({"device_id": 8, "slot_s": 900}))
-    assert controls.on_grid(hub, 8, at)
+    assert not controls.off_grid(hub, at, [8])
     # a restarted hub keeps the schedule, whatever hub.toml says
     again = Hub(hub.cfg, log=hub.logs.append)
     assert again.grid == (60, at, 900) and again.ledger.grid == again.grid

@@ -102,7 +102,9 @@ def test_replay_runs_nothing_twice(tmp_path):
     assert rebuild.rebuild(w.chain, w.store.db.conn) == (0, 0)  # the chain that made them
     # The hub's platform service takes in only what its chain has not seen.
     settlement = types.SimpleNamespace(
-        chain=chain, uploader=types.SimpleNamespace(backend=LiteSVMBackend(chain), mint=w.mint)
+        chain=chain,
+        uploader=types.SimpleNamespace(backend=LiteSVMBackend(chain), mint=w.mint),
+        funded={},
     )
     hub = types.SimpleNamespace(store=w.store, log=print)
     service = PlatformService(hub, {**settings, "keys": str(w.folder)}, settlement)

@@ -8,8 +8,8 @@ import types
 from helpers.platform import BASE, World
 
 from hub.platform import DEFAULTS, Keys, Platform, check
-from hub.platform.cli_common import replay
 from hub.platform.service import PlatformService
+from hub.settlement import rebuild
 from hub.settlement.backends import LiteSVMBackend
 from hub.settlement.chain import Chain
 from hub.settlement.provision import SOL, provision
@@ -22,7 +22,7 @@ def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
     w.contract(101, BASE, 2.0, 2.0)
     settings = check({**DEFAULTS, "sources": {"101": "solar"}}, tmp_path, "[platform]")
     settlement = types.SimpleNamespace(
-        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint)
+        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint), funded={}
     )
     logs = []
     hub = types.SimpleNamespace(store=w.store, integrations={"settlement": settlement},
@@ -37,7 +37,7 @@ def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
     keys = Keys(tmp_path / "wallets", make=True)
     chain.airdrop(keys.authority.pubkey, 100 * SOL)
     cli = Platform(store, LiteSVMBackend(chain), keys, mint, settings)
-    assert replay(chain, store) == 0
+    assert rebuild.rebuild(chain, store.db.conn)[1] == 0  # no journaled transaction failed
     asyncio.run(cli.credit.set_rate("r", 100))
     asyncio.run(cli.credit.purchase("b", "alice", 500))
     asyncio.run(cli.rec.retire("x", "owner-101", [2], "cli"))
@@ -71,7 +71,7 @@ def test_a_hub_started_on_a_lost_store_reads_the_memos_first(tmp_path):
     fresh = Store(tmp_path / "fresh.sqlite")
     settings = check(dict(DEFAULTS), tmp_path, "[platform]")
     settlement = types.SimpleNamespace(
-        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint)
+        chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint), funded={}
     )
     logs = []
     hub = types.SimpleNamespace(store=fresh, integrations={"settlement": settlement},

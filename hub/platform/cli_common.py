@@ -52,23 +52,23 @@ def settings_from(args):
     for item in args.source:
         device, _, source = item.partition("=")
         s["sources"][int(device)] = source
+    keys = args.keys or s["keys"]
     return {
         "db": args.db or str(base / hub.get("store", "gridbid-hub.sqlite")),
-        "keys": args.keys or s["keys"],
+        "keys": keys,
         "backend": args.backend or settlement.get("backend", "litesvm"),
         "mint": settlement.get("mint", ""),
         "platform": s,
-        "provision": (data, base),  # read by _provision on LiteSVM only
+        "provision": _provision(data, base, keys),  # used on LiteSVM only
     }
 
 
-def _provision(cfg):
+def _provision(data, base, keys):
     """What the hub's Settlement.open provisions a LiteSVM chain with: {"folder",
     "key_ids", "fund_credits", "durable_nonce"}. Without a [settlement] section the hub
     has no chain of its own: the mint only, from the keys folder."""
-    data, base = cfg["provision"]
     if "settlement" not in data:
-        return {"folder": cfg["keys"], "key_ids": [], "fund_credits": 0, "durable_nonce": False}
+        return {"folder": keys, "key_ids": [], "fund_credits": 0, "durable_nonce": False}
     settings = {**settlement_cfg.DEFAULTS, **data["settlement"]}
     s = settlement_cfg.check(settings, base, "[settlement]")
     return {
@@ -103,7 +103,7 @@ def _litesvm(cfg, store, authority):
     {aggregator key id: credits provisioning minted it, in base units})"""
     from hub.settlement import provision, rebuild, wallets
 
-    p, decimals = _provision(cfg), cfg["platform"]["decimals"]
+    p, decimals = cfg["provision"], cfg["platform"]["decimals"]
     payers = wallets.payers(p["folder"], p["key_ids"], create_missing=True)
     nonces = provision.nonce_wallets(p["folder"], payers) if p["durable_nonce"] else None
     chain, mint, _replayed, failed = rebuild.start(
@@ -113,13 +113,6 @@ def _litesvm(cfg, store, authority):
     if failed:
         print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
     return chain, mint, {k: p["fund_credits"] * 10**decimals for k in payers}
-
-
-def replay(chain, store):
-    """Re-execute both journals' finalized transactions on `chain`. -> failures."""
-    from hub.settlement import rebuild
-
-    return rebuild.rebuild(chain, store.db.conn)[1]
 
 
 def need_id(args):

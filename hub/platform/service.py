@@ -35,7 +35,7 @@ class PlatformService:
         if self.chain is not None:
             self.chain.airdrop(keys.authority.pubkey, 1000 * 10**9)
         self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings,
-                                 funded=getattr(settlement, "funded", {}))  # fmt: skip
+                                 funded=settlement.funded)  # fmt: skip
         self._seen = 0  # rowid of the last journaled transaction replayed
         self._task = None
 

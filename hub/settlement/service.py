@@ -27,6 +27,7 @@ class Settlement:
     def __init__(self, hub, settings, chain=None):
         self.hub, self.settings, self.chain = hub, settings, chain
         self.uploader = None
+        self.funded = {}  # LiteSVM: {aggregator key id: credits provisioning minted it}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task = None
@@ -81,7 +82,6 @@ class Settlement:
         hub.log("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
                 "with %d credits (keys in %s, mode 0600)"
                 % (len(payers), s["fund_credits"], folder))  # fmt: skip
-        # what provisioning minted to each aggregator (the platform's opening entries)
         self.funded = {k: s["fund_credits"] * 10 ** s["decimals"] for k in payers}
         hub.log("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
                 "(%d did not replay)" % (replayed, failed))  # fmt: skip

@@ -4,9 +4,10 @@ import asyncio
 import time
 
 
-def until(check, timeout, what, detail=lambda: ""):
-    """Poll check() until it returns something true; -> that. AssertionError at the
-    deadline, naming what was awaited (and detail(), e.g. a process's output)."""
+def until(check, timeout, what, detail=lambda: "", every=0.01):
+    """Poll check() every `every` s until it returns something true; -> that.
+    AssertionError at the deadline, naming what was awaited (and detail(), e.g. a
+    process's output)."""
     deadline = time.monotonic() + timeout
     while True:
         got = check()
@@ -15,7 +16,7 @@ def until(check, timeout, what, detail=lambda: ""):
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %.1f s waiting for %s%s"
                                  % (timeout, what, detail()))  # fmt: skip
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 async def until_async(check, timeout, what):

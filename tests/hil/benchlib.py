@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import waiting
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 CTRL_C, CTRL_D = b"\x03", b"\x04"
@@ -62,15 +64,9 @@ def reset(dut, board):
 
 
 def until(check, timeout, what):
-    """Poll check() until it returns something true; -> that. AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(0.05)
+    """helpers/waiting.py's until(), polling a board every 50 ms (each poll is a REPL
+    round trip)."""
+    return waiting.until(check, timeout, what, every=0.05)
 
 
 def tool(*args, timeout=300):
