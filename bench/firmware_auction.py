@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import flash  # noqa: E402
 
-from hub.fleet import Fleet  # noqa: E402
 from protocol import message  # noqa: E402
+from simulator.fleet import Fleet  # noqa: E402
 
 
 def pct(values, p):

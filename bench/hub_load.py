@@ -3,7 +3,7 @@
 The batteries are CPython simulators (bench/hub_load_devices.py) in --processes child
 processes, each battery a TCP server on its own loopback address (127.77.x.y) speaking
 authenticated ETP like the firmware. The hub runs in this process on one core: one
-hub.transport.DeviceLink per battery (--links-per-device), for --aggregators aggregator
+transport.links.DeviceLink per battery (--links-per-device), for --aggregators aggregator
 identities, and a handler that does what a hub does with a frame: update the Registry,
 match answers to bids, note failures (that side, its meters and the report are in
 bench/hub_load_hub.py). Measured:
@@ -64,8 +64,8 @@ from hub_load_hub import (  # noqa: E402
     send_costs,
 )
 
-from hub import transport  # noqa: E402
 from protocol import message  # noqa: E402
+from transport import links  # noqa: E402
 
 HELPER_CMD = (sys.executable, str(Path(__file__).resolve().with_name("hub_load_devices.py")))
 DEVICE_BASE = 100_000  # device ids (and key ids) are DEVICE_BASE + index
@@ -202,7 +202,7 @@ async def failure_round(hub, children, into, timeout=5.0):
     """Every battery fails 250 ms from now; into `into` go the latencies (receipt - the
     frame's sent_ms: one machine, one clock), when the last came after then, how many never."""
     start, expected = len(hub.failures), len(hub.links)
-    at_ms = transport.now_ms() + 250
+    at_ms = links.now_ms() + 250
     await children.tell(cmd="fail", at_ms=at_ms)
     await wait_until(lambda: len(hub.failures) - start >= expected, timeout)
     got = hub.failures[start:]
@@ -222,7 +222,7 @@ async def background_traffic(hub, rng):
             try:
                 link.send(message.query(hub.ids[link.aggregator].next(), link.device_id))
                 hub.bid(link, rng, ("load", tick))
-            except transport.QueueFull:
+            except links.QueueFull:
                 pass
         at = (at + size) % len(links)
         await asyncio.sleep(TRAFFIC_EVERY_S)

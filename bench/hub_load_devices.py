@@ -44,8 +44,8 @@ for _path in (str(ROOT / "firmware"), str(ROOT)):
 from auction import Auction, Bid  # noqa: E402  (firmware/auction.py)
 from reserve import reserve_price  # noqa: E402  (firmware/reserve.py)
 
-from hub.transport import now_ms  # noqa: E402
 from protocol import auth, frame, message  # noqa: E402
+from transport.links import now_ms  # noqa: E402
 
 Message = message.Message
 WRITE_LIMIT = 256 * 1024  # bytes waiting in a session's user-space buffer: skip status

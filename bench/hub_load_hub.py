@@ -12,8 +12,8 @@ import os
 import resource
 import time
 
-from hub import transport
 from protocol import auth, frame, message
+from transport import discovery, links
 
 THROUGHPUT_TARGET = 50_000  # frames per second of hub CPU
 BID_P99_TARGET_MS = 20  # net of the auction window
@@ -31,8 +31,8 @@ class Hub:
         keyring = auth.Keyring({**device_keys, **aggregator_keys})
         # One codec (own key id, own replay windows) per aggregator identity.
         self.codecs = {a: frame.Codec(keyring, key_id=a) for a in aggregator_keys}
-        self.ids = {a: message.MessageIds(transport.now_ms()) for a in aggregator_keys}
-        self.registry = transport.Registry()
+        self.ids = {a: message.MessageIds(links.now_ms()) for a in aggregator_keys}
+        self.registry = discovery.Registry()
         self.links = []
         self.frames, self.by_kind = 0, [0] * 10
         self.batches = 0  # runs of frames from one link in a row: ~ reads that gave frames
@@ -53,7 +53,7 @@ class Hub:
             for j in range(per_device):
                 aggregator = aggregators[(index + j) % len(aggregators)]
                 codec = self.codecs[aggregator]
-                link = transport.DeviceLink(
+                link = links.DeviceLink(
                     codec, address, port, self.handle, queue_size=64, on_connect=self.hello
                 )
                 link.aggregator, link.device_id = aggregator, device_id
@@ -229,7 +229,7 @@ def decode_cost(per_read, n=60_000):
     k_dev = os.urandom(32)
     scratch = Hub({DEVICE_ID: k_dev}, {1: os.urandom(32)})
     sealer = frame.Codec(auth.Keyring({DEVICE_ID: k_dev}), key_id=DEVICE_ID)
-    ids, at = message.MessageIds(transport.now_ms()), transport.now_ms()
+    ids, at = message.MessageIds(links.now_ms()), links.now_ms()
     status = message.bess_status
     frames = [
         sealer.seal(status(ids.next(), DEVICE_ID, 10.0, 5.0, 50.0, 0, 48.0, 0.0), at)
@@ -241,7 +241,7 @@ def decode_cost(per_read, n=60_000):
     c0 = time.process_time()
     for chunk in chunks:
         decoder.feed(chunk)
-        for got in decoder.frames(transport.now_ms()):
+        for got in decoder.frames(links.now_ms()):
             handle(link, got)
     return 1e6 * (time.process_time() - c0) / max(1, scratch.frames)
 
@@ -249,13 +249,13 @@ def decode_cost(per_read, n=60_000):
 def send_costs(n=5000):
     """(message.bid(), Codec.seal()) in us, the best of 3: this machine is noisy."""
     codec = frame.Codec(auth.Keyring({1: os.urandom(32)}), key_id=1)
-    ids = message.MessageIds(transport.now_ms())
+    ids = message.MessageIds(links.now_ms())
     build, seal = [], []
     for _ in range(3):
         c0 = time.process_time()
         msgs = [message.bid(ids.next(), DEVICE_ID, 12.5, 1.0) for _ in range(n)]
         c1 = time.process_time()
-        at = transport.now_ms()
+        at = links.now_ms()
         for msg in msgs:
             codec.seal(msg, at)
         build.append(1e6 * (c1 - c0) / n)

@@ -1,4 +1,4 @@
-"""The MQTT bridge's costs (hub/mqtt_bridge.py), against a real mosquitto on loopback.
+"""The MQTT bridge's costs (hub/integrations/mqtt/bridge.py), against a real mosquitto on loopback.
 
     .venv/bin/python bench/mqtt_bridge.py [--events 20000]
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub import hub_config  # noqa: E402
-from hub.mqtt_outbox import Outbox  # noqa: E402
+from hub.config import hub_toml  # noqa: E402
+from hub.integrations.mqtt.outbox import Outbox  # noqa: E402
 from hub.service import Hub  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def make_hub(folder, port, window):
         keys.touch(mode=0o600)
         keys.write_text(json.dumps({"keys": {"1": os.urandom(32).hex()},
                                     "group": os.urandom(32).hex()}))  # fmt: skip
-    cfg = hub_config.check({
+    cfg = hub_toml.check({
         "hub": {"name": "bench", "store": "hub.sqlite", "slot_s": 10, "gate_s": 3},
         "aggregator": [{"key_id": 1}],
         "mqtt": {"host": "127.0.0.1", "port": port, "window": window, "reconnect_min_s": 0.05,

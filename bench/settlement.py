@@ -4,7 +4,8 @@ transactions per second through the JSON-RPC path.
 A real hub store (SQLite, synchronous=FULL as the hub opens it) is filled with final
 contracts: --batteries batteries selling to --aggregators aggregators, --slots slots per
 window, one contract per (battery, slot), its buyer by turns. The uploader
-(hub/settlement/uploader.py) then settles them end to end: batches per window, canonical
+(hub/integrations/settlement/uploader.py)
+then settles them end to end: batches per window, canonical
 records, signing, the journal (written before each send), sending, statuses, finalizing.
 The figure is contracts settled / wall time of the rounds (the contracts' set-up and
 the uploader's start-up excluded).
@@ -21,7 +22,7 @@ a (buyer, battery) pair: they are summed into one transfer. --slots 1 is the wor
 is a typical hour.
 
 Target: >= 1,000 settled trades/s batched on LiteSVM. Then the same chain is rebuilt
-from the journal as a restart does (hub/settlement/rebuild.py): ms per 1,000 replayed
+from the journal as a restart does (hub/integrations/settlement/rebuild.py): ms per 1,000 replayed
 transactions. Figures to read, not assertions.
 
     .venv/bin/python bench/settlement.py
@@ -39,12 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.settlement import journal, rebuild, wallets  # noqa: E402
-from hub.settlement.backends import LiteSVMBackend  # noqa: E402
-from hub.settlement.chain import Chain  # noqa: E402
-from hub.settlement.provision import provision  # noqa: E402
-from hub.settlement.transactions import ata  # noqa: E402
-from hub.settlement.uploader import Uploader  # noqa: E402
+from hub.integrations.settlement import journal, rebuild, wallets  # noqa: E402
+from hub.integrations.settlement.backends import LiteSVMBackend  # noqa: E402
+from hub.integrations.settlement.chain import Chain  # noqa: E402
+from hub.integrations.settlement.provision import provision  # noqa: E402
+from hub.integrations.settlement.transactions import ata  # noqa: E402
+from hub.integrations.settlement.uploader import Uploader  # noqa: E402
 from hub.store import Store  # noqa: E402
 from protocol import contract  # noqa: E402
 
@@ -134,7 +135,7 @@ async def litesvm(args):
         r = await settle(up, count)
         say("LiteSVM", count, r)
         # A restart (or a `gridbid credit|rec|gov` call) rebuilds this chain from the
-        # journal (hub/settlement/rebuild.py): what that costs per transaction.
+        # journal (hub/integrations/settlement/rebuild.py): what that costs per transaction.
         t = time.perf_counter()
         again, _mint, replayed, failed = rebuild.start(
             store.db.conn, folder, payers, 10**9, 6)  # fmt: skip
@@ -149,7 +150,7 @@ async def litesvm(args):
 
 
 async def rpc(args, concurrency, delay_ms):
-    from hub.settlement.rpc_backend import RpcBackend
+    from hub.integrations.settlement.rpc_backend import RpcBackend
 
     with tempfile.TemporaryDirectory(prefix="gridbid-bench-") as tmp:
         folder, payers, owners, store, count, setup = world(tmp, args)

@@ -1,7 +1,7 @@
 """The status page's WebSocket fan-out under load: --clients pages on the hub's /ws.
 
 A real hub.service.Hub (real store and events, no batteries: nothing trades) runs the
-web integration (hub/web) in a child process; --processes client processes open the
+web integration (hub/integrations/web) in a child process; --processes client processes open the
 WebSocket connections. Once all are connected, the hub emits --events events (a
 clearing with --trades trades, ~0.8 kB as JSON) every --interval-ms through
 hub.events.emit, exactly as a slot's clearing goes out. Measured:
@@ -51,7 +51,7 @@ def percentile(values, q):
 
 
 async def serve(args):
-    from hub import hub_config
+    from hub.config import hub_toml
     from hub.service import Hub
 
     with tempfile.TemporaryDirectory(prefix="ws-fanout-") as tmp:
@@ -60,7 +60,7 @@ async def serve(args):
         keys.touch(mode=0o600)
         keys.write_text(json.dumps({"keys": {"1": secrets.token_hex(32)},
                                     "group": secrets.token_hex(32)}))  # fmt: skip
-        cfg = hub_config.check({
+        cfg = hub_toml.check({
             "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json"},
             "aggregator": [{"key_id": 1, "name": "agg1"}],
             "web": {"port": 0, "ws_queue": args.queue},

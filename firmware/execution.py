@@ -18,13 +18,6 @@ from modbus import ModbusError
 
 from protocol import contract, message
 
-_OUTCOME_CODES = {
-    contract.COMPLETED_SUCCESS: message.TERM_CONTRACT_SUCCESS,
-    contract.COMPLETED_FAILURE_BY_SCADA: message.TERM_CONTRACT_FAILURE,
-    contract.COMPLETED_UNKNOWN_OUTCOME: message.TERM_CONTRACT_UNKNOWN,
-    contract.TERMINATED_BY_SCADA: message.TERM_CONTRACT_STOPPED,
-}
-
 
 class Executor:
     def __init__(self, cfg, board, plant, book, log):
@@ -138,7 +131,7 @@ class Executor:
     async def report(self, node):
         """Tell connected buyers the outcome of their finished contracts."""
         for deal, buyer, confirm_id in self.book.reports():
-            code = _OUTCOME_CODES.get(deal.state)
+            code = contract.OUTCOME_CODES.get(deal.state)
             if code is None:
                 continue
             kwh = max(0.0, self.book.delivered_wh(deal.contract_id)) / 1000

@@ -356,7 +356,7 @@ class TcpClient(_Client):
 
 
 class RtuClient(_Client):
-    """Modbus RTU over a serial_port object (write, readexactly, discard, baudrate).
+    """Modbus RTU over a serial_port object (write, read, discard, baudrate).
 
     Frames are separated by at least 3.5 character times of silence (fixed at
     1.75 ms above 19200 baud, as the spec says); a port with baudrate None (a
@@ -383,10 +383,16 @@ class RtuClient(_Client):
             await asyncio.sleep(wait_us / 1000000)
         self.port.discard()  # bytes left from an abandoned reply would shift this one
         await self.port.write(rtu_frame(unit, data))
-        head = await self.port.readexactly(3)
-        rest = await self.port.readexactly(rtu_reply_length(head) - 3)
+        head = await self._read(3)
+        rest = await self._read(rtu_reply_length(head) - 3)
         self._quiet_since = ticks_us()
         return rtu_pdu(head + rest, unit)
+
+    async def _read(self, n):
+        data = b""
+        while len(data) < n:
+            data += await self.port.read(n - len(data))
+        return data
 
     async def _abandon(self):
         self._quiet_since = ticks_us()  # the device may still be talking: keep the gap

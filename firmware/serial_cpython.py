@@ -5,8 +5,6 @@ descriptor with add_reader. Kept apart so that MicroPython never loads it."""
 import asyncio
 import os
 
-from serial_port import Port
-
 try:
     import termios
     from tty import setraw
@@ -19,7 +17,7 @@ def _set_once(future):
         future.set_result(None)
 
 
-class PathPort(Port):
+class PathPort:
     """Raw, reads never blocking (VMIN=0, VTIME=0)."""
 
     def __init__(self, path, baudrate=None):

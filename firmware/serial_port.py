@@ -6,8 +6,10 @@
 
 Every port has the small interface modbus.RtuClient uses: `await write(data)`
 (returns when the bytes are on the wire, so the RS-485 driver can be released),
-`await readexactly(n)`, `discard()` (drop unread input), `close()` and
-`baudrate` (None on a pty: no line timing to respect).
+`await read(n)` (1..n bytes, waiting for the first), `discard()` (drop unread
+input), `close()` and `baudrate` (None on a pty: no line timing to respect).
+The ports share no base class, so serial_uart.py and serial_cpython.py import
+nothing from here: this module only picks one.
 
 A tty path on MicroPython lives here; a board's UART in serial_uart.py and a tty
 on CPython in serial_cpython.py, imported only where they run: on MicroPython
@@ -28,17 +30,7 @@ _VTIME = const(5)  # Linux c_cc indices; the unix port's termios does not name t
 _VMIN = const(6)
 
 
-class Port:
-    """What every port shares: readexactly() over the port's read()."""
-
-    async def readexactly(self, n):
-        data = b""
-        while len(data) < n:
-            data += await self.read(n - len(data))
-        return data
-
-
-class PathPort(Port):
+class PathPort:
     """A tty or pty opened by path on the unix port, raw, reads never blocking
     (VMIN=0, VTIME=0), wrapped in asyncio.StreamReader (which polls the descriptor)."""
 

@@ -4,10 +4,9 @@ optional RS-485 driver-enable pin. Boards only: the unix port never loads it."""
 import asyncio
 
 import machine
-from serial_port import Port
 
 
-class UartPort(Port):
+class UartPort:
     """machine.UART behind asyncio streams; de_pin high while transmitting."""
 
     def __init__(self, uart, baudrate, de_pin=None):

@@ -1,5 +1,6 @@
 """Operators' controls: settings an operator changes while the hub runs (MQTT commands,
-the web page) and market parameters a passed governance proposal sets (hub/platform/gov.py
+the web page) and market parameters a passed governance proposal sets
+(hub/integrations/platform/gov.py
 writes them from its own process). Kept in the store with their history (schema v4);
 the newest of each name is in force.
 
@@ -14,7 +15,7 @@ the newest of each name is in force.
 import math
 import time
 
-from hub import keys_file
+from hub.config import keys_file
 
 GRID = "market.slot_grid"
 NOTICE_SLOTS = 2  # a battery sells its next slot: two slots' notice reach it in time
@@ -80,7 +81,7 @@ def slot_grid(hub):
 def schedule_slot_s(hub, now):
     """A slot length governance set (market.slot_s) becomes the grid's from the first
     boundary both lengths share at least NOTICE_SLOTS slots ahead: by then every battery
-    that observes the hub's /price over CoAP has heard it (hub/coap_server.py sends the
+    that observes the hub's /price over CoAP has heard it (hub/integrations/coap.py sends the
     grid with the price), and no slot straddles the change. The schedule is recorded (GRID,
     by "hub"), so a restarted hub keeps it; one at a time: a newer value waits for it."""
     want = hub.controls.get("market.slot_s")

@@ -21,14 +21,9 @@ The contract is protocol.contract.purchase(), as the firmware's is, so hub and
 battery hold the same ContractId and terms without sending them.
 """
 
-from protocol import contract, message
+from protocol import contract
 
-OUTCOMES = {
-    message.TERM_CONTRACT_SUCCESS: contract.COMPLETED_SUCCESS,
-    message.TERM_CONTRACT_FAILURE: contract.COMPLETED_FAILURE_BY_SCADA,
-    message.TERM_CONTRACT_UNKNOWN: contract.COMPLETED_UNKNOWN_OUTCOME,
-    message.TERM_CONTRACT_STOPPED: contract.TERMINATED_BY_SCADA,
-}
+OUTCOMES = {code: state for state, code in contract.OUTCOME_CODES.items()}  # code -> state
 NEED_ACTIVE = (contract.COMPLETED_SUCCESS, contract.COMPLETED_FAILURE_BY_SCADA)
 LIVE_NAMES = tuple(contract.STATE_NAMES[s] for s in contract.LIVE)
 

@@ -4,13 +4,13 @@
    carries the latest price signal; batteries' reserves follow it) and every
    battery's QueryResponse becomes an ask layer in the slot's book at its reserve.
    A battery offers for its next slot (firmware slots_ahead = 1): this one.
-2. Bids. Every aggregator agent's strategy prices each offer (hub/strategies.py)
+2. Bids. Every aggregator agent's strategy prices each offer (aggregator/strategies.py)
    and the price becomes a bid layer: its kWh at no more than that price.
 3. The price signal (hub.market.price_signal over the book) is recorded and goes
    out with the next Query.
 4. At gate closure the market maker clears the book once: one uniform price,
-   bilateral trades (hub/marketmaker.py). Publishing the price binds them: each
-   buyer buys its share from each battery over ETP (hub/agent.py) and the
+   bilateral trades (hub/market/maker.py). Publishing the price binds them: each
+   buyer buys its share from each battery over ETP (aggregator/agent.py) and the
    contract ledger (hub/ledger.py) records every state.
 5. Strategies learn the outcome; overdue contracts become CompletedUnknownOutcome.
 
@@ -22,19 +22,20 @@ same recorded trades, and buys only what no contract holds yet.
 import asyncio
 import gc
 import time
-from pathlib import Path
 
-from hub import controls, hub_config, keys_file
-from hub.agent import Agent
+from aggregator.agent import Agent
+from aggregator.strategies import Offer, Outcome
+from hub import controls
+from hub.config import hub_toml
 from hub.events import Events
 from hub.ledger import Ledger
-from hub.market.auction import ASK, BID
+from hub.market.clearing import ASK, BID
+from hub.market.maker import MarketMaker
 from hub.market.price_signal import PriceSignal
-from hub.marketmaker import MarketMaker
 from hub.store import Store
-from hub.strategies import Offer, Outcome
-from hub.transport import Discovery, Registry, now_ms
 from protocol import auth, contract, frame, message
+from transport.discovery import Discovery, Registry
+from transport.links import now_ms
 
 
 class StartError(RuntimeError):
@@ -80,7 +81,7 @@ class Hub:
         if self.grid[2] != cfg["slot_s"]:
             log("market: %d s slots (governance; hub.toml says %d)" % (self.grid[2], cfg["slot_s"]))
         self.told_slot_s = None  # a governed slot length already handled (controls.py)
-        self.grid_told = set()  # batteries that heard the grid (hub/coap_server.py)
+        self.grid_told = set()  # batteries that heard the grid (hub/integrations/coap.py)
         self.told_off_grid = set()  # (battery, grid) told once it is not traded
         self.integrations = {}  # name -> started by run(), with async close()
 
@@ -93,7 +94,7 @@ class Hub:
         for name, settings in self.cfg.get("integrations", {}).items():
             if name in self.integrations:
                 continue  # run() again after one failed to start: the rest are up
-            module = importlib.import_module(hub_config.INTEGRATIONS[name])
+            module = importlib.import_module(hub_toml.INTEGRATIONS[name])
             try:
                 self.integrations[name] = await module.start(self, settings)
             except (OSError, RuntimeError, ValueError) as exc:  # a busy port, a bad address
@@ -349,66 +350,3 @@ class Hub:
 def _mean(pairs):
     weight = sum(w for _v, w in pairs)
     return sum(v * w for v, w in pairs) / weight if weight else None
-
-
-def governed(cfg):
-    """cfg with the slot length governance moved the grid on to (hub/controls.py), for the
-    batteries' configs: one provisioned now must trade the slots the hub trades."""
-    if not Path(cfg["store"]).is_file():
-        return cfg
-    with Store(cfg["store"]) as store:
-        grid = store.controls().get(controls.GRID)
-    return dict(cfg, slot_s=grid[2]) if grid else cfg
-
-
-def add_arguments(parser):
-    parser.add_argument(
-        "action", choices=("run", "keys"),
-        help="run: start the hub; keys: make or extend its keys file (hub/keys_file.py)",
-    )  # fmt: skip
-    parser.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
-    parser.add_argument("--slots", type=int, default=None, help="run: stop after N slots")
-    parser.add_argument(
-        "--battery", type=int, action="append", default=[], metavar="DEVICE_ID",
-        help="keys: add a key for this battery and write battery-<id>.json (repeatable)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", help="keys: folder for battery-<id>.json (default: the keys file's)"
-    )
-    parser.add_argument(
-        "--template", metavar="CONFIG_JSON",
-        help="keys: battery-<id>.json completes this battery config (its devices; "
-        "e.g. firmware/config.example.json)",
-    )  # fmt: skip
-
-
-def run(args):
-    try:
-        cfg = hub_config.load(args.config, keys=args.action == "run")
-        if args.action == "keys":
-            bad = [b for b in args.battery if not 0 < b < 2**32]
-            if bad:  # a device id is its key id in frame headers: u32
-                raise hub_config.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
-            for line in keys_file.provision(governed(cfg), args.battery, args.out,
-                                            args.template):  # fmt: skip
-                print(line, flush=True)
-            return 0
-    except (hub_config.ConfigError, keys_file.KeysError) as exc:
-        print("error: %s" % exc, flush=True)
-        return 2
-
-    async def main():
-        hub = Hub(cfg, log=lambda text: print(text, flush=True))
-        try:
-            await hub.run(args.slots)
-        finally:
-            await hub.close()
-
-    try:
-        asyncio.run(main())
-    except StartError as exc:
-        print("error: %s" % exc, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("hub stopped", flush=True)
-    return 0

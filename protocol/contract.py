@@ -27,6 +27,7 @@ contract starts at its slot's start and lasts at most the slot.
 import hashlib
 import struct
 
+from protocol import message
 from protocol.compat import const, hexlify, unhexlify
 from protocol.errors import ContractError
 
@@ -54,6 +55,15 @@ STATE_NAMES = (
     "CompletedFailureByAtn",
 )
 LIVE = (CREATED, RECEIVED, CONFIRMED, ACTIVE)
+# A battery reports how a contract ended as a TERMINATE answering the buyer's BidConfirm,
+# its termination_code the final state's code here; the buyer reads it back with the same
+# table (hub/ledger.py). The one table of ETP outcome codes.
+OUTCOME_CODES = {
+    COMPLETED_SUCCESS: message.TERM_CONTRACT_SUCCESS,
+    COMPLETED_FAILURE_BY_SCADA: message.TERM_CONTRACT_FAILURE,
+    COMPLETED_UNKNOWN_OUTCOME: message.TERM_CONTRACT_UNKNOWN,
+    TERMINATED_BY_SCADA: message.TERM_CONTRACT_STOPPED,
+}
 
 BUYER = "buyer"  # the aggregator / market side (GridWorks' AtomicTNode)
 DEVICE = "device"  # the battery controller (GridWorks' SCADA)

@@ -19,10 +19,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from helpers.waiting import until
-from hub import micropython
-from hub.fleet import free_port
+from simulator import vm
+from simulator.fleet import free_port
 
-DEPLOY = micropython.ROOT / "deploy" / "mosquitto"
+DEPLOY = vm.ROOT / "deploy" / "mosquitto"
 USERS = ("gridbid-hub", "homeassistant", "operator")
 
 

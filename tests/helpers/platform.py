@@ -4,11 +4,12 @@ credits: every credit in circulation goes through the platform's ledger), and co
 with metered energy driven through the store's real contract rules."""
 
 import asyncio
+from fractions import Fraction
 
-from hub.platform import Keys, Platform
-from hub.settlement.backends import LiteSVMBackend
-from hub.settlement.chain import Chain
-from hub.settlement.provision import SOL, provision
+from hub.integrations.platform import Keys, Platform
+from hub.integrations.settlement.backends import LiteSVMBackend
+from hub.integrations.settlement.chain import Chain
+from hub.integrations.settlement.provision import SOL, provision
 from hub.store import Store
 from protocol import contract
 
@@ -56,3 +57,57 @@ class World:
 
     def close(self):
         self.store.close()
+
+
+# --- a store with one of each incentive (test_platform_incentives, the page's views) ---
+
+EPOCH_S = 3600
+EPOCH = BASE // EPOCH_S * EPOCH_S  # BASE is inside it, 15 minutes after its start
+RULES = {
+    "epoch_s": EPOCH_S,
+    "conservation": {"rate": 30.0, "cap": 50},
+    "demand_response": {"rate": 10.0, "cap": 15},
+    "liquidity": {"rate": 4.0, "cap": 100},
+    "budget": 1000,
+    "baseline_epochs": 2,
+}
+
+
+def fill(w):
+    s = w.store
+    # conservation: 101 charged at 2 kW the epoch before, 1 kW in this one (a reading a
+    # minute: 59 intervals of 60 s covered in each, 98 %)
+    s.add_device(101, 101, "127.0.0.1:1")
+    for start, kw in ((EPOCH - EPOCH_S, -2.0), (EPOCH, -1.0)):
+        for j in range(60):
+            s.record_telemetry(101, power_kw=kw, at=start + 60 * j)
+    # 104 has readings for half of this epoch only: a gap is no saving
+    s.add_device(104, 104, "127.0.0.1:1")
+    for j in range(60):
+        s.record_telemetry(104, power_kw=-2.0, at=EPOCH - EPOCH_S + 60 * j)
+    for j in range(30):
+        s.record_telemetry(104, power_kw=0.0, at=EPOCH + 60 * j)
+    # demand response: a high-signal slot (20 c > p_balance 15) and a low one (10 c)
+    high = w.contract(102, BASE, 1.0, 0.8)
+    w.contract(103, BASE, 2.0, 3.0)  # more than promised: the promise counts (2 kWh)
+    low = w.contract(102, BASE + 60, 1.0, 1.0)
+    s.record_price_signal(20.0, 10, 5, slot=s.contract(high)["slot"], at=BASE - 30)
+    s.record_price_signal(10.0, 5, 10, slot=s.contract(low)["slot"], at=BASE + 30)
+    # liquidity in a slot cleared at 16 c: what rested in the book within 20 %
+    slot = s.contract(w.contract(101, BASE + 600, 0.1, None))["slot"]
+    s.record_bid(slot, 0, "bid", 1, 16.0, 2.0)  # aggregator 1: 1.5 rests
+    s.record_bid(slot, 1, "ask", 101, 30.0, 1.0)  # far above: earns nothing
+    s.record_bid(slot, 2, "ask", 102, 14.0, 1.0)  # 0.5 rests, within the band
+    s.record_trades("clr-1", slot, [(0, 1, "bid", 0.5), (2, 102, "ask", 0.5)], 16.0)
+
+
+def expected():
+    covered = Fraction(59 * 60, 3600)  # hours observed
+    saved = 2 * covered - 1 * covered
+    return {
+        ("owner-101", "conservation"): int(30 * saved),  # 29
+        ("owner-102", "demand_response"): int(10 * Fraction(8, 10)),  # 8
+        ("owner-103", "demand_response"): 15,  # 10 x 2 = 20, capped at 15
+        ("aggregator-1", "liquidity"): int(4 * Fraction(3, 2)),  # 6
+        ("owner-102", "liquidity"): int(4 * Fraction(1, 2)),  # 2
+    }

@@ -1,17 +1,17 @@
 """A settlement test world: a real SQLite store with final contracts, the in-process
 chain (LiteSVM running the real SPL programs), aggregators' wallets and owners' keys,
-and what the balances must be, computed here independently of hub/settlement/records.py
+and what the balances must be, computed here independently of hub/integrations/settlement/records.py
 (fractions, not decimals)."""
 
 import collections
 import time
 from fractions import Fraction
 
-from hub.settlement import records, wallets
-from hub.settlement.backends import LiteSVMBackend
-from hub.settlement.chain import Chain
-from hub.settlement.provision import provision
-from hub.settlement.uploader import Uploader
+from hub.integrations.settlement import records, wallets
+from hub.integrations.settlement.backends import LiteSVMBackend
+from hub.integrations.settlement.chain import Chain
+from hub.integrations.settlement.provision import provision
+from hub.integrations.settlement.uploader import Uploader
 from hub.store import Store
 from protocol import contract
 
@@ -118,7 +118,7 @@ class World:
         return Store(self.path, synchronous="NORMAL")
 
     def balances(self):
-        from hub.settlement.transactions import ata
+        from hub.integrations.settlement.transactions import ata
 
         # Owners made by another process or Owners instance are in the file.
         known = {**wallets.read_owners(self.folder / "owners.json"), **self.owners.known}
@@ -129,7 +129,7 @@ class World:
 
     def spent(self):
         """Base units each aggregator paid out."""
-        from hub.settlement.transactions import ata
+        from hub.integrations.settlement.transactions import ata
 
         return {k: FUND * CREDIT - self.chain.token_balance(ata(w.pubkey, self.mint))
                 for k, w in self.payers.items()}  # fmt: skip

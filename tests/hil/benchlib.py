@@ -2,7 +2,7 @@
 and tools/flash.py.
 
 The same calls work on a board's USB serial port and on the MicroPython VM's pty
-(tests/hil/vm.py); where the two differ (how the app starts, how a board resets)
+(tests/hil/virtual_board.py); where the two differ (how the app starts, how a board resets)
 the board profile given with --hil-board decides.
 """
 
@@ -37,7 +37,7 @@ def run(dut, line, expect, timeout=10):
 def boot(dut, board):
     """Start the app afresh, as a board does after a reset: main.py with board.json and
     config.json beside it. A board soft-resets (Ctrl-D at its prompt: a new interpreter,
-    then boot.py and main.py). The VM ends at Ctrl-D; its wrapper (tests/hil/vm.py)
+    then boot.py and main.py). The VM ends at Ctrl-D; its wrapper (tests/hil/virtual_board.py)
     starts a new one on the same files, which imports main.py as a board runs it. (An
     `import main` in the old one would run the interrupted app's tasks too.)"""
     repl(dut)

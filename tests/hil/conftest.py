@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from benchlib import ROOT, tool
 
-from hub.fleet import free_group_port
+from simulator.fleet import free_group_port
 
 
 def pytest_addoption(parser):
@@ -104,7 +104,7 @@ class Bench:
     def setup(self):
         get = self._get
         sim_port = free_port(self.host)
-        sim = ["-m", "hub.cli", "device", "sim", "--host", self.host, "--tcp-port", sim_port,
+        sim = ["-m", "gridbid.cli", "device", "sim", "--host", self.host, "--tcp-port", sim_port,
                "--every", 3600]  # fmt: skip
         if get("hil_rtu"):
             sim += ["--rtu", get("hil_rtu")]
@@ -174,7 +174,7 @@ class Bench:
     def hub(self):
         """The hub, trading slot after slot (started on first use)."""
         if self._hub is None:
-            self._hub = Process("-m", "hub.cli", "hub", "run", "--config", self.hub_toml)
+            self._hub = Process("-m", "gridbid.cli", "hub", "run", "--config", self.hub_toml)
         assert self._hub.proc.poll() is None, "the hub stopped:\n" + self._hub.output
         return self._hub
 

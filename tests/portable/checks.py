@@ -5,7 +5,7 @@ import os
 import random
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-VECTORS = _HERE + "/../vectors"
+VECTORS = _HERE + "/../protocol/vectors"
 
 
 class TempDir:

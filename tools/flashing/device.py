@@ -129,15 +129,15 @@ def device_id(text):
 
 
 def provision(args, plan):
-    from hub import hub_config, keys_file
+    from hub.config import hub_toml, keys_file
 
     battery = device_id(args.device_id)
     if not args.hub_config:
         raise Fail("--hub-config is needed: the hub.toml whose keys file gets this battery's key")
     need_port(args.port, plan.dry_run)
     try:
-        cfg = hub_config.load(args.hub_config, keys=False)
-    except hub_config.ConfigError as exc:
+        cfg = hub_toml.load(args.hub_config, keys=False)
+    except hub_toml.ConfigError as exc:
         raise Fail(str(exc)) from None
     if not args.template and args.board != VM_BOARD:
         raise Fail("--template is needed for board %s: a config.json naming its devices "
@@ -264,11 +264,11 @@ def verify(args, plan):
     if args.config:
         expected = Path(args.config)
     elif args.hub_config and args.device_id:
-        from hub import hub_config
+        from hub.config import hub_toml
 
         try:
-            cfg = hub_config.load(args.hub_config, keys=False)
-        except hub_config.ConfigError as exc:
+            cfg = hub_toml.load(args.hub_config, keys=False)
+        except hub_toml.ConfigError as exc:
             raise Fail(str(exc)) from None
         expected = Path(cfg["keys_file"]).parent / ("battery-%d.json" % device_id(args.device_id))
     if expected is not None and not expected.is_file():

@@ -1,0 +1,58 @@
+"""`gridbid credit ...`: the stable credit (hub/integrations/platform/credit.py).
+
+gridbid credit rate 3500 --currency THB --id r-2026-11   operator sets the rate
+gridbid credit buy aggregator-1 100000 --id pay-0042     100000 fiat minor units in
+gridbid credit redeem owner-101 5000000 --id out-0007    base units out
+gridbid credit opening aggregator-1 0 --id open-1        credits held before the ledger
+gridbid credit balances | reconcile
+"""
+
+from gridbid.platform_cli import add_common, execute, need_id
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("rate", help="set the rate: fiat minor units per credit")
+    p.add_argument("fiat_per_credit", type=int)
+    p.add_argument("--currency", help="default: [platform] currency")
+    p = sub.add_parser("buy", help="record a purchase: fiat paid -> credits minted")
+    p.add_argument("account")
+    p.add_argument("fiat", type=int)
+    p = sub.add_parser("redeem", help="record a redemption: credits burned -> fiat paid")
+    p.add_argument("account")
+    p.add_argument("units", type=int)
+    p = sub.add_parser("opening", help="credits an account held before the ledger")
+    p.add_argument("account")
+    p.add_argument("units", type=int)
+    sub.add_parser("balances", help="what the store says each account holds")
+    sub.add_parser("reconcile", help="compare the store with the chain (exit 1 if not equal)")
+    for p in sub.choices.values():
+        add_common(p)
+
+
+def run(args):
+    async def action(platform):
+        c = platform.credit
+        if args.action == "rate":
+            currency = args.currency or platform.settings["currency"]
+            return await c.set_rate(need_id(args), args.fiat_per_credit, currency)
+        if args.action == "buy":
+            return await c.purchase(need_id(args), args.account, args.fiat)
+        if args.action == "redeem":
+            return await c.redeem(need_id(args), args.account, args.units)
+        if args.action == "opening":
+            return await c.opening(need_id(args), args.account, args.units)
+        if args.action == "balances":
+            return c.balances()
+        return await reconciled(platform)
+
+    return execute(args, action)
+
+
+async def reconciled(platform):
+    from hub.integrations.platform.engine import PlatformError
+
+    diffs = await platform.reconcile()
+    if diffs:
+        raise PlatformError("the store and the chain differ:\n  " + "\n  ".join(diffs))
+    return {"reconciled": True}

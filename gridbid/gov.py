@@ -1,0 +1,74 @@
+"""`gridbid gov ...`: NRG governance (hub/integrations/platform/gov.py).
+
+gridbid gov genesis                                    the fixed supply, once
+gridbid gov grant alice 1000 --id g-1                  treasury -> alice
+gridbid gov stake alice 500 --lock-s 2592000 --id s-1
+gridbid gov unstake alice s-1 --id u-1                 after the lock-up
+gridbid gov propose alice p_con 5.0 --voting-s 86400 --effective-s 172800 --id prop-1
+gridbid gov vote bob prop-1 yes --id v-1
+gridbid gov tick                                       decide and execute what is due
+gridbid gov proposals
+"""
+
+from gridbid.platform_cli import add_common, execute, need_id
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("genesis", help="create NRG: the whole supply to the treasury, fixed")
+    p = sub.add_parser("grant", help="NRG from the treasury to an account")
+    p.add_argument("account")
+    p.add_argument("amount", type=int)
+    p = sub.add_parser("stake", help="lock NRG to vote")
+    p.add_argument("account")
+    p.add_argument("amount", type=int)
+    p.add_argument("--lock-s", type=float, default=30 * 86400)
+    p = sub.add_parser("unstake", help="withdraw a stake after its lock-up")
+    p.add_argument("account")
+    p.add_argument("stake", help="the stake's command id")
+    p = sub.add_parser("propose", help="propose a market parameter change")
+    p.add_argument("account")
+    p.add_argument("param")
+    p.add_argument("value", type=float)
+    p.add_argument("--voting-s", type=float, default=86400)
+    p.add_argument("--effective-s", type=float, default=2 * 86400)
+    p = sub.add_parser("vote", help="vote by stake")
+    p.add_argument("account")
+    p.add_argument("proposal")
+    p.add_argument("choice", choices=("yes", "no"))
+    sub.add_parser("tick", help="decide ended votes, apply passed proposals that are due")
+    sub.add_parser("proposals", help="every proposal and its state")
+    p = sub.add_parser("reward", help="compute (once) and pay an ended epoch's incentives")
+    p.add_argument("epoch", type=float, help="any unix time inside the epoch")
+    p = sub.add_parser("rewards", help="the incentive rewards recorded")
+    p.add_argument("--epoch", type=int)
+    for p in sub.choices.values():
+        add_common(p)
+
+
+def run(args):
+    async def action(platform):
+        g = platform.gov
+        if args.action == "genesis":
+            return await g.genesis()
+        if args.action == "grant":
+            return await g.grant(need_id(args), args.account, args.amount)
+        if args.action == "stake":
+            return await g.stake(need_id(args), args.account, args.amount, args.lock_s)
+        if args.action == "unstake":
+            return await g.unstake(need_id(args), args.account, args.stake)
+        if args.action == "propose":
+            value = int(args.value) if args.param == "slot_s" else args.value
+            return await g.propose(need_id(args), args.account, args.param, value,
+                                   args.voting_s, args.effective_s)  # fmt: skip
+        if args.action == "vote":
+            return await g.vote(need_id(args), args.account, args.proposal, args.choice == "yes")
+        if args.action == "tick":
+            return g.tick()
+        if args.action == "reward":
+            return await platform.incentives.pay(args.epoch)
+        if args.action == "rewards":
+            return platform.incentives.rewards(args.epoch)
+        return g.proposals()
+
+    return execute(args, action)

@@ -1,0 +1,150 @@
+"""What `gridbid credit|rec|gov` share: options, opening the platform, printing results.
+
+Settings come from hub.toml (--config): [hub] store, [settlement] backend / wallets /
+decimals / mint, and [platform] (DEFAULTS in hub/integrations/platform/settings.py);
+options override.
+
+The LiteSVM backend keeps its chain in memory, so a CLI process rebuilds it at each
+start exactly as the hub does (hub/integrations/settlement/rebuild.py): provisioned with the hub's
+aggregators ([[aggregator]] key_id), [settlement] wallets, fund_credits and
+durable_nonce, then every finalized transaction of both journals (settlement's payments
+and the platform's) re-executed in order by the real programs (no blockhash age on
+replay). Keys are the same files, so the addresses are the same, and the balances are
+the hub's. On a cluster (an RPC backend) nothing is rebuilt: the chain is the cluster's,
+and its memos are read first (recovery.py) so a command that landed but whose record was
+lost is refused.
+"""
+
+import asyncio
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from hub.config import keys_file
+from hub.integrations import settlement as settlement_cfg
+from hub.integrations.platform import DEFAULTS, Keys, Platform, PlatformError, check
+from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
+
+SOL = 10**9
+
+
+def add_common(parser):
+    parser.add_argument("--config", help="hub.toml ([hub], [settlement], [platform])")
+    parser.add_argument("--db", help="the hub's SQLite store (default: [hub] store)")
+    parser.add_argument("--keys", help="wallet folder (default: [platform] keys)")
+    parser.add_argument("--backend", help='"litesvm" or an RPC URL ([settlement] backend)')
+    parser.add_argument("--source", action="append", default=[], metavar="DEVICE=SOURCE",
+                        help="a device's source (solar, wind, grid); repeatable")  # fmt: skip
+    parser.add_argument("--id", dest="command_id", help="the command's id (a retry reuses it)")
+
+
+def settings_from(args):
+    data, base = {}, Path(".")
+    if args.config:
+        base = Path(args.config).parent
+        data = tomllib.loads(Path(args.config).read_text())
+    hub, settlement = data.get("hub", {}), data.get("settlement", {})
+    s = check({**DEFAULTS, **data.get("platform", {})}, base, "[platform]")
+    s["decimals"] = settlement.get("decimals", s["decimals"])  # one mint: settlement's
+    # Sources the batteries' own configs declare; [platform.sources] and --source win.
+    keys_path = base / hub.get("keys_file", "hub-keys.json")
+    s["sources"] = {**keys_file.battery_sources(keys_path), **s["sources"]}
+    for item in args.source:
+        device, _, source = item.partition("=")
+        s["sources"][int(device)] = source
+    keys = args.keys or s["keys"]
+    return {
+        "db": args.db or str(base / hub.get("store", "gridbid-hub.sqlite")),
+        "keys": keys,
+        "backend": args.backend or settlement.get("backend", "litesvm"),
+        "mint": settlement.get("mint", ""),
+        "platform": s,
+        "provision": _provision(data, base, keys),  # used on LiteSVM only
+    }
+
+
+def _provision(data, base, keys):
+    """What the hub's Settlement.open provisions a LiteSVM chain with: {"folder",
+    "key_ids", "fund_credits", "durable_nonce"}. Without a [settlement] section the hub
+    has no chain of its own: the mint only, from the keys folder."""
+    if "settlement" not in data:
+        return {"folder": keys, "key_ids": [], "fund_credits": 0, "durable_nonce": False}
+    settings = {**settlement_cfg.DEFAULTS, **data["settlement"]}
+    s = settlement_cfg.check(settings, base, "[settlement]")
+    return {
+        "folder": s["wallets"],
+        "key_ids": [a["key_id"] for a in data.get("aggregator", [])],
+        "fund_credits": s["fund_credits"],
+        "durable_nonce": s["durable_nonce"],
+    }
+
+
+def open_platform(args):
+    from hub.store import Store
+
+    cfg = settings_from(args)
+    store = Store(cfg["db"])
+    keys = Keys(cfg["keys"], make=cfg["backend"] == "litesvm")
+    if cfg["backend"] == "litesvm":
+        chain, mint, funded = _litesvm(cfg, store, keys.authority.pubkey)
+        backend = LiteSVMBackend(chain)
+    else:
+        from hub.integrations.platform.chain_ops import pk
+        from hub.integrations.settlement.rpc_backend import RpcBackend
+
+        if not cfg["mint"]:
+            raise PlatformError("an RPC backend needs [settlement] mint")
+        mint, backend, funded = pk(cfg["mint"]), RpcBackend(cfg["backend"]), {}
+    return Platform(store, backend, keys, mint, cfg["platform"], funded=funded)
+
+
+def _litesvm(cfg, store, authority):
+    """The hub's chain, rebuilt here (hub/integrations/settlement/rebuild.py). -> (chain, mint,
+    {aggregator key id: credits provisioning minted it, in base units})"""
+    from hub.integrations.settlement import provision, rebuild, wallets
+
+    p, decimals = cfg["provision"], cfg["platform"]["decimals"]
+    payers = wallets.payers(p["folder"], p["key_ids"], create_missing=True)
+    nonces = provision.nonce_wallets(p["folder"], payers) if p["durable_nonce"] else None
+    chain, mint, _replayed, failed = rebuild.start(
+        store.db.conn, p["folder"], payers, p["fund_credits"], decimals, nonces=nonces
+    )
+    chain.airdrop(authority, 1000 * SOL)
+    if failed:
+        print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
+    return chain, mint, {k: p["fund_credits"] * 10**decimals for k in payers}
+
+
+def need_id(args):
+    if not args.command_id:
+        raise PlatformError("this command changes state: give it an --id (reuse it to retry)")
+    return args.command_id
+
+
+async def _recovered(platform, action):
+    # On a cluster: commands whose transactions landed but whose records were lost are
+    # refused (recovery.py); without the hold (a blockhash's life at each call), so a
+    # lost journal's pending command is signed again only by the hub (service.py).
+    if not isinstance(platform.engine.backend, LiteSVMBackend):
+        await platform.recover(hold=False)
+    await platform.credit.open_funded(platform.funded)
+    return await action(platform)
+
+
+def execute(args, action):
+    """Open, run `action(platform)` (a coroutine function), print JSON. -> exit code."""
+    try:
+        platform = open_platform(args)
+    except (PlatformError, ValueError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(_recovered(platform, action))
+    except (PlatformError, BackendError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        platform.engine.store.close()
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0

@@ -1,0 +1,52 @@
+"""`gridbid rec ...`: renewable energy certificates (hub/integrations/platform/rec.py).
+
+gridbid rec mint --id mint-2026-11-21 --source 101=solar   from metered renewable kWh
+gridbid rec list owner-101 1,2,3 400000 --id l-1           price in credit base units
+gridbid rec unlist owner-101 3 --id u-1
+gridbid rec buy aggregator-1 1,2 --id b-1
+gridbid rec retire aggregator-1 1,2 --reason "2026 scope 2" --id x-1
+gridbid rec show [--status held|listed|retired]
+"""
+
+from gridbid.platform_cli import add_common, execute, need_id
+
+
+def serials(text):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("mint", help="mint what metered renewable energy has earned")
+    for name, text in (("list", "offer certificates for sale"), ("unlist", "withdraw them"),
+                       ("buy", "buy listed certificates with credits"),
+                       ("retire", "retire certificates (final, with a memo)")):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        p.add_argument("account")
+        p.add_argument("serials", type=serials, help="1,2,3")
+        if name == "list":
+            p.add_argument("price", type=int, help="credit base units per certificate")
+        if name == "retire":
+            p.add_argument("--reason", default="")
+    p = sub.add_parser("show", help="the certificates")
+    p.add_argument("--status", choices=("held", "listed", "retired"))
+    for p in sub.choices.values():
+        add_common(p)
+
+
+def run(args):
+    async def action(platform):
+        r = platform.rec
+        if args.action == "mint":
+            return await r.mint(need_id(args))
+        if args.action == "list":
+            return await r.list(need_id(args), args.account, args.serials, args.price)
+        if args.action == "unlist":
+            return await r.unlist(need_id(args), args.account, args.serials)
+        if args.action == "buy":
+            return await r.buy(need_id(args), args.account, args.serials)
+        if args.action == "retire":
+            return await r.retire(need_id(args), args.account, args.serials, args.reason)
+        return r.certificates(args.status)
+
+    return execute(args, action)

@@ -1,0 +1,55 @@
+"""`gridbid settlement status --config hub.toml`: the settlement journal at a glance
+(batches by status, contracts settled, transactions, the latest batches). It reads the
+hub's store read-only, so it can run beside a running hub."""
+
+import argparse
+import sqlite3
+import sys
+import time
+import types
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from hub.config import hub_toml
+from hub.integrations.settlement import journal, records
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="gridbid settlement", description=__doc__)
+    parser.add_argument("action", choices=("status",))
+    parser.add_argument("--config", required=True, help="hub.toml")
+    parser.add_argument("--limit", type=int, default=20, help="latest batches shown")
+    args = parser.parse_args(argv)
+    try:
+        cfg = hub_toml.load(args.config, keys=False)
+    except hub_toml.ConfigError as exc:
+        print("error: %s" % exc)
+        return 2
+    path = Path(cfg["store"])
+    if not path.exists():
+        print("no store at %s yet" % path)
+        return 1
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
+    store = types.SimpleNamespace(db=Database(conn, execute_plugins=False))
+    if not store.db["settlement_txs"].exists():
+        print("%s has no settlement tables (written by an older hub)" % path)
+        return 1
+    counts = journal.counts(store)
+    counts["waiting"] = journal.waiting(store, records.FINAL_STATES)
+    print("batches %s; contracts settled %d (amount %d base units); waiting %d; "
+          "transactions %s" % (counts["batches"], counts["contracts"], counts["amount"],
+                               counts["waiting"], counts["transactions"]))  # fmt: skip
+    for row in journal.batches(store, limit=args.limit):
+        print("%-32s %-9s parts %-3s amount %-12s %s %s" % (
+            row["id"], row["status"], row["parts"], row["amount"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["updated_at"] or row["at"])),
+            row["tx_signature"] or "", ))  # fmt: skip
+        if row["error"]:
+            print("    %s" % row["error"])
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

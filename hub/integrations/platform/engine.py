@@ -1,0 +1,307 @@
+"""Commands: idempotent by id, planned in the store, journaled, sent, then applied.
+
+Every operation (buy credits, mint certificates, vote, ...) is a command with a
+caller-chosen id and runs in three steps:
+
+1. plan    one write transaction (BEGIN IMMEDIATE): the id is checked (used before:
+           refused, see below), the operation validates against the store and decides
+           everything it will do (the payload: accounts, amounts, serials) and reserves
+           what must not be taken twice (e.g. a contract's metered energy, a
+           certificate being retired); the command is recorded 'pending'; when it has a
+           chain part its transaction is signed and JOURNALED (platform_txs) in the same
+           transaction. Nothing has been sent yet.
+2. send    the journaled bytes are sent; the status is read as the uploader does
+           (hub/integrations/settlement/uploader.py): height first, then the signature's status.
+             finalized, no error -> 3.   error -> failed: the command fails, its
+             reservations are released (a failed transaction moved nothing).
+             not found and expired -> signed again from the payload, journaled, sent.
+             not found, still valid -> the same bytes again, later (resume()).
+3. apply   one write transaction: the ledger entries and state changes of the payload,
+           and the command 'done' with its result.
+
+An unanswered call (BackendError: a lost request or response) proves nothing: the
+status is asked again, and a command still open after the last try is left pending.
+A pending command whose journal rows were lost is not applied blind: only after
+recovery.py's hold and memo scan (which journals a landed transaction again) is it
+signed anew (engine.recovered).
+
+A crash anywhere leaves a 'pending' command whose journal says what may be on chain;
+resume() (called before every command) finishes it, so the store and the chain agree
+again. At most one transaction of a command may still land: a new one is signed only
+once the previous one is provably dead.
+
+The same id again is refused (Replayed, with the first result), whatever its
+arguments: a retried CLI call can never act twice.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+
+from solders.signature import Signature
+from solders.transaction import Transaction
+
+from hub.integrations.platform import schema
+from hub.integrations.settlement.backends import BackendError, SendError
+
+
+class PlatformError(ValueError):
+    """A command refused: the message says why (nothing was done)."""
+
+
+class Replayed(PlatformError):
+    def __init__(self, command, status, result, error):
+        self.command, self.status, self.result = command, status, result
+        if status == "done":
+            text = "command %r was already applied; its result: %s" % (command, result)
+        elif status == "failed":
+            text = "command %r already failed: %s" % (command, error)
+        else:
+            text = "command %r is still pending on chain: run it later (resume)" % command
+        super().__init__(text)
+
+
+class Pending(PlatformError):
+    """Sent, not final yet (an RPC cluster): resume() finishes it."""
+
+
+class Operation:
+    """What a kind of command does. plan() runs inside the plan transaction and returns
+    the payload (JSON-able); instructions() turns a payload into (instructions, extra
+    signer Wallets) or None when there is nothing to send; apply() writes the effects
+    and returns the result; release() undoes plan()'s reservations after a failure."""
+
+    kind = ""
+
+    def plan(self, conn, args, command):
+        raise NotImplementedError
+
+    def instructions(self, payload):
+        return None
+
+    def apply(self, conn, command, payload, at):
+        return payload
+
+    def release(self, conn, command, payload):
+        pass
+
+
+class Engine:
+    def __init__(self, store, backend, keys):
+        self.store, self.backend, self.keys = store, backend, keys
+        self.db, self.conn = store.db, store.db.conn
+        schema.migrate(self.db)
+        self.operations = {}
+        self.recovered = False  # recovery.recover() ran (its hold passed) in this process
+
+    def register(self, operation):
+        self.operations[operation.kind] = operation
+
+    @contextlib.contextmanager
+    def write(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def rows(self, sql, params=()):
+        cur = self.conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    # --- the three steps ----------------------------------------------------------------
+
+    async def run(self, command, kind, args):
+        """Run one command to the end. -> its result; PlatformError if refused."""
+        if not isinstance(command, str) or not command or len(command) > 128:
+            raise PlatformError("a command needs an id (1..128 characters)")
+        await self.resume()
+        operation = self.operations[kind]
+        blockhash = last_valid = None
+        if type(operation).instructions is not Operation.instructions:
+            try:
+                blockhash, last_valid = await self.backend.latest_blockhash()
+            except BackendError as exc:
+                raise PlatformError("the chain is unreachable, nothing done: %s" % exc) from None
+        now = time.time()
+        with self.write() as conn:
+            old = conn.execute(
+                "SELECT status, result, error FROM platform_commands WHERE id = ?", (command,)
+            ).fetchone()
+            if old:
+                raise Replayed(command, *old)
+            landed = conn.execute(
+                "SELECT signature FROM platform_landed WHERE command = ?", (command,)
+            ).fetchone()
+            if landed:  # recovery.py: on chain, its record lost
+                raise PlatformError(
+                    "command %r already landed on chain (transaction %s) but the store lost "
+                    "its record: not run again (see reconcile)" % (command, landed[0])
+                )
+            # The row first: what plan() reserves references it (rolled back together).
+            conn.execute(
+                "INSERT INTO platform_commands VALUES (?, ?, ?, 'pending', NULL, NULL, NULL, ?, ?)",
+                (command, kind, json.dumps(args, sort_keys=True), now, now),
+            )
+            payload = operation.plan(conn, args, command)
+            # In every memo: two commands alike in all else are still two transactions
+            # (identical bytes would have one signature, and the second would not land).
+            payload["command"] = command
+            conn.execute(
+                "UPDATE platform_commands SET payload = ? WHERE id = ?",
+                (json.dumps(payload), command),
+            )
+            tx = self._sign(operation, payload, blockhash)
+            if tx is not None:
+                self._journal(conn, command, tx, last_valid, now)
+        return await self._finish(command)
+
+    async def resume(self):
+        """Finish every pending command (after a crash, or one an RPC left pending)."""
+        for row in self.rows("SELECT id FROM platform_commands WHERE status = 'pending'"):
+            try:
+                await self._finish(row["id"])
+            except PlatformError:
+                pass  # still pending, or now failed (recorded): not this caller's error
+
+    async def _finish(self, command):
+        ((kind, payload_text),) = self.conn.execute(
+            "SELECT kind, payload FROM platform_commands WHERE id = ?", (command,)
+        ).fetchall()
+        operation, payload = self.operations[kind], json.loads(payload_text)
+        txs = self.rows(
+            "SELECT signature, raw, last_valid, status FROM platform_txs WHERE command = ? "
+            "ORDER BY created_at, rowid",
+            (command,),
+        )
+        if txs:
+            await self._settle_chain(command, operation, payload, txs[-1])
+        elif operation.instructions(payload) is not None:
+            # Its journal rows were lost (planned with a transaction, none journaled now).
+            if not self.recovered:
+                raise Pending("command %r lost its journal: recover first "
+                              "(hub/integrations/platform/recovery.py)" % command)  # fmt: skip
+            tx = await self._resign(command, operation, payload, None)  # none landed: sign
+            await self._settle_chain(command, operation, payload, tx)
+        with self.write() as conn:
+            status = conn.execute(
+                "SELECT status, result, error FROM platform_commands WHERE id = ?", (command,)
+            ).fetchone()
+            if status[0] == "done":  # another process finished it first
+                return json.loads(status[1])
+            if status[0] == "failed":
+                raise PlatformError("command %r failed: %s" % (command, status[2]))
+            result = operation.apply(conn, command, payload, time.time())
+            conn.execute(
+                "UPDATE platform_commands SET status = 'done', result = ?, updated_at = ? "
+                "WHERE id = ?",
+                (json.dumps(result), time.time(), command),
+            )
+        return result
+
+    async def _settle_chain(self, command, operation, payload, tx):
+        # LiteSVM answers at once (3 checks are plenty); a cluster gets ~30 block times
+        # before the command is left pending for resume().
+        poll_s = getattr(self.backend, "poll_s", 0)
+        unreachable = None
+        for attempt in range(30 if poll_s else 3):
+            if attempt and poll_s:
+                await asyncio.sleep(poll_s)
+            if tx["status"] == "finalized":
+                return
+            signature = Signature.from_string(tx["signature"])
+            try:
+                height = await self.backend.finalized_height()  # before the status (uploader)
+                status = (await self.backend.statuses([signature]))[0]
+            except BackendError as exc:  # a lost answer proves nothing: ask again
+                unreachable = exc
+                continue
+            if status is not None and status.finalized and status.err is None:
+                self._mark(tx["signature"], "finalized", None)
+                return
+            if status is not None and status.err is not None:
+                self._mark(tx["signature"], "failed", status.err)
+                self._fail(command, operation, payload, "refused on chain: %s" % status.err)
+            if status is None and height > tx["last_valid"]:
+                self._mark(tx["signature"], "expired", None)
+                try:
+                    tx = await self._resign(command, operation, payload, tx["signature"])
+                except BackendError as exc:  # no new blockhash: nothing signed yet
+                    unreachable = exc
+                    continue
+            elif status is None:
+                try:
+                    await self.backend.send(bytes(tx["raw"]))
+                except SendError as exc:
+                    self._mark(tx["signature"], "sent", str(exc))  # proves nothing
+                except BackendError as exc:
+                    text = "command %r: the chain is unreachable: %s" % (command, exc)
+                    raise Pending(text) from None
+        if unreachable is not None:
+            raise Pending("command %r: the chain is unreachable: %s" % (command, unreachable))
+        raise Pending("command %r is sent and not final yet" % command)
+
+    def _fail(self, command, operation, payload, error):
+        with self.write() as conn:
+            failed = conn.execute(
+                "UPDATE platform_commands SET status = 'failed', error = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (error, time.time(), command),
+            ).rowcount
+            if failed:  # another process may have got here first: release once
+                operation.release(conn, command, payload)
+        raise PlatformError("command %r failed: %s" % (command, error))
+
+    async def _resign(self, command, operation, payload, expired):
+        blockhash, last_valid = await self.backend.latest_blockhash()
+        tx = self._sign(operation, payload, blockhash)
+        with self.write() as conn:
+            # Another process (the hub, a CLI) may have re-signed it meanwhile: then that
+            # one is the live transaction, and signing a second could pay twice.
+            latest = conn.execute(
+                "SELECT signature, raw, last_valid, status FROM platform_txs WHERE command = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (command,),
+            ).fetchone()
+            if (latest[0] if latest else None) != expired:
+                return dict(zip(("signature", "raw", "last_valid", "status"), latest))
+            self._journal(conn, command, tx, last_valid, time.time())
+        return {"signature": str(tx.signatures[0]), "raw": bytes(tx), "last_valid": last_valid,
+                "status": "sent"}  # fmt: skip
+
+    def _sign(self, operation, payload, blockhash):
+        built = operation.instructions(payload)
+        if built is None:
+            return None
+        ixs, signers = built
+        payer = self.keys.authority
+        keypairs, seen = [payer.keypair], {payer.pubkey}
+        for wallet in signers:
+            if wallet.pubkey not in seen:
+                seen.add(wallet.pubkey)
+                keypairs.append(wallet.keypair)
+        return Transaction.new_signed_with_payer(ixs, payer.pubkey, keypairs, blockhash)
+
+    def _journal(self, conn, command, tx, last_valid, now):
+        conn.execute(
+            "INSERT INTO platform_txs VALUES (?, ?, ?, ?, 'sent', NULL, ?, ?)",
+            (str(tx.signatures[0]), command, bytes(tx), last_valid, now, now),
+        )
+
+    def _mark(self, signature, status, error):
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE platform_txs SET status = ?, error = ?, updated_at = ? WHERE signature = ?",
+                (status, error, time.time(), signature),
+            )
+
+    # --- reads -----------------------------------------------------------------------
+
+    def command(self, command):
+        rows = self.rows("SELECT * FROM platform_commands WHERE id = ?", (command,))
+        return rows[0] if rows else None

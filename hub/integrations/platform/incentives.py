@@ -1,0 +1,274 @@
+"""Incentives: NRG rewards from the treasury, computed from the store per epoch, paid in
+batches through the journaled engine.
+
+An epoch is [start, start + epoch_s), aligned on multiples of epoch_s since 1970 (like
+slots and settlement windows); a slot belongs to the epoch its start falls in. Amounts
+are exact fractions of the stored floats, floored to whole NRG at the end.
+
+Rules (settings `incentives`, defaults in RULES; rate in NRG per kWh, cap in NRG per
+account and epoch):
+
+  conservation   a battery's charging energy (consumption) below its baseline:
+                   used     = sum over consecutive telemetry readings (t_i, p_i) of
+                              max(0, -p_i) x (t_i+1 - t_i) / 3600  kWh  (power_kw < 0 =
+                              charging), gaps longer than max_gap_s not counted
+                   baseline = mean of `used` over the previous baseline_epochs epochs
+                              (all of them measured; none -> no reward)
+                   reward   = rate x max(0, baseline - used)
+                 only for an epoch whose readings cover >= coverage of it: a gap must not
+                 look like saving.
+  demand_response  following the price signal: metered kWh a battery delivered in slots
+                 whose published signal (the slot's latest price_signals row) is above
+                 p_balance - the market asked for more and it came:
+                   reward = rate x sum min(delivered_kwh, promised kWh) over those slots
+  liquidity      bid and ask layers that rested in the book (were not filled):
+                   resting  = layer kWh - filled kWh (trades of the layer)
+                   counted only within `band` (fraction) of the slot's clearing price
+                   (else its price signal), so far-off prices earn nothing
+                   reward   = rate x sum resting kWh
+                 bid owners are aggregators (account aggregator-<key id>), ask owners
+                 batteries (owner-<device>)
+
+Every reward = min(cap, floor(rate x basis)); then, if the epoch's total exceeds
+`budget`, each is scaled by budget / total and floored (never more than the budget),
+and never more than the treasury holds.
+
+Paying: command "reward-<epoch start>" computes and records the rewards (a store-only
+command: its id makes an epoch computed once, ever); "reward-<epoch start>.<k>" pays
+accounts k*6 .. k*6+5 (sorted) in one transaction from the treasury, with the memo
+gridbid-reward:<epoch>:<k>. An unpaid part is paid by calling pay() again.
+"""
+
+from collections import defaultdict
+from fractions import Fraction
+
+from hub.integrations.platform.chain_ops import memo, pk, transfer_ixs
+from hub.integrations.platform.engine import Operation, PlatformError
+from hub.integrations.settlement.records import promised_kwh
+from protocol.contract import parse_slot_name
+
+RULES = {
+    "epoch_s": 86400,
+    "conservation": {"rate": 1.0, "cap": 50},
+    "demand_response": {"rate": 2.0, "cap": 100},
+    "liquidity": {"rate": 0.5, "cap": 100},
+    "budget": 10_000,  # NRG per epoch, all rules and accounts together
+    "p_balance": 15.0,  # c/kWh: the price signal's centre (hub's p_balance)
+    "band": 0.2,
+    "baseline_epochs": 7,
+    "coverage": 0.9,
+    "max_gap_s": 900,
+}
+PER_TX = 6
+
+
+def f(x):
+    return Fraction(repr(float(x)))
+
+
+class Incentives:
+    def __init__(self, engine, gov, settings=None):
+        self.engine, self.gov = engine, gov
+        self.rules = {**RULES, **(settings or {})}
+        engine.register(Compute(self))
+        engine.register(Pay(self))
+
+    def epoch_of(self, t):
+        return int(t // self.rules["epoch_s"] * self.rules["epoch_s"])
+
+    # --- the rules ---------------------------------------------------------------------
+
+    def consumption(self, conn, device, start, end):
+        """(kWh charged, covered fraction) of [start, end) from telemetry."""
+        rows = conn.execute(
+            "SELECT at, power_kw FROM telemetry WHERE device = ? AND at >= ? AND at < ? "
+            "AND power_kw IS NOT NULL ORDER BY at, id",
+            (device, start, end),
+        ).fetchall()
+        used, covered = Fraction(0), Fraction(0)
+        for (t0, p0), (t1, _p1) in zip(rows, rows[1:]):
+            gap = f(t1) - f(t0)
+            if gap <= self.rules["max_gap_s"]:
+                covered += gap
+                used += max(Fraction(0), -f(p0)) * gap / 3600
+        return used, covered / (end - start)
+
+    def conservation(self, conn, start):
+        e, out = self.rules["epoch_s"], {}
+        for (device,) in conn.execute("SELECT id FROM devices ORDER BY id").fetchall():
+            used, coverage = self.consumption(conn, device, start, start + e)
+            if coverage < f(self.rules["coverage"]):
+                continue
+            past = [self.consumption(conn, device, start - k * e, start - (k - 1) * e)
+                    for k in range(1, self.rules["baseline_epochs"] + 1)]  # fmt: skip
+            past = [u for u, c in past if c >= f(self.rules["coverage"])]
+            if past:
+                saved = sum(past, Fraction(0)) / len(past) - used
+                if saved > 0:
+                    out["owner-%d" % device] = saved
+        return out
+
+    def slots(self, conn, start):
+        """{slot name: slot start} of the slots starting in the epoch."""
+        end, out = start + self.rules["epoch_s"], {}
+        for (name,) in conn.execute(
+            "SELECT slot FROM bids UNION SELECT slot FROM contracts UNION "
+            "SELECT slot FROM price_signals WHERE slot IS NOT NULL"
+        ).fetchall():
+            slot_start = parse_slot_name(name)[3]
+            if start <= slot_start < end:
+                out[name] = slot_start
+        return out
+
+    def signal(self, conn, slot):
+        row = conn.execute(
+            "SELECT price FROM price_signals WHERE slot = ? ORDER BY at DESC, id DESC LIMIT 1",
+            (slot,),
+        ).fetchone()
+        return None if row is None else f(row[0])
+
+    def demand_response(self, conn, slots):
+        out = defaultdict(Fraction)
+        for slot in slots:
+            price = self.signal(conn, slot)
+            if price is None or price <= f(self.rules["p_balance"]):
+                continue
+            for row in conn.execute(
+                "SELECT device, avg_watts, duration_s, delivered_kwh FROM contracts "
+                "WHERE slot = ? AND delivered_kwh IS NOT NULL",
+                (slot,),
+            ).fetchall():
+                device, watts, duration, delivered = row
+                promised = f(promised_kwh({"avg_watts": watts, "duration_s": duration}))
+                out["owner-%d" % device] += min(f(delivered), promised)
+        return out
+
+    def liquidity(self, conn, slots):
+        out, band = defaultdict(Fraction), f(self.rules["band"])
+        for slot in slots:
+            row = conn.execute("SELECT price FROM trades WHERE slot = ? LIMIT 1", (slot,))
+            row = row.fetchone()
+            reference = f(row[0]) if row else self.signal(conn, slot)
+            if reference is None:
+                continue
+            for side, owner, price, kwh, filled in conn.execute(
+                "SELECT b.side, b.owner, b.price, b.kwh, coalesce(sum(t.kwh), 0) FROM bids b "
+                "LEFT JOIN trades t ON t.slot = b.slot AND t.order_id = b.order_id "
+                "WHERE b.slot = ? GROUP BY b.id",
+                (slot,),
+            ).fetchall():
+                resting = f(kwh) - f(filled)
+                if resting > 0 and abs(f(price) - reference) <= band * reference:
+                    name = ("aggregator-%s" if side == "bid" else "owner-%s") % owner
+                    out[name] += resting
+        return out
+
+    def compute(self, conn, start):
+        """-> [(account, rule, basis kWh as float, NRG)] for the epoch, budget applied."""
+        slots = self.slots(conn, start)
+        bases = {
+            "conservation": self.conservation(conn, start),
+            "demand_response": self.demand_response(conn, slots),
+            "liquidity": self.liquidity(conn, slots),
+        }
+        rows = []
+        for rule, basis in bases.items():
+            rate, cap = f(self.rules[rule]["rate"]), self.rules[rule]["cap"]
+            for account, kwh in sorted(basis.items()):
+                amount = min(cap, int(rate * kwh))
+                if amount > 0:
+                    rows.append([account, rule, float(kwh), amount])
+        total, budget = sum(r[3] for r in rows), self.rules["budget"]
+        if total > budget:
+            for r in rows:
+                r[3] = r[3] * budget // total
+        return [tuple(r) for r in rows if r[3] > 0]
+
+    # --- commands ----------------------------------------------------------------------
+
+    async def pay(self, epoch_start):
+        """Compute (once) and pay the epoch's rewards. -> {"rewards": n, "paid": parts}."""
+        epoch_start = self.epoch_of(epoch_start)
+        if epoch_start + self.rules["epoch_s"] > self.gov.clock():
+            raise PlatformError("epoch %d has not ended yet" % epoch_start)
+        command = "reward-%d" % epoch_start
+        if self.engine.command(command) is None:
+            await self.engine.run(command, Compute.kind, {"epoch": epoch_start})
+        accounts = sorted({r["account"] for r in self.rewards(epoch_start)})
+        paid = []
+        for k in range(0, len(accounts), PER_TX):
+            sub = "%s.%d" % (command, k // PER_TX)
+            if self.engine.command(sub) is None:
+                args = {"epoch": epoch_start, "accounts": accounts[k : k + PER_TX]}
+                paid.append(await self.engine.run(sub, Pay.kind, args))
+        return {"rewards": len(self.rewards(epoch_start)), "paid": paid}
+
+    def rewards(self, epoch=None):
+        sql, params = "SELECT * FROM incentive_rewards", ()
+        if epoch is not None:
+            sql, params = sql + " WHERE epoch = ?", (epoch,)
+        return self.engine.rows(sql + " ORDER BY epoch, account, rule", params)
+
+
+class Compute(Operation):
+    kind = "reward.compute"
+
+    def __init__(self, inc):
+        self.inc = inc
+
+    def plan(self, conn, args, command):
+        return {"epoch": args["epoch"], "rows": self.inc.compute(conn, args["epoch"])}
+
+    def apply(self, conn, command, p, at):
+        conn.executemany(
+            "INSERT INTO incentive_rewards (epoch, account, rule, basis_kwh, amount, command) "
+            "VALUES (?, ?, ?, ?, ?, ?)", [(p["epoch"], *r, command) for r in p["rows"]]
+        )  # fmt: skip
+        return {"epoch": p["epoch"], "rewards": len(p["rows"])}
+
+
+class Pay(Operation):
+    kind = "reward.pay"
+
+    def __init__(self, inc):
+        self.inc = inc
+
+    def plan(self, conn, args, command):
+        gov = self.inc.gov
+        amounts = {}
+        for account, amount in conn.execute(
+            "SELECT account, sum(amount) FROM incentive_rewards WHERE epoch = ? AND "
+            "paid_by IS NULL GROUP BY account",
+            (args["epoch"],),
+        ).fetchall():
+            if account in args["accounts"]:
+                amounts[account] = amount
+        owners = {a: str(gov.keys.pubkey(a)) for a in amounts}
+        treasury = str(gov.keys.authority.pubkey)
+        if gov.balances(conn).get(treasury, 0) < sum(amounts.values()):
+            raise PlatformError("the treasury cannot pay %d NRG of rewards" % sum(amounts.values()))
+        return {"epoch": args["epoch"], "amounts": sorted(amounts.items()), "owners": owners}
+
+    def instructions(self, p):
+        if not p["amounts"]:
+            return None
+        gov, authority = self.inc.gov, self.inc.gov.keys.authority.pubkey
+        ixs = [memo("gridbid-reward:%s:%d" % (p["command"], p["epoch"]), authority)]
+        for account, amount in p["amounts"]:
+            ixs += transfer_ixs(authority, authority, pk(p["owners"][account]), gov.mint,
+                                amount, 0)  # fmt: skip
+        return ixs, []
+
+    def apply(self, conn, command, p, at):
+        treasury = str(self.inc.gov.keys.authority.pubkey)
+        for account, amount in p["amounts"]:
+            conn.execute(
+                "INSERT INTO gov_moves (command, src, dst, units, kind) VALUES (?,?,?,?,'reward')",
+                (command, treasury, p["owners"][account], amount),
+            )
+            conn.execute(
+                "UPDATE incentive_rewards SET paid_by = ? WHERE epoch = ? AND account = ? "
+                "AND paid_by IS NULL",
+                (command, p["epoch"], account),
+            )
+        return {"epoch": p["epoch"], "paid": p["amounts"]}

@@ -1,0 +1,312 @@
+"""What the status page reads from the store: hub/store/__init__.py's read methods plus the
+per-slot, per-aggregator and per-device views below, over a read-only connection.
+
+Why a read-only connection in one worker thread (Reader): the hub's own Store
+belongs to the hub's event loop, and a query for a big page must not hold the
+market up; SQLite in WAL mode lets this reader see every committed write while
+the hub keeps writing, and mode=ro means no bug in the page can change the
+audit trail. Each call runs fn(store, ...) in that thread and returns plain
+JSON-able rows.
+
+Units as in the store: c/kWh, kWh, cents, unix seconds. The price improvement of
+a slot is (clearing price - reserve) / reserve, the reserve being the kWh-weighted
+mean of the slot's asks (all offers, as the hub's clearing event reports it).
+"""
+
+import asyncio
+import json
+import re
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from hub.store import Store
+from protocol.contract import STATE_NAMES, parse_slot_name
+
+# Contract ends that count against the battery (as hub/store/schema.py's reputation view).
+FAILED = ("TerminatedByScada", "CompletedUnknownOutcome", "CompletedFailureByScada")
+# Columns never shown, should one ever be added (the settlements table grows with its engine).
+SECRET_COLUMN = re.compile(r"secret|private|seed|password|keypair", re.I)
+
+
+class ReadStore(Store):
+    """hub.store.Store's read methods over a read-only connection (writes fail)."""
+
+    def __init__(self, path, busy_timeout_s=5.0):  # no super(): that would migrate (write)
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        self.db = Database(sqlite3.connect(uri, uri=True, timeout=busy_timeout_s),
+                           execute_plugins=False)  # fmt: skip
+
+
+class Reader:
+    """Runs queries on one ReadStore in its own thread: `await reader(fn, *args)`."""
+
+    def __init__(self, path):
+        self.store = None
+        self._pool = ThreadPoolExecutor(1, "gridbid-web-db", self._open, (path,))
+
+    def _open(self, path):
+        self.store = ReadStore(path)
+
+    async def __call__(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: fn(self.store, *args)
+        )
+
+    async def close(self):
+        if self.store is not None:  # opened (by the first query) in the pool's thread
+            await self(lambda store: store.close())
+        self._pool.shutdown(wait=True)
+
+
+def slot_start(slot):
+    return parse_slot_name(slot)[3]
+
+
+def improvement(price, reserve):
+    return (price - reserve) / reserve if price is not None and reserve else None
+
+
+# The newest slots without reading the whole book history: hub/service.py records a
+# slot's layers together, slot after slot, so stepping from the newest layer to the
+# newest layer below the current slot's first one visits each slot once, newest first,
+# at a few index lookups per slot (a GROUP BY over a year of layers takes seconds).
+_WALK = """
+WITH RECURSIVE walk(slot, low) AS (
+    SELECT slot, (SELECT min(id) FROM bids b WHERE b.slot = last.slot)
+    FROM bids last WHERE id = (SELECT max(id) FROM bids)
+    UNION ALL
+    SELECT b.slot, (SELECT min(id) FROM bids c WHERE c.slot = b.slot)
+    FROM walk, bids b WHERE b.id = (SELECT max(id) FROM bids WHERE id < walk.low)
+)
+SELECT slot FROM walk LIMIT ? OFFSET ?
+"""
+_SLOTS = """
+WITH layers AS (
+    SELECT slot, sum(side = 'ask') AS offers,
+           sum(CASE WHEN side = 'ask' THEN kwh END) AS offered_kwh,
+           sum(CASE WHEN side = 'ask' THEN price * kwh END)
+               / sum(CASE WHEN side = 'ask' THEN kwh END) AS reserve,
+           sum(side = 'bid') AS bid_layers,
+           count(DISTINCT CASE WHEN side = 'bid' THEN owner END) AS bidders,
+           max(CASE WHEN side = 'bid' THEN price END) AS best_bid,
+           min(at) AS first_at
+    FROM bids WHERE slot IN (%(slots)s) GROUP BY slot
+), cleared AS (
+    SELECT slot, max(price) AS price, sum(CASE WHEN side = 'bid' THEN kwh END) AS volume_kwh,
+           count(CASE WHEN side = 'bid' THEN 1 END) AS won_layers, min(at) AS cleared_at
+    FROM trades WHERE slot IN (%(slots)s) GROUP BY slot
+)
+SELECT l.*, c.price, c.volume_kwh, coalesce(c.won_layers, 0) AS won_layers, c.cleared_at
+FROM layers l LEFT JOIN cleared c USING (slot)
+"""
+
+
+def slots(store, limit, offset, slot=None):
+    """One row per slot, newest first: its offers, bid layers and clearing."""
+    names = [slot] if slot else [r["slot"] for r in store._rows(_WALK, [limit, offset])]
+    if not names:
+        return []
+    marks = ",".join("?" * len(names))
+    rows = {r["slot"]: r for r in store._rows(_SLOTS % {"slots": marks}, names + names)}
+    found = [rows[name] for name in names if name in rows]
+    for row in found:
+        row["start"] = slot_start(row["slot"])
+        row["improvement"] = improvement(row["price"], row["reserve"])
+    return found
+
+
+def slot_book(store, slot, names):
+    """A slot's whole auction, in arrival order: asks at reserve, every bid layer with
+    what it won, the clearing and the contracts it made. None: no such slot."""
+    layers = store.bids(slot)
+    if not layers:
+        return None
+    fills = {t["order_id"]: t for t in store.trades(slot, limit=10**6)}
+    offers, bids = [], []
+    for row in layers:
+        fill = fills.get(row["order_id"])
+        layer = {"order_id": row["order_id"], "price": row["price"], "kwh": row["kwh"],
+                 "at": row["at"], "won_kwh": fill["kwh"] if fill else 0.0}  # fmt: skip
+        if row["side"] == "ask":
+            offers.append(dict(layer, device=row["owner"], reserve=row["price"]))
+        else:
+            bids.append(dict(layer, aggregator=names.get(row["owner"], str(row["owner"])),
+                             key_id=row["owner"], device=_device_of(row["ref"])))  # fmt: skip
+    summary = slots(store, 1, 0, slot)[0]
+    contracts = [_contract(r, names) for r in store.contracts_of_slot(slot)]
+    signal = store._rows(
+        "SELECT price, demand, supply, at FROM price_signals WHERE slot = ? ORDER BY id DESC "
+        "LIMIT 1",
+        (slot,),
+    )
+    return dict(summary, offers_list=offers, bids_list=bids, contracts=contracts,
+                signal=signal[0] if signal else None)  # fmt: skip
+
+
+def _device_of(ref):
+    """A bid layer's ref is "bid:<device id>" (hub/service.py place_bids)."""
+    kind, _, device = str(ref or "").partition(":")
+    return int(device) if kind == "bid" and device.isdigit() else None
+
+
+def totals(store):
+    """Over every cleared slot: kWh, kWh-weighted price and reserve, the improvement."""
+    row = store._rows(
+        "WITH c AS (SELECT slot, max(price) AS price, sum(kwh) AS kwh FROM trades "
+        "WHERE side = 'bid' GROUP BY slot), "
+        "r AS (SELECT slot, sum(price * kwh) / sum(kwh) AS reserve FROM bids "
+        "WHERE side = 'ask' AND slot IN (SELECT slot FROM c) GROUP BY slot) "
+        "SELECT count(*) AS cleared_slots, coalesce(sum(c.kwh), 0) AS kwh, "
+        "sum(c.price * c.kwh) / sum(c.kwh) AS price, "
+        "sum(r.reserve * c.kwh) / sum(c.kwh) AS reserve, "
+        "coalesce(sum(c.price * c.kwh), 0) AS money "
+        "FROM c JOIN r USING (slot)"
+    )[0]
+    row["improvement"] = improvement(row["price"], row["reserve"])
+    row["slots"] = store._rows("SELECT count(DISTINCT slot) AS n FROM bids")[0]["n"]
+    row["contracts"] = store._rows("SELECT count(*) AS n FROM contracts")[0]["n"]
+    return row
+
+
+def aggregators(store):
+    """Per bidder (key id): bid layers, layers that won kWh, kWh and money."""
+    rows = store._rows(
+        "SELECT b.owner AS key_id, count(*) AS bids, count(t.id) AS won, "
+        "count(DISTINCT b.slot) AS slots, coalesce(sum(t.kwh), 0) AS kwh, "
+        "coalesce(sum(t.kwh * t.price), 0) AS money, avg(b.price) AS mean_bid "
+        "FROM bids b LEFT JOIN trades t "
+        "ON t.slot = b.slot AND t.order_id = b.order_id AND t.side = 'bid' "
+        "WHERE b.side = 'bid' GROUP BY b.owner"
+    )
+    for row in rows:
+        row["win_rate"] = row["won"] / row["bids"] if row["bids"] else None
+        row["mean_price"] = row["money"] / row["kwh"] if row["kwh"] else None
+    return {row["key_id"]: row for row in rows}
+
+
+def contracts_by_buyer(store):
+    """{buyer key id: {state: count}}."""
+    found = {}
+    for row in store._rows("SELECT buyer, state, count(*) AS n FROM contracts "
+                           "GROUP BY buyer, state"):  # fmt: skip
+        found.setdefault(row["buyer"], {})[row["state"]] = row["n"]
+    return found
+
+
+def devices(store):
+    """store.devices() with what each sold, earned and failed."""
+    rows = store.devices()
+    sold = {r["owner"]: r for r in store._rows(
+        "SELECT owner, count(*) AS sales, sum(kwh) AS sold_kwh, sum(kwh * price) AS earned "
+        "FROM trades WHERE side = 'ask' GROUP BY owner")}  # fmt: skip
+    offers = dict(
+        store.db.execute("SELECT device, count(*) FROM offers GROUP BY device").fetchall()
+    )
+    failed = dict(store.db.execute(
+        "SELECT device, count(*) FROM contracts WHERE state IN (%s) GROUP BY device"
+        % ",".join("?" * len(FAILED)), FAILED).fetchall())  # fmt: skip
+    for row in rows:
+        mine = sold.get(row["id"], {})
+        row["offers"] = offers.get(row["id"], 0)
+        row["sold_kwh"] = mine.get("sold_kwh") or 0.0
+        row["earned"] = mine.get("earned") or 0.0
+        row["failed_contracts"] = failed.get(row["id"], 0)
+    return rows
+
+
+def contracts(store, names, state=None, device=None, buyer=None, slot=None, limit=100, offset=0):
+    """Contracts, newest slot first, filtered by any of state, device, buyer, slot."""
+    where, params = [], []
+    for column, value in (("state", state), ("device", device), ("buyer", buyer),
+                          ("slot", slot)):  # fmt: skip
+        if value is not None:
+            where, params = where + ["%s = ?" % column], params + [value]
+    where = " WHERE " + " AND ".join(where) if where else ""
+    total = store._rows("SELECT count(*) AS n FROM contracts" + where, params)[0]["n"]
+    order = " ORDER BY start DESC, created_at DESC LIMIT ? OFFSET ?"
+    rows = store._rows("SELECT * FROM contracts" + where + order, params + [limit, offset])
+    return total, [_contract(r, names) for r in rows]
+
+
+def contract(store, contract_id, names):
+    """One contract with its MarketContract JSON and every state it went through."""
+    try:
+        row = store.contract(contract_id)
+    except ValueError:
+        return None
+    return dict(_contract(row, names), history=store.contract_history(contract_id))
+
+
+def _contract(row, names):
+    row = dict(row)
+    row["kwh"] = abs(row["avg_watts"]) * row["duration_s"] / 3_600_000
+    row["buyer_name"] = names.get(row["buyer"], str(row["buyer"]))
+    row["live"] = STATE_NAMES.index(row["state"]) < 4
+    return row
+
+
+def trades(store, names, slot=None, limit=100, offset=0):
+    rows = store.trades(slot, limit, offset)
+    for row in rows:  # a bid's owner is an aggregator's key id, an ask's a battery's id
+        bid = row["side"] == "bid"
+        row["party"] = names.get(row["owner"], str(row["owner"])) if bid else row["owner"]
+    return rows
+
+
+def settlements(store, status=None, limit=100, offset=0):
+    """The settlements table as it is (columns may grow), newest first; trade_ids parsed.
+    A batch's canonical records can be long: they are in settlement() only."""
+    where, params = ("WHERE status = ?", [status]) if status else ("", [])
+    rows = store._rows("SELECT * FROM settlements %s ORDER BY at DESC LIMIT ? OFFSET ?" % where,
+                       params + [limit, offset])  # fmt: skip
+    return [_settlement(row, records=False) for row in rows]
+
+
+def settlement(store, batch):
+    """One batch whole, with its parts (one transaction each, their signatures) when the
+    settlement tables hold them. None: no such batch."""
+    rows = store._rows("SELECT * FROM settlements WHERE id = ?", (batch,))
+    if not rows:
+        return None
+    found = _settlement(rows[0], records=True)
+    if store.db["settlement_parts"].exists():
+        found["parts_list"] = [_shown(r) for r in store._rows(
+            "SELECT * FROM settlement_parts WHERE batch = ? ORDER BY part", (batch,))]  # fmt: skip
+    return found
+
+
+def _settlement(row, records):
+    row = _shown(row)
+    if not records:
+        row.pop("records", None)
+    try:
+        row["trade_ids"] = json.loads(row["trade_ids"])
+    except (KeyError, TypeError, ValueError):
+        pass  # not JSON: shown as stored
+    return row
+
+
+def _shown(row):
+    """Columns fit to show: none that looks secret, no raw bytes."""
+    return {
+        k: v for k, v in row.items() if not SECRET_COLUMN.search(k) and not isinstance(v, bytes)
+    }
+
+
+def control_history(store, limit=100):
+    rows = store._rows("SELECT name, value, by, at FROM controls ORDER BY id DESC LIMIT ?",
+                       [limit])  # fmt: skip
+    for row in rows:
+        row["value"] = json.loads(row["value"])
+    return rows
+
+
+def telemetry(store, device, limit=100):
+    return store.telemetry(device, limit)
+
+
+def prices(store, limit=100):
+    return store.price_signals(limit)

@@ -1,0 +1,237 @@
+"""hub/integrations/web's own life, on a real Hub (real store, real events) that trades nothing:
+its settings and token file, the read-only page, the experiment plot, slow WebSocket
+clients, a busy port, and a clean close. The page with a trading hub: tests/test_web.py."""
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import time
+
+import httpx
+import pytest
+import websockets
+from helpers.hub_site import write_keys
+
+from hub.config import hub_toml
+from hub.integrations.web import queries
+from hub.service import Hub, StartError
+from hub.store import Store
+
+pytestmark = pytest.mark.timeout(60)
+TOKEN = "t0ken-for-tests-only-0123456789"
+
+
+def config(folder, **web):
+    write_keys(folder / "hub-keys.json", {1: os.urandom(32), 2: os.urandom(32)}, os.urandom(32))
+    return hub_toml.check({
+        "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json", "slot_s": 10, "gate_s": 4},
+        "aggregator": [{"key_id": 1, "name": "a"}, {"key_id": 2, "name": "b"}],
+        "web": {"port": 0, **web},
+    }, base=folder)  # fmt: skip
+
+
+async def started(folder, **web):
+    hub = Hub(config(folder, **web), log=lambda text: None)
+    await hub.start_integrations()
+    return hub, hub.integrations["web"]
+
+
+def token_file(folder, text=TOKEN, mode=0o600):
+    path = folder / "token"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return "token"
+
+
+@pytest.mark.parametrize("case, says", [
+    ("token readable by group", "is readable by others: chmod 600 it"),
+    ("token readable by all", "is readable by others: chmod 600 it"),
+    ("no token file", "no token_file"),
+    ("short token", "must hold one token of 16+ characters"),
+    ("port too big", "port must be a whole number 0..65535"),
+    ("port a string", "port must be a whole number 0..65535"),
+    ("queue of 0", "ws_queue must be a whole number"),
+    ("plot not an image", "experiment_plot must name a .png or .svg file"),
+    ("unknown setting", "[web] has unknown settings ['colour']"),
+    ("empty host", "host must be an address"),
+])  # fmt: skip
+def test_bad_web_settings_stop_the_hub_with_one_line(tmp_path, case, says):
+    web = {
+        "token readable by group": lambda: {"token_file": token_file(tmp_path, mode=0o640)},
+        "token readable by all": lambda: {"token_file": token_file(tmp_path, mode=0o604)},
+        "no token file": lambda: {"token_file": "missing"},
+        "short token": lambda: {"token_file": token_file(tmp_path, text="abc")},
+        "port too big": lambda: {"port": 70000},
+        "port a string": lambda: {"port": "8080"},
+        "queue of 0": lambda: {"ws_queue": 0},
+        "plot not an image": lambda: {"experiment_plot": "plot.pdf"},
+        "unknown setting": lambda: {"colour": "blue"},
+        "empty host": lambda: {"host": ""},
+    }[case]()
+    with pytest.raises(hub_toml.ConfigError) as error:
+        config(tmp_path, **web)
+    message = str(error.value)
+    assert "[web]" in message and says in message and "\n" not in message
+    assert TOKEN not in message
+
+
+def test_without_a_token_file_the_page_is_read_only(tmp_path):
+    async def main():
+        hub, web = await started(tmp_path)
+        try:
+            async with httpx.AsyncClient(base_url=web.url) as client:
+                status = (await client.get("/api/status")).json()
+                refused = await client.post(
+                    "/api/controls", json={"name": "paused.a", "value": True},
+                    headers={"Authorization": "Bearer " + TOKEN},
+                )  # fmt: skip
+                page = await client.get("/")
+        finally:
+            await hub.close()
+        return hub, status, refused, page
+
+    hub, status, refused, page = asyncio.run(main())
+    assert status["writable"] is False and status["hub"] == "hub"
+    assert refused.status_code == 403 and "read-only" in refused.json()["error"]
+    assert hub.controls == {}
+    assert '<meta name="viewport"' in page.text  # a phone gets the mobile layout
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_the_page_reads_the_store_through_a_read_only_connection(tmp_path):
+    hub = Hub(config(tmp_path), log=lambda text: None)
+    try:
+        hub.set_control("paused.a", True, by="test")
+        reader = queries.ReadStore(hub.cfg["store"])
+        assert reader.controls() == {"paused.a": True}  # it sees what the hub wrote
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.set_control("paused.a", False, by="page")
+        reader.close()
+    finally:
+        asyncio.run(hub.close())
+    with Store(tmp_path / "hub.sqlite") as store:
+        assert store.controls() == {"paused.a": True}
+
+
+def test_the_experiment_plot_is_served_once_it_exists(tmp_path):
+    svg = '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>'
+
+    async def main():
+        hub, web = await started(tmp_path, experiment_plot="out/plot.svg")
+        try:
+            async with httpx.AsyncClient(base_url=web.url) as client:
+                before = await client.get("/plot"), (await client.get("/api/status")).json()
+                (tmp_path / "out").mkdir()
+                (tmp_path / "out" / "plot.svg").write_text(svg)  # `experiment --plot` made it
+                after = await client.get("/plot"), (await client.get("/api/status")).json()
+        finally:
+            await hub.close()
+        return before, after
+
+    (missing, status_before), (served, status_after) = asyncio.run(main())
+    assert missing.status_code == 404 and "experiment --plot" in missing.json()["error"]
+    assert status_before["plot"] is False and status_after["plot"] is True
+    assert served.status_code == 200 and served.text == svg
+    assert served.headers["content-type"].startswith("image/svg+xml")
+
+
+async def stuck_client(host, port):
+    """A WebSocket client that asks for /ws and then reads nothing, with a tiny buffer."""
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(stuck, (host, int(port)))
+    await loop.sock_sendall(stuck, (
+        "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        % host).encode())  # fmt: skip
+    return stuck
+
+
+def test_a_slow_client_is_dropped_and_the_others_get_every_event(tmp_path):
+    """One client reads nothing; the other reads all. Events of 20 kB: the reader's
+    socket fills, its queue (8) overflows, and it is dropped; the hub's emit stays
+    quick throughout, and the reading client misses nothing."""
+    count, payload = 300, "x" * 20_000
+
+    async def main():
+        hub, web = await started(tmp_path, ws_queue=8)
+        host, port = web.url[7:-1].split(":")
+        try:
+            stuck = await stuck_client(host, port)
+            got = []
+            async with websockets.connect("ws://%s:%s/ws" % (host, port), max_size=2**20) as ws:
+                got.append(json.loads(await ws.recv()))  # hello
+                while len(web.fanout.clients) < 2:
+                    await asyncio.sleep(0.01)
+                slowest = 0.0
+                for n in range(count):
+                    began = time.perf_counter()
+                    hub.events.emit("control", name="bulk.%d" % n, value=payload, by="test")
+                    slowest = max(slowest, time.perf_counter() - began)
+                    got.append(json.loads(await ws.recv()))  # this client keeps up
+                status = (await httpx.AsyncClient().get(web.url + "api/status")).json()
+            stuck.close()
+        finally:
+            await hub.close()
+        return got, status["ws"], slowest
+
+    got, ws, slowest = asyncio.run(main())
+    assert [e["name"] for e in got[1:]] == ["bulk.%d" % n for n in range(count)]
+    assert ws["dropped"] == 1 and ws["clients"] == 1, ws
+    assert slowest < 0.05, "an emit took %.3f s: the hub waited for a client" % slowest
+
+
+def test_close_ends_every_client_and_frees_the_port_even_with_a_stuck_one(tmp_path):
+    async def main():
+        hub, web = await started(tmp_path, token_file=token_file(tmp_path))
+        host, port = web.url[7:-1].split(":")
+        ws = await websockets.connect("ws://%s:%s/ws" % (host, port))
+        await ws.recv()
+        stuck = await stuck_client(host, port)
+        while len(web.fanout.clients) < 2:
+            await asyncio.sleep(0.01)
+        for n in range(200):  # fill its socket: its sender waits (ws_queue 256: not dropped)
+            hub.events.emit("control", name="bulk.%d" % n, value="x" * 50_000, by="test")
+            await ws.recv()
+        assert len(web.fanout.clients) == 2
+        began = time.monotonic()
+        await hub.close()
+        took = time.monotonic() - began
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+        stuck.close()
+        return took, code, int(port)
+
+    took, code, port = asyncio.run(main())
+    assert code == 1001  # going away: the page reconnects later
+    print("close with a stuck client took %.2f s" % took)
+    assert took < 5, "close took %.1f s" % took
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        async def main():
+            hub = Hub(config(tmp_path, port=port), log=lambda text: None)
+            try:
+                await hub.start_integrations()
+            finally:
+                await hub.close()
+
+        with pytest.raises(StartError) as error:
+            asyncio.run(main())
+    assert error.value.integration == "web"
+    assert str(error.value).startswith("[web] cannot start: web: cannot listen on 127.0.0.1:%d: "
+                                       % port)  # fmt: skip
+    assert "in use" in str(error.value)
