@@ -61,7 +61,7 @@ def make_hub(folder, port, window):
         "mqtt": {"host": "127.0.0.1", "port": port, "window": window, "reconnect_min_s": 0.05,
                  "reconnect_max_s": 0.2, "discovery_prefix": ""},
     }, base=folder)  # fmt: skip
-    return Hub(cfg, log=lambda _text: None)
+    return Hub(cfg)
 
 
 def emit(hub, i):

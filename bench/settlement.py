@@ -129,9 +129,16 @@ async def litesvm(args):
         folder, payers, owners, store, count, setup = world(tmp, args)
         chain = Chain()
         mint = provision(chain, folder, payers, 10**9, 6)
-        up = Uploader(store, LiteSVMBackend(chain), payers, owners, mint, name="hub",
-                      batch_s=args.slots * SLOT_S, max_batch=args.max_batch,
-                      log=lambda t: None)  # fmt: skip
+        up = Uploader(
+            store,
+            LiteSVMBackend(chain),
+            payers,
+            owners,
+            mint,
+            name="hub",
+            batch_s=args.slots * SLOT_S,
+            max_batch=args.max_batch,
+        )
         r = await settle(up, count)
         say("LiteSVM", count, r)
         # A restart (or a `gridbid credit|rec|gov` call) rebuilds this chain from the
@@ -165,9 +172,16 @@ async def rpc(args, concurrency, delay_ms):
             from solders.pubkey import Pubkey
 
             backend = RpcBackend(url, poll_s=0.01, concurrency=concurrency)
-            up = Uploader(store, backend, payers, owners, Pubkey.from_string(mint), name="hub",
-                          batch_s=args.slots * SLOT_S, max_batch=args.max_batch,
-                          log=lambda t: None)  # fmt: skip
+            up = Uploader(
+                store,
+                backend,
+                payers,
+                owners,
+                Pubkey.from_string(mint),
+                name="hub",
+                batch_s=args.slots * SLOT_S,
+                max_batch=args.max_batch,
+            )
             r = await settle(up, count)
             await backend.close()
             say("RPC %d/%g" % (concurrency, delay_ms), count, r)

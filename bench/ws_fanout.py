@@ -65,7 +65,7 @@ async def serve(args):
             "aggregator": [{"key_id": 1, "name": "agg1"}],
             "web": {"port": 0, "ws_queue": args.queue},
         }, base=folder)  # fmt: skip
-        hub = Hub(cfg, log=lambda text: None)
+        hub = Hub(cfg)
         await hub.start_integrations()
         web = hub.integrations["web"]
         print("url %s" % web.url, flush=True)

@@ -56,7 +56,7 @@ def run(args):
         return 2
 
     async def main():
-        hub = Hub(cfg, log=lambda text: print(text, flush=True))
+        hub = Hub(cfg)
         try:
             await hub.run(args.slots)
         finally:

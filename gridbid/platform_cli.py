@@ -23,7 +23,10 @@ from pathlib import Path
 
 from hub.config import keys_file
 from hub.integrations import settlement as settlement_cfg
-from hub.integrations.platform import DEFAULTS, Keys, Platform, PlatformError, check
+from hub.integrations.platform import DEFAULTS, check
+from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.engine import PlatformError
+from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 
 SOL = 10**9

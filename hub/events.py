@@ -25,7 +25,10 @@ A listener is called synchronously from the hub's event loop: it must be quick
 """
 
 import itertools
+import logging
 import time
+
+log = logging.getLogger(__name__)
 
 KINDS = (
     "device", "telemetry", "failure", "offer", "bid", "price", "clearing", "contract",
@@ -37,8 +40,7 @@ RESERVED = {"id", "kind", "at"}
 
 
 class Events:
-    def __init__(self, log=print):
-        self.log = log
+    def __init__(self):
         self._listeners = []
         self._boot = int(time.time() * 1000)
         self._seq = itertools.count(1)
@@ -61,5 +63,5 @@ class Events:
             try:
                 listener(event)
             except Exception as exc:  # one broken listener must not stop the market
-                self.log("event listener %r failed on %s: %r" % (listener, kind, exc))
+                log.error("event listener %r failed on %s: %r", listener, kind, exc)
         return event

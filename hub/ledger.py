@@ -21,7 +21,12 @@ The contract is protocol.contract.purchase(), as the firmware's is, so hub and
 battery hold the same ContractId and terms without sending them.
 """
 
+import logging
+
+from hub.market.grid import SlotGrid
 from protocol import contract
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = {code: state for state, code in contract.OUTCOME_CODES.items()}  # code -> state
 NEED_ACTIVE = (contract.COMPLETED_SUCCESS, contract.COMPLETED_FAILURE_BY_SCADA)
@@ -29,18 +34,18 @@ LIVE_NAMES = tuple(contract.STATE_NAMES[s] for s in contract.LIVE)
 
 
 class Ledger:
-    def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, log=print, events=None):
+    def __init__(self, store, slot_s, gate_s, market_maker, grace_s=None, events=None, grid=None):
         self.store = store
         self.events = events  # hub.events.Events: a "contract" event per state reached
         self.gate_s, self.market_maker = gate_s, market_maker
-        self.grid = (slot_s, 0, slot_s)  # the hub's, once governance moves it on
+        # The slots' grid (hub/market/grid.py): the market maker's, read here.
+        self.grid = grid or SlotGrid(slot_s, gate_s, answer_s=0.0)
         # A battery reports after its contract ends, once a session with the buyer is up.
         self.grace_s = slot_s if grace_s is None else grace_s
-        self.log = log
 
     def accepted(self, device_id, buyer, bid_id, price, kwh, kw, start, at=None):
         """The battery accepted our bid: Created then Received. -> the MarketContract."""
-        slot_s = contract.slot_length(self.grid, start)
+        slot_s = self.grid.length(start)
         deal = contract.purchase(
             device_id, buyer, bid_id, slot_s, self.gate_s, self.market_maker, start, kwh, kw
         )
@@ -55,7 +60,7 @@ class Ledger:
 
     def withdrawn(self, contract_id, why, at=None):
         self._advance(contract_id, contract.TERMINATED_BY_ATN, contract.BUYER, at)
-        self.log("contract %s withdrawn: %s" % (contract_id, why))
+        log.info("contract %s withdrawn: %s", contract_id, why)
 
     def reported(self, buyer, confirm_id, code, delivered_kwh, at=None):
         """A battery's outcome report. -> (contract row, new state) or None when it is

@@ -21,21 +21,26 @@ same recorded trades, and buys only what no contract holds yet.
 
 import asyncio
 import gc
+import logging
 import time
 
 from aggregator.agent import Agent
 from aggregator.strategies import Offer, Outcome
 from hub import controls
-from hub.config import hub_toml
+from hub.config import hub_toml, keys_file
+from hub.controls import Controls
 from hub.events import Events
 from hub.ledger import Ledger
 from hub.market.clearing import ASK, BID
+from hub.market.grid import SlotGrid
 from hub.market.maker import MarketMaker
 from hub.market.price_signal import PriceSignal
 from hub.store import Store
-from protocol import auth, contract, frame, message
+from protocol import auth, frame, message
 from transport.discovery import Discovery, Registry
 from transport.links import now_ms
+
+log = logging.getLogger(__name__)
 
 
 class StartError(RuntimeError):
@@ -47,15 +52,23 @@ class StartError(RuntimeError):
 
 
 class Hub:
-    def __init__(self, cfg, seed=None, log=print, loss=0.0):
+    def __init__(self, cfg, seed=None, loss=0.0):
         self.cfg = cfg
-        self.log = log
         self.store = Store(cfg["store"])
-        self.events = Events(log)  # for the MQTT bridge, the web page, CoAP (hub/events.py)
+        self.events = Events()  # for the MQTT bridge, the web page, CoAP (hub/events.py)
+        self.controls = Controls(self.store, self.events)  # operators' settings in force
+        # The slots' grid: hub.toml's slot_s until governance moves it on (the schedule is
+        # a control, so a restarted hub keeps it).
+        self.grid = SlotGrid(cfg["slot_s"], cfg["gate_s"], cfg["answer_s"],
+                             self.controls.get(controls.GRID))  # fmt: skip
+        if self.grid.slot_s != cfg["slot_s"]:
+            log.info("market: %d s slots (governance; hub.toml says %d)",
+                     self.grid.slot_s, cfg["slot_s"])  # fmt: skip
         signal = PriceSignal(cfg["p_balance"], cfg["p_con"], cfg["k"])
-        self.market = MarketMaker(self.store, cfg["name"], cfg["slot_s"], cfg["gate_s"], signal)
-        self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"], log=log,
-                             events=self.events)  # fmt: skip
+        self.market = MarketMaker(self.store, cfg["name"], cfg["slot_s"], cfg["gate_s"], signal,
+                                  self.grid)  # fmt: skip
+        self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"],
+                             events=self.events, grid=self.grid)  # fmt: skip
         self.registry = Registry()
         first = cfg["aggregators"][0]["key_id"]  # the hub's group frames go out under it
         self.ids = message.MessageIds(now_ms())
@@ -74,15 +87,6 @@ class Hub:
         self._telemetry_from = self.agents[first]
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
-        self.controls = self.store.controls()  # operators' settings in force (set_control)
-        # The slot grid (protocol/contract.py slot_length): hub.toml's slot_s until
-        # governance moves it on (hub/controls.py schedule_slot_s).
-        self.set_grid(controls.slot_grid(self))
-        if self.grid[2] != cfg["slot_s"]:
-            log("market: %d s slots (governance; hub.toml says %d)" % (self.grid[2], cfg["slot_s"]))
-        self.told_slot_s = None  # a governed slot length already handled (controls.py)
-        self.grid_told = set()  # batteries that heard the grid (hub/integrations/coap.py)
-        self.told_off_grid = set()  # (battery, grid) told once it is not traded
         self.integrations = {}  # name -> started by run(), with async close()
 
     # --- running ------------------------------------------------------------------
@@ -107,8 +111,8 @@ class Hub:
         # Every battery that answers within discovery_s (no count of them is known).
         found = await self.discovery.find(self.ids, 10**6, timeout_s=self.cfg["discovery_s"])
         cfg = self.cfg
-        self.log("hub %s: %d batteries answered on %s:%d"
-                 % (cfg["name"], len(found), cfg["group_addr"], cfg["group_port"]))  # fmt: skip
+        log.info("hub %s: %d batteries answered on %s:%d",
+                 cfg["name"], len(found), cfg["group_addr"], cfg["group_port"])  # fmt: skip
         summaries = []
         resumed = await self.resume()  # a restart between a gate closure and its slot
         if resumed is not None:
@@ -128,9 +132,8 @@ class Hub:
         a battery sells its next slot instead). -> the slot's summary, or None."""
         gate_s = self.cfg["gate_s"]
         now = time.time()
-        start = contract.next_slot(self.grid, now)
-        name = contract.slot_name(contract.slot_length(self.grid, start), gate_s,
-                                  self.cfg["name"], start)  # fmt: skip
+        start = self.grid.next_start(now)
+        name = self.grid.slot_name(self.cfg["name"], start)
         if not start - gate_s <= now < start - self.cfg["bind_timeout_s"]:
             return None
         asks = self.store.bids(name, side=ASK)
@@ -158,12 +161,11 @@ class Hub:
         while True:
             self.follow_controls()  # governance may have moved the grid on
             now = time.time()
-            start = contract.next_slot(self.grid, now)
+            start = self.grid.next_start(now)
             if start - gate_s - now >= self.cfg["answer_s"] + 0.2:
                 break
             await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
-        name = contract.slot_name(contract.slot_length(self.grid, start), gate_s,
-                                  self.cfg["name"], start)  # fmt: skip
+        name = self.grid.slot_name(self.cfg["name"], start)
         offers = await self.collect_offers(name, start)
         bids = self.place_bids(name, offers)
         self.signal, demand, supply = self.market.price_signal(name)
@@ -179,7 +181,7 @@ class Hub:
             retry_ms=250, price_signal=self.signal,
         )  # fmt: skip
         offers = {}
-        off_grid = controls.off_grid(self, start, list(self.registry.devices))
+        off_grid = self.grid.off_grid(start, list(self.registry.devices), self._battery_configs)
         for info in list(self.registry.devices.values()):
             if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
                 continue
@@ -187,13 +189,13 @@ class Hub:
                 continue
             self._know(info)
             # The owner's floor, set on the hub by an operator, raises the battery's reserve.
-            reserve = max(info.reserve, self.controls.get(controls.floor_name(info.device_id), 0.0))
+            reserve = max(info.reserve, self.controls.floor(info.device_id))
             offer = Offer(info.device_id, info.offer_kwh, reserve, start, self.signal)
             try:
                 self.market.offer(name, info.device_id, info.offer_kwh, reserve,
                                   ref="offer:%d" % info.device_id)  # fmt: skip
             except ValueError as exc:  # a restarted hub: the battery's first offer stands
-                self.log("offer of battery %d kept as first recorded: %s" % (info.device_id, exc))
+                log.info("offer of battery %d kept as first recorded: %s", info.device_id, exc)
             else:
                 self.events.emit("offer", slot=name, device=info.device_id,
                                  kwh=info.offer_kwh, reserve=reserve)  # fmt: skip
@@ -213,7 +215,7 @@ class Hub:
         """Every agent prices every offer; each price is a bid layer. -> {(agent, device): Bid}"""
         bids = {}
         for agent in self.agents.values():
-            if self.controls.get(controls.pause_name(agent.name)):
+            if self.controls.paused(agent.name):
                 continue  # an operator paused it: it sits this slot out
             for device_id, offer in offers.items():
                 bid = agent.strategy.bid(offer)
@@ -223,7 +225,7 @@ class Hub:
                     self.market.bid(name, agent.key_id, bid.price, bid.kwh,
                                     ref="bid:%d" % device_id)  # fmt: skip
                 except ValueError as exc:  # a restarted hub: its first bid stands
-                    self.log("bid of %s kept as first recorded: %s" % (agent.name, exc))
+                    log.info("bid of %s kept as first recorded: %s", agent.name, exc)
                 else:
                     self.events.emit("bid", slot=name, aggregator=agent.name, device=device_id,
                                      price=bid.price, kwh=bid.kwh)  # fmt: skip
@@ -273,45 +275,52 @@ class Hub:
 
     # --- operators' controls (hub/controls.py) ----------------------------------------
 
-    @property
-    def grid(self):
-        """The market's slot grid: (before s, from unix s, after s)."""
-        return self.market.grid
-
-    def set_grid(self, grid):
-        self.market.grid = self.ledger.grid = tuple(grid)
-
-    def follow_controls(self):
-        controls.follow(self)
+    def follow_controls(self, now=None):
+        """Before each slot: the controls again (other processes write them too), the
+        price signal's parameters governance set, and a governed slot length scheduled."""
+        self.controls.refresh()
+        params = {p: self.controls.get("market." + p) for p in controls.SIGNAL_PARAMS}
+        for name, (old, new) in self.market.tune(**params).items():
+            log.info("market: %s %s -> %s (governance)", name, old, new)
+        scheduled = self.grid.schedule(self.controls.get("market.slot_s"),
+                                       time.time() if now is None else now)  # fmt: skip
+        if scheduled is not None:
+            self.controls.record(controls.GRID, list(scheduled), "hub")
 
     def set_control(self, name, value, by):
         """Set (None: clear) an operator's setting; ValueError names a bad one."""
-        controls.set_control(self, name, value, by)
+        aggregators = {a.name for a in self.agents.values()}
+        self.controls.set(name, value, by, self.registry.devices, aggregators)
+
+    def _battery_configs(self):
+        """{device: battery-<id>.json} as `gridbid hub keys` provisioned them."""
+        where = self.cfg.get("keys_file")
+        return keys_file.battery_configs(where) if where else {}
 
     async def _buy(self, buyer, device_id, kwh, price, start):
         agent, info = self.agents[buyer], self.registry.devices.get(device_id)
         if info is None:  # resumed before this battery answered the restarted hub
-            self.log("%s could not buy from battery %d: not found" % (agent.name, device_id))
+            log.warning("%s could not buy from battery %d: not found", agent.name, device_id)
             return None, "not found"
         kw = min(x for x in (agent.cfg["max_kw"], info.max_kw) if x) if info.max_kw else 1.0
         contract_id, state = await agent.buy(
             self.ledger, device_id, kwh, price, kw, start, self.cfg["bind_timeout_s"]
         )
         if contract_id is None:
-            self.log("%s could not buy %.4f kWh of battery %d: %s"
-                     % (agent.name, kwh, device_id, state))  # fmt: skip
+            log.warning("%s could not buy %.4f kWh of battery %d: %s",
+                        agent.name, kwh, device_id, state)  # fmt: skip
         return contract_id, state
 
     def _say(self, s):
         if s["price"] is None:
             why = "bids below every reserve" if s["offers"] else "no battery offered"
-            self.log("slot %s: %d offers, no trade (%s)" % (s["slot"], s["offers"], why))
+            log.info("slot %s: %d offers, no trade (%s)", s["slot"], s["offers"], why)
             return
         made = sum(1 for cid, state in s["contracts"].values() if state == "Confirmed")
-        self.log("slot %s: %d offers (%.4f kWh, mean reserve %.2f), %d bid layers -> "
-                 "%.4f kWh at %.2f c/kWh; %d contracts"
-                 % (s["slot"], s["offers"], s["offered_kwh"], s["reserve"] or 0,
-                    s["bid_layers"], s["volume_kwh"], s["price"], made))  # fmt: skip
+        log.info("slot %s: %d offers (%.4f kWh, mean reserve %.2f), %d bid layers -> "
+                 "%.4f kWh at %.2f c/kWh; %d contracts",
+                 s["slot"], s["offers"], s["offered_kwh"], s["reserve"] or 0,
+                 s["bid_layers"], s["volume_kwh"], s["price"], made)  # fmt: skip
 
     # --- frames from batteries -------------------------------------------------------
 
@@ -329,11 +338,11 @@ class Hub:
                 row, state = moved
                 promised = abs(row["avg_watts"]) * row["duration_s"] / 3_600_000
                 agent.strategy.delivered(row["device"], promised, msg.required_energy_amount)
-                self.log("contract %s of battery %d: %s, %.4f kWh metered" % (
-                    row["id"], row["device"], state, msg.required_energy_amount))  # fmt: skip
+                log.info("contract %s of battery %d: %s, %.4f kWh metered",
+                         row["id"], row["device"], state, msg.required_energy_amount)  # fmt: skip
         elif kind == message.DEVICE_FAILURE:
-            self.log("DEVICE FAILURE battery %d (cause %d), told %s"
-                     % (msg.device_id, msg.termination_code, agent.name))  # fmt: skip
+            log.warning("DEVICE FAILURE battery %d (cause %d), told %s",
+                        msg.device_id, msg.termination_code, agent.name)  # fmt: skip
             self.events.emit("failure", device=msg.device_id, cause=msg.termination_code,
                              aggregator=agent.name)  # fmt: skip
         elif kind == message.BESS_STATUS and agent is self._telemetry_from:

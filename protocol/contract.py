@@ -27,7 +27,6 @@ contract starts at its slot's start and lasts at most the slot.
 import hashlib
 import struct
 
-from protocol import message
 from protocol.compat import const, hexlify, unhexlify
 from protocol.errors import ContractError
 
@@ -58,11 +57,15 @@ LIVE = (CREATED, RECEIVED, CONFIRMED, ACTIVE)
 # A battery reports how a contract ended as a TERMINATE answering the buyer's BidConfirm,
 # its termination_code the final state's code here; the buyer reads it back with the same
 # table (hub/ledger.py). The one table of ETP outcome codes.
+TERM_CONTRACT_SUCCESS = const(10)  # CompletedSuccess
+TERM_CONTRACT_FAILURE = const(11)  # CompletedFailureByScada: under-delivered
+TERM_CONTRACT_UNKNOWN = const(12)  # CompletedUnknownOutcome: ended while the device was off
+TERM_CONTRACT_STOPPED = const(13)  # TerminatedByScada: a device failure stopped it
 OUTCOME_CODES = {
-    COMPLETED_SUCCESS: message.TERM_CONTRACT_SUCCESS,
-    COMPLETED_FAILURE_BY_SCADA: message.TERM_CONTRACT_FAILURE,
-    COMPLETED_UNKNOWN_OUTCOME: message.TERM_CONTRACT_UNKNOWN,
-    TERMINATED_BY_SCADA: message.TERM_CONTRACT_STOPPED,
+    COMPLETED_SUCCESS: TERM_CONTRACT_SUCCESS,
+    COMPLETED_FAILURE_BY_SCADA: TERM_CONTRACT_FAILURE,
+    COMPLETED_UNKNOWN_OUTCOME: TERM_CONTRACT_UNKNOWN,
+    TERMINATED_BY_SCADA: TERM_CONTRACT_STOPPED,
 }
 
 BUYER = "buyer"  # the aggregator / market side (GridWorks' AtomicTNode)

@@ -28,7 +28,7 @@ Which fields each type carries (all others are zero):
                                  time), termination_code (REJECT_* reason)
   7  TERMINATE       either      termination_code (TERM_* reason); from a device with
                                  reply_to = the contract's BID_CONFIRM, it reports
-                                 the contract's outcome (TERM_CONTRACT_*) and
+                                 the contract's outcome (contract.TERM_CONTRACT_*) and
                                  required_energy_amount = the kWh its meter counted
   8  DEVICE_FAILURE  device      termination_code (FAIL_* cause), health,
                                  remaining_battery_energy, battery_voltage
@@ -73,10 +73,7 @@ REJECT_UNAVAILABLE = const(4)
 TERM_NORMAL = const(1)
 TERM_TIMEOUT = const(2)
 TERM_SHUTDOWN = const(3)
-TERM_CONTRACT_SUCCESS = const(10)  # CompletedSuccess
-TERM_CONTRACT_FAILURE = const(11)  # CompletedFailureByScada: under-delivered
-TERM_CONTRACT_UNKNOWN = const(12)  # CompletedUnknownOutcome: ended while the device was off
-TERM_CONTRACT_STOPPED = const(13)  # TerminatedByScada: a device failure stopped it
+# 10..13: how a contract ended (protocol/contract.py TERM_CONTRACT_*, OUTCOME_CODES)
 # termination_code in DEVICE_FAILURE
 FAIL_BMS_ALARM = const(1)
 FAIL_BMS_LINK = const(2)

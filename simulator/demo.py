@@ -20,6 +20,7 @@ the auctions live on http://127.0.0.1:8080/ (--web-port; 0: none).
 import asyncio
 import collections
 import json
+import logging
 import os
 import random
 import sys
@@ -57,11 +58,37 @@ def run(args):
                 "error: --%s must be %d..%d" % (name.replace("_", "-"), low, high), file=sys.stderr
             )
             return 2
-    return asyncio.run(Demo(args).main())
+    with HubLines():
+        return asyncio.run(Demo(args).main())
 
 
 def say(who, text):
     print("%-9s| %s" % (who, text), flush=True)
+
+
+class HubLines(logging.Handler):
+    """The hub's log lines (hub.*, aggregator.*, transport.*) as the demo's `hub |` lines,
+    instead of the root logger's timestamped ones, while the demo runs."""
+
+    NAMES = ("hub", "aggregator", "transport")
+
+    def emit(self, record):
+        say("hub", record.getMessage())
+
+    def __enter__(self):
+        for name in self.NAMES:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+            logger.propagate = False
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.NAMES:
+            logger = logging.getLogger(name)
+            logger.removeHandler(self)
+            logger.propagate = True
 
 
 def aggregators(count, seed):
@@ -117,8 +144,7 @@ class Demo:
                     say("bat %d" % device.device_id,
                         "ready on %s (%s)" % (device.address, device.runtime))  # fmt: skip
                 echo = asyncio.create_task(self.echo(fleet))
-                hub = Hub(self.config(fleet, Path(tmp), gate_s), seed=args.seed,
-                          log=lambda text: say("hub", text))  # fmt: skip
+                hub = Hub(self.config(fleet, Path(tmp), gate_s), seed=args.seed)
                 for agent in hub.agents.values():
                     say("hub", "aggregator %s: %s strategy" % (agent.name, agent.cfg["strategy"]))
                 try:

@@ -86,6 +86,15 @@ class MicroPythonFailure(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _hub_logs_detached():
+    """helpers.logs.into() feeds a test's list until the test ends."""
+    yield
+    from helpers.logs import detach_all
+
+    detach_all()
+
+
 def pytest_ignore_collect(collection_path, config):
     """tests/hil needs pytest-embedded's `dut`: only with -p pytest_embedded (see its docstring)."""
     if collection_path.name == "hil" and not config.pluginmanager.has_plugin("pytest_embedded"):

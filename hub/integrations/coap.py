@@ -8,7 +8,7 @@ Resources:
                            hub/controls.py); a notification on each "price" event and
                            grid change, and again every max_age_s / 2 so that a silent
                            hub shows as one. A device it answers has heard the grid
-                           (hub.grid_told: the hub trades it past a change)
+                           (hub.grid.heard: the hub trades it past a change)
     /contracts/<device>    the device's binding contracts (Confirmed, Active) and those
                            that ended within recent_s, at most max_contracts, as the
                            compact list of protocol/coap.py (42); a device reads its own
@@ -34,6 +34,7 @@ running server; `await server.close()` stops it.
 import asyncio
 import ipaddress
 import json
+import logging
 import socket
 import time
 
@@ -46,6 +47,8 @@ from aiocoap.util.linkformat import Link
 from hub.controls import GRID
 from protocol import coap
 from protocol.contract import MarketContract
+
+log = logging.getLogger(__name__)
 
 # aiocoap's numbers, as ints (what is signed, and what .well-known/core lists)
 TEXT, OCTETS = int(ContentFormat.TEXT), int(ContentFormat.OCTETSTREAM)
@@ -110,11 +113,10 @@ class Refused(Exception):
 class Guard:
     """Who may ask: the device keys of the hub's keyring, fresh and not replayed."""
 
-    def __init__(self, keyring, not_devices, window_s, log):
+    def __init__(self, keyring, not_devices, window_s):
         self.keyring = keyring
         self.not_devices = set(not_devices)  # the aggregators' key ids
         self.window_ms = int(window_s * 1000)
-        self.log = log
         self._seen = {}  # device -> ({(ts, nonce): ts}, floor ts: at or below it is refused)
         self._quiet_until = 0.0
         self._quieted = 0
@@ -159,7 +161,7 @@ class Guard:
             self._quieted += 1
             return
         more = " (%d more refused in the last second)" % self._quieted if self._quieted else ""
-        self.log(
+        log.warning(
             "coap: 4.01 to %s for GET /%s: %s%s" % (request.remote.hostinfo, path, reason, more)
         )
         self._quiet_until, self._quieted = now + _LOG_EVERY_S, 0
@@ -234,8 +236,8 @@ class PriceResource(Signed, resource.ObservableResource):
 
     def answer(self, device, rest):
         hub = self.server.hub
-        hub.grid_told.add(device)  # a notification re-renders this: sent to it too
-        value = dict(self.value, grid=list(hub.grid))
+        hub.grid.heard(device)  # a notification re-renders this: sent to it too
+        value = dict(self.value, grid=list(hub.grid.value))
         return coap.CONTENT, json.dumps(value, separators=(",", ":")).encode(), JSON
 
     async def render_get(self, request):
@@ -267,7 +269,7 @@ class CoapServer:
         self.hub = hub
         self.settings = settings
         self.guard = Guard(hub.cfg["keyring"], [a["key_id"] for a in hub.cfg["aggregators"]],
-                           settings["replay_window_s"], hub.log)  # fmt: skip
+                           settings["replay_window_s"])  # fmt: skip
         self.price = PriceResource(self, ("price",))
         self.contracts = ContractsResource(self, ("contracts",))
         site = resource.Site()
@@ -300,7 +302,7 @@ class CoapServer:
                           % (s["bind"], s["port"], exc.strerror)) from None  # fmt: skip
         self._unsubscribe = self.hub.events.subscribe(self._event)
         self._refresh = asyncio.create_task(self._keep_fresh())
-        self.hub.log("coap: serving /price, /contracts, /time on %s:%d" % (s["bind"], s["port"]))
+        log.info("coap: serving /price, /contracts, /time on %s:%d" % (s["bind"], s["port"]))
 
     async def close(self):
         if self._unsubscribe is not None:

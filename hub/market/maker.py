@@ -22,6 +22,7 @@ Per slot (a GridWorks name, `rt<len>gate<gate>.<market maker>.<start>`):
 from collections import namedtuple
 
 from hub.market.clearing import ASK, BID, MarketSlot
+from hub.market.grid import SlotGrid
 from hub.market.price_signal import PriceSignal
 from protocol import contract
 
@@ -33,13 +34,14 @@ class GateOpen(ValueError):
 
 
 class MarketMaker:
-    def __init__(self, store, name="hub", slot_s=900, gate_s=300, signal=None):
+    def __init__(self, store, name="hub", slot_s=900, gate_s=300, signal=None, grid=None):
         if not 0 <= gate_s < slot_s:
             raise ValueError("gate_s must be 0 <= gate_s < slot_s")
         self.store = store
         self.name = name
         self.slot_s, self.gate_s = slot_s, gate_s
-        self.grid = (slot_s, 0, slot_s)  # protocol/contract.py slot_length; the hub's
+        # The slots' grid (hub/market/grid.py): the hub's, which governance may move on.
+        self.grid = grid or SlotGrid(slot_s, gate_s, answer_s=0.0)
         self.signal = signal or PriceSignal(p_balance=16.0, p_con=6.0)
         self._books = {}
 
@@ -47,9 +49,7 @@ class MarketMaker:
 
     def open_slot(self, now_s):
         """The name of the first slot whose gate is still open at now_s."""
-        start = contract.next_slot(self.grid, now_s + self.gate_s)
-        length = contract.slot_length(self.grid, start)
-        return contract.slot_name(length, self.gate_s, self.name, start)
+        return self.grid.slot_name(self.name, self.grid.next_start(now_s + self.gate_s))
 
     def gate_closed(self, slot_name, now_s):
         _len, gate_s, _maker, start = contract.parse_slot_name(slot_name)
@@ -95,6 +95,17 @@ class MarketMaker:
 
     def indicative_price(self, slot_name, at=None):
         return self.price_signal(slot_name, at)[0]
+
+    def tune(self, **params):
+        """Set the price signal's parameters (p_balance, p_con, k: governance's) from the
+        next signal on. -> {name: (old, new)} of those that changed."""
+        changed = {}
+        for name, value in params.items():
+            old = getattr(self.signal, name)
+            if value is not None and float(value) != old:
+                setattr(self.signal, name, float(value))
+                changed[name] = (old, float(value))
+        return changed
 
     def price_signal(self, slot_name, at=None):
         """The price signal from the slot's book, recorded. -> (price, demand, supply)"""

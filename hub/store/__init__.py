@@ -88,8 +88,15 @@ class Store:
         self.close()
 
     @contextlib.contextmanager
-    def _write(self):
+    def transaction(self):
+        """One write transaction (BEGIN IMMEDIATE) -> the connection. Each table family's
+        owner writes its own tables through it (hub/store for the market's tables,
+        hub/integrations/settlement/journal.py, hub/integrations/platform/engine.py). Inside
+        another transaction on this connection (the platform engine's), it joins that one."""
         conn = self.db.conn
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -108,7 +115,8 @@ class Store:
         finally:
             self.db.conn.execute("COMMIT")
 
-    def _rows(self, sql, params=()):
+    def rows(self, sql, params=()):
+        """A read of the caller's own tables -> [dict] (see transaction())."""
         return list(self.db.query(sql, params))
 
     # --- devices ---------------------------------------------------------------------
@@ -121,7 +129,7 @@ class Store:
             check_id("key_id", key_id),
             check_at(at),
         )
-        with self._write() as conn:
+        with self.transaction() as conn:
             done = conn.execute(
                 "UPDATE devices SET key_id = ?, address = ?, last_seen = ? WHERE id = ?",
                 (key_id, address, at, device_id),
@@ -137,7 +145,7 @@ class Store:
     def touch_device(self, device_id, at=None, address=None):
         """The device was heard from (any message): move last_seen, and its address."""
         device_id, at = check_id("device", device_id), check_at(at)
-        with self._write() as conn:
+        with self.transaction() as conn:
             _require_device(conn, device_id)
             conn.execute(
                 "UPDATE devices SET last_seen = ?, address = coalesce(?, address) WHERE id = ?",
@@ -146,7 +154,7 @@ class Store:
 
     def devices(self):
         """All devices with their last status and reputation (delivered / promised kWh)."""
-        return self._rows(
+        return self.rows(
             "SELECT d.*, r.promised_kwh, r.delivered_kwh, r.reputation FROM devices d "
             "LEFT JOIN device_reputation r ON r.device = d.id ORDER BY d.id"
         )
@@ -157,7 +165,7 @@ class Store:
         """A battery's offer for a slot (kWh, reserve c/kWh). Returns the row id."""
         row = (check_id("device", device_id), check_slot(slot), check_amount("kwh", kwh))
         row += (check_amount("reserve", reserve), check_at(at))
-        with self._write() as conn:
+        with self.transaction() as conn:
             _require_device(conn, row[0])
             return conn.execute(
                 "INSERT INTO offers (device, slot, kwh, reserve, at) VALUES (?, ?, ?, ?, ?)", row
@@ -180,7 +188,7 @@ class Store:
 
     def _record_layers(self, slot, rows, at):
         slot, at, new = check_slot(slot), check_at(at), 0
-        with self._write() as conn:
+        with self.transaction() as conn:
             for row in rows:
                 new += conn.execute(
                     "INSERT INTO bids (slot, order_id, side, owner, price, kwh, ref, at) "
@@ -203,7 +211,7 @@ class Store:
         sql, params = "SELECT * FROM bids WHERE slot = ?", [check_slot(slot)]
         if side is not None:
             sql, params = sql + " AND side = ?", params + [check_side(side)]
-        return self._rows(sql + " ORDER BY order_id", params)
+        return self.rows(sql + " ORDER BY order_id", params)
 
     def record_trades(self, clearing_id, slot, fills, price, at=None):
         """Record a clearing: its fills (hub.market Fills, or (order_id, owner, side, kwh)
@@ -220,7 +228,7 @@ class Store:
         rows = [check_fill(fill) for fill in fills]
         if len({row[0] for row in rows}) != len(rows):
             raise ValueError("clearing %r fills an order twice" % clearing_id)
-        with self._write() as conn:
+        with self.transaction() as conn:
             stored = conn.execute(
                 "SELECT order_id, owner, side, kwh, price, slot, id FROM trades "
                 "WHERE clearing_id = ?",
@@ -260,7 +268,7 @@ class Store:
         counterparty of every fill, so a bid's seller and an ask's buyer is the slot's
         market maker (named in the slot name)."""
         where, params = ("WHERE slot = ?", [check_slot(slot)]) if slot is not None else ("", [])
-        rows = self._rows(
+        rows = self.rows(
             "SELECT * FROM trades %s ORDER BY id DESC LIMIT ? OFFSET ?" % where,
             params + check_page(limit, offset),
         )
@@ -278,7 +286,7 @@ class Store:
             check_amount("price", price),
         )
         row += (check_amount("demand", demand), check_amount("supply", supply))
-        with self._write() as conn:
+        with self.transaction() as conn:
             return conn.execute(
                 "INSERT INTO price_signals (slot, at, price, demand, supply) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -287,7 +295,7 @@ class Store:
 
     def price_signals(self, limit=100):
         """Price signals, newest first."""
-        return self._rows(
+        return self.rows(
             "SELECT * FROM price_signals ORDER BY at DESC, id DESC LIMIT ?",
             [check_id("limit", limit)],
         )
@@ -295,12 +303,12 @@ class Store:
     def set_control(self, name, value, by, at=None):
         """An operator's setting (JSON value; None clears it), kept with who set it."""
         row = (str(name), json.dumps(value), str(by), check_at(at))
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute("INSERT INTO controls (name, value, by, at) VALUES (?, ?, ?, ?)", row)
 
     def controls(self):
         """{name: value} in force (the newest of each name; cleared ones left out)."""
-        rows = self._rows(
+        rows = self.rows(
             "SELECT name, value FROM controls WHERE id IN "
             "(SELECT max(id) FROM controls GROUP BY name)"
         )
@@ -314,7 +322,7 @@ class Store:
             return self._stats(limit)
 
     def _stats(self, limit):
-        slots = self._rows(
+        slots = self.rows(
             "SELECT slot, count(*) AS trades, sum(kwh) AS kwh, "
             "sum(price * kwh) / sum(kwh) AS mean_price, min(price) AS min_price, "
             "max(price) AS max_price, min(at) AS first_at FROM trades "
@@ -345,7 +353,7 @@ class Store:
         row += (contract.market_slot_name, contract.start_unix_s, contract.duration_s)
         row += (contract.avg_power_watts, check_amount("price", price))
         at = check_at(at)
-        with self._write() as conn:
+        with self.transaction() as conn:
             stored = conn.execute(
                 "SELECT id, device, buyer, slot, start, duration_s, avg_watts, price "
                 "FROM contracts WHERE id = ?",
@@ -379,7 +387,7 @@ class Store:
         if delivered_kwh is not None:
             delivered_kwh = check_amount("delivered_kwh", delivered_kwh)
         at = check_at(at)
-        with self._write() as conn:
+        with self.transaction() as conn:
             contract = _market_contract(self._contract_row(contract_id))
             previous = STATE_NAMES[contract.advance(state, by)]
             if delivered_kwh is not None and contract.live:
@@ -411,17 +419,17 @@ class Store:
         sql = "SELECT * FROM contracts"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return self._rows(
+        return self.rows(
             sql + " ORDER BY start DESC, created_at DESC LIMIT ? OFFSET ?",
             params + check_page(limit, offset),
         )
 
     def contracts_of_slot(self, slot):
-        return self._rows("SELECT * FROM contracts WHERE slot = ?", (check_slot(slot),))
+        return self.rows("SELECT * FROM contracts WHERE slot = ?", (check_slot(slot),))
 
     def contract_by_confirm(self, buyer, confirm_id):
         """The contract whose BID_CONFIRM from `buyer` had this message id, or None."""
-        rows = self._rows(
+        rows = self.rows(
             "SELECT * FROM contracts WHERE buyer = ? AND confirm_id = ?", (buyer, confirm_id)
         )
         return rows[0] if rows else None
@@ -429,14 +437,14 @@ class Store:
     def contract_history(self, contract_id):
         """Every state the contract went through, oldest first (from_state None = recorded)."""
         self._contract_row(contract_id)
-        return self._rows(
+        return self.rows(
             "SELECT from_state, to_state, by, at FROM contract_states WHERE contract = ? "
             "ORDER BY id",
             (contract_id,),
         )
 
     def _contract_row(self, contract_id):
-        rows = self._rows("SELECT * FROM contracts WHERE id = ?", (contract_id,))
+        rows = self.rows("SELECT * FROM contracts WHERE id = ?", (contract_id,))
         if not rows:
             raise ValueError("unknown contract id %r" % (contract_id,))
         return rows[0]
@@ -451,7 +459,7 @@ class Store:
         last status and last_seen, in the same transaction."""
         row = check_reading(soc, remaining_kwh, voltage, power_kw, health)
         device_id, at = check_id("device", device_id), check_at(at)
-        with self._write() as conn:
+        with self.transaction() as conn:
             _require_device(conn, device_id)
             conn.execute(
                 "INSERT INTO telemetry (device, at, soc, remaining_kwh, voltage, power_kw, health) "
@@ -466,7 +474,7 @@ class Store:
 
     def telemetry(self, device_id, limit=100):
         """A device's readings, newest first."""
-        return self._rows(
+        return self.rows(
             "SELECT * FROM telemetry WHERE device = ? ORDER BY at DESC, id DESC LIMIT ?",
             [check_id("device", device_id)] + [check_id("limit", limit)],
         )

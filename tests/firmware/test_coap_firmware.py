@@ -10,6 +10,7 @@ import socket
 import pytest
 import store as firmware_store  # firmware/store.py (conftest puts firmware/ on the path)
 from helpers.hub_site import GATE_S, SLOT_S, deploy, hub_settings
+from helpers.logs import into
 
 from hub.config import hub_toml
 from hub.service import Hub
@@ -35,7 +36,7 @@ async def _trade_and_reconcile(tmp_path):
         deploy(fleet, tmp_path)
         settings = hub_settings(fleet)
         settings["coap"] = {"bind": "127.0.0.1", "port": port}
-        hub = Hub(hub_toml.check(settings, base=tmp_path), log=lambda text: None)
+        hub = Hub(hub_toml.check(settings, base=tmp_path))
         await hub.start_integrations()  # CoAP up before the battery asks for the time
         await device.start()
         await device.wait_for("coap: clock set from the hub", timeout=15)
@@ -77,7 +78,8 @@ async def _governed_slot_length(tmp_path):
         deploy(fleet, tmp_path)
         settings = hub_settings(fleet)
         settings["coap"] = {"bind": "127.0.0.1", "port": port}
-        hub = Hub(hub_toml.check(settings, base=tmp_path), log=logs.append)
+        into(logs)
+        hub = Hub(hub_toml.check(settings, base=tmp_path))
         hub.store.set_control("market.slot_s", 2 * SLOT_S, "governance:p1")
         await hub.start_integrations()
         await told.start()

@@ -118,7 +118,7 @@ async def restart_mid_contract(fleet):
     report, _ = await link.expect(message.TERMINATE, timeout=15)
     assert report.reply_to == confirm.message_id
     assert report.message.termination_code in (
-        message.TERM_CONTRACT_SUCCESS, message.TERM_CONTRACT_FAILURE
+        contract.TERM_CONTRACT_SUCCESS, contract.TERM_CONTRACT_FAILURE
     )  # fmt: skip
     after = contracts.ContractBook(str(device.data_dir / "contracts.rec"))
     after.start(int(time.time()))
@@ -164,7 +164,7 @@ async def bms_alarm(fleet):
     assert group_copy, "the failure also goes to the multicast group"
     stopped = await link.expect(message.TERMINATE, timeout=2)
     assert stopped[0].reply_to == confirm.message_id
-    assert stopped[0].message.termination_code == message.TERM_CONTRACT_STOPPED
+    assert stopped[0].message.termination_code == contract.TERM_CONTRACT_STOPPED
     for _ in range(10):  # the simulated inverter applies writes on its 100 ms step
         if device.sim.state["setpoint_w"] == 0:
             break

@@ -8,9 +8,10 @@ import os
 import socket
 import time
 
+from helpers.logs import said
 from hub.config import hub_toml
 from hub.service import Hub
-from protocol import auth, contract, message
+from protocol import auth, contract
 from simulator.fleet import free_port
 
 DEVICE, OTHER, BUYER, BUYER2, STRANGER = 1001, 1002, 1, 2, 4242
@@ -41,14 +42,14 @@ async def running_hub(tmp_path, name="hub", **settings):
         "aggregator": [{"key_id": BUYER}, {"key_id": BUYER2}],
         "coap": {"bind": "127.0.0.1", "port": port, **settings},
     }, base=tmp_path)  # fmt: skip
-    logs = []
-    hub = Hub(cfg, log=logs.append)
-    await hub.start_integrations()
-    hub.coap, hub.port, hub.logs = hub.integrations["coap"], port, logs
-    try:
-        yield hub
-    finally:
-        await hub.close()
+    with said() as logs:
+        hub = Hub(cfg)
+        await hub.start_integrations()
+        hub.coap, hub.port, hub.logs = hub.integrations["coap"], port, logs
+        try:
+            yield hub
+        finally:
+            await hub.close()
 
 
 def bought(hub, device, buyer, bid_id, start, confirm_id=None, outcome=None, kwh=1.0):
@@ -67,7 +68,7 @@ def seed(hub):
     for device in (DEVICE, OTHER):
         hub.store.add_device(device, device, "127.0.0.1")
     nxt = contract.next_slot((SLOT_S, 0, SLOT_S), time.time())
-    success = message.TERM_CONTRACT_SUCCESS
+    success = contract.TERM_CONTRACT_SUCCESS
     return {
         "running": bought(hub, DEVICE, BUYER2, 17, nxt - SLOT_S, 5007),  # its slot started
         "confirmed": bought(hub, DEVICE, BUYER, 11, nxt, 5001),

@@ -6,7 +6,8 @@ with metered energy driven through the store's real contract rules."""
 import asyncio
 from fractions import Fraction
 
-from hub.integrations.platform import Keys, Platform
+from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.chain import Chain
 from hub.integrations.settlement.provision import SOL, provision

@@ -108,7 +108,6 @@ class World:
 
     def uploader(self, store=None, backend=None, **kw):
         kw.setdefault("batch_s", BATCH_S)
-        kw.setdefault("log", lambda text: None)
         kw.setdefault("emit", lambda **f: self.events.append(f))
         return Uploader(store or self.store, backend or LiteSVMBackend(self.chain), self.payers,
                         self.owners, self.mint, name="hub", **kw)  # fmt: skip

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from helpers.logs import said
 
 from hub import controls
 from hub.config import hub_toml
@@ -22,17 +23,18 @@ def hub(tmp_path):
     settings = {"hub": {"store": "hub.sqlite", "slot_s": 60, "gate_s": 20},
                 "aggregator": [{"key_id": 1, "name": "value"}]}  # fmt: skip
     cfg = hub_toml.check(settings, base=tmp_path)
-    logs, events = [], []
-    hub = Hub(cfg, log=logs.append)
-    hub.events.subscribe(events.append)
-    hub.logs, hub.told = logs, events
-    yield hub
-    hub.store.close()
+    events = []
+    with said() as logs:
+        hub = Hub(cfg)
+        hub.events.subscribe(events.append)
+        hub.logs, hub.told = logs, events
+        yield hub
+        hub.store.close()
 
 
 def test_a_control_is_checked_kept_and_told(hub):
     hub.set_control("paused.value", True, "web")
-    assert hub.controls == {"paused.value": True}
+    assert hub.controls.values == {"paused.value": True}
     assert [(e["name"], e["value"], e["by"]) for e in hub.told] == [("paused.value", True, "web")]
     for name, value, fault in [
         ("paused.nobody", True, "no aggregator"),
@@ -61,37 +63,40 @@ def test_governance_sets_the_price_signal_from_the_next_slot(hub, tmp_path):
 
 
 def test_a_governed_slot_length_is_scheduled_at_a_shared_boundary_and_kept(hub, tmp_path):
-    assert hub.grid == (60, 0, 60)
+    assert hub.grid.value == (60, 0, 60)
     now = 1_800_000_030
     with Store(tmp_path / "hub.sqlite") as other:
         other.set_control("market.slot_s", 900, "governance:p3")
-    controls.follow(hub, now)
-    before, at, after = hub.grid
+    hub.follow_controls(now)
+    before, at, after = hub.grid.value
     assert (before, after) == (60, 900) and at % 900 == 0 and now + 120 <= at < now + 120 + 900
-    assert hub.ledger.grid == hub.grid and hub.market.grid == hub.grid
+    assert hub.ledger.grid is hub.grid and hub.market.grid is hub.grid  # one owner
     assert hub.market.open_slot(at - 100) == "rt60sgate20s.hub.%d" % (at - 60)  # the last
     assert hub.market.open_slot(at - 30) == "rt900sgate20s.hub.%d" % at  # the first 900 s
     assert hub.store.controls()[controls.GRID] == [60, at, 900]
     assert [e["name"] for e in hub.told if e["kind"] == "control"] == [controls.GRID]
-    controls.follow(hub, now + 30)  # scheduled once: the same grid, nothing said again
-    assert hub.grid == (60, at, 900) and sum("slot_s" in x for x in hub.logs) == 1
+    hub.follow_controls(now + 30)  # scheduled once: the same grid, nothing said again
+    assert hub.grid.value == (60, at, 900) and sum("slot_s" in x for x in hub.logs) == 1
     # a battery that never heard the grid is traded before the change, not after it
-    assert not controls.off_grid(hub, at - 60, [7]) and controls.off_grid(hub, at, [7]) == {7}
-    assert controls.off_grid(hub, at + 900, [7]) == {7}
+    configs = hub._battery_configs
+    assert not hub.grid.off_grid(at - 60, [7], configs) and hub.grid.off_grid(at, [7], configs) == {
+        7
+    }
+    assert hub.grid.off_grid(at + 900, [7], configs) == {7}
     assert sum("battery 7 is not known" in x for x in hub.logs) == 1  # told once
-    hub.grid_told.add(7)  # it observed /price (hub/integrations/coap.py)
-    assert not controls.off_grid(hub, at, [7])
+    hub.grid.heard(7)  # it observed /price (hub/integrations/coap.py)
+    assert not hub.grid.off_grid(at, [7], configs)
     # one provisioned with the new length (battery-<id>.json, gridbid hub keys) is traded
     (tmp_path / "battery-8.json").write_text(json.dumps({"device_id": 8, "slot_s": 900}))
-    assert not controls.off_grid(hub, at, [8])
+    assert not hub.grid.off_grid(at, [8], configs)
     # a restarted hub keeps the schedule, whatever hub.toml says
-    again = Hub(hub.cfg, log=hub.logs.append)
-    assert again.grid == (60, at, 900) and again.ledger.grid == again.grid
+    again = Hub(hub.cfg)
+    assert again.grid.value == (60, at, 900) and again.ledger.grid is again.grid
     again.store.close()
 
 
 def test_a_slot_length_that_leaves_no_time_before_the_gate_is_refused(hub, tmp_path):
     hub.store.set_control("market.slot_s", 20, "governance:p4")  # gate_s is 20
-    controls.follow(hub, 1_800_000_000)
-    assert hub.grid == (60, 0, 60)
+    hub.follow_controls(1_800_000_000)
+    assert hub.grid.value == (60, 0, 60)
     assert any("slot_s = 20: it leaves no time" in x for x in hub.logs), hub.logs

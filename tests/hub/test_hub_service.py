@@ -42,6 +42,7 @@ from helpers.hub_site import (
     toml,
     write_keys,
 )  # fmt: skip
+from helpers.logs import into
 from helpers.waiting import until_async
 
 from hub.config import hub_toml
@@ -527,10 +528,10 @@ def test_batteries_lost_mid_auction_leave_no_orphan_contract(batteries, tmp_path
     dead, frozen, cut = fleet.devices
     cfg = in_process_config(fleet, tmp_path)
     db = tmp_path / "hub.sqlite"
-    loop, logs, events = Background(), [], []
+    loop, logs, events = Background(), into([]), []
 
     async def make():
-        hub = Hub(cfg, seed=3, log=logs.append)
+        hub = Hub(cfg, seed=3)
         hub.ledger.grace_s = 1.0  # overdue reports: no need to wait a whole slot here
         hub.events.subscribe(events.append)
         return hub
@@ -647,10 +648,10 @@ def test_discovery_survives_ten_percent_udp_loss(batteries, tmp_path):
     summary = re.compile(r"^slot (\S+): (\d+) offers .*; (\d+) contracts$")
 
     async def scenario():
-        logs = []
+        logs = into([])
         # Seeded loss: with 57, the first datagram (the hub's first Query) and the third
         # are lost, whatever the timing; then 10 % at random.
-        hub = Hub(cfg, seed=57, loss=0.1, log=logs.append)
+        hub = Hub(cfg, seed=57, loss=0.1)
         task = asyncio.create_task(hub.run())
         try:
 

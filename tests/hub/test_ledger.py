@@ -17,7 +17,7 @@ DEVICE, BUYER = 1001, 2
 def ledger(tmp_path):
     store = Store(tmp_path / "hub.sqlite")
     store.add_device(DEVICE, DEVICE, "127.0.0.20")
-    yield Ledger(store, slot_s=900, gate_s=300, market_maker="hub", log=lambda _t: None)
+    yield Ledger(store, slot_s=900, gate_s=300, market_maker="hub")
     store.close()
 
 
@@ -50,9 +50,9 @@ def test_the_terms_are_the_firmwares(ledger, tmp_path):
     ours = ledger.accepted(DEVICE, BUYER, bid_id=77, price=18.5, kwh=1.3, kw=4.0, start=START)
     assert ours.to_json_dict() | {"Status": None} == theirs.to_json_dict() | {"Status": None}
     assert terms(900, 1.3, 4.0) == (900, 5200)  # too long at 4 kW: squeezed into the slot
-    # governance moved the grid on (hub/controls.py): both take the new length from then
+    # governance moved the grid on (hub/market/grid.py): both take the new length from then
     at = START - START % 1800 + 1800
-    ledger.grid = cfg["slot_grid"] = (900, at, 600)
+    ledger.grid.value = cfg["slot_grid"] = (900, at, 600)
     theirs = executor.contract_from_confirm(BUYER, 78, 18.5, 1.3, 4.0, 9002, at)
     ours = ledger.accepted(DEVICE, BUYER, bid_id=78, price=18.5, kwh=1.3, kw=4.0, start=at)
     assert ours.to_json_dict() | {"Status": None} == theirs.to_json_dict() | {"Status": None}
@@ -62,23 +62,23 @@ def test_the_terms_are_the_firmwares(ledger, tmp_path):
 def test_a_success_report_passes_through_active_and_records_the_meter(ledger):
     deal = ledger.accepted(DEVICE, BUYER, 1, 18.0, 0.5, 5.0, START)
     ledger.confirming(deal.contract_id, 501)
-    row, state = ledger.reported(BUYER, 501, message.TERM_CONTRACT_SUCCESS, 0.49)
+    row, state = ledger.reported(BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49)
     assert state == "CompletedSuccess" and row["id"] == deal.contract_id
     assert states(ledger, deal.contract_id)[-2:] == ["Active", "CompletedSuccess"]
     assert ledger.store.contract(deal.contract_id)["delivered_kwh"] == 0.49
     # the same report again (a battery re-sends after a reconnect), or one that is not ours
-    assert ledger.reported(BUYER, 501, message.TERM_CONTRACT_SUCCESS, 0.49) is None
-    assert ledger.reported(BUYER + 1, 501, message.TERM_CONTRACT_SUCCESS, 0.49) is None
-    assert ledger.reported(BUYER, 999, message.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(BUYER + 1, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(BUYER, 999, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
     assert ledger.reported(BUYER, 501, message.TERM_NORMAL, 0.0) is None
 
 
 @pytest.mark.parametrize(
     "code, final",
     [
-        (message.TERM_CONTRACT_FAILURE, "CompletedFailureByScada"),
-        (message.TERM_CONTRACT_UNKNOWN, "CompletedUnknownOutcome"),
-        (message.TERM_CONTRACT_STOPPED, "TerminatedByScada"),
+        (contract.TERM_CONTRACT_FAILURE, "CompletedFailureByScada"),
+        (contract.TERM_CONTRACT_UNKNOWN, "CompletedUnknownOutcome"),
+        (contract.TERM_CONTRACT_STOPPED, "TerminatedByScada"),
     ],
 )
 def test_every_outcome_code_ends_the_contract_in_its_state(ledger, code, final):

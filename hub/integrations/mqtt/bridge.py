@@ -47,6 +47,7 @@ which alone touches the outbox and the hub.
 import asyncio
 import collections
 import json
+import logging
 import os
 import re
 import stat
@@ -59,6 +60,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from hub.integrations.mqtt.outbox import Outbox, discovery, level, route
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "host": "localhost",
@@ -164,7 +167,7 @@ async def start(hub, settings):
 
 class Bridge:
     def __init__(self, hub, settings):
-        self.hub, self.settings, self.log = hub, settings, hub.log
+        self.hub, self.settings = hub, settings
         self.loop = asyncio.get_running_loop()
         self.name = level(hub.cfg["name"])
         self.base = "%s/%s" % (settings["topic_prefix"], self.name)
@@ -190,7 +193,7 @@ class Bridge:
                                   clean_start=True)  # fmt: skip
         self.client.loop_start()
         backlog = self.outbox.count()
-        self.log("mqtt: bridge to %s%s as %s, topics %s/...%s" % (
+        log.info("mqtt: bridge to %s%s as %s, topics %s/...%s" % (
             self.where, " (TLS)" if settings["tls_ca"] else "", login[0] if login else
             "anonymous", self.base, "; %d events from before wait in the outbox" % backlog
             if backlog else ""))  # fmt: skip
@@ -285,7 +288,9 @@ class Bridge:
         if self.closed or self.said == (state, text):
             return
         self.said = (state, text)
-        self.log("mqtt: %s; retrying, %d events wait in the outbox" % (text, self.outbox.count()))
+        log.warning(
+            "mqtt: %s; retrying, %d events wait in the outbox" % (text, self.outbox.count())
+        )
 
     def _connected(self, receive_max):
         if self.closed:
@@ -293,7 +298,7 @@ class Bridge:
         self.online = True
         self.cap = min(self.settings["window"], receive_max)
         self.said = ("connected", None)
-        self.log("mqtt: connected to %s; %d events to send" % (self.where, self.outbox.count()))
+        log.info("mqtt: connected to %s; %d events to send" % (self.where, self.outbox.count()))
         devices = {row["id"] for row in self.hub.store.devices()} | set(self.hub.registry.devices)
         self.discovered.clear()
         for device in sorted(devices):
@@ -305,7 +310,7 @@ class Bridge:
             return
         if self.online and not self.closing:
             self.said = ("lost", reason)
-            self.log("mqtt: lost the broker at %s (%s); events wait in the outbox"
+            log.warning("mqtt: lost the broker at %s (%s); events wait in the outbox"
                      % (self.where, reason))  # fmt: skip
         self.online = False
         self.resync = True
@@ -338,7 +343,7 @@ class Bridge:
             topic = self.outbox.refuse(seq, reason)
         if topic not in self.refused_topics:  # said once per topic: no log flood, no retry
             self.refused_topics.add(topic)
-            self.log("mqtt: the broker refused a message on %s: %s; %s" % (
+            log.warning("mqtt: the broker refused a message on %s: %s; %s" % (
                 topic, reason, "kept in the outbox's refused table, not sent again"
                 if seq is not None else "check the broker's ACL"))  # fmt: skip
 
@@ -372,7 +377,7 @@ class Bridge:
                 except ValueError as exc:  # the hub's own check: no such battery, bad value
                     error = str(exc)
                 except Exception as exc:  # e.g. the store: still an answer, and a log line
-                    self.log("mqtt: command %r failed: %r" % (name, exc))
+                    log.warning("mqtt: command %r failed: %r" % (name, exc))
                     error = "the hub could not set it: %s" % exc
             reply = {"id": request, "ok": True, "name": name, "value": value}
             if error is not None:
@@ -403,7 +408,7 @@ class Bridge:
         self._flush()
         self.closed = True
         self.outbox.close()
-        self.log("mqtt: bridge closed")
+        log.info("mqtt: bridge closed")
 
 
 def parse_command(payload):

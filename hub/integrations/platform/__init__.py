@@ -28,9 +28,12 @@ Layout (one concern per module):
                    paid in batches from the treasury
     service.py     inside a running hub: shares settlement's chain and mint; mints,
                    ticks governance and pays rewards every poll_s
-    *_cli.py       `gridbid credit|rec|gov ...` (cli_common.py: options, and on LiteSVM
-                   the hub's chain rebuilt from both journals, as the hub does at each
-                   start: hub/integrations/settlement/rebuild.py)
+    layer.py       Platform: the four parts over one engine (the CLIs' and the service's)
+    settings.py    [platform] in hub.toml: defaults and their check at load
+    views.py       what the status page reads of these tables (read-only, no chain)
+    gridbid/credit.py, rec.py, gov.py: `gridbid credit|rec|gov ...` (platform_cli.py:
+                   options, and on LiteSVM the hub's chain rebuilt from both journals, as
+                   the hub does at each start: hub/integrations/settlement/rebuild.py)
 
 How operations reach the chain: through the same backend interface the settlement uses
 (hub/integrations/settlement/backends.py: LiteSVM in-process by default, or RPC), with the same
@@ -48,12 +51,12 @@ One read goes the other way: hub/integrations/settlement/rebuild.py replays plat
 when it rebuilds a LiteSVM chain.
 """
 
-from hub.integrations.platform.chain_ops import Keys
-from hub.integrations.platform.engine import PlatformError, Replayed
-from hub.integrations.platform.layer import Platform
+# Only the settings here: hub.toml's loader and the status page import this package, and
+# neither may load the chain's code (solders). The parts: layer.Platform,
+# chain_ops.Keys, engine.PlatformError / Replayed.
 from hub.integrations.platform.settings import DEFAULTS, SOURCES, check
 
-__all__ = ["DEFAULTS", "SOURCES", "Keys", "Platform", "PlatformError", "Replayed", "check", "start"]
+__all__ = ["DEFAULTS", "SOURCES", "check", "start"]
 
 
 async def start(hub, settings):

@@ -25,11 +25,11 @@ records credits that existed before the ledger (provision's fund_credits): once 
 account, before any other move.
 """
 
-import json
 from collections import Counter
 
 from hub.integrations.platform.chain_ops import burn_ix, memo, mint_info, mint_to_ixs, pk
 from hub.integrations.platform.engine import Operation, PlatformError
+from hub.integrations.settlement import journal
 from hub.integrations.settlement.transactions import ata
 
 MAX_UNITS = 2**63 - 1
@@ -57,10 +57,8 @@ def ledger_balances(conn):
         "SELECT account, sum(units) FROM credit_moves GROUP BY account"
     ):
         out[account] += units
-    for payer, payments in conn.execute(
-        "SELECT payer, payments FROM settlement_parts WHERE status = 'finalized'"
-    ):
-        for owner, amount in json.loads(payments):
+    for payer, payments in journal.finalized_payments(conn):
+        for owner, amount in payments:
             out[payer] -= amount
             out[owner] += amount
     return out

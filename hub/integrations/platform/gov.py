@@ -57,6 +57,7 @@ def _amount(value, name="amount"):
 class Gov:
     def __init__(self, engine, store, settings, clock=time.time):
         self.engine, self.keys, self.clock = engine, engine.keys, clock
+        self.store = store  # passed proposals become the hub's controls (Store.set_control)
         self.supply = int(settings.get("gov_supply", 1_000_000_000))
         self.quorum = int(settings.get("gov_quorum", 1))
         for op in (Genesis(self), Grant(self), Stake(self), Unstake(self), Propose(self),
@@ -142,10 +143,9 @@ class Gov:
                 "effective_at <= ?",
                 (now,),
             ).fetchall():
-                conn.execute(
-                    "INSERT INTO controls (name, value, by, at) VALUES (?, ?, ?, ?)",
-                    ("market." + param, value, "governance:" + pid, now),
-                )
+                # the hub's controls are the store's (in this transaction: it joins it)
+                self.store.set_control("market." + param, json.loads(value),
+                                       "governance:" + pid, at=now)  # fmt: skip
                 conn.execute(
                     "UPDATE gov_proposals SET status = 'executed', executed_at = ? WHERE id = ?",
                     (now, pid),

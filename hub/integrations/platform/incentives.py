@@ -45,6 +45,7 @@ from fractions import Fraction
 from hub.integrations.platform.chain_ops import memo, pk, transfer_ixs
 from hub.integrations.platform.engine import Operation, PlatformError
 from hub.integrations.settlement.records import promised_kwh
+from hub.store import views
 from protocol.contract import parse_slot_name
 
 RULES = {
@@ -80,11 +81,7 @@ class Incentives:
 
     def consumption(self, conn, device, start, end):
         """(kWh charged, covered fraction) of [start, end) from telemetry."""
-        rows = conn.execute(
-            "SELECT at, power_kw FROM telemetry WHERE device = ? AND at >= ? AND at < ? "
-            "AND power_kw IS NOT NULL ORDER BY at, id",
-            (device, start, end),
-        ).fetchall()
+        rows = views.power_readings(conn, device, start, end)
         used, covered = Fraction(0), Fraction(0)
         for (t0, p0), (t1, _p1) in zip(rows, rows[1:]):
             gap = f(t1) - f(t0)
@@ -95,7 +92,7 @@ class Incentives:
 
     def conservation(self, conn, start):
         e, out = self.rules["epoch_s"], {}
-        for (device,) in conn.execute("SELECT id FROM devices ORDER BY id").fetchall():
+        for device in views.device_ids(conn):
             used, coverage = self.consumption(conn, device, start, start + e)
             if coverage < f(self.rules["coverage"]):
                 continue
@@ -111,21 +108,15 @@ class Incentives:
     def slots(self, conn, start):
         """{slot name: slot start} of the slots starting in the epoch."""
         end, out = start + self.rules["epoch_s"], {}
-        for (name,) in conn.execute(
-            "SELECT slot FROM bids UNION SELECT slot FROM contracts UNION "
-            "SELECT slot FROM price_signals WHERE slot IS NOT NULL"
-        ).fetchall():
+        for name in views.slot_names(conn):
             slot_start = parse_slot_name(name)[3]
             if start <= slot_start < end:
                 out[name] = slot_start
         return out
 
     def signal(self, conn, slot):
-        row = conn.execute(
-            "SELECT price FROM price_signals WHERE slot = ? ORDER BY at DESC, id DESC LIMIT 1",
-            (slot,),
-        ).fetchone()
-        return None if row is None else f(row[0])
+        price = views.latest_signal(conn, slot)
+        return None if price is None else f(price)
 
     def demand_response(self, conn, slots):
         out = defaultdict(Fraction)
@@ -133,11 +124,7 @@ class Incentives:
             price = self.signal(conn, slot)
             if price is None or price <= f(self.rules["p_balance"]):
                 continue
-            for row in conn.execute(
-                "SELECT device, avg_watts, duration_s, delivered_kwh FROM contracts "
-                "WHERE slot = ? AND delivered_kwh IS NOT NULL",
-                (slot,),
-            ).fetchall():
+            for row in views.metered(conn, slot):
                 device, watts, duration, delivered = row
                 promised = f(promised_kwh({"avg_watts": watts, "duration_s": duration}))
                 out["owner-%d" % device] += min(f(delivered), promised)
@@ -146,17 +133,11 @@ class Incentives:
     def liquidity(self, conn, slots):
         out, band = defaultdict(Fraction), f(self.rules["band"])
         for slot in slots:
-            row = conn.execute("SELECT price FROM trades WHERE slot = ? LIMIT 1", (slot,))
-            row = row.fetchone()
-            reference = f(row[0]) if row else self.signal(conn, slot)
+            price = views.clearing_price(conn, slot)
+            reference = f(price) if price is not None else self.signal(conn, slot)
             if reference is None:
                 continue
-            for side, owner, price, kwh, filled in conn.execute(
-                "SELECT b.side, b.owner, b.price, b.kwh, coalesce(sum(t.kwh), 0) FROM bids b "
-                "LEFT JOIN trades t ON t.slot = b.slot AND t.order_id = b.order_id "
-                "WHERE b.slot = ? GROUP BY b.id",
-                (slot,),
-            ).fetchall():
+            for side, owner, price, kwh, filled in views.layers_filled(conn, slot):
                 resting = f(kwh) - f(filled)
                 if resting > 0 and abs(f(price) - reference) <= band * reference:
                     name = ("aggregator-%s" if side == "bid" else "owner-%s") % owner

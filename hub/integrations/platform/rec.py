@@ -41,6 +41,7 @@ from hub.integrations.platform.chain_ops import (
 from hub.integrations.platform.rec_ops import BuyRec, ListRec, RetireRec, UnlistRec, _RecOp
 from hub.integrations.settlement.records import FINAL_STATES
 from hub.integrations.settlement.transactions import ata
+from hub.store import views
 
 RENEWABLE = ("solar", "wind", "hydro")
 MINT_RENT = 1_461_600  # rent-exempt lamports for an 82-byte mint account
@@ -71,16 +72,13 @@ class Rec:
 
     def eligible(self, conn, devices=None):
         """Counted-nowhere metered renewable energy: [(contract, device, vintage, kwh)]."""
-        marks = ",".join("?" * len(FINAL_STATES))
         out = []
-        for cid, device, start, kwh in conn.execute(
-            "SELECT c.id, c.device, c.start, c.delivered_kwh FROM contracts c "
-            "LEFT JOIN rec_energy e ON e.contract = c.id WHERE e.contract IS NULL "
-            "AND c.delivered_kwh IS NOT NULL AND c.state IN (%s) ORDER BY c.id" % marks,
-            FINAL_STATES,
-        ):
+        for c in views.contracts_not_in(conn, "rec_energy", "c.id, c.device, c.start, "
+                                        "c.delivered_kwh", states=FINAL_STATES, metered=True,
+                                        order="c.id"):  # fmt: skip
+            device = c["device"]
             if self.sources.get(device) in RENEWABLE and (devices is None or device in devices):
-                out.append((cid, device, vintage_of(start), kwh))
+                out.append((c["id"], device, vintage_of(c["start"]), c["delivered_kwh"]))
         return out
 
     # --- commands ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ the truth, so nothing is lost by a failed round.
 """
 
 import asyncio
+import logging
 import time
 
 from hub.config import keys_file
@@ -26,6 +27,8 @@ from hub.integrations.platform.chain_ops import Keys
 from hub.integrations.platform.engine import PlatformError
 from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import BackendError
+
+log = logging.getLogger(__name__)
 
 
 class PlatformService:
@@ -56,7 +59,7 @@ class PlatformService:
         self._seen = rows[-1][0]
         replayed, failed = self.chain.replay(raw for _rowid, raw in rows)
         if failed:
-            self.hub.log("platform: %d journaled transactions did not replay" % failed)
+            log.warning("platform: %d journaled transactions did not replay" % failed)
         return replayed
 
     async def round(self, now=None):
@@ -66,10 +69,10 @@ class PlatformService:
         if not p.engine.recovered:  # once per start, before anything new is signed
             found = await p.recover()
             if any(found.values()):
-                self.hub.log("platform: recovered from the chain's memos: %s" % found)
+                log.info("platform: recovered from the chain's memos: %s" % found)
             opened = await p.credit.open_funded(p.funded)
             if opened:
-                self.hub.log("platform: LiteSVM funding recorded as openings: %s" % opened)
+                log.info("platform: LiteSVM funding recorded as openings: %s" % opened)
         await p.engine.resume()
         minted = await p.rec.mint("rec-auto-%d" % int(now * 1000))
         changes = p.gov.tick(now)
@@ -84,9 +87,9 @@ class PlatformService:
             try:
                 result = await self.round()
                 if result["minted"] or result["changes"]:
-                    self.hub.log("platform: %s" % result)
+                    log.info("platform: %s" % result)
             except (PlatformError, BackendError, OSError) as exc:
-                self.hub.log("platform: round failed, retrying: %s" % exc)
+                log.warning("platform: round failed, retrying: %s" % exc)
             await asyncio.sleep(self.settings["poll_s"])
 
     async def close(self):

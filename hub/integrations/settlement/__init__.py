@@ -14,12 +14,12 @@ makes owners' keys, provision.py, and at every start is rebuilt from the journal
 rebuild.py), or JSON-RPC to a cluster (rpc_backend.py) chosen by URL. Keys are
 solana-keygen files, mode 0600 or refused, never logged (wallets.py). Status goes out
 as "settlement" events (hub/events.py) to the MQTT bridge and the status page;
-`python -m hub.integrations.settlement status --config hub.toml` prints the journal.
+`gridbid settlement status --config hub.toml` prints the journal.
 """
 
 from pathlib import Path
 
-from hub.integrations.settlement import records, wallets
+from hub.integrations.settlement import records
 
 DEFAULTS = {
     "backend": "litesvm",  # or an RPC URL: https://api.devnet.solana.com, http://127.0.0.1:8899
@@ -41,6 +41,8 @@ DEFAULTS = {
 
 def check(settings, base, where):
     """settings (merged with DEFAULTS) checked, relative paths resolved against `base`."""
+    from hub.integrations.settlement import wallets  # solders: only where settlement is set
+
     s = dict(settings)
     backend = s["backend"]
     if backend != "litesvm" and not (

@@ -1,7 +1,7 @@
 """The settlement tables of the hub's store (schema V5, hub/store/schema.py): batches,
 their parts, and the journal of signed transactions.
 
-Each function is one write transaction (Store._write: BEGIN IMMEDIATE) or one read, and
+Each function is one write transaction (Store.transaction: BEGIN IMMEDIATE) or one read, and
 none awaits inside one, so it interleaves safely with the hub's own writes on the same
 connection and event loop. Contract ids are the primary key of settlement_items: a
 contract can be put in a batch once, ever, whatever the uploader does.
@@ -10,36 +10,31 @@ contract can be put in a batch once, ever, whatever the uploader does.
 import json
 import time
 
+from hub.store import views
+from hub.store.views import shown
+
 ATTEMPT_OPEN = ("signed", "sent", "confirmed")
 ROLLUP = ("planned", "sent", "confirmed", "failed", "finalized")
 
 
 def min_unsettled_start(store):
     """The earliest start of a contract in no batch (None: there is none)."""
-    return store.db.execute(
-        "SELECT min(start) FROM contracts c WHERE NOT EXISTS "
-        "(SELECT 1 FROM settlement_items i WHERE i.contract = c.id)"
-    ).fetchone()[0]
+    rows = views.contracts_not_in(store.db.conn, "settlement_items", "min(c.start) AS start")
+    return rows[0]["start"]
 
 
 def waiting(store, final_states):
     """Final contracts in no batch yet (their window has not ended, or waits for a
     live contract or a missing key)."""
-    marks = ", ".join("?" for _ in final_states)
-    return store.db.execute(
-        "SELECT count(*) FROM contracts c WHERE state IN (%s) AND NOT EXISTS "
-        "(SELECT 1 FROM settlement_items i WHERE i.contract = c.id)" % marks,
-        tuple(final_states),
-    ).fetchone()[0]
+    rows = views.contracts_not_in(store.db.conn, "settlement_items", "count(*) AS n",
+                                  states=tuple(final_states))  # fmt: skip
+    return rows[0]["n"]
 
 
 def unsettled(store, floor, before):
     """Contracts in no batch whose slot starts in [floor, before), oldest first."""
-    return list(store.db.query(
-        "SELECT * FROM contracts c WHERE start >= ? AND start < ? AND NOT EXISTS "
-        "(SELECT 1 FROM settlement_items i WHERE i.contract = c.id) ORDER BY start, id",
-        (floor, before),
-    ))  # fmt: skip
+    return views.contracts_not_in(store.db.conn, "settlement_items", start=floor,
+                                  before=before, order="c.start, c.id")  # fmt: skip
 
 
 def window_chunks(store, window):
@@ -56,7 +51,7 @@ def record_batch(store, batch, status, landed=None, error=None, at=None):
     at, landed = at or time.time(), landed or {}
     trade_ids = json.dumps([r["contract"] for r in batch.records])
     total = sum(r["amount"] for r in batch.records)
-    with store._write() as conn:
+    with store.transaction() as conn:
         conn.execute(
             "INSERT INTO settlements (id, trade_ids, tx_signature, status, at, window_start, "
             "hash, records, parts, amount, error, updated_at) "
@@ -82,7 +77,7 @@ def record_batch(store, batch, status, landed=None, error=None, at=None):
 
 def adopt(store, batch, part, signature, at=None):
     """The chain shows this part paid by `signature` (reconciliation): journal it so."""
-    with store._write() as conn:
+    with store.transaction() as conn:
         _adopt(conn, batch, part, signature, at or time.time())
 
 
@@ -134,7 +129,7 @@ def add_attempts(store, attempts, at=None):
     """Journal signed transactions before their first broadcast: (signature, batch, part,
     raw bytes, last valid block height or None, nonce text or None) each."""
     at = at or time.time()
-    with store._write() as conn:
+    with store.transaction() as conn:
         conn.executemany(
             "INSERT INTO settlement_txs (signature, batch, part, raw, last_valid, nonce, "
             "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'signed', ?, ?)",
@@ -145,7 +140,7 @@ def add_attempts(store, attempts, at=None):
 def update_attempts(store, updates, at=None):
     """(signature, status, error or None) each; a finalized one pays its part."""
     at = at or time.time()
-    with store._write() as conn:
+    with store.transaction() as conn:
         for signature, status, error in updates:
             conn.execute(
                 "UPDATE settlement_txs SET status = ?, error = coalesce(?, error), "
@@ -171,7 +166,7 @@ def refresh(store, batch_ids, at=None):
     """Recompute the named batches' status from their parts. -> the rows that changed."""
     changed = []
     at = at or time.time()
-    with store._write() as conn:
+    with store.transaction() as conn:
         for batch_id in batch_ids:
             old, first = conn.execute(
                 "SELECT status, tx_signature FROM settlements WHERE id = ?", (batch_id,)
@@ -249,3 +244,46 @@ def counts(store):
     contracts, amount = items.fetchone()
     txs = dict(store.db.execute("SELECT status, count(*) FROM settlement_txs GROUP BY status"))
     return {"batches": by_status, "contracts": contracts, "amount": amount, "transactions": txs}
+
+
+def finalized_payments(conn):
+    """What finalized parts paid, on an open connection (the platform's credit ledger, in
+    its own transaction): [(payer, [(owner, amount)])]."""
+    rows = conn.execute("SELECT payer, payments FROM settlement_parts WHERE status = 'finalized'")
+    return [(payer, json.loads(payments)) for payer, payments in rows]
+
+
+# --- views for the status page (hub/integrations/web/api.py) -------------------------------
+
+
+def settlements(store, status=None, limit=100, offset=0):
+    """The settlements table as it is (columns may grow), newest first; trade_ids parsed.
+    A batch's canonical records can be long: they are in settlement() only."""
+    where, params = ("WHERE status = ?", [status]) if status else ("", [])
+    rows = store.rows("SELECT * FROM settlements %s ORDER BY at DESC LIMIT ? OFFSET ?" % where,
+                       params + [limit, offset])  # fmt: skip
+    return [_settlement(row, records=False) for row in rows]
+
+
+def settlement(store, batch):
+    """One batch whole, with its parts (one transaction each, their signatures) when the
+    settlement tables hold them. None: no such batch."""
+    rows = store.rows("SELECT * FROM settlements WHERE id = ?", (batch,))
+    if not rows:
+        return None
+    found = _settlement(rows[0], records=True)
+    if store.db["settlement_parts"].exists():
+        found["parts_list"] = [shown(r) for r in store.rows(
+            "SELECT * FROM settlement_parts WHERE batch = ? ORDER BY part", (batch,))]  # fmt: skip
+    return found
+
+
+def _settlement(row, records):
+    row = shown(row)
+    if not records:
+        row.pop("records", None)
+    try:
+        row["trade_ids"] = json.loads(row["trade_ids"])
+    except (KeyError, TypeError, ValueError):
+        pass  # not JSON: shown as stored
+    return row

@@ -16,12 +16,16 @@ what the chain says was paid is in the journal before anything new is signed.
    the batch is never paid again without an operator.
 """
 
+import logging
+
 from solders.system_program import create_nonce_account
 from solders.transaction import Transaction
 
 from hub.integrations.settlement import journal, records
 from hub.integrations.settlement.backends import BackendError, SendError
 from hub.integrations.settlement.transactions import advance_nonce_ix
+
+log = logging.getLogger(__name__)
 
 NONCE_RENT = 1_447_680  # lamports: rent exemption of the 80-byte nonce account
 
@@ -54,7 +58,7 @@ async def reconcile(up):
         if row is None or row["status"] == "conflict":
             continue
         if entry["digests"] != {(row["hash"], row["parts"])}:
-            up.log("settlement: batch %s on chain does not match the journal" % batch_id)
+            log.warning("settlement: batch %s on chain does not match the journal" % batch_id)
             continue
         for part, signature in entry["sigs"].items():
             if row["signatures"][part - 1] is None:

@@ -10,6 +10,7 @@ loop after each transaction, so a large batch does not hold the hub's loop for l
 """
 
 import asyncio
+import logging
 import traceback
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from hub.integrations.settlement import journal, records, wallets
 from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 from hub.integrations.settlement.provision import nonce_wallets
 from hub.integrations.settlement.uploader import Uploader
+
+log = logging.getLogger(__name__)
 
 
 class Settlement:
@@ -56,14 +59,14 @@ class Settlement:
 
             mint = Pubkey.from_string(s["mint"])
             backend = RpcBackend(s["backend"], timeout_s=s["timeout_s"])
-            hub.log("settlement: RPC %s, mint %s" % (s["backend"], mint))
+            log.info("settlement: RPC %s, mint %s" % (s["backend"], mint))
         if nonces is not None:
             nonces = {str(payers[k].pubkey): w for k, w in nonces.items()}
         self.uploader = Uploader(
             hub.store, backend, payers, owners, mint, name=hub.cfg["name"],
             decimals=s["decimals"], cents_per_credit=s["cents_per_credit"],
             batch_s=s["batch_s"], max_batch=s["max_batch"], nonces=nonces,
-            reconcile_s=s["reconcile_days"] * 86400, resend_s=s["poll_s"], log=hub.log,
+            reconcile_s=s["reconcile_days"] * 86400, resend_s=s["poll_s"],
             emit=lambda **fields: hub.events.emit("settlement", **fields),
         )  # fmt: skip
         self._unsubscribe = hub.events.subscribe(self._on_event)
@@ -79,11 +82,11 @@ class Settlement:
             hub.store.db.conn, folder, payers, s["fund_credits"], s["decimals"],
             nonces=nonces, chain=self.chain, block_s=0.4,
         )  # fmt: skip
-        hub.log("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
+        log.info("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
                 "with %d credits (keys in %s, mode 0600)"
                 % (len(payers), s["fund_credits"], folder))  # fmt: skip
         self.funded = {k: s["fund_credits"] * 10 ** s["decimals"] for k in payers}
-        hub.log("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
+        log.warning("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
                 "(%d did not replay)" % (replayed, failed))  # fmt: skip
         return mint, LiteSVMBackend(self.chain)
 
@@ -118,7 +121,7 @@ class Settlement:
     def _say(self, text):
         if text != self._last_error:
             self._last_error = text
-            self.hub.log(text)
+            log.warning(text)
 
     async def flush(self, timeout_s=30.0):
         """Rounds until every final contract is in a batch and every batch is paid, or

@@ -36,6 +36,7 @@ recovery.
 
 import asyncio
 import json
+import logging
 import time
 
 from solders.pubkey import Pubkey
@@ -45,6 +46,8 @@ from hub.integrations.settlement import journal, records, recovery
 from hub.integrations.settlement.backends import SendError
 from hub.integrations.settlement.transactions import ata, nonce_value, part_tx
 
+log = logging.getLogger(__name__)
+
 PERIOD_S = 2.0
 
 
@@ -53,7 +56,7 @@ class Uploader:
         self, store, backend, payers, owners, mint, *, name, decimals=6,
         cents_per_credit=100, batch_s=900, max_batch=1000, nonces=None,
         reconcile_s=30 * 86400, resend_s=PERIOD_S, retry_failed_s=60.0,
-        log=print, emit=None, step=None, clock=time.time,
+        emit=None, step=None, clock=time.time,
     ):  # fmt: skip
         if not records.parse_memo("gridbid:%s.0.0:%s:1/1" % (name, "0" * 64)):
             raise ValueError("hub name %r cannot be in a memo (letters, digits, _ . -)" % name)
@@ -65,7 +68,7 @@ class Uploader:
         self.batch_s, self.max_batch = batch_s, max_batch
         self.nonces = nonces  # {payer pubkey text: nonce account Wallet} or None
         self.reconcile_s, self.resend_s, self.retry_failed_s = reconcile_s, resend_s, retry_failed_s
-        self.log, self.emit, self.clock = log, emit or (lambda **_: None), clock
+        self.emit, self.clock = emit or (lambda **_: None), clock
         self.step = step or (lambda _name: None)
         self.ready = False
         self.landed = {}  # reconciliation: batch id -> {"digests": {(hash, parts)}, "sigs"}
@@ -126,7 +129,7 @@ class Uploader:
             if self.blocked.get(window) != missing:
                 self.blocked[window] = missing
                 batch_id = records.batch_id(self.name, window, 0)
-                self.log("settlement: window %s waits: %s" % (batch_id, "; ".join(missing)))
+                log.warning("settlement: window %s waits: %s" % (batch_id, "; ".join(missing)))
                 self.emit(batch=batch_id, status="blocked", signature=None, trades=[],
                           error="; ".join(missing))  # fmt: skip
             return False
@@ -137,7 +140,7 @@ class Uploader:
         done = journal.window_chunks(self.store, window)
         first = max(done) + 1 if done else 0
         if done:  # a window is batched whole; this is a contract that came after it
-            self.log("settlement: window %d gets late contracts %s"
+            log.info("settlement: window %d gets late contracts %s"
                      % (window, [r["id"] for r in rows]))  # fmt: skip
         made = 0
         for k, chunk in enumerate(records.chunks(rows, self.max_batch), first):
@@ -168,7 +171,7 @@ class Uploader:
                 "not paid again; an operator must compare them"
                 % (batch.id, sorted(entry["digests"]), batch.digest, len(batch.parts))
             )
-            self.log("settlement: CONFLICT " + error)
+            log.warning("settlement: CONFLICT " + error)
             return "conflict", {}, error
         return "planned", dict(entry["sigs"]), None
 
@@ -192,7 +195,7 @@ class Uploader:
             self.step("checked")
             for signature, status, error in updates:
                 if status == "failed":
-                    self.log("settlement: transaction %s… failed on chain (nothing moved; "
+                    log.warning("settlement: transaction %s… failed on chain (nothing moved; "
                              "signed again in %.0f s): %s"
                              % (signature[:12], self.retry_failed_s, error))  # fmt: skip
             if updates:
@@ -257,7 +260,7 @@ class Uploader:
                     try:
                         await self.backend.send(raw)
                     except SendError as exc:
-                        self.log("settlement: %s… not accepted now: %s" % (signature[:12], exc))
+                        log.warning("settlement: %s… not accepted now: %s" % (signature[:12], exc))
                     self._sent_at[signature] = mono
                     self.step("sent")
                 except BaseException:  # a crash here: start no more sends, as a dead process
@@ -287,7 +290,7 @@ class Uploader:
         for p in todo:
             wallet = self.by_pubkey.get(p["payer"])
             if wallet is None:
-                self.log("settlement: no wallet for payer %s of %s" % (p["payer"], p["batch"]))
+                log.warning("settlement: no wallet for payer %s of %s" % (p["payer"], p["batch"]))
                 continue
             nonce_account, nonce = None, None
             if self.nonces:

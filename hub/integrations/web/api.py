@@ -9,7 +9,8 @@ through the read-only Reader thread, and the one write (POST /api/controls) call
 hub.set_control on the loop, as every store write of the hub is made.
 
 The platform's views (/api/platform...) read its tables in the same store
-(hub/integrations/web/platform.py), never the chain or its wallets; {"enabled": false} without them.
+(hub/integrations/platform/views.py), never the chain or its wallets; {"enabled": false}
+without them.
 
 Nothing secret is read here: aggregators are shown from a whitelist of their
 settings, never hub.cfg whole (it holds the keyring), and the token is only compared.
@@ -38,8 +39,11 @@ from pydantic import (
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.integrations.web import platform, queries
-from protocol.contract import STATE_NAMES, parse_slot_name, slot_length
+from hub.controls import floor_name
+from hub.integrations.platform import views as platform
+from hub.integrations.settlement import journal
+from hub.store import views as queries
+from protocol.contract import STATE_NAMES, parse_slot_name
 
 STATIC = Path(__file__).parent / "static"
 PLATFORM_TTL_S = 2.0  # how stale a platform view may be (the page polls every 5 s)
@@ -139,12 +143,12 @@ def make_app(web):
         now = time.time()
         plot = web.settings["experiment_plot"]
         return {
-            "hub": hub.cfg["name"], "now": now, "slot_s": slot_length(hub.grid, now),
-            "slot_grid": hub.grid,
+            "hub": hub.cfg["name"], "now": now, "slot_s": hub.grid.length(now),
+            "slot_grid": hub.grid.value,
             "gate_s": hub.cfg["gate_s"], "open_slot": hub.market.open_slot(int(now)),
             "signal": hub.signal, "devices": len(hub.registry.devices),
             "aggregators": len(hub.agents), "totals": await web.cache(queries.totals),
-            "controls": hub.controls, "writable": web.token is not None,
+            "controls": hub.controls.values, "writable": web.token is not None,
             "plot": bool(plot and Path(plot).is_file()),
             "ws": {"clients": len(web.fanout.clients), "dropped": web.fanout.dropped,
                    "queue": web.fanout.queue_size, "events": web.fanout.sent},
@@ -192,7 +196,7 @@ def make_app(web):
         rows = []
         for cfg in hub.cfg["aggregators"]:
             row = {k: cfg.get(k) for k in SHOWN_AGGREGATOR}
-            row["paused"] = bool(hub.controls.get("paused.%s" % cfg["name"]))
+            row["paused"] = hub.controls.paused(cfg["name"])
             stat = {k: v for k, v in found.pop(cfg["key_id"], EMPTY).items() if k != "key_id"}
             rows.append(dict(row, **stat, contracts=contracts.get(cfg["key_id"], {})))
         for key_id, stat in found.items():  # bidders no longer configured
@@ -213,7 +217,7 @@ def make_app(web):
                 address=info.address, failures=info.failures, capacity_kwh=info.capacity_kwh,
                 heard_at=info.last_seen_ms / 1000 if info.last_seen_ms else None,
                 offer_kwh=info.offer_kwh, reserve=info.reserve, max_kw=info.max_kw,
-                reserve_floor=hub.controls.get("reserve_floor.%d" % device_id),
+                reserve_floor=hub.controls.get(floor_name(device_id)),
             )  # fmt: skip
         return {"items": [rows[k] for k in sorted(rows)]}
 
@@ -249,12 +253,12 @@ def make_app(web):
     async def settlements(status: Annotated[str | None, Query(max_length=64)] = None,
                           limit: Limit = 100, offset: Offset = 0):  # fmt: skip
         """Settlement batches (trade ids, chain transaction signature, status), newest first."""
-        return page(await reader(queries.settlements, status, limit, offset), limit, offset)
+        return page(await reader(journal.settlements, status, limit, offset), limit, offset)
 
     @app.get("/api/settlements/{batch}", tags=["contracts"])
     async def settlement(batch: Annotated[str, PathParam(max_length=200)]):
         """One batch: its canonical records and its parts (transactions, signatures)."""
-        found = await reader(queries.settlement, batch)
+        found = await reader(journal.settlement, batch)
         if found is None:
             raise HTTPException(404, "no settlement batch %s" % batch)
         return found
@@ -302,7 +306,11 @@ def make_app(web):
     async def controls(limit: Limit = 50):
         """Operators' settings in force, and their history (who, when), newest first."""
         history = await reader(queries.control_history, limit)
-        return {"controls": hub.controls, "history": history, "writable": web.token is not None}
+        return {
+            "controls": hub.controls.values,
+            "history": history,
+            "writable": web.token is not None,
+        }
 
     def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
                                           Depends(bearer)]):  # fmt: skip
@@ -323,7 +331,7 @@ def make_app(web):
             hub.set_control(control.name, control.value, by="web")
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"name": control.name, "value": control.value, "controls": hub.controls}
+        return {"name": control.name, "value": control.value, "controls": hub.controls.values}
 
     return app
 

@@ -3,14 +3,17 @@ fan-out subscribed to hub.events, the read-only store reader; close() ends all t
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 import uvicorn
 
 from hub.integrations.web import api
-from hub.integrations.web.queries import Reader
 from hub.integrations.web.settings import ListenError, read_token
 from hub.integrations.web.stream import Fanout
+from hub.store.views import Reader
+
+log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
@@ -83,7 +86,7 @@ class WebServer:
             await asyncio.sleep(0.01)
         shown = "[%s]" % host if ":" in host else host
         self.url = "http://%s:%d/" % (shown, port)
-        self.hub.log("status page: %s%s" % (self.url, "" if self.token else " (read-only)"))
+        log.info("status page: %s%s" % (self.url, "" if self.token else " (read-only)"))
         return self
 
     async def close(self):

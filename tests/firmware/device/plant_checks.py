@@ -18,7 +18,7 @@ from register_map import MapError, check_map, load_map, plan_reads
 from protocol import message
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-MAPS = _HERE + "/../../hardware/registers"
+MAPS = _HERE + "/../../../hardware/registers"
 
 
 class FakeClient:

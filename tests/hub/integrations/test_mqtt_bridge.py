@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 
 import pytest
+from helpers.logs import into
 from helpers.mqtt_broker import DEPLOY, Broker, Subscriber
 from helpers.waiting import until, until_async
 from paho.mqtt.packettypes import PacketTypes
@@ -100,7 +101,8 @@ def settings_for(broker, folder, user="gridbid-hub", password=None, **more):
 
 
 async def started(cfg, logs):
-    hub = Hub(cfg, log=logs.append)
+    into(logs)
+    hub = Hub(cfg)
     await hub.start_integrations()  # the hub's own plumbing: check() was run by hub_config
     return hub, hub.integrations["mqtt"]
 
@@ -244,7 +246,7 @@ def test_a_real_hub_run_publishes_its_market(broker, tmp_path):
 
     broker.start()
     live = Subscriber(broker)
-    logs = []
+    logs = into([])
     slot_s, gate_s = 4, 2
 
     async def scenario():
@@ -266,7 +268,7 @@ def test_a_real_hub_run_publishes_its_market(broker, tmp_path):
             )  # fmt: skip
             cfg["aggregators"][0].update(value=22.0, spread=4.0, bidders=2)
             cfg["aggregators"][1].update(value=22.0, spread=4.0)
-            hub = Hub(cfg, seed=5, log=logs.append)
+            hub = Hub(cfg, seed=5)
             try:
                 summaries = await hub.run(1)
                 bridge = hub.integrations["mqtt"]
@@ -367,7 +369,7 @@ from hub.service import Hub
 
 async def main():
     cfg = hub_toml.load({config!r})
-    hub = Hub(cfg, log=print)
+    hub = Hub(cfg)
     await hub.start_integrations()
     for i in range({count}):
         hub.events.emit("price", slot="s%d" % i, price=10.0 + i, demand=1.0, supply=1.0)
@@ -513,7 +515,7 @@ def test_commands_set_controls_and_every_error_is_answered(broker, tmp_path):
             operator.client.publish("gridbid/hub1/cmd", command, qos=1, properties=props)
             await until_async(lambda b=before: any(t.endswith("/reply") for t, _p, _r in
                                                    operator.messages[b:]), 5, command)  # fmt: skip
-            controls.append(dict(hub.controls))
+            controls.append(dict(hub.controls.values))
         await hub.close()
         return controls
 

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from solders.transaction import Transaction
 
-from hub.integrations.platform import PlatformError, Replayed, schema
+from hub.integrations.platform import schema
 from hub.integrations.platform.chain_ops import transfer_ixs
+from hub.integrations.platform.engine import PlatformError, Replayed
 from hub.integrations.settlement.transactions import ata
 from hub.store import Store
 

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from solders.transaction import Transaction
 
-from hub.integrations.platform import PlatformError, Replayed
 from hub.integrations.platform.chain_ops import mint_info, mint_to_ixs
+from hub.integrations.platform.engine import PlatformError, Replayed
 from hub.integrations.settlement.transactions import ata
 
 

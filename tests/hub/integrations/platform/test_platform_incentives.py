@@ -5,7 +5,7 @@ NRG on LiteSVM."""
 import pytest
 from helpers.platform import EPOCH, EPOCH_S, RULES, World, expected, fill
 
-from hub.integrations.platform import PlatformError
+from hub.integrations.platform.engine import PlatformError
 from hub.integrations.settlement.transactions import ata
 
 

@@ -7,8 +7,8 @@ import pytest
 from helpers.platform import BASE, World
 from solders.transaction import Transaction
 
-from hub.integrations.platform import PlatformError, Replayed
 from hub.integrations.platform.chain_ops import transfer_ixs
+from hub.integrations.platform.engine import PlatformError, Replayed
 from hub.integrations.settlement.transactions import ata
 from hub.store import Store
 
@@ -131,7 +131,7 @@ def test_an_expired_journaled_transaction_is_signed_again_once(w):
 def test_two_processes_finish_a_pending_command_once(w, tmp_path):
     """The hub and a CLI (two connections to one store) both resume the same pending
     command: it is applied and minted once."""
-    from hub.integrations.platform import Platform
+    from hub.integrations.platform.layer import Platform
 
     p = w.platform
     w.run(p.credit.set_rate("r", 100))

@@ -10,7 +10,7 @@ import pytest
 from helpers.platform import BASE, World
 from helpers.solana_rpc_front import RpcFront
 
-from hub.integrations.platform import PlatformError, Replayed
+from hub.integrations.platform.engine import PlatformError, Replayed
 from hub.integrations.settlement.chain import Chain
 from hub.integrations.settlement.rpc_backend import RpcBackend
 from hub.integrations.settlement.transactions import ata

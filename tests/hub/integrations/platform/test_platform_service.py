@@ -5,9 +5,12 @@ did against its own rebuilt chain, so the hub's chain reconciles with the store.
 import asyncio
 import types
 
+from helpers.logs import into
 from helpers.platform import BASE, World
 
-from hub.integrations.platform import DEFAULTS, Keys, Platform, check
+from hub.integrations.platform import DEFAULTS, check
+from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.layer import Platform
 from hub.integrations.platform.service import PlatformService
 from hub.integrations.settlement import rebuild
 from hub.integrations.settlement.backends import LiteSVMBackend
@@ -24,9 +27,7 @@ def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
     settlement = types.SimpleNamespace(
         chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint), funded={}
     )
-    logs = []
-    hub = types.SimpleNamespace(store=w.store, integrations={"settlement": settlement},
-                                log=logs.append)  # fmt: skip
+    hub = types.SimpleNamespace(store=w.store, integrations={"settlement": settlement})
     service = PlatformService(hub, settings, settlement)
     out = asyncio.run(service.round(now=BASE + 10**6))
     assert out["minted"][0]["serials"] == [1, 2]
@@ -63,7 +64,7 @@ def test_a_hub_started_on_a_lost_store_reads_the_memos_first(tmp_path):
     refused for good."""
     import pytest
 
-    from hub.integrations.platform import PlatformError
+    from hub.integrations.platform.engine import PlatformError
 
     w = World(tmp_path)
     w.run(w.platform.credit.set_rate("r", 100))
@@ -73,9 +74,8 @@ def test_a_hub_started_on_a_lost_store_reads_the_memos_first(tmp_path):
     settlement = types.SimpleNamespace(
         chain=w.chain, uploader=types.SimpleNamespace(backend=w.backend, mint=w.mint), funded={}
     )
-    logs = []
-    hub = types.SimpleNamespace(store=fresh, integrations={"settlement": settlement},
-                                log=logs.append)  # fmt: skip
+    logs = into([])
+    hub = types.SimpleNamespace(store=fresh, integrations={"settlement": settlement})
     service = PlatformService(hub, settings, settlement)
     assert not service.platform.engine.recovered
     asyncio.run(service.round(now=BASE + 10**6))

@@ -6,7 +6,8 @@ import asyncio
 
 from helpers.settlement import AGGREGATORS, CREDIT, FUND, World, run_until_done
 
-from hub.integrations.platform import Keys, Platform
+from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.provision import SOL
 from hub.integrations.settlement.transactions import ata

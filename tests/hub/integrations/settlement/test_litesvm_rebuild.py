@@ -8,12 +8,14 @@ import asyncio
 import json
 import types
 
+from helpers.logs import into
 from helpers.settlement import AGGREGATORS, CREDIT, FUND, World, run_until_done
 from solders.transaction import Transaction
 
 from gridbid.credit import add_arguments, run
 from hub.events import Events
-from hub.integrations.platform import Keys, Platform
+from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.layer import Platform
 from hub.integrations.platform.service import PlatformService
 from hub.integrations.settlement import DEFAULTS, check, rebuild, wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
@@ -107,7 +109,7 @@ def test_replay_runs_nothing_twice(tmp_path):
         uploader=types.SimpleNamespace(backend=LiteSVMBackend(chain), mint=w.mint),
         funded={},
     )
-    hub = types.SimpleNamespace(store=w.store, log=print)
+    hub = types.SimpleNamespace(store=w.store)
     service = PlatformService(hub, {**settings, "keys": str(w.folder)}, settlement)
     assert service.replay_new() == 0
     assert token_state(chain, touched(w.chain)) == state
@@ -124,7 +126,7 @@ def test_a_row_that_does_not_replay_is_counted_and_the_rest_replay(tmp_path):
     blockhash, _ = w.chain.latest_blockhash()
     bad = Transaction.new_signed_with_payer([ix], payer.pubkey, [payer.keypair], blockhash)
     command = w.store.db.conn.execute("SELECT id FROM platform_commands LIMIT 1").fetchone()[0]
-    with w.store._write() as conn:  # the oldest rows: the rest replays after them
+    with w.store.transaction() as conn:  # the oldest rows: the rest replays after them
         for signature, raw in ((str(bad.signatures[0]), bytes(bad)), ("garbage", b"\x01junk")):
             conn.execute(
                 "INSERT INTO platform_txs VALUES (?, ?, ?, 0, 'finalized', NULL, 0, 0)",
@@ -165,7 +167,8 @@ class FakeHub:
         self.cfg = {"name": "hub", "aggregators": [{"key_id": k, "name": "agg%d" % k}
                                                    for k in AGGREGATORS]}  # fmt: skip
         self.store, self.lines = store, []
-        self.events = Events(log=self.lines.append)
+        self.events = Events()
+        into(self.lines)
         self.log = self.lines.append
 
 

@@ -11,6 +11,7 @@ import os
 from fractions import Fraction
 
 import pytest
+from helpers.logs import into
 from helpers.settlement import BASE, BATCH_S, SLOT_S, World, run_until_done, sync
 from solders.keypair import Keypair
 
@@ -296,7 +297,8 @@ class FakeHub:
                                                    for k in names]}  # fmt: skip
         self.store = store
         self.lines = []
-        self.events = Events(log=self.lines.append)
+        self.events = Events()
+        into(self.lines)
         self.log = self.lines.append
 
 

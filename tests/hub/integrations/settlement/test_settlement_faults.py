@@ -12,6 +12,7 @@ uploader process on the RPC path is in test_settlement_rpc.py."""
 import collections
 
 import pytest
+from helpers.logs import into
 from helpers.settlement import BASE, World, run_until_done, sync
 
 from hub.integrations.settlement import journal, wallets
@@ -43,7 +44,7 @@ def attempts_per_part(store):
 
 def wipe_journal(store):
     """The journal is lost (a store restored from an old backup, say)."""
-    with store._write() as conn:
+    with store.transaction() as conn:
         for table in ("settlement_txs", "settlement_parts", "settlement_items", "settlements"):
             conn.execute("DELETE FROM %s" % table)
 
@@ -294,7 +295,7 @@ async def test_a_batch_on_chain_that_the_store_disagrees_with_is_never_paid_agai
     paid = w.balances()
     wipe_journal(w.store)
     # The restored store says something else about one contract of the first window.
-    with w.store._write() as conn:
+    with w.store.transaction() as conn:
         conn.execute("UPDATE contracts SET price = price + 1 WHERE start = ? AND id = "
                      "(SELECT min(id) FROM contracts WHERE start = ?)", (BASE, BASE))  # fmt: skip
     w.events.clear()
@@ -327,7 +328,8 @@ async def test_a_transaction_that_fails_on_chain_moved_nothing_and_is_signed_aga
 
     move(poor, other, everything)
     lines = []
-    up = w.uploader(retry_failed_s=3600, log=lines.append)
+    up = w.uploader(retry_failed_s=3600)
+    into(lines)
     await up.cycle()
     (row,) = journal.batches(w.store)
     assert row["status"] == "failed" and "failed on chain" in row["error"]

@@ -54,7 +54,7 @@ def live(tmp_path_factory):
         cfg = hub_toml.check(dict(hub_settings(fleet), web=web), base=folder)
 
         async def start():
-            hub = Hub(cfg, seed=5, log=print)
+            hub = Hub(cfg, seed=5)
             trading = asyncio.ensure_future(hub.run(SLOTS))
             while not hub.integrations and not trading.done():
                 await asyncio.sleep(0.005)
@@ -263,7 +263,7 @@ def test_controls_need_the_token(live):
         response = httpx.post(url, json=body, headers=headers)
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"] == "Bearer"
-    assert hub.controls == {}
+    assert hub.controls.values == {}
     auth = {"Authorization": "Bearer " + token}
     bad = httpx.post(url, json={"name": "reserve_floor.999", "value": 30.0}, headers=auth)
     assert bad.status_code == 400 and bad.json()["error"] == "no battery '999'"
@@ -272,14 +272,14 @@ def test_controls_need_the_token(live):
     assert httpx.post(url, json={"name": 5}, headers=auth).status_code == 422
     mark = len(events)
     done = httpx.post(url, json=body, headers=auth)
-    assert done.status_code == 200 and hub.controls == {body["name"]: 30.0}
+    assert done.status_code == 200 and hub.controls.values == {body["name"]: 30.0}
     stored = sql(db, "SELECT name, value, by FROM controls")
     assert stored == [{"name": body["name"], "value": "30.0", "by": "web"}]
     until(lambda: any(e["kind"] == "control" for e in events[mark:]), 5, "the control event")
     shown = get(web, "/api/controls")
     assert shown["controls"] == {body["name"]: 30.0} and shown["history"][0]["by"] == "web"
     cleared = httpx.post(url, json={"name": body["name"], "value": None}, headers=auth)
-    assert cleared.status_code == 200 and hub.controls == {}
+    assert cleared.status_code == 200 and hub.controls.values == {}
 
 
 def test_no_secret_in_any_answer(live):

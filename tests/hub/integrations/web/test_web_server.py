@@ -15,9 +15,9 @@ import websockets
 from helpers.hub_site import write_keys
 
 from hub.config import hub_toml
-from hub.integrations.web import queries
 from hub.service import Hub, StartError
 from hub.store import Store
+from hub.store import views as queries
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "t0ken-for-tests-only-0123456789"
@@ -33,7 +33,7 @@ def config(folder, **web):
 
 
 async def started(folder, **web):
-    hub = Hub(config(folder, **web), log=lambda text: None)
+    hub = Hub(config(folder, **web))
     await hub.start_integrations()
     return hub, hub.integrations["web"]
 
@@ -95,13 +95,13 @@ def test_without_a_token_file_the_page_is_read_only(tmp_path):
     hub, status, refused, page = asyncio.run(main())
     assert status["writable"] is False and status["hub"] == "hub"
     assert refused.status_code == 403 and "read-only" in refused.json()["error"]
-    assert hub.controls == {}
+    assert hub.controls.values == {}
     assert '<meta name="viewport"' in page.text  # a phone gets the mobile layout
     assert "default-src 'self'" in page.headers["content-security-policy"]
 
 
 def test_the_page_reads_the_store_through_a_read_only_connection(tmp_path):
-    hub = Hub(config(tmp_path), log=lambda text: None)
+    hub = Hub(config(tmp_path))
     try:
         hub.set_control("paused.a", True, by="test")
         reader = queries.ReadStore(hub.cfg["store"])
@@ -223,7 +223,7 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
         port = busy.getsockname()[1]
 
         async def main():
-            hub = Hub(config(tmp_path, port=port), log=lambda text: None)
+            hub = Hub(config(tmp_path, port=port))
             try:
                 await hub.start_integrations()
             finally:

@@ -1,5 +1,8 @@
-"""What the status page reads from the store: hub/store/__init__.py's read methods plus the
-per-slot, per-aggregator and per-device views below, over a read-only connection.
+"""The market's tables as pages and reports read them (the status page, hub/integrations/web):
+hub/store/__init__.py's read methods plus the per-slot, per-aggregator and per-device views
+below, over a read-only connection. The store package owns these tables' SQL; the
+settlement's and the platform's views are their own (settlement/journal.py,
+platform/views.py).
 
 Why a read-only connection in one worker thread (Reader): the hub's own Store
 belongs to the hub's event loop, and a query for a big page must not hold the
@@ -106,11 +109,11 @@ FROM layers l LEFT JOIN cleared c USING (slot)
 
 def slots(store, limit, offset, slot=None):
     """One row per slot, newest first: its offers, bid layers and clearing."""
-    names = [slot] if slot else [r["slot"] for r in store._rows(_WALK, [limit, offset])]
+    names = [slot] if slot else [r["slot"] for r in store.rows(_WALK, [limit, offset])]
     if not names:
         return []
     marks = ",".join("?" * len(names))
-    rows = {r["slot"]: r for r in store._rows(_SLOTS % {"slots": marks}, names + names)}
+    rows = {r["slot"]: r for r in store.rows(_SLOTS % {"slots": marks}, names + names)}
     found = [rows[name] for name in names if name in rows]
     for row in found:
         row["start"] = slot_start(row["slot"])
@@ -137,7 +140,7 @@ def slot_book(store, slot, names):
                              key_id=row["owner"], device=_device_of(row["ref"])))  # fmt: skip
     summary = slots(store, 1, 0, slot)[0]
     contracts = [_contract(r, names) for r in store.contracts_of_slot(slot)]
-    signal = store._rows(
+    signal = store.rows(
         "SELECT price, demand, supply, at FROM price_signals WHERE slot = ? ORDER BY id DESC "
         "LIMIT 1",
         (slot,),
@@ -154,7 +157,7 @@ def _device_of(ref):
 
 def totals(store):
     """Over every cleared slot: kWh, kWh-weighted price and reserve, the improvement."""
-    row = store._rows(
+    row = store.rows(
         "WITH c AS (SELECT slot, max(price) AS price, sum(kwh) AS kwh FROM trades "
         "WHERE side = 'bid' GROUP BY slot), "
         "r AS (SELECT slot, sum(price * kwh) / sum(kwh) AS reserve FROM bids "
@@ -166,14 +169,14 @@ def totals(store):
         "FROM c JOIN r USING (slot)"
     )[0]
     row["improvement"] = improvement(row["price"], row["reserve"])
-    row["slots"] = store._rows("SELECT count(DISTINCT slot) AS n FROM bids")[0]["n"]
-    row["contracts"] = store._rows("SELECT count(*) AS n FROM contracts")[0]["n"]
+    row["slots"] = store.rows("SELECT count(DISTINCT slot) AS n FROM bids")[0]["n"]
+    row["contracts"] = store.rows("SELECT count(*) AS n FROM contracts")[0]["n"]
     return row
 
 
 def aggregators(store):
     """Per bidder (key id): bid layers, layers that won kWh, kWh and money."""
-    rows = store._rows(
+    rows = store.rows(
         "SELECT b.owner AS key_id, count(*) AS bids, count(t.id) AS won, "
         "count(DISTINCT b.slot) AS slots, coalesce(sum(t.kwh), 0) AS kwh, "
         "coalesce(sum(t.kwh * t.price), 0) AS money, avg(b.price) AS mean_bid "
@@ -190,7 +193,7 @@ def aggregators(store):
 def contracts_by_buyer(store):
     """{buyer key id: {state: count}}."""
     found = {}
-    for row in store._rows("SELECT buyer, state, count(*) AS n FROM contracts "
+    for row in store.rows("SELECT buyer, state, count(*) AS n FROM contracts "
                            "GROUP BY buyer, state"):  # fmt: skip
         found.setdefault(row["buyer"], {})[row["state"]] = row["n"]
     return found
@@ -199,7 +202,7 @@ def contracts_by_buyer(store):
 def devices(store):
     """store.devices() with what each sold, earned and failed."""
     rows = store.devices()
-    sold = {r["owner"]: r for r in store._rows(
+    sold = {r["owner"]: r for r in store.rows(
         "SELECT owner, count(*) AS sales, sum(kwh) AS sold_kwh, sum(kwh * price) AS earned "
         "FROM trades WHERE side = 'ask' GROUP BY owner")}  # fmt: skip
     offers = dict(
@@ -225,9 +228,9 @@ def contracts(store, names, state=None, device=None, buyer=None, slot=None, limi
         if value is not None:
             where, params = where + ["%s = ?" % column], params + [value]
     where = " WHERE " + " AND ".join(where) if where else ""
-    total = store._rows("SELECT count(*) AS n FROM contracts" + where, params)[0]["n"]
+    total = store.rows("SELECT count(*) AS n FROM contracts" + where, params)[0]["n"]
     order = " ORDER BY start DESC, created_at DESC LIMIT ? OFFSET ?"
-    rows = store._rows("SELECT * FROM contracts" + where + order, params + [limit, offset])
+    rows = store.rows("SELECT * FROM contracts" + where + order, params + [limit, offset])
     return total, [_contract(r, names) for r in rows]
 
 
@@ -256,40 +259,7 @@ def trades(store, names, slot=None, limit=100, offset=0):
     return rows
 
 
-def settlements(store, status=None, limit=100, offset=0):
-    """The settlements table as it is (columns may grow), newest first; trade_ids parsed.
-    A batch's canonical records can be long: they are in settlement() only."""
-    where, params = ("WHERE status = ?", [status]) if status else ("", [])
-    rows = store._rows("SELECT * FROM settlements %s ORDER BY at DESC LIMIT ? OFFSET ?" % where,
-                       params + [limit, offset])  # fmt: skip
-    return [_settlement(row, records=False) for row in rows]
-
-
-def settlement(store, batch):
-    """One batch whole, with its parts (one transaction each, their signatures) when the
-    settlement tables hold them. None: no such batch."""
-    rows = store._rows("SELECT * FROM settlements WHERE id = ?", (batch,))
-    if not rows:
-        return None
-    found = _settlement(rows[0], records=True)
-    if store.db["settlement_parts"].exists():
-        found["parts_list"] = [_shown(r) for r in store._rows(
-            "SELECT * FROM settlement_parts WHERE batch = ? ORDER BY part", (batch,))]  # fmt: skip
-    return found
-
-
-def _settlement(row, records):
-    row = _shown(row)
-    if not records:
-        row.pop("records", None)
-    try:
-        row["trade_ids"] = json.loads(row["trade_ids"])
-    except (KeyError, TypeError, ValueError):
-        pass  # not JSON: shown as stored
-    return row
-
-
-def _shown(row):
+def shown(row):
     """Columns fit to show: none that looks secret, no raw bytes."""
     return {
         k: v for k, v in row.items() if not SECRET_COLUMN.search(k) and not isinstance(v, bytes)
@@ -297,7 +267,7 @@ def _shown(row):
 
 
 def control_history(store, limit=100):
-    rows = store._rows("SELECT name, value, by, at FROM controls ORDER BY id DESC LIMIT ?",
+    rows = store.rows("SELECT name, value, by, at FROM controls ORDER BY id DESC LIMIT ?",
                        [limit])  # fmt: skip
     for row in rows:
         row["value"] = json.loads(row["value"])
@@ -310,3 +280,88 @@ def telemetry(store, device, limit=100):
 
 def prices(store, limit=100):
     return store.price_signals(limit)
+
+
+# --- the market's records as the platform's incentives read them (on its connection, in
+# its transaction: hub/integrations/platform/incentives.py) ----------------------------------
+
+
+def power_readings(conn, device, start, end):
+    """[(at, power_kw)] of a battery's telemetry in [start, end), oldest first."""
+    return conn.execute(
+        "SELECT at, power_kw FROM telemetry WHERE device = ? AND at >= ? AND at < ? "
+        "AND power_kw IS NOT NULL ORDER BY at, id",
+        (device, start, end),
+    ).fetchall()
+
+
+def device_ids(conn):
+    return [device for (device,) in conn.execute("SELECT id FROM devices ORDER BY id")]
+
+
+def slot_names(conn):
+    """Every slot the market has a record of: a layer, a contract or a price signal."""
+    return [name for (name,) in conn.execute(
+        "SELECT slot FROM bids UNION SELECT slot FROM contracts UNION "
+        "SELECT slot FROM price_signals WHERE slot IS NOT NULL"
+    )]  # fmt: skip
+
+
+def latest_signal(conn, slot):
+    """The price signal last recorded for a slot, c/kWh, or None."""
+    row = conn.execute(
+        "SELECT price FROM price_signals WHERE slot = ? ORDER BY at DESC, id DESC LIMIT 1",
+        (slot,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def metered(conn, slot):
+    """[(device, avg_watts, duration_s, delivered_kwh)] of a slot's contracts with a
+    meter reading."""
+    return conn.execute(
+        "SELECT device, avg_watts, duration_s, delivered_kwh FROM contracts "
+        "WHERE slot = ? AND delivered_kwh IS NOT NULL",
+        (slot,),
+    ).fetchall()
+
+
+def clearing_price(conn, slot):
+    row = conn.execute("SELECT price FROM trades WHERE slot = ? LIMIT 1", (slot,)).fetchone()
+    return None if row is None else row[0]
+
+
+def layers_filled(conn, slot):
+    """[(side, owner, price, kwh, kWh filled)] per layer of a slot's book."""
+    return conn.execute(
+        "SELECT b.side, b.owner, b.price, b.kwh, coalesce(sum(t.kwh), 0) FROM bids b "
+        "LEFT JOIN trades t ON t.slot = b.slot AND t.order_id = b.order_id "
+        "WHERE b.slot = ? GROUP BY b.id",
+        (slot,),
+    ).fetchall()
+
+
+# --- contracts another family has not recorded yet (settlement's unpaid, the platform's
+# uncounted): the anti-join reads the contracts table here, the family names its own ------
+
+
+def contracts_not_in(conn, table, columns="c.*", states=None, start=None, before=None,
+                     metered=False, order=None):  # fmt: skip
+    """[dict] of contracts that no row of `table` (keyed by its `contract` column) names:
+    in these states, starting in [start, before), with a meter reading if metered."""
+    if not table.isidentifier():
+        raise ValueError("not a table name: %r" % table)
+    where, params = ["NOT EXISTS (SELECT 1 FROM %s x WHERE x.contract = c.id)" % table], []
+    if states is not None:
+        where.append("c.state IN (%s)" % ",".join("?" * len(states)))
+        params += list(states)
+    if start is not None:
+        where, params = where + ["c.start >= ?"], params + [start]
+    if before is not None:
+        where, params = where + ["c.start < ?"], params + [before]
+    if metered:
+        where.append("c.delivered_kwh IS NOT NULL")
+    sql = "SELECT %s FROM contracts c WHERE %s" % (columns, " AND ".join(where))
+    cursor = conn.execute(sql + (" ORDER BY " + order if order else ""), params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

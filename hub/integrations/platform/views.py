@@ -1,8 +1,8 @@
-"""What the status page reads of the platform layer (hub/integrations/platform, issue 8): stable
-credit, certificates (RECs), NRG governance and incentive rewards, straight from the
-platform's tables in the hub's store (hub/integrations/platform/schema.py) over the page's
-read-only connection (hub/integrations/web/queries.py's Reader). Nothing here imports the platform
-or touches the chain: the store is the platform's truth, and the page only reads it.
+"""What the status page reads of the platform layer (issue 8): stable credit, certificates
+(RECs), NRG governance and incentive rewards, straight from the platform's tables in the
+hub's store (schema.py) over the page's read-only connection (hub/store/views.py's
+Reader). Nothing here imports the rest of the platform or touches the chain: the store is
+the platform's truth, and the page only reads it.
 
 A store where no [platform] section ever ran has none of these tables: every view then
 answers {"enabled": false} (and empty pages), never a 404 or a 500. A store at an
@@ -15,7 +15,7 @@ Accounts are public keys (base58); no wallet file is ever read.
 
 import json
 
-from hub.integrations.web.queries import _shown
+from hub.store.views import shown
 
 CERTIFICATE_STATUSES = ("held", "listed", "retired")
 PROPOSAL_STATUSES = ("open", "passed", "rejected", "executed")
@@ -23,18 +23,18 @@ REWARD_RULES = ("conservation", "demand_response", "liquidity")
 
 
 def tables(store):
-    return {r["name"] for r in store._rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {r["name"] for r in store.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def enabled(store):
     """The platform's schema version in this store, 0 when it never ran."""
     if "platform_schema_version" not in tables(store):
         return 0
-    return store._rows("SELECT coalesce(max(version), 0) AS v FROM platform_schema_version")[0]["v"]
+    return store.rows("SELECT coalesce(max(version), 0) AS v FROM platform_schema_version")[0]["v"]
 
 
 def _one(store, sql, params=()):
-    return store._rows(sql, params)[0]
+    return store.rows(sql, params)[0]
 
 
 def summary(store):
@@ -44,7 +44,7 @@ def summary(store):
         return {"enabled": False}
     out = {"enabled": True, "schema_version": enabled(store)}
     if "credit_rates" in have:
-        rate = store._rows(
+        rate = store.rows(
             "SELECT fiat_per_credit, currency, at FROM credit_rates ORDER BY id DESC LIMIT 1"
         )
         moves = _one(store, "SELECT coalesce(sum(units), 0) AS supply, "
@@ -52,7 +52,7 @@ def summary(store):
         out["credit"] = {"rate": rate[0] if rate else None, "supply_units": moves["supply"],
                          "accounts": moves["accounts"]}  # fmt: skip
     if "rec_certificates" in have:
-        counts = store._rows(
+        counts = store.rows(
             "SELECT s.status, c.vintage, count(*) AS n FROM rec_certificates c "
             "JOIN rec_state s USING (serial) GROUP BY s.status, c.vintage ORDER BY c.vintage"
         )
@@ -67,11 +67,11 @@ def summary(store):
         out["certificates"] = {"total": sum(by_status.values()), "by_status": by_status,
                                "by_vintage": by_vintage, "counted_kwh": energy}  # fmt: skip
     if "gov_proposals" in have:
-        token = store._rows("SELECT mint, supply FROM gov_token")
+        token = store.rows("SELECT mint, supply FROM gov_token")
         staked = _one(store, "SELECT coalesce(sum(amount), 0) AS n, count(*) AS stakes "
                       "FROM gov_stakes WHERE released_by IS NULL")  # fmt: skip
         by_status = dict.fromkeys(PROPOSAL_STATUSES, 0)
-        for row in store._rows("SELECT status, count(*) AS n FROM gov_proposals GROUP BY status"):
+        for row in store.rows("SELECT status, count(*) AS n FROM gov_proposals GROUP BY status"):
             by_status[row["status"]] = row["n"]
         out["nrg"] = {"mint": token[0]["mint"] if token else None,
                       "supply": token[0]["supply"] if token else None,
@@ -79,7 +79,7 @@ def summary(store):
         out["proposals"] = {"open": by_status["open"], "total": sum(by_status.values()),
                             "by_status": by_status}  # fmt: skip
     if "incentive_rewards" in have:
-        last = store._rows(
+        last = store.rows(
             "SELECT epoch, count(*) AS rewards, count(DISTINCT account) AS accounts, "
             "sum(amount) AS nrg, count(paid_by) AS paid FROM incentive_rewards "
             "WHERE epoch = (SELECT max(epoch) FROM incentive_rewards) GROUP BY epoch"
@@ -103,12 +103,12 @@ def certificates(store, status=None, vintage=None, limit=100, offset=0):
     where = " WHERE " + " AND ".join(where) if where else ""
     base = " FROM rec_certificates c JOIN rec_state s USING (serial)" + where
     total = _one(store, "SELECT count(*) AS n" + base, params)["n"]
-    rows = store._rows(
+    rows = store.rows(
         "SELECT c.serial, c.vintage, c.device, c.source, c.minted_at, s.owner, s.status, "
         "s.price" + base + " ORDER BY c.serial DESC LIMIT ? OFFSET ?",
         params + [limit, offset],
     )
-    return True, total, [_shown(r) for r in rows]
+    return True, total, [shown(r) for r in rows]
 
 
 def proposals(store, status=None, limit=100, offset=0):
@@ -118,7 +118,7 @@ def proposals(store, status=None, limit=100, offset=0):
         return False, 0, []
     where, params = ("WHERE p.status = ?", [status]) if status else ("", [])
     total = _one(store, "SELECT count(*) AS n FROM gov_proposals p " + where, params)["n"]
-    rows = store._rows(
+    rows = store.rows(
         "SELECT p.*, coalesce(sum(CASE WHEN v.yes THEN v.weight END), 0) AS tally_yes, "
         "coalesce(sum(CASE WHEN v.yes THEN 0 ELSE v.weight END), 0) AS tally_no, "
         "count(v.account) AS votes "
@@ -129,7 +129,7 @@ def proposals(store, status=None, limit=100, offset=0):
     )
     out = []
     for row in rows:
-        row = _shown(row)
+        row = shown(row)
         try:
             row["value"] = json.loads(row["value"])
         except (TypeError, ValueError):
@@ -149,7 +149,7 @@ def rewards(store, epoch=None, limit=100, offset=0):
     where, params = ("WHERE epoch = ?", [epoch]) if epoch is not None else ("", [])
     total = _one(store, "SELECT count(DISTINCT epoch) AS n FROM incentive_rewards " + where,
                  params)["n"]  # fmt: skip
-    epochs = store._rows(
+    epochs = store.rows(
         "SELECT epoch, count(*) AS rewards, count(DISTINCT account) AS accounts, "
         "sum(amount) AS nrg, count(paid_by) AS paid, "
         "coalesce(sum(CASE WHEN paid_by IS NOT NULL THEN amount END), 0) AS paid_nrg "
@@ -158,7 +158,7 @@ def rewards(store, epoch=None, limit=100, offset=0):
     )
     if epochs:
         marks = ",".join("?" * len(epochs))
-        per_rule = store._rows(
+        per_rule = store.rows(
             "SELECT epoch, rule, sum(amount) AS nrg FROM incentive_rewards WHERE epoch IN (%s) "
             "GROUP BY epoch, rule" % marks,
             [e["epoch"] for e in epochs],
@@ -167,7 +167,7 @@ def rewards(store, epoch=None, limit=100, offset=0):
             e["by_rule"] = {r["rule"]: r["nrg"] for r in per_rule if r["epoch"] == e["epoch"]}
     rows = []
     if epoch is not None:
-        rows = [_shown(r) for r in store._rows(
+        rows = [shown(r) for r in store.rows(
             "SELECT epoch, account, rule, basis_kwh, amount, paid_by FROM incentive_rewards "
             "WHERE epoch = ? ORDER BY account, rule", [epoch])]  # fmt: skip
     return True, total, epochs, rows
