@@ -21,7 +21,9 @@ COMMANDS = {
 
 def main(argv=None):
     import importlib
+    import logging
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # gridbid/logs.py replaces it
     parser = argparse.ArgumentParser(prog="gridbid", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

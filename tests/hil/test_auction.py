@@ -21,7 +21,7 @@ def test_a_full_auction_against_the_hub(bench, dut):
     cid, buyer, slot = (x.decode() for x in signed.groups())
     assert float(bid.group(1)) > 0 and int(buyer) in (1, 2)
 
-    said = until(lambda: [x for x in hub.lines if x.startswith("slot %s:" % slot)], 2 * slot_s,
+    said = until(lambda: [x for x in hub.lines if "slot %s:" % slot in x], 2 * slot_s,
                  "the hub's summary of %s:\n%s" % (slot, hub.output))  # fmt: skip
     assert re.search(r": 1 offers \(.*\d+ contracts$", said[0]), said[0]
     held = until(lambda: bench.contracts().get(cid), 10, "contract %s in the hub's store" % cid)

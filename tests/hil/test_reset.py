@@ -27,8 +27,8 @@ def test_a_reset_mid_contract_resumes_it_and_reports_its_outcome(bench, dut):
     done = dut.expect(r"contract %s (\w+): (\d+) of (\d+) Wh" % re.escape(cid), timeout=3 * slot_s)
     state = done.group(1).decode()
     assert state in COMPLETED, state
-    line = re.compile(r"^contract %s of battery %d: (\w+), " % (re.escape(cid), bench.device_id))
-    told = until(lambda: [m for m in map(line.match, hub.lines) if m], 4 * slot_s,
+    line = re.compile(r"\bcontract %s of battery %d: (\w+), " % (re.escape(cid), bench.device_id))
+    told = until(lambda: [m for m in map(line.search, hub.lines) if m], 4 * slot_s,
                  "the hub to hear contract %s's outcome:\n%s" % (cid, hub.output))  # fmt: skip
     assert told[0].group(1) == state
     assert until(lambda: bench.contracts().get(cid, ("",))[0] == state, 5, "the store")

@@ -370,7 +370,7 @@ def test_hub_run_trades_and_contracts_match_the_batteries(batteries, hubs, tmp_p
     assert hub.finish(40) == 0, hub.output
     out = hub.output
     assert "Traceback" not in out
-    said = re.findall(r"^slot (\S+): (\d+) offers .* c/kWh; (\d+) contracts$", out, re.M)
+    said = re.findall(r"\bslot (\S+): (\d+) offers .* c/kWh; (\d+) contracts$", out, re.M)
     assert len(said) == 2 and all(int(n) == 3 for _s, n, _c in said), out
     slots = [s for s, _n, _c in said]
 
@@ -424,7 +424,7 @@ def ready_at(hub):
 
 
 def said_slot(hub, slot):
-    return re.search(r"^slot %s: " % re.escape(slot), hub.output, re.M)
+    return re.search(r"\bslot %s: " % re.escape(slot), hub.output)
 
 
 def traded(hub, slot):
