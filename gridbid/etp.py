@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from protocol import auth, errors, frame, message
+from protocol import auth, errors, frame, message, message_info
 from transport.links import now_ms
 
 
@@ -96,7 +96,7 @@ def load_keys(path):
 def decode(args):
     data = parse_hex(args.hex)
     if args.raw:
-        return json.dumps({"mode": "raw", "message": message.as_dict(message.decode(data))})
+        return json.dumps({"mode": "raw", "message": message_info.as_dict(message.decode(data))})
     group, key_id, sent_ms, reply_to = frame.parse_header(data)
     keys = load_keys(args.key_file)
     if keys is None and not args.no_verify:
@@ -118,7 +118,7 @@ def decode(args):
             "sent_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sent_ms / 1000)),
             "age_ms": now - sent_ms,
             "reply_to": reply_to,
-            "message": message.as_dict(msg),
+            "message": message_info.as_dict(msg),
         }
     )
 
@@ -131,7 +131,7 @@ def encode(args):
     if not isinstance(doc, dict):
         raise UsageError("the JSON must be an object")
     outer = doc if isinstance(doc.get("message"), dict) else {}  # decode's output
-    msg = message.from_dict(outer.get("message", doc))
+    msg = message_info.from_dict(outer.get("message", doc))
     if args.raw:
         return message.encode(msg).hex()
     keys = load_keys(args.key_file)

@@ -188,7 +188,7 @@ def _build(values):
 
 
 def _make(kind, message_id, device_id, ttl=None, **fields):
-    if ttl is None:  # the type's default ttl (TIMING)
+    if ttl is None:  # the type's default ttl (message_info.TIMING)
         ttl = 30 if kind == REGISTER else 10
     values = [kind, message_id, device_id, ttl]
     values += [0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0, 0.0]
@@ -286,19 +286,8 @@ def bess_status(
 
 
 # The types' names, their timing (TIMING, priority(), deadline_ms()) and the dict forms
-# (as_dict(), from_dict()) are in protocol/message_info.py, loaded on first use: the
-# battery never uses them. After that they are this module's own names.
-_INFO = ("TYPE_NAMES", "TIMING", "type_name", "priority", "deadline_ms", "as_dict", "from_dict")
-
-
-def __getattr__(name):
-    if name not in _INFO:
-        raise AttributeError("module 'protocol.message' has no attribute %r" % (name,))
-    from protocol import message_info
-
-    for other in _INFO:
-        globals()[other] = getattr(message_info, other)
-    return globals()[name]
+# (as_dict(), from_dict()) are in protocol/message_info.py, which the hub and the tools
+# import: a battery never uses them, so never pays their heap.
 
 
 class MessageIds:

@@ -1,8 +1,7 @@
 """ETP message types' names, timing and dict forms: the hub's and the tools' side of
-protocol/message.py, which loads this module the first time one of these names is
-asked of it (message.TIMING, message.from_dict, ...). A battery never asks, so it
-never pays the heap for them (every function and table a MicroPython module holds
-lives in the heap, even when its bytecode runs from flash)."""
+protocol/message.py. A battery never imports it, so it never pays the heap for them
+(every function and table a MicroPython module holds lives in the heap, even when its
+bytecode runs from flash)."""
 
 from protocol.errors import BadValue, UnknownType
 from protocol.message import FIELDS, _build

@@ -5,7 +5,7 @@ import asyncio
 import collections
 import time
 
-from protocol import auth, errors, frame, message
+from protocol import auth, errors, frame, message, message_info
 from transport.discovery import group_socket
 from transport.links import now_ms
 
@@ -109,7 +109,7 @@ class Link:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(
-                    "no %s within %.1f s" % ([message.type_name(k) for k in kinds], timeout)
+                    "no %s within %.1f s" % ([message_info.type_name(k) for k in kinds], timeout)
                 )
             item = await asyncio.wait_for(self.inbox.get(), left)
             if item is None:

@@ -4,7 +4,7 @@ DeviceLink reconnects with
 backoff (0.5 s, doubling to 30 s). A frame sent while the link is up and nothing
 waits is sealed and written at once. Otherwise (not connected yet, or the peer
 not reading: the transport holds WRITE_BUFFER_HIGH bytes) it waits in a bounded
-priority queue, most urgent ETP priority first (message.TIMING), first in first
+priority queue, most urgent ETP priority first (message_info.TIMING), first in first
 out within a priority; waiting frames leave in that order, joined into few writes,
 when the link connects (after on_connect, whose frames join them) or the peer
 reads again. Frames are sealed when they leave, so sent_ms is the real send time;
@@ -19,7 +19,7 @@ import itertools
 import threading
 import time
 
-from protocol import errors, frame, message
+from protocol import errors, frame, message_info
 
 BACKOFF_S = (0.5, 30.0)
 # A link's transport buffers at most this much (the kernel's socket buffer aside);
@@ -77,7 +77,13 @@ class DeviceLink:
             session.writable = False  # lost: the frame waits for the next connection
         try:
             self.queue.put_nowait(
-                (message.priority(msg.message_type), next(self._order), msg, reply_to, expires_ms)
+                (
+                    message_info.priority(msg.message_type),
+                    next(self._order),
+                    msg,
+                    reply_to,
+                    expires_ms,
+                )
             )
         except asyncio.QueueFull:
             raise QueueFull(

@@ -2,7 +2,7 @@
 
 from checks import raises, unhex, vectors
 
-from protocol import errors, message
+from protocol import errors, message, message_info
 
 NAN, INF = float("nan"), float("inf")
 
@@ -41,7 +41,7 @@ def test_constructors_set_only_their_fields():
     bid = message.bid(4, 5, 15.75, 2.5)
     assert (bid.message_type, bid.bid_price, bid.required_energy_amount) == (3, 15.75, 2.5)
     assert bid.sale_price == 0 and bid.energy_total == 0 and bid.battery_voltage == 0
-    assert bid.ttl == message.TIMING[message.BID][2]
+    assert bid.ttl == message_info.TIMING[message.BID][2]
     reply = message.query_response(3, 5, 14.0, 6.5, 60.0, 10.0, 0, 51.2, 5.0, ttl=3)
     assert (reply.sale_price, reply.energy_total, reply.percentage_for_sale) == (14.0, 6.5, 60.0)
     assert reply.ttl == 3 and reply.bid_price == 0
@@ -55,14 +55,14 @@ def test_message_is_immutable():
 
 
 def test_deadlines_and_priorities_follow_the_paper():
-    m = message
-    assert m.deadline_ms(m.DEVICE_FAILURE) == 200 and m.priority(m.DEVICE_FAILURE) == 0
+    m, info = message, message_info
+    assert info.deadline_ms(m.DEVICE_FAILURE) == 200 and info.priority(m.DEVICE_FAILURE) == 0
     for kind in (m.BID_ACCEPT, m.BID_REJECT, m.BID_CONFIRM):
-        assert m.deadline_ms(kind) == 500 and 5 <= m.priority(kind) <= 15
-    assert (m.deadline_ms(m.QUERY_RESPONSE), m.priority(m.QUERY_RESPONSE)) == (500, 70)
-    assert (m.deadline_ms(m.BESS_STATUS), m.priority(m.BESS_STATUS)) == (2000, 60)
-    assert (m.deadline_ms(m.REGISTER), m.priority(m.REGISTER)) == (5000, 80)
-    order = sorted(range(10), key=m.priority)
+        assert info.deadline_ms(kind) == 500 and 5 <= info.priority(kind) <= 15
+    assert (info.deadline_ms(m.QUERY_RESPONSE), info.priority(m.QUERY_RESPONSE)) == (500, 70)
+    assert (info.deadline_ms(m.BESS_STATUS), info.priority(m.BESS_STATUS)) == (2000, 60)
+    assert (info.deadline_ms(m.REGISTER), info.priority(m.REGISTER)) == (5000, 80)
+    order = sorted(range(10), key=info.priority)
     assert order[0] == m.DEVICE_FAILURE  # sent before everything else
 
 
@@ -117,13 +117,13 @@ def test_hand_built_messages_fail_with_bad_value():
 
 def test_dict_form_round_trips_and_reports_mistakes():
     for msg in one_of_each():
-        assert message.from_dict(message.as_dict(msg)) == msg
-    assert message.from_dict({"type": "bid", "bid_price": 3})[4] == 3.0
-    raises(errors.UnknownType, message.from_dict, {"type": "offer"})
-    raises(errors.BadValue, message.from_dict, {"type": "bid", "bid_prise": 3})
-    raises(errors.BadValue, message.from_dict, {"type": "bid", "ttl": 1.5})
-    raises(errors.BadValue, message.from_dict, {"type": "bid", "bid_price": "3"})
-    raises(errors.BadValue, message.from_dict, {"type": "bid", "bid_price": True})
+        assert message_info.from_dict(message_info.as_dict(msg)) == msg
+    assert message_info.from_dict({"type": "bid", "bid_price": 3})[4] == 3.0
+    raises(errors.UnknownType, message_info.from_dict, {"type": "offer"})
+    raises(errors.BadValue, message_info.from_dict, {"type": "bid", "bid_prise": 3})
+    raises(errors.BadValue, message_info.from_dict, {"type": "bid", "ttl": 1.5})
+    raises(errors.BadValue, message_info.from_dict, {"type": "bid", "bid_price": "3"})
+    raises(errors.BadValue, message_info.from_dict, {"type": "bid", "bid_price": True})
 
 
 def test_raw_vector_written_by_hand_decodes():

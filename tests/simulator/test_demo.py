@@ -57,6 +57,11 @@ def test_the_hub_trades_every_slot_and_competition_pays_more_than_the_reserve():
     owners = [float(c) for c in re.findall(r"owner of battery \d+ received ([\d.]+) cents", out)]
     assert owners and abs(sum(owners) - float(settled[3])) < 1e-3 * len(owners)
     assert "Traceback" not in out and "CONFIG ERROR" not in out and "MISMATCH" not in out
+    # Every line is the demo's: "who | what" (no library's log lines, e.g. pymodbus').
+    lines = (result.stdout + result.stderr).splitlines()
+    assert all(re.match(r"^[\w ]{9}\| ", x) for x in lines), [
+        x for x in lines if not re.match(r"^[\w ]{9}\| ", x)
+    ]
 
 
 def test_one_utility_gets_less_than_competing_aggregators():

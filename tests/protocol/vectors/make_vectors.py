@@ -12,7 +12,7 @@ import json
 import struct
 from pathlib import Path
 
-from protocol import auth, frame, message
+from protocol import auth, frame, message, message_info
 
 HERE = Path(__file__).parent
 KEY_ID, KEY = 7, bytes(range(32))
@@ -63,7 +63,7 @@ def main():
         reply_to = msg.message_id - 1 if msg.message_type in (4, 5, 6) else 0
         data = codec.seal(msg, SENT_MS, reply_to=reply_to, group=group)
         frames.append({
-            "name": message.type_name(msg.message_type),
+            "name": message_info.type_name(msg.message_type),
             "key_id": KEY_ID, "group": group, "sent_ms": SENT_MS, "reply_to": reply_to,
             "frame": data.hex(), "fields": dict(zip(message.FIELDS, msg)),
         })  # fmt: skip
