@@ -86,7 +86,7 @@ async def _governed_slot_length(tmp_path):
         await deaf.start()
         await told.wait_for("coap: clock set from the hub", timeout=15)
         summaries = await hub.run(1)  # its first slot schedules the change
-        before, at, after = hub.grid
+        before, at, after = hub.grid.value
         assert (before, after) == (SLOT_S, 2 * SLOT_S) and at % after == 0, logs
         line = await told.wait_for("coap: slot grid from the hub", timeout=15)
         assert line.endswith("%d s slots until %d, %d s from then" % (SLOT_S, at, after))
