@@ -32,7 +32,6 @@ Version 1 (the first release):
   contract_states(id, contract, from_state (NULL when recorded), to_state, by, at)
   price_signals(id, slot (NULL = not per slot), at, price, demand kWh, supply kWh)
   telemetry(id, device, at, soc %, remaining_kwh, voltage V, power_kw, health code)
-  settlements(id = batch id, trade_ids JSON list, tx_signature, status, at)  -- minimal
   bids, trades, contract_states, price_signals and telemetry are append-only: triggers
   RAISE(ABORT) on UPDATE and DELETE (and on INSERT OR REPLACE over a row, since the
   Store's connection has recursive_triggers on, so REPLACE's delete fires them).
@@ -46,16 +45,15 @@ Version 3 (the hub's contract ledger):
   contracts.confirm_id: the buyer's BID_CONFIRM message id, which the device's outcome
   report (a TERMINATE) answers; unique per buyer.
 
-Version 5 (settlement on chain, hub/integrations/settlement/):
-  settlements gains window_start, hash (sha256 of the canonical records), records (the
-  canonical JSON lines), parts, amount (the mint's base units), error, updated_at; its
-  trade_ids are contract ids, tx_signature the first part's landed signature.
-  settlement_items(contract, batch, kwh paid, amount)  -- a contract is in one batch, ever
-  settlement_parts(batch, part 1..n, payer, payments JSON [[owner, amount], ...], status
-          'open'|'finalized', signature that landed)  -- one transaction's worth each
-  settlement_txs(signature, batch, part, raw signed bytes, last_valid block height, nonce,
-          status, error, created_at, updated_at)  -- the journal: every signed attempt,
-          written before it is first sent
+Version 4 (operators' controls): controls(id, name, value JSON, by, at), append-only; the
+newest row of a name is in force.
+
+Version 5: contracts indexed by start.
+
+The settlement's tables are its own (hub/integrations/settlement/schema.py), as the
+platform's are. Until the split, versions 1 and 5 made them here too; the settlement's
+first step adopts such a store (it makes only what is missing), and stores made since
+have them only once settlement runs.
 """
 
 import math
@@ -171,13 +169,6 @@ CREATE TABLE telemetry (
     power_kw REAL,
     health INTEGER
 );
-CREATE TABLE settlements (
-    id TEXT PRIMARY KEY,
-    trade_ids TEXT NOT NULL,
-    tx_signature TEXT,
-    status TEXT NOT NULL,
-    at REAL NOT NULL
-);
 """
     % {"states": _STATES}
     + append_only(V1_APPEND_ONLY)
@@ -234,54 +225,8 @@ CREATE TABLE controls (
 CREATE INDEX controls_name ON controls (name, id);
 """ + append_only(("controls",))
 
-# Settlement (hub/integrations/settlement/): the batches, which contract each paid, and the
-# journal of
-# signed transactions. A transaction is journaled (its signed bytes, signature and last
-# valid block height) before it is first sent, so a crash at any step leaves either nothing
-# on chain or a signature the uploader can look up; contract ids are unique in
-# settlement_items, so no contract is ever in two batches.
+# Contracts by start: the settlement's windows and the page's history read them that way.
 V5 = """
-ALTER TABLE settlements ADD COLUMN window_start INTEGER;
-ALTER TABLE settlements ADD COLUMN hash TEXT;
-ALTER TABLE settlements ADD COLUMN records TEXT;
-ALTER TABLE settlements ADD COLUMN parts INTEGER;
-ALTER TABLE settlements ADD COLUMN amount INTEGER;
-ALTER TABLE settlements ADD COLUMN error TEXT;
-ALTER TABLE settlements ADD COLUMN updated_at REAL;
-CREATE TABLE settlement_items (
-    contract TEXT PRIMARY KEY REFERENCES contracts(id),
-    batch TEXT NOT NULL REFERENCES settlements(id),
-    kwh REAL NOT NULL CHECK (kwh >= 0),
-    amount INTEGER NOT NULL CHECK (amount >= 0)
-);
-CREATE INDEX settlement_items_batch ON settlement_items (batch);
-CREATE TABLE settlement_parts (
-    batch TEXT NOT NULL REFERENCES settlements(id),
-    part INTEGER NOT NULL CHECK (part >= 1),
-    payer TEXT NOT NULL,
-    payments TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('open', 'finalized')),
-    signature TEXT,
-    PRIMARY KEY (batch, part)
-);
-CREATE TABLE settlement_txs (
-    signature TEXT PRIMARY KEY,
-    batch TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    raw BLOB,
-    last_valid INTEGER,
-    nonce TEXT,
-    status TEXT NOT NULL CHECK (status IN
-        ('signed', 'sent', 'confirmed', 'finalized', 'failed', 'expired')),
-    error TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    FOREIGN KEY (batch, part) REFERENCES settlement_parts (batch, part)
-);
-CREATE INDEX settlement_txs_part ON settlement_txs (batch, part);
-CREATE INDEX settlement_txs_open ON settlement_txs (status)
-    WHERE status IN ('signed', 'sent', 'confirmed');
-CREATE INDEX settlements_status ON settlements (status);
 CREATE INDEX contracts_start ON contracts (start);
 """
 
@@ -291,7 +236,7 @@ MIGRATIONS = (
     ("reputation view and history indexes", V2),
     ("contracts know the confirm their outcome report answers", V3),
     ("operators' controls, with their history", V4),
-    ("settlement batches, their parts and the journal of signed transactions", V5),
+    ("contracts indexed by start (settlement's own tables: its schema)", V5),
 )
 CURRENT = len(MIGRATIONS)
 

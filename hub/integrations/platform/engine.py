@@ -43,6 +43,7 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from hub.integrations.platform import schema
+from hub.integrations.settlement import schema as settlement_schema
 from hub.integrations.settlement.backends import BackendError, SendError
 
 
@@ -91,6 +92,7 @@ class Engine:
     def __init__(self, store, backend, keys):
         self.store, self.backend, self.keys = store, backend, keys
         self.db, self.conn = store.db, store.db.conn
+        settlement_schema.migrate(self.db)  # it pays from settlement's mint, reads its parts
         schema.migrate(self.db)
         self.operations = {}
         self.recovered = False  # recovery.recover() ran (its hold passed) in this process

@@ -1,5 +1,5 @@
-"""The settlement tables of the hub's store (schema V5, hub/store/schema.py): batches,
-their parts, and the journal of signed transactions.
+"""The settlement tables of the hub's store (schema.py): batches, their parts, and the
+journal of signed transactions. The one module that reads and writes them.
 
 Each function is one write transaction (Store.transaction: BEGIN IMMEDIATE) or one read, and
 none awaits inside one, so it interleaves safely with the hub's own writes on the same
@@ -259,6 +259,8 @@ def finalized_payments(conn):
 def settlements(store, status=None, limit=100, offset=0):
     """The settlements table as it is (columns may grow), newest first; trade_ids parsed.
     A batch's canonical records can be long: they are in settlement() only."""
+    if not store.db["settlements"].exists():
+        return []  # settlement never ran on this store
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
     rows = store.rows("SELECT * FROM settlements %s ORDER BY at DESC LIMIT ? OFFSET ?" % where,
                        params + [limit, offset])  # fmt: skip
@@ -268,6 +270,8 @@ def settlements(store, status=None, limit=100, offset=0):
 def settlement(store, batch):
     """One batch whole, with its parts (one transaction each, their signatures) when the
     settlement tables hold them. None: no such batch."""
+    if not store.db["settlements"].exists():
+        return None
     rows = store.rows("SELECT * FROM settlements WHERE id = ?", (batch,))
     if not rows:
         return None

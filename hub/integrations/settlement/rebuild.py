@@ -31,19 +31,21 @@ from solders.signature import Signature
 from hub.integrations.settlement.chain import Chain
 from hub.integrations.settlement.provision import provision
 
-# Read by name: settlement does not import hub.integrations.platform, and platform_txs exists only
-# once the platform's schema has been applied to this file.
+# Read by name: settlement does not import hub.integrations.platform; each journal exists
+# once its schema has been applied to this file (settlement's or the platform's).
 QUERY = "SELECT signature, raw, created_at, rowid FROM %s WHERE status = 'finalized'"
+JOURNALS = ("settlement_txs", "platform_txs")
 
 
 def journaled(conn):
     """[(signature text, raw bytes or None)] of every finalized journaled transaction,
     oldest first (created_at, then rowid)."""
-    tables = ["settlement_txs"]
-    if conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'platform_txs'"
-    ).fetchone():
-        tables.append("platform_txs")
+    marks = ",".join("?" * len(JOURNALS))
+    tables = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (%s) ORDER BY name DESC"
+        % marks, JOURNALS)]  # fmt: skip
+    if not tables:
+        return []
     sql = " UNION ALL ".join(QUERY % t for t in tables) + " ORDER BY 3, 4"
     return [(signature, raw) for signature, raw, _at, _rowid in conn.execute(sql)]
 

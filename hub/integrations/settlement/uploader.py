@@ -42,7 +42,7 @@ import time
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from hub.integrations.settlement import journal, records, recovery
+from hub.integrations.settlement import journal, records, recovery, schema
 from hub.integrations.settlement.backends import SendError
 from hub.integrations.settlement.transactions import ata, nonce_value, part_tx
 
@@ -61,6 +61,7 @@ class Uploader:
         if not records.parse_memo("gridbid:%s.0.0:%s:1/1" % (name, "0" * 64)):
             raise ValueError("hub name %r cannot be in a memo (letters, digits, _ . -)" % name)
         self.store, self.backend, self.owners, self.mint = store, backend, owners, mint
+        schema.migrate(store.db)  # the settlement's own tables (schema.py)
         self.payers = payers  # {buyer key_id: Wallet}
         self.by_pubkey = {str(w.pubkey): w for w in payers.values()}
         self.name, self.decimals = name, decimals

@@ -18,8 +18,10 @@ from solders.keypair import Keypair
 from hub.config import hub_toml
 from hub.events import Events
 from hub.integrations.settlement import DEFAULTS, check, journal, records, start, wallets
+from hub.integrations.settlement import schema as settlement_schema
 from hub.integrations.settlement.service import Settlement
 from hub.integrations.settlement.transactions import PACKET_BYTES, part_tx
+from hub.store import Store
 
 # --- the rule ------------------------------------------------------------------------
 
@@ -385,3 +387,24 @@ async def test_an_unreachable_chain_is_logged_once_and_retried(tmp_path):
 def test_amount_in_credits_matches_the_independent_fraction():
     # 0.3 kWh at 13.37 c/kWh = 4.011 c = 40,110 base units.
     assert records.amount(13.37, 0.3, 10_000) == int(Fraction("13.37") * Fraction("0.3") * 10_000)
+
+
+def test_the_settlement_schema_adopts_a_store_made_before_it_was_its_own(tmp_path):
+    """Hub schema v1 made a bare settlements table (v5 added the rest): the settlement's
+    first step completes it and keeps its rows; on a fresh store it makes all four."""
+    fresh = Store(tmp_path / "fresh.sqlite")
+    assert not fresh.db["settlements"].exists()  # the market's tables only
+    assert settlement_schema.migrate(fresh.db) == 1
+    tables = {"settlements", "settlement_items", "settlement_parts", "settlement_txs"}
+    assert tables <= set(fresh.db.table_names())
+    old = Store(tmp_path / "old.sqlite")
+    with old.transaction() as conn:  # as hub schema v1 left it, with a batch in it
+        conn.execute("CREATE TABLE settlements (id TEXT PRIMARY KEY, trade_ids TEXT NOT NULL, "
+                     "tx_signature TEXT, status TEXT NOT NULL, at REAL NOT NULL)")  # fmt: skip
+        conn.execute("INSERT INTO settlements VALUES ('b1', '[]', NULL, 'planned', 1.0)")
+    assert settlement_schema.migrate(old.db) == 1
+    assert settlement_schema.migrate(old.db) == 1  # applied once
+    assert [c.name for c in old.db["settlements"].columns] == [
+        c.name for c in fresh.db["settlements"].columns]  # fmt: skip
+    assert old.rows("SELECT id, status FROM settlements") == [{"id": "b1", "status": "planned"}]
+    assert tables <= set(old.db.table_names())

@@ -19,7 +19,9 @@ import websockets
 from helpers.hub_site import SLOT_S, Background, deploy, hub_settings, start_all
 
 from hub.config import hub_toml
+from hub.integrations.settlement import schema as settlement_schema
 from hub.service import Hub
+from hub.store import Store
 from simulator.fleet import Fleet
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,8 +217,10 @@ def test_bad_parameters_are_422_naming_them(live, path, params, named):
 
 def test_settlements_show_what_the_table_holds(live):
     _hub, web, _events, db, _token, _keys = live
-    assert get(web, "/api/settlements")["items"] == []
+    assert get(web, "/api/settlements")["items"] == []  # no settlement: no tables, no rows
     ids = [r["id"] for r in sql(db, "SELECT id FROM trades ORDER BY id LIMIT 2")]
+    with Store(db) as store:  # the settlement's tables, as its uploader makes them
+        settlement_schema.migrate(store.db)
     with sqlite3.connect(db) as conn:  # as the settlement engine records a batch
         conn.execute(
             "INSERT INTO settlements (id, trade_ids, tx_signature, status, at) "
