@@ -14,7 +14,7 @@ Why an LP and not pymarket: pymarket (PyPI 0.7.6, suggested as the
 reference; it has Huang and MUDA auctions and an LP welfare maximum) crashes
 on current numpy/pandas (ValueError: assignment destination is read-only,
 in split_transactions_merged_players), so the check is the LP it would have
-run. The LP below is the same one tests/test_market_auction.py uses.
+run. The LP below is the same one tests/hub/market/test_clearing.py uses.
 
 Target: 100,000 orders cleared in <= 100 ms on one core. Figures to read,
 not assertions: the exit status is 1 only if the LP disagrees.

@@ -1,4 +1,4 @@
-"""The battery's CoAP client for the hub's resources (hub/coap_server.py): its
+"""The battery's CoAP client for the hub's resources (hub/integrations/coap.py): its
 clock, its price signal, and its record of this battery's contracts. app.py
 starts it with one call, and only when config.json sets coap_hub:
 
@@ -24,7 +24,7 @@ and hands each datagram to the exchange with its token; a request polls its
 exchange with asyncio.sleep. The socket is connected to the hub: the kernel
 drops datagrams from anyone else.
 
-Heap (64-bit VM, ROMFS; tests/test_coap_vm.py measures it): ~7 KB for this
+Heap (64-bit VM, ROMFS; tests/firmware/test_coap_vm.py measures it): ~7 KB for this
 module and protocol/coap.py, ~2 KB running, ~3 KB held by a reconcile, and ~80
 interned names, which can take the app past the count where MicroPython adds a
 7 KB table (firmware/app.py). Imported only when enabled.

@@ -42,7 +42,7 @@ DEFAULTS = {
     "flush_s": 30,  # metered energy is written to flash at most this often (wear)
     # What charges this battery, as its owner declares it: solar, wind, hydro or grid.
     # The hub reads it from the provisioned config (battery-<id>.json) to mint renewable
-    # energy certificates (hub/platform/rec.py); the firmware itself does not act on it.
+    # energy certificates (hub/integrations/platform/rec.py); the firmware does not act on it.
     "source": "grid",
 }
 # registers_dir (the register maps) defaults to the board profile's, else "registers".

@@ -21,7 +21,7 @@ change), to spare the flash: add_energy() saves at its first call flush_s or
 more after the last save, so a power cut loses the energy metered since then:
 at most flush_s seconds plus one metering interval. It is never counted
 twice: the record holds the running total, not increments, so a reboot
-resumes from the last saved total (tests/test_power_cut.py checks both).
+resumes from the last saved total (tests/firmware/test_power_cut.py checks both).
 
 Bounds: max_contracts entries (their worst-case size must fit one record);
 done contracts, once reported, are pruned oldest-end first when room is

@@ -11,7 +11,7 @@ link: concurrent callers wait on a lock, as a half-duplex RS-485 bus needs and
 a TCP gateway expects. Every request has a deadline; a timeout closes a TCP
 link (a late reply must not be taken for the next one) and the next request
 reconnects. The framing and parsing are pure functions, tested on both runtimes
-in tests/portable/test_modbus_codec.py. `data` is a PDU (function code and its
+in tests/firmware/test_modbus_codec.py. `data` is a PDU (function code and its
 fields) wherever a function takes one.
 """
 

@@ -3,7 +3,7 @@
 save() writes the whole record to PATH.tmp, then renames it over PATH. A power
 cut before the rename leaves the old record untouched (and a stray .tmp, which
 load() removes); the rename itself is atomic on LittleFS v2 (one metadata
-commit) and on POSIX. tests/test_power_cut.py cuts the power at every flash
+commit) and on POSIX. tests/firmware/test_power_cut.py cuts the power at every flash
 write of a contract lifecycle on the VM's LittleFS: nothing was ever lost.
 The same harness catches the alternatives: writing over PATH in place tears
 the record when a cut hits the file's creation (LittleFS commits it empty

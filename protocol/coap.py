@@ -1,5 +1,5 @@
 """CoAP (RFC 7252) for the hub's resources: messages, request and response
-authentication, and the contract list. Shared by the hub (hub/coap_server.py,
+authentication, and the contract list. Shared by the hub (hub/integrations/coap.py,
 which leaves the messages to aiocoap) and the battery's client
 (firmware/coap_client.py), and run unchanged on MicroPython and CPython.
 

@@ -7,7 +7,7 @@ tests/simulator/, tests/gridbid/ (the CLI), tests/tools/, tests/deploy/.
 protocol/ and firmware/ run on MicroPython, so every test_*.py in tests/protocol/
 and tests/firmware/ is written once, with plain asserts, and runs twice: pytest
 collects it on CPython as usual, and this plugin adds one item per test function
-that runs it on the MicroPython VM (tests/mprun.py), so a failure on the VM fails
+that runs it on the MicroPython VM (tests/portable/mprun.py), so a failure there fails
 pytest and shows the VM's output. A file there that drives the VM from outside
 (subprocesses, hypothesis) says so with CPYTHON_ONLY = "why".
 """

@@ -7,7 +7,7 @@ the result is a single number each side can check. Orders are LAYERS (GridWorks)
 adds price-quantity layers and never replaces one, so a lost or reordered
 message cannot undo another, and the layer list is the audit trail.
 
-THE CLEARING RULE (tests/test_market_auction.py checks each clause):
+THE CLEARING RULE (tests/hub/market/test_clearing.py checks each clause):
 
 1. Priority. Bids go highest price first, asks lowest price first; at equal
    prices the lower order id (the earlier layer) goes first.

@@ -46,7 +46,7 @@ SUITE = "bookworm"
 # python3-apt: ansible's apt module; python3-packaging: its pip module.
 PACKAGES = "python3,python3-apt,python3-packaging,python3-venv,mosquitto,chrony,systemd"
 PASSWORDS = ("gridbid-hub", "homeassistant", "operator")
-REBUILT = "# rebuilt by tests/test_ansible.py\n"
+REBUILT = "# rebuilt by tests/deploy/test_ansible.py\n"
 
 
 def ansible_env(home):

@@ -1,4 +1,4 @@
-"""firmware/coap_client.py on the MicroPython VM, for tests/test_coap.py:
+"""firmware/coap_client.py on the MicroPython VM, for tests/hub/integrations/test_coap.py:
 
     micropython tests/firmware/coap_vm.py SETTINGS.json
 

@@ -33,7 +33,7 @@ calls that returned before the cut promised (class Promises):
 
 "overwrite" replaces store.save with writing the record in place (no temp
 file, no rename) to show that this harness does catch a losing strategy.
-The last line is "RESULT {json}" for tests/test_power_cut.py.
+The last line is "RESULT {json}" for tests/firmware/test_power_cut.py.
 """
 
 import json

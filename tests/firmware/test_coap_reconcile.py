@@ -8,7 +8,7 @@ from checks import TempDir
 from protocol import contract as mc
 
 # Compiling coap_client.py from source takes ~110k on the VM; compiled, as a board holds
-# it, these run at 100k (tests/test_device_build.py runs them from the .mpy bundle).
+# it, these run at 100k (tests/firmware/test_device_build.py runs them from the .mpy bundle).
 MICROPYTHON_HEAP = "128k"
 S = 1763700300  # a 15-minute slot boundary
 NOW = S - 600  # before the first slot starts

@@ -1,7 +1,7 @@
 """ContractBook: the device's contracts across reboots — on CPython and the MicroPython VM.
 
 Each test "reboots" by opening a new ContractBook on the same file. Power cuts
-in the middle of a save are tests/test_power_cut.py.
+in the middle of a save are tests/firmware/test_power_cut.py.
 """
 
 import gc

@@ -3,7 +3,7 @@
 Runs on CPython and on the MicroPython VM (tests/conftest.py) at an ESP32's
 heap. The register-map layer (register_map.py, devices.py) is tested through a fake
 client in tests/device/plant_checks.py and against the simulator in
-tests/test_modbus_devices.py.
+tests/firmware/test_modbus_devices.py.
 """
 
 import binascii

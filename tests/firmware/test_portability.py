@@ -1,5 +1,5 @@
 """protocol/ and firmware/ must stay MicroPython code: checked statically here,
-and at run time by the portable tests on the VM (tests/portable/)."""
+and at run time by the portable tests on the VM (tests/protocol/ and tests/firmware/)."""
 
 import ast
 import platform

@@ -1,6 +1,6 @@
 """store.py: atomic, checksummed records — on CPython and the MicroPython VM.
 
-Power cuts on a real LittleFS are tests/test_power_cut.py; these are the
+Power cuts on a real LittleFS are tests/firmware/test_power_cut.py; these are the
 record format and the file handling on the host filesystem.
 """
 

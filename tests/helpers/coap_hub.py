@@ -1,4 +1,5 @@
-"""A hub for the CoAP tests (tests/test_coap.py, tests/test_coap_vm.py): a real Hub
+"""A hub for the CoAP tests (tests/hub/integrations/test_coap.py,
+tests/firmware/test_coap_vm.py): a real Hub
 object with no batteries, its SQLite store, contracts made through its ledger, and its
 [coap] integration started as `gridbid hub run` starts it, on a free loopback port."""
 

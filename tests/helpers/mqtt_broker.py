@@ -1,4 +1,5 @@
-"""A real mosquitto for tests (tests/test_mqtt_bridge.py): deploy/mosquitto's own config
+"""A real mosquitto for tests (tests/hub/integrations/test_mqtt_bridge.py):
+deploy/mosquitto's own config
 on free loopback ports, and a paho subscriber reading in its own thread."""
 
 import json

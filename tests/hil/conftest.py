@@ -10,7 +10,7 @@ test first asks for it and trades slot after slot until the session ends.
 
 Options (hardware/HIL.md): --port (pytest-embedded's), --hil-board, --hil-host,
 --hil-wifi-ssid, --hil-wifi-password-file, --hil-devices, --hil-rtu, --hil-slot-s,
---hil-device-id. In CI, tests/test_hil_on_vm.py passes the VM's pty and --hil-board unix.
+--hil-device-id. In CI, tests/tools/test_hil_on_vm.py passes the VM's pty and --hil-board unix.
 """
 
 import json

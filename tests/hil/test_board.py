@@ -3,7 +3,7 @@
 On the bench (hardware/HIL.md; the session's `bench` uploads the firmware first):
     .venv/bin/python -m pytest -p pytest_embedded tests/hil -m hil \\
         --embedded-services serial --port /dev/ttyUSB0 --hil-board esp32-devkitc ...
-In CI, tests/test_hil_on_vm.py runs these files against the MicroPython VM's
+In CI, tests/tools/test_hil_on_vm.py runs these files against the MicroPython VM's
 REPL on a pty (tests/hil/virtual_board.py), so the files themselves are tested on every run.
 """
 

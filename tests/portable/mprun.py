@@ -1,6 +1,6 @@
 """Run test functions on MicroPython, which has no unittest or pytest.
 
-    micropython tests/mprun.py MODULE [FUNCTION ...]
+    micropython tests/portable/mprun.py MODULE [FUNCTION ...]
 
 Runs each named test function of MODULE (all test_* functions if none are
 named), prints PASS/FAIL with the traceback, ends with "N passed, M failed"

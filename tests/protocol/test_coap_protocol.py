@@ -1,5 +1,5 @@
 """CoAP messages, their authentication and the contract list (protocol/coap.py) — on
-CPython and on the MicroPython VM. tests/test_coap.py checks the same codec against
+CPython and on the MicroPython VM. tests/hub/integrations/test_coap.py checks the same codec against
 aiocoap's, and both ends against each other over UDP."""
 
 import random

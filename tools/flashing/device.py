@@ -4,7 +4,7 @@ mpremote soft-resets a board before it runs anything, so the app is stopped and
 the heap is clean; on the unix port that reset ends the process, so with
 --board unix (the VM on a pty) it resumes the running interpreter instead.
 
-provision: hub/keys_file.provision (what `gridbid hub keys` does) adds the
+provision: hub/config/keys_file.py provision (what `gridbid hub keys` does) adds the
 battery's key to the hub's keys file (0600) and makes the battery's config over
 a template; this adds the Wi-Fi settings, checks the result with the firmware's
 own config.check, keeps it as battery-<id>.json (0600) beside the hub's keys,

@@ -3,7 +3,7 @@
     micropython tests/device/modbus_probe.py JOB.json      (firmware/ and the repo root on the path)
 
 JOB is {"devices": {...as in config.json...}, "maps_dir": "...", "steps": [...]}.
-Each step prints one JSON line; tests/test_modbus_devices.py reads them. Runs
+Each step prints one JSON line; tests/firmware/test_modbus_devices.py reads them. Runs
 unchanged on the MicroPython VM and on CPython. Steps:
 
     {"do": "poll"}                          all three devices: canonical values, fault, health

@@ -2,7 +2,7 @@
 
 Plain test_* functions with asserts, like the portable tests (tests/protocol/,
 tests/firmware/), run on CPython and on
-the MicroPython VM by tests/test_modbus_devices.py (through tests/mprun.py, at
+the MicroPython VM by tests/firmware/test_modbus_devices.py (through tests/portable/mprun.py, at
 the unix board's heap: devices.py with its maps does not fit the 100 KB the
 portable tests get when compiled from source on the VM).
 """

@@ -1,7 +1,7 @@
 """The hub's CoAP resources (hub/integrations/coap.py) and protocol/coap.py on CPython, with
 real parts only: a Hub with its SQLite store and ledger (tests/helpers/coap_hub.py), its aiocoap
 server on a free loopback port, and aiocoap as the test's client. The battery's client on
-the MicroPython VM against the same server: tests/test_coap_vm.py."""
+the MicroPython VM against the same server: tests/firmware/test_coap_vm.py."""
 
 import asyncio
 import contextlib

@@ -1,6 +1,6 @@
 """hub/integrations/web's own life, on a real Hub (real store, real events) that trades nothing:
 its settings and token file, the read-only page, the experiment plot, slow WebSocket
-clients, a busy port, and a clean close. The page with a trading hub: tests/test_web.py."""
+clients, a busy port, and a clean close. The page with a trading hub: test_web.py."""
 
 import asyncio
 import json
