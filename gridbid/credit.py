@@ -9,21 +9,23 @@ gridbid credit balances | reconcile
 
 from gridbid.platform_cli import add_common, execute, need_id
 
+ACCOUNT = "the account's wallet name (e.g. aggregator-1, owner-101)"
+
 
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = sub.add_parser("rate", help="set the rate: fiat minor units per credit")
-    p.add_argument("fiat_per_credit", type=int)
+    p.add_argument("fiat_per_credit", type=int, help="fiat minor units (e.g. satang) per credit")
     p.add_argument("--currency", help="default: [platform] currency")
     p = sub.add_parser("buy", help="record a purchase: fiat paid -> credits minted")
-    p.add_argument("account")
-    p.add_argument("fiat", type=int)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("fiat", type=int, help="fiat paid, in minor units")
     p = sub.add_parser("redeem", help="record a redemption: credits burned -> fiat paid")
-    p.add_argument("account")
-    p.add_argument("units", type=int)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("units", type=int, help="credit base units burned")
     p = sub.add_parser("opening", help="credits an account held before the ledger")
-    p.add_argument("account")
-    p.add_argument("units", type=int)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("units", type=int, help="credit base units it held")
     sub.add_parser("balances", help="what the store says each account holds")
     sub.add_parser("reconcile", help="compare the store with the chain (exit 1 if not equal)")
     for p in sub.choices.values():

@@ -12,36 +12,39 @@ gridbid gov proposals
 
 from gridbid.platform_cli import add_common, execute, need_id
 
+ACCOUNT = "the account's wallet name (e.g. alice)"
+
 
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("genesis", help="create NRG: the whole supply to the treasury, fixed")
     p = sub.add_parser("grant", help="NRG from the treasury to an account")
-    p.add_argument("account")
-    p.add_argument("amount", type=int)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("amount", type=int, help="NRG")
     p = sub.add_parser("stake", help="lock NRG to vote")
-    p.add_argument("account")
-    p.add_argument("amount", type=int)
-    p.add_argument("--lock-s", type=float, default=30 * 86400)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("amount", type=int, help="NRG")
+    p.add_argument("--lock-s", type=float, default=30 * 86400, help="lock-up, s (30 days)")
     p = sub.add_parser("unstake", help="withdraw a stake after its lock-up")
-    p.add_argument("account")
+    p.add_argument("account", help=ACCOUNT)
     p.add_argument("stake", help="the stake's command id")
     p = sub.add_parser("propose", help="propose a market parameter change")
-    p.add_argument("account")
-    p.add_argument("param")
-    p.add_argument("value", type=float)
-    p.add_argument("--voting-s", type=float, default=86400)
-    p.add_argument("--effective-s", type=float, default=2 * 86400)
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("param", help="slot_s, p_con, k or p_balance")
+    p.add_argument("value", type=float, help="its new value")
+    p.add_argument("--voting-s", type=float, default=86400, help="voting time, s (1 day)")
+    p.add_argument("--effective-s", type=float, default=2 * 86400,
+                   help="from now until it applies if passed, s (2 days)")  # fmt: skip
     p = sub.add_parser("vote", help="vote by stake")
-    p.add_argument("account")
-    p.add_argument("proposal")
-    p.add_argument("choice", choices=("yes", "no"))
+    p.add_argument("account", help=ACCOUNT)
+    p.add_argument("proposal", help="the proposal's command id")
+    p.add_argument("choice", choices=("yes", "no"), help="yes or no")
     sub.add_parser("tick", help="decide ended votes, apply passed proposals that are due")
     sub.add_parser("proposals", help="every proposal and its state")
     p = sub.add_parser("reward", help="compute (once) and pay an ended epoch's incentives")
     p.add_argument("epoch", type=float, help="any unix time inside the epoch")
     p = sub.add_parser("rewards", help="the incentive rewards recorded")
-    p.add_argument("--epoch", type=int)
+    p.add_argument("--epoch", type=int, help="only this epoch (its start, unix time)")
     for p in sub.choices.values():
         add_common(p)
 

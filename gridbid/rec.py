@@ -16,20 +16,22 @@ def serials(text):
 
 
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("mint", help="mint what metered renewable energy has earned")
     for name, text in (("list", "offer certificates for sale"), ("unlist", "withdraw them"),
                        ("buy", "buy listed certificates with credits"),
                        ("retire", "retire certificates (final, with a memo)")):  # fmt: skip
         p = sub.add_parser(name, help=text)
-        p.add_argument("account")
-        p.add_argument("serials", type=serials, help="1,2,3")
+        p.add_argument("account", help="the account's wallet name (e.g. owner-101)")
+        p.add_argument("serials", type=serials, help="certificate serials: 1,2,3")
         if name == "list":
             p.add_argument("price", type=int, help="credit base units per certificate")
         if name == "retire":
-            p.add_argument("--reason", default="")
+            p.add_argument(
+                "--reason", default="", help="why, in the retirement memo (at most 200 bytes)"
+            )
     p = sub.add_parser("show", help="the certificates")
-    p.add_argument("--status", choices=("held", "listed", "retired"))
+    p.add_argument("--status", choices=("held", "listed", "retired"), help="only these")
     for p in sub.choices.values():
         add_common(p)
 

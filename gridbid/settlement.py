@@ -1,30 +1,33 @@
 """`gridbid settlement status --config hub.toml`: the settlement journal at a glance
-(batches by status, contracts settled, transactions, the latest batches). It reads the
-hub's store read-only, so it can run beside a running hub."""
+(batches by status, contracts settled, transactions, the latest batches). It only
+reads the hub's store, changing nothing, so it can run beside a running hub."""
 
-import argparse
 import sqlite3
 import sys
 import time
 import types
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from hub.config import hub_toml
-from hub.integrations.settlement import journal, records
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="gridbid settlement", description=__doc__)
-    parser.add_argument("action", choices=("status",))
-    parser.add_argument("--config", required=True, help="hub.toml")
-    parser.add_argument("--limit", type=int, default=20, help="latest batches shown")
-    args = parser.parse_args(argv)
+def add_arguments(parser):
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="batches, contracts settled, transactions",
+                                description=__doc__)  # fmt: skip
+    status.add_argument("--config", required=True, help="hub.toml ([hub] store)")
+    status.add_argument("--limit", type=int, default=20, help="latest batches shown (20)")
+
+
+def run(args):
+    from sqlite_utils import Database
+
+    from hub.integrations.settlement import journal, records
+
     try:
         cfg = hub_toml.load(args.config, keys=False)
     except hub_toml.ConfigError as exc:
-        print("error: %s" % exc)
+        print("error: %s" % exc, file=sys.stderr)
         return 2
     path = Path(cfg["store"])
     if not path.exists():
@@ -49,7 +52,3 @@ def main(argv=None):
             print("    %s" % row["error"])
     conn.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
