@@ -4,10 +4,10 @@ gridbid credit rate 3500 --currency THB --id r-2026-11   operator sets the rate
 gridbid credit buy aggregator-1 100000 --id pay-0042     100000 fiat minor units in
 gridbid credit redeem owner-101 5000000 --id out-0007    base units out
 gridbid credit opening aggregator-1 0 --id open-1        credits held before the ledger
-gridbid credit balances | reconcile
+gridbid credit balances | reconcile                      reads: they make nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id
+from gridbid.platform_cli import add_common, execute, need_id, read
 
 ACCOUNT = "the account's wallet name (e.g. aggregator-1, owner-101)"
 
@@ -28,11 +28,14 @@ def add_arguments(parser):
     p.add_argument("units", type=int, help="credit base units it held")
     sub.add_parser("balances", help="what the store says each account holds")
     sub.add_parser("reconcile", help="compare the store with the chain (exit 1 if not equal)")
-    for p in sub.choices.values():
-        add_common(p)
+    for name, p in sub.choices.items():
+        add_common(p, chain=name != "balances", command_id=name not in ("balances", "reconcile"))
 
 
 def run(args):
+    if args.action == "balances":
+        return read(args, lambda platform: platform.credit.balances())
+
     async def action(platform):
         c = platform.credit
         if args.action == "rate":
@@ -44,11 +47,9 @@ def run(args):
             return await c.redeem(need_id(args), args.account, args.units)
         if args.action == "opening":
             return await c.opening(need_id(args), args.account, args.units)
-        if args.action == "balances":
-            return c.balances()
         return await reconciled(platform)
 
-    return execute(args, action)
+    return execute(args, action, read_only=args.action == "reconcile")
 
 
 async def reconciled(platform):

@@ -7,12 +7,14 @@ gridbid gov unstake alice s-1 --id u-1                 after the lock-up
 gridbid gov propose alice p_con 5.0 --voting-s 86400 --effective-s 172800 --id prop-1
 gridbid gov vote bob prop-1 yes --id v-1
 gridbid gov tick                                       decide and execute what is due
-gridbid gov proposals
+gridbid gov proposals | rewards [--epoch E]             reads: they make nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id
+from gridbid.platform_cli import add_common, execute, need_id, read
 
 ACCOUNT = "the account's wallet name (e.g. alice)"
+READS = ("proposals", "rewards")  # the store only: no wallet, no chain
+NO_ID = ("genesis", "tick", "reward")  # ids of their own (genesis, the epoch's), or none
 
 
 def add_arguments(parser):
@@ -45,11 +47,16 @@ def add_arguments(parser):
     p.add_argument("epoch", type=float, help="any unix time inside the epoch")
     p = sub.add_parser("rewards", help="the incentive rewards recorded")
     p.add_argument("--epoch", type=int, help="only this epoch (its start, unix time)")
-    for p in sub.choices.values():
-        add_common(p)
+    for name, p in sub.choices.items():
+        add_common(p, chain=name not in READS, command_id=name not in READS + NO_ID)
 
 
 def run(args):
+    if args.action == "proposals":
+        return read(args, lambda platform: platform.gov.proposals())
+    if args.action == "rewards":
+        return read(args, lambda platform: platform.incentives.rewards(args.epoch))
+
     async def action(platform):
         g = platform.gov
         if args.action == "genesis":
@@ -68,10 +75,6 @@ def run(args):
             return await g.vote(need_id(args), args.account, args.proposal, args.choice == "yes")
         if args.action == "tick":
             return g.tick()
-        if args.action == "reward":
-            return await platform.incentives.pay(args.epoch)
-        if args.action == "rewards":
-            return platform.incentives.rewards(args.epoch)
-        return g.proposals()
+        return await platform.incentives.pay(args.epoch)
 
     return execute(args, action)

@@ -5,10 +5,10 @@ gridbid rec list owner-101 1,2,3 400000 --id l-1           price in credit base 
 gridbid rec unlist owner-101 3 --id u-1
 gridbid rec buy aggregator-1 1,2 --id b-1
 gridbid rec retire aggregator-1 1,2 --reason "2026 scope 2" --id x-1
-gridbid rec show [--status held|listed|retired]
+gridbid rec show [--status held|listed|retired]            a read: it makes nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id
+from gridbid.platform_cli import add_common, execute, need_id, read
 
 
 def serials(text):
@@ -32,11 +32,14 @@ def add_arguments(parser):
             )
     p = sub.add_parser("show", help="the certificates")
     p.add_argument("--status", choices=("held", "listed", "retired"), help="only these")
-    for p in sub.choices.values():
-        add_common(p)
+    for name, p in sub.choices.items():  # show only reads the store: no wallet, no chain
+        add_common(p, chain=name != "show", command_id=name != "show", source=name == "mint")
 
 
 def run(args):
+    if args.action == "show":
+        return read(args, lambda platform: platform.rec.certificates(args.status))
+
     async def action(platform):
         r = platform.rec
         if args.action == "mint":
@@ -47,8 +50,6 @@ def run(args):
             return await r.unlist(need_id(args), args.account, args.serials)
         if args.action == "buy":
             return await r.buy(need_id(args), args.account, args.serials)
-        if args.action == "retire":
-            return await r.retire(need_id(args), args.account, args.serials, args.reason)
-        return r.certificates(args.status)
+        return await r.retire(need_id(args), args.account, args.serials, args.reason)
 
     return execute(args, action)

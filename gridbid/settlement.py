@@ -2,11 +2,9 @@
 (batches by status, contracts settled, transactions, the latest batches). It only
 reads the hub's store, changing nothing, so it can run beside a running hub."""
 
-import sqlite3
 import sys
 import time
 import types
-from pathlib import Path
 
 from hub.config import hub_toml
 
@@ -22,22 +20,16 @@ def add_arguments(parser):
 def run(args):
     from sqlite_utils import Database
 
+    from gridbid import readonly
     from hub.integrations.settlement import journal, records
 
     try:
         cfg = hub_toml.load(args.config, keys=False)
-    except hub_toml.ConfigError as exc:
+        conn = readonly.connect(cfg["store"])
+    except (hub_toml.ConfigError, readonly.ReadError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
-    path = Path(cfg["store"])
-    if not path.exists():
-        print("no store at %s yet" % path)
-        return 1
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
     store = types.SimpleNamespace(db=Database(conn, execute_plugins=False))
-    if not store.db["settlement_txs"].exists():
-        print("%s has no settlement tables (written by an older hub)" % path)
-        return 1
     counts = journal.counts(store)
     counts["waiting"] = journal.waiting(store, records.FINAL_STATES)
     print("batches %s; contracts settled %d (amount %d base units); waiting %d; "
