@@ -6,7 +6,8 @@ journal's stream, lines carry no timestamp (journald stamps each line itself);
 elsewhere they start with one. A flood of one message (a battery failing every
 100 ms) is cut to BURST lines per WINDOW_S, then one "... repeated K more times"
 line. Chatty libraries are held at WARNING whatever the verbosity: pymodbus's debug
-output must not mix into the demo's summary.
+output must not mix into the demo's summary; and the few library errors that say
+nothing is wrong here (HARMLESS) are dropped.
 """
 
 import atexit
@@ -26,6 +27,12 @@ QUIET = {  # library logger -> the lowest level it may show
     "httpcore": logging.WARNING,
     "asyncio": logging.WARNING,
 }
+HARMLESS = {  # logger -> how its messages that are no error here begin
+    # The simulator answering a Modbus client that has just gone (a firmware that gave
+    # up on a slow answer, or stopped mid-request), with pymodbus's dump of the frames.
+    "pymodbus.logging": ("Cancel send, because not connected!",),
+}
+SAME_AGAIN = {"pymodbus.logging": ("Repeating....",)}  # a library's "the last one again"
 BURST, WINDOW_S = 5, 10.0
 
 
@@ -75,6 +82,23 @@ class RateLimit(logging.Filter):
         self.handler.handle(told)
 
 
+class Harmless(logging.Filter):
+    """Drops HARMLESS records, and a SAME_AGAIN record that repeats a dropped one."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropped = set()  # the loggers whose last record was dropped
+
+    def filter(self, record):
+        text = str(record.msg)
+        again = record.name in self.dropped and text.startswith(SAME_AGAIN.get(record.name, ()))
+        if again or text.startswith(HARMLESS.get(record.name, ())):
+            self.dropped.add(record.name)
+            return False
+        self.dropped.discard(record.name)
+        return True
+
+
 def journald():
     """True when stderr is journald's stream: systemd sets JOURNAL_STREAM to that
     stream's "device:inode" (a child whose stderr was redirected inherits the variable,
@@ -94,14 +118,14 @@ def setup(verbosity=0):
     replaces what the previous call set up (tests run several commands in a process)."""
     root = logging.getLogger()
     flush()
-    for old in [h for h in root.handlers if getattr(h, "gridbid", False)]:
+    for old in [h for h in root.handlers if hasattr(h, "gridbid")]:
         root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
-    handler.gridbid = True
     handler.setFormatter(logging.Formatter(JOURNAL_FORMAT if journald() else FORMAT))
-    limit = RateLimit()
-    limit.handler = handler
-    handler.addFilter(limit)
+    handler.addFilter(Harmless())
+    handler.gridbid = RateLimit()  # marks the handler ours; flush() asks it what it held
+    handler.gridbid.handler = handler
+    handler.addFilter(handler.gridbid)
     root.addHandler(handler)
     root.setLevel(LEVELS[max(-1, min(1, verbosity))])
     for name, level in QUIET.items():
@@ -113,5 +137,5 @@ def setup(verbosity=0):
 def flush():
     """Tell what the rate limit still holds back."""
     for handler in logging.getLogger().handlers:
-        if getattr(handler, "gridbid", False):
-            handler.filters[0].flush()
+        if hasattr(handler, "gridbid"):
+            handler.gridbid.flush()

@@ -91,7 +91,7 @@ def test_setup_again_replaces_its_handler(root, monkeypatch):
     monkeypatch.setattr("sys.stderr", io.StringIO())
     logs.setup()
     logs.setup(1)
-    ours = [h for h in root.handlers if getattr(h, "gridbid", False)]
+    ours = [h for h in root.handlers if hasattr(h, "gridbid")]
     assert len(ours) == 1
     logging.getLogger("hub").info("started")
     line = ours[0].stream.getvalue()
@@ -109,3 +109,16 @@ def test_journald_lines_have_no_timestamp(root, monkeypatch, tmp_path):
     assert not logs.journald()
     stream.close()
     assert (tmp_path / "journal").read_text() == "WARNING hub: no battery answered\n"
+
+
+def test_a_library_error_that_is_none_here_is_dropped(root, monkeypatch):
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    handler = logs.setup()
+    modbus = logging.getLogger("pymodbus.logging")
+    modbus.error("Cancel send, because not connected!\n>>>>> recv: 0x0 0x4 extra data: ")
+    modbus.error("Repeating....\n>>>>> recv: 0x0 0x4 extra data: ")  # pymodbus: the same again
+    modbus.error("requested device id does not exist: 9")
+    modbus.error("Repeating....")
+    lines = [line.split(" ", 2)[2] for line in handler.stream.getvalue().splitlines()]
+    assert lines == ["ERROR pymodbus.logging: requested device id does not exist: 9",
+                     "ERROR pymodbus.logging: Repeating...."]  # fmt: skip
