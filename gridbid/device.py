@@ -22,29 +22,27 @@ BOARDS = vm.ROOT / "hardware" / "boards"
 
 
 def add_arguments(parser):
+    from simulator import devicesim  # its options only: pymodbus is imported when it runs
+
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     run = verbs.add_parser("run", help="run one battery controller (the firmware)")
     names = sorted(p.stem for p in BOARDS.glob("*.json"))
     run.add_argument("--board", default="unix", choices=names, help="board profile (unix)")
     run.add_argument("--config", required=True, help="the device's config.json")
-    # sim's own options are parsed by simulator.devicesim, imported only when used (pymodbus).
-    verbs.add_parser("sim", help="simulated meter, BMS and inverter over Modbus", add_help=False)
-
-
-LATE_OPTIONS = True  # `sim` takes the options gridbid.cli did not know
+    sim = verbs.add_parser(
+        "sim", help="simulated meter, BMS and inverter over Modbus",
+        description=devicesim.__doc__.partition("In-process")[0],  # not its test API
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    devicesim.add_arguments(sim)
 
 
 def run(args):
     if args.verb == "sim":
         from simulator import devicesim
 
-        parser = argparse.ArgumentParser(prog="gridbid device sim", description=devicesim.__doc__)
-        devicesim.add_arguments(parser)
-        return devicesim.run(parser.parse_args(args.late))
-    if args.late:
-        print("error: unrecognized arguments: %s" % " ".join(args.late), file=sys.stderr)
-        return 2
+        return devicesim.run(args)
     return run_device(args)
 
 

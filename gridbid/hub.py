@@ -1,17 +1,18 @@
 """`gridbid hub run|keys`: the market maker service (hub/service.py), and its keys file."""
 
 import asyncio
+import sys
 from pathlib import Path
 
-from hub import controls
 from hub.config import hub_toml, keys_file
-from hub.service import Hub, StartError
-from hub.store import Store
 
 
 def governed(cfg):
     """cfg with the slot length governance moved the grid on to (hub/controls.py), for the
     batteries' configs: one provisioned now must trade the slots the hub trades."""
+    from hub import controls
+    from hub.store import Store
+
     if not Path(cfg["store"]).is_file():
         return cfg
     with Store(cfg["store"]) as store:
@@ -20,40 +21,40 @@ def governed(cfg):
 
 
 def add_arguments(parser):
-    parser.add_argument(
-        "action", choices=("run", "keys"),
-        help="run: start the hub; keys: make or extend its keys file (hub/config/keys_file.py)",
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="start the hub", description="start the hub")
+    run.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
+    run.add_argument("--slots", type=int, default=None, help="stop after N slots")
+    keys = actions.add_parser(
+        "keys", help="make or extend its keys file, and the batteries' configs",
+        description="Make the hub's keys file (hub.toml's keys_file, mode 0600) or add what "
+        "hub.toml now names: a key per aggregator, the group key, a key per --battery, and "
+        "each battery's battery-<id>.json (its config.json: its own settings, its keys, the "
+        "hub's slot grid and ports). Safe to re-run: keys already made and the batteries' "
+        "own settings are kept. No key is ever printed.",
     )  # fmt: skip
-    parser.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
-    parser.add_argument("--slots", type=int, default=None, help="run: stop after N slots")
-    parser.add_argument(
+    keys.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
+    keys.add_argument(
         "--battery", type=int, action="append", default=[], metavar="DEVICE_ID",
-        help="keys: add a key for this battery and write battery-<id>.json (repeatable)",
+        help="add a key for this battery and write battery-<id>.json (repeatable)",
     )  # fmt: skip
-    parser.add_argument(
-        "--out", help="keys: folder for battery-<id>.json (default: the keys file's)"
-    )
-    parser.add_argument(
+    keys.add_argument("--out", help="folder for battery-<id>.json (default: the keys file's)")
+    keys.add_argument(
         "--template", metavar="CONFIG_JSON",
-        help="keys: battery-<id>.json completes this battery config (its devices; "
-        "e.g. firmware/config.example.json)",
+        help="a new battery-<id>.json starts from this battery config (its devices; "
+        "e.g. firmware/config.example.json); an existing one keeps its own settings",
     )  # fmt: skip
 
 
 def run(args):
     try:
-        cfg = hub_toml.load(args.config, keys=args.action == "run")
         if args.action == "keys":
-            bad = [b for b in args.battery if not 0 < b < 2**32]
-            if bad:  # a device id is its key id in frame headers: u32
-                raise hub_toml.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
-            for line in keys_file.provision(governed(cfg), args.battery, args.out,
-                                            args.template):  # fmt: skip
-                print(line, flush=True)
-            return 0
+            return keys(args)
+        cfg = hub_toml.load(args.config)
     except (hub_toml.ConfigError, keys_file.KeysError) as exc:
-        print("error: %s" % exc, flush=True)
+        print("error: %s" % exc, file=sys.stderr)
         return 2
+    from hub.service import Hub, StartError
 
     async def main():
         hub = Hub(cfg)
@@ -65,8 +66,18 @@ def run(args):
     try:
         asyncio.run(main())
     except StartError as exc:
-        print("error: %s" % exc, flush=True)
+        print("error: %s" % exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hub stopped", flush=True)
+    return 0
+
+
+def keys(args):
+    cfg = hub_toml.load(args.config, keys=False)
+    bad = [b for b in args.battery if not 0 < b < 2**32]
+    if bad:  # a device id is its key id in frame headers: u32
+        raise hub_toml.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
+    for line in keys_file.provision(governed(cfg), args.battery, args.out, args.template):
+        print(line, flush=True)
     return 0

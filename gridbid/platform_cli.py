@@ -13,33 +13,50 @@ replay). Keys are the same files, so the addresses are the same, and the balance
 the hub's. On a cluster (an RPC backend) nothing is rebuilt: the chain is the cluster's,
 and its memos are read first (recovery.py) so a command that landed but whose record was
 lost is refused.
+
+A read (credit balances, rec show, gov proposals and rewards: read()) only reads the
+store (gridbid/readonly.py): no chain, no key, nothing made. `credit reconcile` needs
+the chain: it makes no file, folder, table or key either (a missing one is an error),
+but like the hub it records the aggregators' openings and finishes pending commands.
 """
 
 import asyncio
 import json
 import sys
 import tomllib
+import types
 from pathlib import Path
 
+from gridbid import readonly
 from hub.config import keys_file
 from hub.integrations import settlement as settlement_cfg
-from hub.integrations.platform import DEFAULTS, check
+from hub.integrations.platform import DEFAULTS, check, schema
 from hub.integrations.platform.chain_ops import Keys
-from hub.integrations.platform.engine import PlatformError
+from hub.integrations.platform.credit import Credit
+from hub.integrations.platform.engine import Engine, PlatformError
+from hub.integrations.platform.gov import Gov
+from hub.integrations.platform.incentives import Incentives
 from hub.integrations.platform.layer import Platform
+from hub.integrations.platform.rec import Rec
 from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 
 SOL = 10**9
 
 
-def add_common(parser):
+def add_common(parser, chain=True, command_id=False, source=False):
+    """The options of one action: the store's always; the chain's (wallets, backend)
+    unless it only reads the store; --id for a command that changes state."""
+    parser.set_defaults(keys=None, backend=None, source=[], command_id=None)
     parser.add_argument("--config", help="hub.toml ([hub], [settlement], [platform])")
     parser.add_argument("--db", help="the hub's SQLite store (default: [hub] store)")
-    parser.add_argument("--keys", help="wallet folder (default: [platform] keys)")
-    parser.add_argument("--backend", help='"litesvm" or an RPC URL ([settlement] backend)')
-    parser.add_argument("--source", action="append", default=[], metavar="DEVICE=SOURCE",
-                        help="a device's source (solar, wind, grid); repeatable")  # fmt: skip
-    parser.add_argument("--id", dest="command_id", help="the command's id (a retry reuses it)")
+    if chain:
+        parser.add_argument("--keys", help="wallet folder (default: [platform] keys)")
+        parser.add_argument("--backend", help='"litesvm" or an RPC URL ([settlement] backend)')
+    if source:
+        parser.add_argument("--source", action="append", default=[], metavar="DEVICE=SOURCE",
+                            help="a device's source (solar, wind, grid); repeatable")  # fmt: skip
+    if command_id:
+        parser.add_argument("--id", dest="command_id", help="the command's id (a retry reuses it)")
 
 
 def settings_from(args):
@@ -83,14 +100,64 @@ def _provision(data, base, keys):
     }
 
 
-def open_platform(args):
+PLATFORM_TABLES = (
+    "platform_schema_version", len(schema.MIGRATIONS), "platform",
+    "the hub's [platform], or a credit, rec or gov command that changes state,",
+)  # fmt: skip
+
+
+class Reader:
+    """What the platform's read methods use of an Engine, over a connection that cannot
+    write: an Engine would make the platform's tables, and a Platform its keys."""
+
+    keys = None
+    rows = Engine.rows
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def register(self, operation):
+        pass  # a reader runs no command
+
+
+def read(args, query):
+    """Print query(platform) as JSON, over the store only: `platform` has the
+    Platform's credit, rec, gov and incentives, able to read. -> exit code"""
+    try:
+        cfg = settings_from(args)
+        conn = readonly.connect(cfg["db"], [PLATFORM_TABLES])
+    except (readonly.ReadError, ValueError, OSError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        s, reader = cfg["platform"], Reader(conn)
+        gov = Gov(reader, None, s)
+        platform = types.SimpleNamespace(
+            credit=Credit(reader, None, s["decimals"]),
+            rec=Rec(reader, None, s["sources"], s["kwh_per_certificate"]),
+            gov=gov,
+            incentives=Incentives(reader, gov, s["incentives"]),
+        )
+        result = query(platform)
+    finally:
+        conn.close()
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def open_platform(args, read_only=False):
+    """read_only: make no file, folder, table or key (a missing one is an error)."""
     from hub.store import Store
 
     cfg = settings_from(args)
+    make = cfg["backend"] == "litesvm" and not read_only
+    if read_only:
+        readonly.connect(cfg["db"], [PLATFORM_TABLES]).close()
+        _need_wallets(cfg)
     store = Store(cfg["db"])
-    keys = Keys(cfg["keys"], make=cfg["backend"] == "litesvm")
+    keys = Keys(cfg["keys"], make=make)
     if cfg["backend"] == "litesvm":
-        chain, mint, funded = _litesvm(cfg, store, keys.authority.pubkey)
+        chain, mint, funded = _litesvm(cfg, store, keys.authority.pubkey, make)
         backend = LiteSVMBackend(chain)
     else:
         from hub.integrations.platform.chain_ops import pk
@@ -102,13 +169,29 @@ def open_platform(args):
     return Platform(store, backend, keys, mint, cfg["platform"], funded=funded)
 
 
-def _litesvm(cfg, store, authority):
+def _need_wallets(cfg):
+    """A check makes no key: the wallets that Keys and, on LiteSVM, the provisioning
+    (provision.py) would make when missing must be there (the aggregators' are read
+    with create_missing=False)."""
+    needed = [Path(cfg["keys"]) / "platform-authority.json"]
+    if cfg["backend"] == "litesvm":
+        p = cfg["provision"]
+        folder, nonces = Path(p["folder"]), p["key_ids"] if p["durable_nonce"] else []
+        needed += [folder / "mint.json", folder / "mint-authority.json"]
+        needed += [folder / ("nonce-%d.json" % k) for k in nonces]
+    for path in needed:
+        if not path.is_file():
+            raise PlatformError("no wallet file %s (the hub or a command that changes "
+                                "state makes it)" % path)  # fmt: skip
+
+
+def _litesvm(cfg, store, authority, make):
     """The hub's chain, rebuilt here (hub/integrations/settlement/rebuild.py). -> (chain, mint,
     {aggregator key id: credits provisioning minted it, in base units})"""
     from hub.integrations.settlement import provision, rebuild, wallets
 
     p, decimals = cfg["provision"], cfg["platform"]["decimals"]
-    payers = wallets.payers(p["folder"], p["key_ids"], create_missing=True)
+    payers = wallets.payers(p["folder"], p["key_ids"], create_missing=make)
     nonces = provision.nonce_wallets(p["folder"], payers) if p["durable_nonce"] else None
     chain, mint, _replayed, failed = rebuild.start(
         store.db.conn, p["folder"], payers, p["fund_credits"], decimals, nonces=nonces
@@ -135,11 +218,11 @@ async def _recovered(platform, action):
     return await action(platform)
 
 
-def execute(args, action):
+def execute(args, action, read_only=False):
     """Open, run `action(platform)` (a coroutine function), print JSON. -> exit code."""
     try:
-        platform = open_platform(args)
-    except (PlatformError, ValueError, OSError) as exc:
+        platform = open_platform(args, read_only)
+    except (PlatformError, readonly.ReadError, ValueError, OSError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 2
     try:

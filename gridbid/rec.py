@@ -5,10 +5,10 @@ gridbid rec list owner-101 1,2,3 400000 --id l-1           price in credit base 
 gridbid rec unlist owner-101 3 --id u-1
 gridbid rec buy aggregator-1 1,2 --id b-1
 gridbid rec retire aggregator-1 1,2 --reason "2026 scope 2" --id x-1
-gridbid rec show [--status held|listed|retired]
+gridbid rec show [--status held|listed|retired]            a read: it makes nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id
+from gridbid.platform_cli import add_common, execute, need_id, read
 
 
 def serials(text):
@@ -16,25 +16,30 @@ def serials(text):
 
 
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("mint", help="mint what metered renewable energy has earned")
     for name, text in (("list", "offer certificates for sale"), ("unlist", "withdraw them"),
                        ("buy", "buy listed certificates with credits"),
                        ("retire", "retire certificates (final, with a memo)")):  # fmt: skip
         p = sub.add_parser(name, help=text)
-        p.add_argument("account")
-        p.add_argument("serials", type=serials, help="1,2,3")
+        p.add_argument("account", help="the account's wallet name (e.g. owner-101)")
+        p.add_argument("serials", type=serials, help="certificate serials: 1,2,3")
         if name == "list":
             p.add_argument("price", type=int, help="credit base units per certificate")
         if name == "retire":
-            p.add_argument("--reason", default="")
+            p.add_argument(
+                "--reason", default="", help="why, in the retirement memo (at most 200 bytes)"
+            )
     p = sub.add_parser("show", help="the certificates")
-    p.add_argument("--status", choices=("held", "listed", "retired"))
-    for p in sub.choices.values():
-        add_common(p)
+    p.add_argument("--status", choices=("held", "listed", "retired"), help="only these")
+    for name, p in sub.choices.items():  # show only reads the store: no wallet, no chain
+        add_common(p, chain=name != "show", command_id=name != "show", source=name == "mint")
 
 
 def run(args):
+    if args.action == "show":
+        return read(args, lambda platform: platform.rec.certificates(args.status))
+
     async def action(platform):
         r = platform.rec
         if args.action == "mint":
@@ -45,8 +50,6 @@ def run(args):
             return await r.unlist(need_id(args), args.account, args.serials)
         if args.action == "buy":
             return await r.buy(need_id(args), args.account, args.serials)
-        if args.action == "retire":
-            return await r.retire(need_id(args), args.account, args.serials, args.reason)
-        return r.certificates(args.status)
+        return await r.retire(need_id(args), args.account, args.serials, args.reason)
 
     return execute(args, action)

@@ -1,40 +1,37 @@
 """`gridbid settlement status --config hub.toml`: the settlement journal at a glance
-(batches by status, contracts settled, transactions, the latest batches). It reads the
-hub's store read-only, so it can run beside a running hub."""
+(batches by status, contracts settled, transactions, the latest batches). It only
+reads the hub's store, changing nothing, so it can run beside a running hub."""
 
-import argparse
-import sqlite3
 import sys
 import time
 import types
-from pathlib import Path
-
-from sqlite_utils import Database
 
 from hub.config import hub_toml
-from hub.integrations.settlement import journal, records
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="gridbid settlement", description=__doc__)
-    parser.add_argument("action", choices=("status",))
-    parser.add_argument("--config", required=True, help="hub.toml")
-    parser.add_argument("--limit", type=int, default=20, help="latest batches shown")
-    args = parser.parse_args(argv)
+def add_arguments(parser):
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="batches, contracts settled, transactions",
+                                description=__doc__)  # fmt: skip
+    status.add_argument("--config", required=True, help="hub.toml ([hub] store)")
+    status.add_argument("--limit", type=int, default=20, help="latest batches shown (20)")
+
+
+def run(args):
+    from sqlite_utils import Database
+
+    from gridbid import readonly
+    from hub.integrations.settlement import journal, records, schema
+
     try:
         cfg = hub_toml.load(args.config, keys=False)
-    except hub_toml.ConfigError as exc:
-        print("error: %s" % exc)
+        settlement = ("settlement_schema_version", schema.CURRENT, "settlement",
+                      "the hub with [settlement]")  # fmt: skip
+        conn = readonly.connect(cfg["store"], tables=[settlement])
+    except (hub_toml.ConfigError, readonly.ReadError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
         return 2
-    path = Path(cfg["store"])
-    if not path.exists():
-        print("no store at %s yet" % path)
-        return 1
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=5)
     store = types.SimpleNamespace(db=Database(conn, execute_plugins=False))
-    if not store.db["settlement_txs"].exists():
-        print("%s has no settlement tables (written by an older hub)" % path)
-        return 1
     counts = journal.counts(store)
     counts["waiting"] = journal.waiting(store, records.FINAL_STATES)
     print("batches %s; contracts settled %d (amount %d base units); waiting %d; "
@@ -49,7 +46,3 @@ def main(argv=None):
             print("    %s" % row["error"])
     conn.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

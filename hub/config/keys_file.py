@@ -63,15 +63,20 @@ def provision(cfg, battery_ids=(), out_dir=None, template=None, extra=None):
     Keys already in the file are kept (batteries and aggregators already hold
     them). Each battery in battery_ids gets <out_dir>/battery-<id>.json (0600):
     the settings its config.json must share with this hub, its own key, the
-    aggregators' keys and the group key, over the template's settings (a
-    config.json with the battery's "devices", e.g. firmware/config.example.json):
-    with a template, a config the battery boots with. extra: more settings for each
-    battery's file (tools/flash.py provision adds the Wi-Fi and the CoAP address).
+    aggregators' keys and the group key, over the battery's own settings: those
+    of its battery-<id>.json when there is one (a re-run keeps them), else the
+    template's (a config.json with the battery's "devices", e.g.
+    firmware/config.example.json: with it, a config the battery boots with).
+    extra: more settings for each battery's file, over all (tools/flash.py
+    provision adds the Wi-Fi and the CoAP address).
     """
     base = read_template(template)
     out_dir = Path(out_dir) if out_dir else Path(cfg["keys_file"]).parent
     if battery_ids and not out_dir.is_dir():
         raise KeysError("no folder %s for the batteries' files" % out_dir)
+    targets = {b: out_dir / ("battery-%d.json" % b) for b in battery_ids}
+    # Read before anything is written: a bad file changes nothing anywhere.
+    own = {b: _json_object(t, "the battery config") for b, t in targets.items() if t.exists()}
     path = Path(cfg["keys_file"])
     data = _read(path) if path.exists() else {"keys": {}}
     keys = data.setdefault("keys", {})
@@ -87,12 +92,11 @@ def provision(cfg, battery_ids=(), out_dir=None, template=None, extra=None):
             added.append("a key for %s %d" % (what, key_id))
     _write_private(path, data)
     lines = ["%s: %s" % (path, ", ".join(added) if added else "already complete")]
-    for battery in battery_ids:
-        target = out_dir / ("battery-%d.json" % battery)
-        _write_private(target, {**base, **battery_settings(cfg, data, battery), **(extra or {})})
-        lines.append(
-            "%s: battery %d's keys and hub settings for its config.json" % (target, battery)
-        )
+    for battery, target in targets.items():
+        settings = {**base, **own.get(battery, {}), **battery_settings(cfg, data, battery)}
+        _write_private(target, {**settings, **(extra or {})})
+        lines.append("%s: battery %d's keys and hub settings for its config.json%s" % (
+            target, battery, ", its own settings kept" if battery in own else ""))  # fmt: skip
     return lines
 
 
@@ -133,18 +137,20 @@ def battery_sources(keys_path):
 
 
 def read_template(path):
-    if path is None:
-        return {}
+    return {} if path is None else _json_object(path, "the template")
+
+
+def _json_object(path, what):
     try:
         with open(path) as f:
-            base = json.load(f)
+            data = json.load(f)
     except OSError as exc:
-        raise KeysError("cannot read the template %s: %s" % (path, exc.strerror)) from None
+        raise KeysError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
     except ValueError:
-        raise KeysError("the template %s is not valid JSON" % path) from None
-    if not isinstance(base, dict):
-        raise KeysError("the template %s must hold a JSON object" % path)
-    return base
+        raise KeysError("%s %s is not valid JSON" % (what, path)) from None
+    if not isinstance(data, dict):
+        raise KeysError("%s %s must hold a JSON object" % (what, path))
+    return data
 
 
 def _new_key():

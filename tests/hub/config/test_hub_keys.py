@@ -104,6 +104,37 @@ def test_battery_config_from_template_boots_with_the_hub_settings(site):
         assert cfg["keyring"].get(key_id).tag(b"x") == hub["keyring"].get(key_id).tag(b"x")
 
 
+def test_keys_again_keep_the_batterys_own_settings(site):
+    """A re-run refreshes the keys and the settings shared with the hub, and keeps
+    everything else battery-<id>.json holds (its devices, reserve, ...)."""
+    template = ROOT / "firmware" / "config.example.json"
+    code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1001",
+                        "--template", str(template), cwd=site)  # fmt: skip
+    assert code == 0, out
+    battery = site / "battery-1001.json"
+    first = {**keys_of(battery), "reserve_floor": 15.5}  # the owner's own change
+    battery.write_text(json.dumps(first))
+    toml = (site / "hub.toml").read_text().replace("slot_s = 900", "slot_s = 600")
+    (site / "hub.toml").write_text(toml + "\n[[aggregator]]\nkey_id = 4\n")
+    code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1001", cwd=site)
+    assert code == 0 and "its own settings kept" in out, out
+    assert not HEX_KEY.search(out), "a key was printed"
+    again, hub_keys = keys_of(battery), keys_of(site / "hub-keys.json")
+    assert set(again) == set(first)
+    for name in set(first) - {"keys", "slot_s"}:
+        assert again[name] == first[name], name
+    assert set(keys_of(template)) <= set(again)  # devices, source, reserve_floor, ...
+    assert again["slot_s"] == 600  # the hub's, refreshed
+    assert again["keys"] == {**first["keys"], "4": hub_keys["keys"]["4"]}  # the new aggregator's
+    assert stat.S_IMODE(battery.stat().st_mode) == 0o600
+    firmware_config.check(again)
+    (site / "battery-1002.json").write_text("{not json")  # a broken one changes nothing
+    before = (site / "hub-keys.json").read_bytes()
+    code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1002", cwd=site)
+    assert code == 2 and "battery-1002.json is not valid JSON" in out, out
+    assert (site / "hub-keys.json").read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "args, fault",
     [

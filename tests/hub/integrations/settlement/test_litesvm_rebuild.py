@@ -230,11 +230,16 @@ def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
 def test_a_new_site_reconciles_the_funding_it_provisioned(tmp_path, capsys):
     """A first `gridbid credit` on a fresh LiteSVM site: provisioning funded each
     aggregator; that funding is recorded once as its opening (Credit.open_funded), so the
-    store and the chain agree before anything else happened, and again after a purchase."""
+    store and the chain agree before anything else happened, and again after a purchase.
+    A reconcile is a check: on a site with nothing yet it makes nothing and says so."""
     config = str(site(tmp_path))
+    assert credit_cli("reconcile", "--config", config) == 2
+    assert "no store" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.toml"]
+    assert credit_cli("rate", "100", "--id", "r1", "--config", config) == 0
+    capsys.readouterr()
     assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out) == {"reconciled": True}
-    assert credit_cli("rate", "100", "--id", "r1", "--config", config) == 0
     assert credit_cli("buy", "aggregator-1", "50", "--id", "b1", "--config", config) == 0
     capsys.readouterr()
     assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
