@@ -88,11 +88,17 @@ class MicroPythonFailure(Exception):
 
 @pytest.fixture(autouse=True)
 def _hub_logs_detached():
-    """helpers.logs.into() feeds a test's list until the test ends."""
+    """helpers.logs.into() feeds a test's list until the test ends; a command run in
+    process (gridbid.cli.main) logs to that test's stderr, which pytest closes after it."""
     yield
+    import logging
+
     from helpers.logs import detach_all
 
     detach_all()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if hasattr(h, "gridbid")]:
+        root.removeHandler(handler)
 
 
 def pytest_ignore_collect(collection_path, config):
