@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from simulator import vm
+from simulator import lacks_sim_extra, vm
 
 BOARDS = vm.ROOT / "hardware" / "boards"
 
@@ -40,6 +40,8 @@ def add_arguments(parser):
 
 def run(args):
     if args.verb == "sim":
+        if lacks_sim_extra("device sim"):
+            return 2
         from simulator import devicesim
 
         return devicesim.run(args)

