@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import wheel as wheel_build
 
 from simulator import vm
 
@@ -153,25 +154,11 @@ def debian_tarball():
 PIP_WHEEL = [BIN / "python", "-m", "pip", "wheel", "-q"]
 
 
-def build_gridbid(out):
-    """gridbid's wheel from out/src (this checkout's packages) into out/dist."""
-    shutil.rmtree(out / "dist", ignore_errors=True)
-    result = run(PIP_WHEEL + ["--no-deps", "-w", out / "dist", out / "src"], os.environ, cwd=out)
-    assert result.returncode == 0, result.stderr
-    (wheel,) = (out / "dist").glob("gridbid-*.whl")
-    return wheel
-
-
 def build_wheels(out):
-    """gridbid's wheel from this checkout, and a tar of its pinned dependencies' wheels."""
-    src = out / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src)
-    for package in ("hub", "protocol"):
-        shutil.copytree(ROOT / package, src / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
-    wheel = build_gridbid(out)
+    """gridbid's wheel from a copy of this checkout (out/src), and a tar of its pinned
+    dependencies' wheels: the hub's, without the sim extra, as the role installs it."""
+    wheel_build.copy_source(out / "src")
+    wheel = wheel_build.build(out / "src", out / "dist", python=BIN / "python")
     result = run(PIP_WHEEL + ["-w", out / "wheels", wheel], os.environ, cwd=out)
     assert result.returncode == 0, result.stderr
     for own in (out / "wheels").glob("gridbid-*.whl"):
@@ -232,7 +219,7 @@ def converged(debian_tarball, env, tmp_path_factory):
         if n == 3:  # a new build of the same version, with a change to roll out
             with open(base / "src" / "hub" / "__init__.py", "a") as f:
                 f.write(REBUILT)
-            assert build_gridbid(base) == wheel
+            assert wheel_build.build(base / "src", base / "dist", python=BIN / "python") == wheel
         started = time.monotonic()
         argv = [BIN / "ansible-playbook", "-i", inventory / "hosts.yml", *password,
                 "--diff", "-v", "site.yml"]  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from helpers.processes import read_until, stop
 
 from simulator.fleet import free_port
 from simulator.vm import ROOT
@@ -36,34 +37,6 @@ def start(*args, cwd=None):
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-
-
-def read_until(process, text, timeout):
-    """Lines printed until one contains text (os.set_blocking keeps this non-blocking)."""
-    os.set_blocking(process.stdout.fileno(), False)
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line:
-            lines.append(line.rstrip())
-            if text in line:
-                return lines
-        elif process.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError("never saw %r; got:\n%s" % (text, "\n".join(lines)))
-
-
-def stop(process):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode
 
 
 def test_sim_and_device_run_from_the_cli_and_stop_on_ctrl_c(tmp_path):
