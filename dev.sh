@@ -20,6 +20,21 @@ case "$cmd" in
   *) echo "usage: ./dev.sh {demo|test|setup} [args]"; exit 2 ;;
 esac
 
+# A long install shows that it moves: apt's and pip's own lines go to a log, the
+# terminal gets a line per package as its line matching $1 comes (one updating line on
+# a terminal), and how many pip then installs.
+progress() {
+  local tty=""
+  [ -t 1 ] && tty=1
+  awk -v tty="$tty" -v item="$1" '
+    function line(text) { printf "%s    %s%s", (tty ? "\r\033[K" : ""), text, (tty ? "" : "\n"); fflush() }
+    $0 ~ item { line(++n ": " $2); open = tty }
+    /^Installing collected packages: / {
+      k = split(substr($0, 32), names, ", ")
+      line("installing " k " package" (k > 1 ? "s" : "")); if (tty) print ""; n = open = 0 }
+    END { if (open) print "" }'
+}
+
 # System packages, installed only when missing. The demo needs Python alone.
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
@@ -39,23 +54,15 @@ if ((${#missing[@]})); then
     echo "missing system packages and no root: as root, run"
     echo "  apt-get install -y --no-install-recommends ${missing[*]}"; exit 1
   fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  log="${TMPDIR:-/tmp}/gridbid-apt.log"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+         $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } 2>&1 \
+       | tee "$log" | progress '^Unpacking '; then
+    tail -n 30 "$log"; echo "apt-get failed: the whole log is in $log"; exit 1
+  fi
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "gridbid needs Python 3.11 or newer (found $(python3 --version 2>&1))"; exit 1; }
-
-# pip's own lines go to the log; the terminal gets one line per package collected
-# (one updating line on a terminal), so a long install shows that it moves.
-progress() {
-  local tty=""
-  [ -t 1 ] && tty=1
-  awk -v tty="$tty" '
-    function line(text) { printf "%s    %s%s", (tty ? "\r\033[K" : ""), text, (tty ? "" : "\n"); fflush() }
-    /^Collecting / { line(++n ": " $2); open = tty }
-    /^Installing collected packages/ { line("installing " n " package" (n > 1 ? "s" : "")); if (tty) print ""; n = open = 0 }
-    END { if (open) print "" }'
-}
 
 # The Python environment: .venv with the chosen extra, reinstalled when pyproject.toml
 # changes. dev includes sim: a .venv set up for the tests runs the demo as it is.
@@ -65,7 +72,7 @@ if [ ! -f ".venv/.installed-$hash-dev" ] && [ ! -f ".venv/.installed-$hash-$extr
   [ -x .venv/bin/python ] || python3 -m venv .venv
   log=.venv/install.log
   if ! { .venv/bin/python -m pip install --upgrade pip \
-         && .venv/bin/python -m pip install -e ".[$extra]"; } 2>&1 | tee "$log" | progress; then
+         && .venv/bin/python -m pip install -e ".[$extra]"; } 2>&1 | tee "$log" | progress '^Collecting '; then
     tail -n 30 "$log"; echo "pip install failed: the whole log is in $log"; exit 1
   fi
   rm -f .venv/.installed-*
