@@ -144,11 +144,15 @@ def check(msg):
     return msg  # pragma: no cover  (the fast path and the loop agree)
 
 
+_INT_BOUNDS = ((0, 9), (1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255))
+
+
 def _check_ints(values):
     # Only needed on the way out: a decoded body cannot hold an out-of-range int.
-    for index, high in ((0, 9), (1, 2**64 - 1), (2, 2**64 - 1), (3, 255), (9, 255), (11, 255)):
+    # type() is int: a bool is not a number here (True would encode as 1).
+    for index, high in _INT_BOUNDS:
         value = values[index]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        if type(value) is not int or not 0 <= value <= high:
             raise BadValue("%s=%r is not a whole number in 0..%d" % (FIELDS[index], value, high))
 
 
