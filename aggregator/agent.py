@@ -9,11 +9,14 @@ then a BidConfirm. The contract moves through the hub's Ledger only.
 """
 
 import asyncio
+import logging
 import random
 
 from aggregator import strategies
 from protocol import frame, message
 from transport.links import DeviceLink, QueueFull, now_ms
+
+log = logging.getLogger(__name__)
 
 
 def make_strategy(cfg, seed=None):
@@ -55,9 +58,8 @@ class Agent:
         if link is None or link.address != address:
             if link is not None:
                 asyncio.ensure_future(link.close())
-            link = DeviceLink(
-                self.codec, address, port, self._received, on_connect=self._hello(device_id)
-            )
+            link = DeviceLink(self.codec, address, port, self._received,
+                              on_connect=self._hello(device_id), device_id=device_id)  # fmt: skip
             self.links[device_id] = link.start()
         return link
 
@@ -69,6 +71,13 @@ class Agent:
         return hello
 
     def _received(self, link, got):
+        # A battery signs with its device id and speaks only for itself: a frame on this
+        # link from any other key (another battery's, or an aggregator's it could forge
+        # while batteries hold aggregators' keys), or about another device, is dropped.
+        if got.group or got.key_id != link.device_id or got.message.device_id != got.key_id:
+            log.warning("%s dropped a frame from key %d about device %d on battery %d's link",
+                        self.name, got.key_id, got.message.device_id, link.device_id)  # fmt: skip
+            return
         waiter = self._waiting.pop(got.reply_to, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(got)

@@ -56,7 +56,7 @@ async def bench(args, tmp):
         links = []
         for agg_id in range(1, args.aggregators + 1):
             agg = await fleet.aggregator(agg_id)
-            link = await agg.connect(device.address, fleet.tcp_port)
+            link = await agg.connect(device.address, fleet.tcp_port, device.device_id)
             offer = await link.query()
             links.append((link, offer))
         print("device on %s, %d aggregators connected; %d rounds"

@@ -151,6 +151,9 @@ class Node:
         if got.group or got.key_id == self.cfg["key_id"]:
             self.log("ignored a frame on TCP from %d (group key or our own)" % got.key_id)
             return True
+        if got.message.device_id != self.device_id:  # a frame for another battery, replayed
+            self.log("ignored a frame from %d for device %d" % (got.key_id, got.message.device_id))
+            return True
         if session.peer is None:
             session.peer = got.key_id
             self.log("aggregator %d connected" % got.key_id)

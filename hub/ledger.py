@@ -62,12 +62,17 @@ class Ledger:
         self._advance(contract_id, contract.TERMINATED_BY_ATN, contract.BUYER, at)
         log.info("contract %s withdrawn: %s", contract_id, why)
 
-    def reported(self, buyer, confirm_id, code, delivered_kwh, at=None):
-        """A battery's outcome report. -> (contract row, new state) or None when it is
-        not ours, not an outcome, or already final (a report may come twice)."""
+    def reported(self, device_id, buyer, confirm_id, code, delivered_kwh, at=None):
+        """Battery device_id's outcome report. -> (contract row, new state) or None when
+        it is not ours, not this battery's, not an outcome, or already final (a report
+        may come twice)."""
         state = OUTCOMES.get(code)
         row = self.store.contract_by_confirm(buyer, confirm_id)
         if state is None or row is None:
+            return None
+        if row["device"] != device_id:  # a battery speaks only for its own contracts
+            log.warning("battery %d reported on contract %s of battery %d: ignored",
+                        device_id, row["id"], row["device"])  # fmt: skip
             return None
         if row["state"] not in LIVE_NAMES:
             return None

@@ -331,9 +331,9 @@ class Hub:
         if info is not None:
             self.registry.seen(msg.device_id, info.address, msg, got.sent_ms)
         if kind == message.TERMINATE and got.reply_to:
-            moved = self.ledger.reported(
-                agent.key_id, got.reply_to, msg.termination_code, msg.required_energy_amount
-            )
+            moved = self.ledger.reported(got.key_id, agent.key_id, got.reply_to,
+                                         msg.termination_code,
+                                         msg.required_energy_amount)  # fmt: skip
             if moved:
                 row, state = moved
                 promised = abs(row["avg_watts"]) * row["duration_s"] / 3_600_000

@@ -39,7 +39,9 @@ async def _live(buyers, theory, devices, slots, seed, floor, progress):
             links = {}  # the fleet knows the addresses: discovery is the demo's subject
             for agg, buyer in zip(aggs, buyers):
                 for d in fleet.devices:
-                    links[buyer.name, d.device_id] = await agg.connect(d.address, fleet.tcp_port)
+                    links[buyer.name, d.device_id] = await agg.connect(
+                        d.address, fleet.tcp_port, d.device_id
+                    )
             for slot in range(slots):
                 signal = price_signal(slot)
                 auctions = [_live_auction(d.device_id, buyers, links, slot, signal, market)

@@ -62,9 +62,11 @@ class Aggregator:
                     found[got.message.device_id] = addr
         return found
 
-    async def connect(self, address, port):
+    async def connect(self, address, port, device_id):
+        """A session with the battery device_id at address: every frame names it (a battery
+        refuses a frame addressed to another one)."""
         reader, writer = await asyncio.open_connection(address, port)
-        link = Link(self, reader, writer)
+        link = Link(self, reader, writer, device_id)
         self.links[address] = link
         return link
 
@@ -76,8 +78,8 @@ class Aggregator:
 class Link:
     """One TCP session with one battery: every frame received goes to the inbox."""
 
-    def __init__(self, agg, reader, writer):
-        self.agg = agg
+    def __init__(self, agg, reader, writer, device_id):
+        self.agg, self.device_id = agg, device_id
         self.reader, self.writer = reader, writer
         self.decoder = frame.StreamDecoder(agg.codec)
         self.inbox = asyncio.Queue()
@@ -119,7 +121,9 @@ class Link:
 
     async def query(self, price_signal=0.0):
         """The battery's QueryResponse to a Query (carrying the market's price signal)."""
-        sent = await self.send(message.query(self.agg.ids.next(), 0, 0.0, price_signal))
+        sent = await self.send(
+            message.query(self.agg.ids.next(), self.device_id, 0.0, price_signal)
+        )
         while True:
             got, _at = await self.expect(message.QUERY_RESPONSE)
             if got.reply_to == sent.message_id:

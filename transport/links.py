@@ -40,9 +40,11 @@ class QueueFull(Exception):
 class DeviceLink:
     """One aggregator's TCP session with one battery, kept up."""
 
-    def __init__(self, codec, address, port, handler, queue_size=64, on_connect=None):
+    def __init__(self, codec, address, port, handler, queue_size=64, on_connect=None,
+                 device_id=None):  # fmt: skip
         self.codec = codec
         self.address, self.port = address, port
+        self.device_id = device_id  # the battery at the other end (its key id), if known
         self.handler = handler  # called as handler(link, frame) for every frame received
         # Called on every (re)connection: a battery closes a session that does not
         # authenticate soon, so the aggregator says something (e.g. a Query) at once.

@@ -40,8 +40,8 @@ async def competing_bids(fleet):
     assert found == {a.device_id: a.address, b.device_id: b.address}
     assert (await agg2.discover(2)).keys() == found.keys()
 
-    link1 = await agg1.connect(a.address, fleet.tcp_port)
-    link2 = await agg2.connect(a.address, fleet.tcp_port)
+    link1 = await agg1.connect(a.address, fleet.tcp_port, a.device_id)
+    link2 = await agg2.connect(a.address, fleet.tcp_port, a.device_id)
     offer = await link1.query()
     assert offer.energy_total > 0 and offer.sale_price >= 14.0  # reserve >= the floor
     low = await link1.bid(a.device_id, offer.sale_price + 0.5, offer.energy_total)
@@ -67,7 +67,7 @@ async def competing_bids(fleet):
     assert deal.start_unix_s % 10 == 0 and deal.avg_power_watts > 0
 
     # Battery B (Modbus RTU): a bid below its reserve is refused as such.
-    link_b = await agg1.connect(b.address, fleet.tcp_port)
+    link_b = await agg1.connect(b.address, fleet.tcp_port, b.device_id)
     offer_b = await link_b.query()
     cheap = await link_b.bid(b.device_id, offer_b.sale_price - 1.0, 0.05)
     answer, _ = await link_b.answer(cheap)
@@ -82,7 +82,7 @@ def test_two_aggregators_compete_and_the_contract_is_persisted(tmp_path):
 async def connected(fleet, device, agg_id=1):
     """An aggregator with an authenticated session to `device` (a Query authenticates)."""
     agg = await fleet.aggregator(agg_id)
-    link = await agg.connect(device.address, fleet.tcp_port)
+    link = await agg.connect(device.address, fleet.tcp_port, device.device_id)
     offer = await link.query()
     return agg, link, offer
 

@@ -60,7 +60,7 @@ def bought(hub, device, buyer, bid_id, start, confirm_id=None, outcome=None, kwh
     if confirm_id is not None:
         hub.ledger.confirming(deal.contract_id, confirm_id)
     if outcome is not None:
-        hub.ledger.reported(buyer, confirm_id, outcome, kwh)
+        hub.ledger.reported(device, buyer, confirm_id, outcome, kwh)
     return deal.contract_id
 
 

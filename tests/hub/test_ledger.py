@@ -62,15 +62,15 @@ def test_the_terms_are_the_firmwares(ledger, tmp_path):
 def test_a_success_report_passes_through_active_and_records_the_meter(ledger):
     deal = ledger.accepted(DEVICE, BUYER, 1, 18.0, 0.5, 5.0, START)
     ledger.confirming(deal.contract_id, 501)
-    row, state = ledger.reported(BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49)
+    row, state = ledger.reported(DEVICE, BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49)
     assert state == "CompletedSuccess" and row["id"] == deal.contract_id
     assert states(ledger, deal.contract_id)[-2:] == ["Active", "CompletedSuccess"]
     assert ledger.store.contract(deal.contract_id)["delivered_kwh"] == 0.49
     # the same report again (a battery re-sends after a reconnect), or one that is not ours
-    assert ledger.reported(BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
-    assert ledger.reported(BUYER + 1, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
-    assert ledger.reported(BUYER, 999, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
-    assert ledger.reported(BUYER, 501, message.TERM_NORMAL, 0.0) is None
+    assert ledger.reported(DEVICE, BUYER, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(DEVICE, BUYER + 1, 501, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(DEVICE, BUYER, 999, contract.TERM_CONTRACT_SUCCESS, 0.49) is None
+    assert ledger.reported(DEVICE, BUYER, 501, message.TERM_NORMAL, 0.0) is None
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_a_success_report_passes_through_active_and_records_the_meter(ledger):
 def test_every_outcome_code_ends_the_contract_in_its_state(ledger, code, final):
     deal = ledger.accepted(DEVICE, BUYER, 2, 18.0, 0.5, 5.0, START)
     ledger.confirming(deal.contract_id, 502)
-    assert ledger.reported(BUYER, 502, code, 0.1)[1] == final
+    assert ledger.reported(DEVICE, BUYER, 502, code, 0.1)[1] == final
     assert ledger.store.contract(deal.contract_id)["state"] == final
 
 
@@ -99,3 +99,14 @@ def test_no_report_within_the_grace_is_an_unknown_outcome_and_withdrawal_is_fina
     assert ledger.store.contract(late.contract_id)["state"] == "CompletedUnknownOutcome"
     assert ledger.store.contract(lapsed.contract_id)["state"] == "TerminatedByAtn"
     assert ledger.expire(end + 10_000) == []  # final states stay
+
+
+def test_a_battery_reports_only_on_its_own_contracts(ledger):
+    """Battery B, with its own key, reporting battery A's contract as failed: ignored."""
+    deal = ledger.accepted(DEVICE, BUYER, 3, 18.0, 0.5, 5.0, START)
+    ledger.confirming(deal.contract_id, 503)
+    other = DEVICE + 1
+    assert ledger.reported(other, BUYER, 503, contract.TERM_CONTRACT_FAILURE, 0.0) is None
+    assert states(ledger, deal.contract_id)[-1] == "Confirmed"
+    row, state = ledger.reported(DEVICE, BUYER, 503, contract.TERM_CONTRACT_SUCCESS, 0.5)
+    assert state == "CompletedSuccess"
