@@ -224,17 +224,16 @@ class Hub:
                 try:
                     self.market.bid(name, agent.key_id, bid.price, bid.kwh,
                                     ref="bid:%d" % device_id)  # fmt: skip
-                except ValueError as exc:  # a restarted hub: its first bid stands
-                    log.info("bid of %s kept as first recorded: %s", agent.name, exc)
-                else:
-                    self.events.emit("bid", slot=name, aggregator=agent.name, device=device_id,
-                                     price=bid.price, kwh=bid.kwh)  # fmt: skip
+                except ValueError:  # a restarted hub: its first bid stands
+                    log.debug("a bid of %s for battery %d was recorded before the restart",
+                              agent.name, device_id)  # fmt: skip
                 bids[agent.key_id, device_id] = bid
         return bids
 
     async def settle(self, name, start, offers, bids):
         """Clear at the gate, buy each trade from its battery, let strategies learn."""
         result, trades = self.market.close(name, int(time.time()))
+        self._publish_book(name)
         shares = {}  # (buyer, battery) -> kWh: one ETP purchase per pair
         for trade in trades:
             key = (trade.buyer, trade.battery)
@@ -268,6 +267,16 @@ class Hub:
                     for b, d, k in summary["trades"]],
         )  # fmt: skip
         return summary
+
+    def _publish_book(self, name):
+        """The book is sealed until the gate: no bid layer leaves the hub before it (no
+        event, so neither /ws nor MQTT; the REST views hide an open slot's). At the gate
+        every layer is published, as it was recorded, for audit."""
+        for row in self.store.bids(name, side=BID):
+            kind, _, device = str(row["ref"] or "").partition(":")
+            self.events.emit("bid", slot=name, aggregator=self._name_of(row["owner"]),
+                             device=int(device) if kind == "bid" and device.isdigit() else None,
+                             price=row["price"], kwh=row["kwh"])  # fmt: skip
 
     def _name_of(self, key_id):
         agent = self.agents.get(key_id)

@@ -20,6 +20,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,6 +67,15 @@ class Reader:
 
 def slot_start(slot):
     return parse_slot_name(slot)[3]
+
+
+def sealed(slot, now=None):
+    """The slot's gate is still open: its bid layers are sealed (no view shows them)."""
+    _length, gate_s, _maker, start = parse_slot_name(slot)
+    return (time.time() if now is None else now) < start - gate_s
+
+
+SEALED_FIELDS = ("bid_layers", "bidders", "best_bid")
 
 
 def improvement(price, reserve):
@@ -118,6 +128,9 @@ def slots(store, limit, offset, slot=None):
     for row in found:
         row["start"] = slot_start(row["slot"])
         row["improvement"] = improvement(row["price"], row["reserve"])
+        row["sealed"] = sealed(row["slot"])
+        if row["sealed"]:
+            row.update(dict.fromkeys(SEALED_FIELDS))
     return found
 
 
@@ -127,6 +140,8 @@ def slot_book(store, slot, names):
     layers = store.bids(slot)
     if not layers:
         return None
+    if sealed(slot):  # the asks (offers at their reserve) only, until the gate
+        layers = [row for row in layers if row["side"] == "ask"]
     fills = {t["order_id"]: t for t in store.trades(slot, limit=10**6)}
     offers, bids = [], []
     for row in layers:
@@ -175,14 +190,18 @@ def totals(store):
 
 
 def aggregators(store):
-    """Per bidder (key id): bid layers, layers that won kWh, kWh and money."""
+    """Per bidder (key id): bid layers, layers that won kWh, kWh and money; the layers of
+    a slot whose gate is still open are not counted (sealed)."""
+    open_slots = [r["slot"] for r in store.rows(_WALK, [3, 0]) if sealed(r["slot"])]
     rows = store.rows(
         "SELECT b.owner AS key_id, count(*) AS bids, count(t.id) AS won, "
         "count(DISTINCT b.slot) AS slots, coalesce(sum(t.kwh), 0) AS kwh, "
         "coalesce(sum(t.kwh * t.price), 0) AS money, avg(b.price) AS mean_bid "
         "FROM bids b LEFT JOIN trades t "
         "ON t.slot = b.slot AND t.order_id = b.order_id AND t.side = 'bid' "
-        "WHERE b.side = 'bid' GROUP BY b.owner"
+        "WHERE b.side = 'bid' AND b.slot NOT IN (%s) GROUP BY b.owner"
+        % ",".join("?" * len(open_slots)),
+        open_slots,
     )
     for row in rows:
         row["win_rate"] = row["won"] / row["bids"] if row["bids"] else None

@@ -22,6 +22,7 @@ from hub.config import hub_toml
 from hub.integrations.settlement import schema as settlement_schema
 from hub.service import Hub
 from hub.store import Store
+from protocol.contract import parse_slot_name
 from simulator.fleet import Fleet
 
 pytestmark = pytest.mark.timeout(120)
@@ -313,3 +314,40 @@ def test_no_secret_in_any_answer(live):
     for secret in hexes:
         assert secret.lower() not in text.lower(), "a key reached the page"
     assert "keyring" not in text
+
+
+def test_the_book_is_sealed_until_the_gate(live):
+    """No bid layer leaves the hub before its slot's gate closes: no "bid" event (so not on
+    /ws, nor MQTT, which forwards events), and the REST views hide an open slot's layers
+    (its asks, offers at their reserve, stay public); after the gate the book is
+    published whole, for audit."""
+    _hub, web, events, db, _token, _keys = live
+    bids = [e for e in events if e["kind"] == "bid"]
+    assert bids, "no bid was published at all"
+    for event in bids:
+        _length, gate_s, _maker, start = parse_slot_name(event["slot"])
+        assert event["at"] >= start - gate_s, event  # at the gate, never before
+    # A slot whose gate is still open, with a bid layer of each aggregator in the store.
+    now = int(time.time())
+    slot = "rt%dsgate3s.hub.%d" % (SLOT_S, now - now % SLOT_S + 10 * SLOT_S)
+    device = sql(db, "SELECT id FROM devices LIMIT 1")[0]["id"]
+    before = get(web, "/api/aggregators")
+    with Store(db) as store:
+        store.record_bid(slot, 0, "ask", device, 15.0, 1.0, ref="offer:%d" % device)
+        store.record_bid(slot, 1, "bid", 1, 21.5, 1.0, ref="bid:%d" % device)
+        store.record_bid(slot, 2, "bid", 2, 23.25, 1.0, ref="bid:%d" % device)
+    book = get(web, "/api/slots/" + slot)
+    assert book["sealed"] and book["bids_list"] == [] and len(book["offers_list"]) == 1
+    assert book["best_bid"] is None and book["bid_layers"] is None and book["bidders"] is None
+    row = next(r for r in get(web, "/api/slots")["items"] if r["slot"] == slot)
+    assert row["sealed"] and row["best_bid"] is None
+    assert get(web, "/api/aggregators") == before  # no count or mean moved
+    everything = json.dumps([get(web, p) for p in ("/api/slots", "/api/slots/" + slot,
+                                                   "/api/aggregators", "/api/status")])  # fmt: skip
+    assert "21.5" not in everything and "23.25" not in everything
+    # Past its gate, the same slot's book is shown whole.
+    gated = "rt%dsgate3s.hub.%d" % (SLOT_S, now - now % SLOT_S - 10 * SLOT_S)
+    with Store(db) as store:
+        store.record_bid(gated, 0, "bid", 1, 21.5, 1.0, ref="bid:%d" % device)
+    shown = get(web, "/api/slots/" + gated)
+    assert not shown["sealed"] and [b["price"] for b in shown["bids_list"]] == [21.5]
