@@ -19,17 +19,23 @@ def demo(*args, timeout=60):
     )  # fmt: skip
 
 
-def device_processes():
-    """Pids of demo batteries still running (their config lives in a gridbid-demo- dir)."""
+def device_processes(parent):
+    """Pids of the batteries this demo (pid `parent`) started and that still run (their
+    config lives in a gridbid-demo- dir): never another test's or another run's."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if proc.name.isdigit() and b"main.py" in cmdline and b"gridbid-demo-" in cmdline:
+        if ppid == parent and b"main.py" in cmdline and b"gridbid-demo-" in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+def running(pids):
+    return [pid for pid in pids if Path("/proc/%d" % pid).exists()]
 
 
 def improvement(out):
@@ -88,7 +94,8 @@ def test_ctrl_c_stops_the_device_too():
         for line in proc.stdout:
             if "hub      | slot " in line:
                 break
-        assert device_processes(), "the demo battery should be running"
+        mine = device_processes(proc.pid)
+        assert mine, "the demo battery should be running"
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
         rest = proc.communicate(timeout=20)[0]
         assert proc.returncode == 130, rest
@@ -97,9 +104,9 @@ def test_ctrl_c_stops_the_device_too():
         if proc.poll() is None:
             proc.kill()
     deadline = time.monotonic() + 5
-    while device_processes() and time.monotonic() < deadline:
+    while running(mine) and time.monotonic() < deadline:
         time.sleep(0.05)
-    leftover = device_processes()
+    leftover = running(mine)
     for pid in leftover:
         os.kill(pid, signal.SIGKILL)
     assert not leftover, "Ctrl-C left the battery running"
