@@ -35,7 +35,7 @@ from hub.market.clearing import ASK, BID
 from hub.market.grid import SlotGrid
 from hub.market.maker import MarketMaker
 from hub.market.price_signal import PriceSignal
-from hub.store import Store
+from hub.store import Store, views
 from protocol import auth, frame, message
 from transport.discovery import Discovery, Registry
 from transport.links import now_ms
@@ -273,10 +273,9 @@ class Hub:
         event, so neither /ws nor MQTT; the REST views hide an open slot's). At the gate
         every layer is published, as it was recorded, for audit."""
         for row in self.store.bids(name, side=BID):
-            kind, _, device = str(row["ref"] or "").partition(":")
             self.events.emit("bid", slot=name, aggregator=self._name_of(row["owner"]),
-                             device=int(device) if kind == "bid" and device.isdigit() else None,
-                             price=row["price"], kwh=row["kwh"])  # fmt: skip
+                             device=views.device_of(row["ref"]), price=row["price"],
+                             kwh=row["kwh"])  # fmt: skip
 
     def _name_of(self, key_id):
         agent = self.agents.get(key_id)

@@ -71,11 +71,10 @@ def say(who, text):
 
 class HubLines(logging.Handler):
     """The hub's log lines (hub.*, aggregator.*, transport.*) as the demo's `hub |` lines,
-    instead of the root logger's timestamped ones, while the demo runs; the simulated
-    devices' library (pymodbus) says only what is wrong."""
+    instead of the root logger's timestamped ones, while the demo runs (gridbid/logs.py
+    keeps the simulated devices' pymodbus quiet)."""
 
     NAMES = ("hub", "aggregator", "transport")
-    QUIET = ("pymodbus",)
 
     def emit(self, record):
         say("hub", record.getMessage())
@@ -87,8 +86,6 @@ class HubLines(logging.Handler):
             logger.propagate = False
             if logger.getEffectiveLevel() > logging.INFO:
                 logger.setLevel(logging.INFO)
-        for name in self.QUIET:
-            logging.getLogger(name).setLevel(logging.WARNING)
         return self
 
     def __exit__(self, *exc):

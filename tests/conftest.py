@@ -93,9 +93,9 @@ def _hub_logs_detached():
     yield
     import logging
 
-    from helpers.logs import detach_all
+    from helpers.logs import detach
 
-    detach_all()
+    detach()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if hasattr(h, "gridbid")]:
         root.removeHandler(handler)

@@ -251,7 +251,7 @@ def version(db):
 def migrate(db, target=None):
     """Apply the missing steps up to `target` (default: all) in one transaction; return
     the version. (target < CURRENT exists to build old databases in tests.)"""
-    return apply(db, MIGRATIONS, "schema_version", target, version, "database schema")
+    return apply(db, MIGRATIONS, "schema_version", target, "database schema", version)
 
 
 def table_version(conn, table):
@@ -263,7 +263,7 @@ def table_version(conn, table):
     return conn.execute("SELECT coalesce(max(version), 0) FROM %s" % table).fetchone()[0]
 
 
-def apply(db, migrations, table, target, current_of, what):
+def apply(db, migrations, table, target, what, current_of=None):
     """Apply the missing steps of `migrations` ((description, SQL script or function(db)),
     step k turning version k-1 into k), recorded in the version table `table`, in one
     transaction; -> the version. Also the platform's own list (hub/integrations/platform/schema.py).
@@ -274,7 +274,7 @@ def apply(db, migrations, table, target, current_of, what):
     conn, target = db.conn, len(migrations) if target is None else target
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = current_of(db)
+        current = current_of(db) if current_of else table_version(conn, table)
         if current > len(migrations):
             raise SchemaError(
                 "%s version %d is newer than this hub's %d: upgrade gridbid "

@@ -152,7 +152,7 @@ def slot_book(store, slot, names):
             offers.append(dict(layer, device=row["owner"], reserve=row["price"]))
         else:
             bids.append(dict(layer, aggregator=names.get(row["owner"], str(row["owner"])),
-                             key_id=row["owner"], device=_device_of(row["ref"])))  # fmt: skip
+                             key_id=row["owner"], device=device_of(row["ref"])))  # fmt: skip
     summary = slots(store, 1, 0, slot)[0]
     contracts = [_contract(r, names) for r in store.contracts_of_slot(slot)]
     signal = store.rows(
@@ -164,7 +164,7 @@ def slot_book(store, slot, names):
                 signal=signal[0] if signal else None)  # fmt: skip
 
 
-def _device_of(ref):
+def device_of(ref):
     """A bid layer's ref is "bid:<device id>" (hub/service.py place_bids)."""
     kind, _, device = str(ref or "").partition(":")
     return int(device) if kind == "bid" and device.isdigit() else None

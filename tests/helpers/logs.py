@@ -4,6 +4,7 @@ import contextlib
 import logging
 
 PARTIES = ("hub", "aggregator", "transport")
+_attached = []  # (logger, handler) that into() added
 
 
 class _Collect(logging.Handler):
@@ -15,41 +16,33 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-@contextlib.contextmanager
-def said(*names):
-    """-> a list that gets every message logged under these loggers (the hub's, the
-    aggregator's and the transport's by default) at INFO and above, until the end."""
-    lines = []
-    handler = _Collect(lines)
-    loggers = [logging.getLogger(name) for name in names or PARTIES]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-
-
 def into(lines, *names):
-    """Append every message logged under these loggers to `lines` from now on (INFO and
-    above), until the test ends (tests/conftest.py detaches it). -> lines"""
+    """Append every message logged under these loggers (the hub's, the aggregator's and
+    the transport's by default) to `lines` from now on, INFO and above, until the test
+    ends (tests/conftest.py detaches it) or detach(lines). -> lines"""
     handler = _Collect(lines)
     for name in names or PARTIES:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
+        _attached.append((logger, handler))
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
     return lines
 
 
-def detach_all():
-    """Remove what into() attached (after each test)."""
-    for name in PARTIES:
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if isinstance(h, _Collect)]:
+def detach(lines=None):
+    """Stop feeding `lines` (None: every list into() feeds)."""
+    for logger, handler in list(_attached):
+        if lines is None or handler.lines is lines:
             logger.removeHandler(handler)
+            _attached.remove((logger, handler))
+
+
+@contextlib.contextmanager
+def said(*names):
+    """into() for a block: -> the list."""
+    lines = into([], *names)
+    try:
+        yield lines
+    finally:
+        detach(lines)

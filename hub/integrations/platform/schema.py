@@ -235,5 +235,4 @@ def version(conn):
 def migrate(db, target=None):
     """Apply the missing steps to a sqlite_utils Database (the hub Store's .db) in one
     transaction, as the hub's own schema does (hub/store/schema.py apply). -> the version."""
-    return apply(db, MIGRATIONS, "platform_schema_version", target,
-                 lambda d: version(d.conn), "platform schema")  # fmt: skip
+    return apply(db, MIGRATIONS, "platform_schema_version", target, "platform schema")

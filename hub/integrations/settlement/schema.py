@@ -18,7 +18,7 @@ made then is adopted: this step creates only what is missing):
           written before it is first sent
 """
 
-from hub.store.schema import apply, table_version
+from hub.store.schema import apply
 
 VERSION_TABLE = "settlement_schema_version"
 FIRST = (  # settlements' columns as hub schema v1 made them
@@ -86,11 +86,6 @@ MIGRATIONS = (("settlement batches, their parts and the journal of signed transa
 CURRENT = len(MIGRATIONS)
 
 
-def version(conn):
-    return table_version(conn, VERSION_TABLE)
-
-
 def migrate(db, target=None):
     """Apply the missing steps to a sqlite_utils Database (a Store's .db). -> the version"""
-    return apply(db, MIGRATIONS, VERSION_TABLE, target, lambda d: version(d.conn),
-                 "settlement schema")  # fmt: skip
+    return apply(db, MIGRATIONS, VERSION_TABLE, target, "settlement schema")
