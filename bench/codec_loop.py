@@ -48,13 +48,16 @@ except ImportError:  # CPython
 
 BATCH = 100
 NOW_MS = 1767225600000  # 2026-01-01T00:00:00Z; frames are sealed and opened at this time
-KEY_ID = 7
+KEY_ID = 7  # the aggregator, which seals for the battery with their pair key
+PEER_ID = 1001  # the battery, which opens with the key it holds under KEY_ID
 DEFAULT_SECONDS = 1.5
 ROUNDS = 5  # the figure is the median round, so one disturbed round does not move it
 
 
-def _keyring():
-    return auth.Keyring({KEY_ID: b"k" * 32}, group=b"g" * 32)
+def _keyrings():
+    """(the aggregator's, the battery's): each holds their pair key under the other's id."""
+    pair, group = b"k" * 32, b"g" * 32
+    return auth.Keyring({PEER_ID: pair}, group=group), auth.Keyring({KEY_ID: pair}, group=group)
 
 
 def _messages(count):
@@ -92,13 +95,13 @@ def _measure(name, make_codec, items, frames, seconds):
 
 def run(frames=0, seconds=DEFAULT_SECONDS, batch=BATCH):
     """Measure seal and open; frames=0 means run for `seconds` each. -> dict."""
-    keyring = _keyring()
-
-    def make_codec():
-        return frame.Codec(keyring, key_id=KEY_ID)
-
+    sealing, opening = _keyrings()
+    make = {
+        "seal": lambda: frame.Codec(sealing, key_id=KEY_ID, peer=PEER_ID),
+        "open": lambda: frame.Codec(opening, key_id=PEER_ID),
+    }
     msgs = _messages(batch)
-    sealer = make_codec()
+    sealer = make["seal"]()
     sealed = [sealer.seal(msg, NOW_MS) for msg in msgs]
     impl = sys.implementation
     result = {
@@ -108,7 +111,7 @@ def run(frames=0, seconds=DEFAULT_SECONDS, batch=BATCH):
         "rounds": ROUNDS,
     }
     for name, items in (("seal", msgs), ("open", sealed)):
-        n, s, rates = _measure(name, make_codec, items, frames, seconds)
+        n, s, rates = _measure(name, make[name], items, frames, seconds)
         result[name + "_frames"] = n
         result[name + "_s"] = s
         result[name + "_per_s"] = rates[len(rates) // 2]  # the median round

@@ -1,7 +1,8 @@
 """Fuzz the ETP frame decoder (codec.open and StreamDecoder) on CPython.
 
-Starts from valid frames of all 10 message types, signed with known keys, and
-feeds N mutated inputs (default 1,000,000) to one Codec.open:
+Starts from valid frames of all 10 message types, signed with known keys (the pair
+keys of senders 7 and 9 with the receiver, and the group key), and feeds N mutated
+inputs (default 1,000,000) to the receiver's Codec.open:
 
   bitflip   1-8 flipped bits              splice   head of one frame + tail of another
   bytes     1-4 replaced bytes            random   random bytes, mostly 124 long
@@ -42,7 +43,8 @@ import traceback
 from protocol import auth, errors, frame, message
 
 NOW_MS = 1767225600000  # the receiver's clock; the valid frames are sealed at this time
-KEYS = {7: b"seven-" * 6, 9: b"nine--" * 6}
+RECEIVER = 1001  # the battery whose Codec.open is fuzzed
+KEYS = {7: b"seven-" * 6, 9: b"nine--" * 6}  # its pair keys with senders 7 and 9, by their ids
 GROUP = b"group-" * 6
 OUTCOMES = (
     "accepted", "BadLength", "BadHeader", "UnknownKey", "BadTag",
@@ -79,9 +81,12 @@ def sample_messages(ids):
 class Fuzzer:
     def __init__(self, seed):
         self.rng = random.Random(seed)
-        self.keyring = auth.Keyring(KEYS, group=GROUP)
+        self.keyring = auth.Keyring(KEYS, group=GROUP)  # the receiver's
         self.ids = message.MessageIds(NOW_MS)
-        self.sealers = [frame.Codec(self.keyring, key_id=k) for k in KEYS]
+        self.sealers = [  # each sender holds its pair key under the receiver's id
+            frame.Codec(auth.Keyring({RECEIVER: key}, group=GROUP), key_id=k, peer=RECEIVER)
+            for k, key in KEYS.items()
+        ]
         self.templates = sample_messages(self.ids)
         self.seeds = []  # valid frames: unicast from 7 and 9, group from 9
         for msg in self.templates:
@@ -313,7 +318,7 @@ class Stream:
     """Inputs back to back through one StreamDecoder, in random-size chunks."""
 
     def __init__(self, keyring, rng):
-        self.decoder = frame.StreamDecoder(frame.Codec(keyring, key_id=7))
+        self.decoder = frame.StreamDecoder(frame.Codec(keyring, key_id=RECEIVER))
         self.rng = rng
         self.pending = bytearray()
         self.inputs = self.fed = self.recovered = self.fresh = self.lost = 0
@@ -379,7 +384,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     fuzzer = Fuzzer(args.seed)
-    codec = frame.Codec(fuzzer.keyring, key_id=7)
+    codec = frame.Codec(fuzzer.keyring, key_id=RECEIVER)
     tally = Tally()
     stream = Stream(fuzzer.keyring, random.Random(args.seed + 1))
     rng = fuzzer.rng

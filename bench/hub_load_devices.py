@@ -17,7 +17,10 @@ authenticated ETP like the firmware (firmware/node.py), without Modbus or storag
 - DeviceFailure to every session when the parent says so, at a given wall time.
 
 Runs as a child process: the first stdin line is the JSON config (keys included:
-keys never travel on the command line), then one JSON command per line:
+keys never travel on the command line), then one JSON command per line. Its
+"aggregators" are the aggregators' master secrets: each device derives its pair key
+with each of them (protocol/auth.py derive, LABEL_ETP), standing in for enrollment,
+so the hub's aggregators and the devices share exactly one key per pair. Then:
 {"cmd": "status_ms", "ms": 20} (0: none), {"cmd": "fail", "at_ms": T}, {"cmd": "recover"},
 {"cmd": "stats"}, {"cmd": "trace"}, {"cmd": "stop"}. It answers on stdout with
 JSON lines: {"ready": [[device_id, address, port], ...]}, {"stats": {...}} and
@@ -44,7 +47,7 @@ for _path in (str(ROOT / "firmware"), str(ROOT)):
 from auction import Auction, Bid  # noqa: E402  (firmware/auction.py)
 from reserve import reserve_price  # noqa: E402  (firmware/reserve.py)
 
-from protocol import auth, frame, message  # noqa: E402
+from protocol import auth, frame, message, pairing  # noqa: E402
 from transport.links import now_ms  # noqa: E402
 
 Message = message.Message
@@ -157,12 +160,13 @@ class Session:
 
 
 class Device:
-    def __init__(self, fleet, index, device_id, address, key, aggregator_keys):
+    def __init__(self, fleet, index, device_id, address, masters):
         self.fleet = fleet
         self.device_id = device_id
         self.address = address
-        keys = dict(aggregator_keys)
-        keys[device_id] = key
+        # Its pair key with each aggregator, under the aggregator's id (as config.json's
+        # "keys" hold them after enrollment).
+        keys = {a: pairing.derive(m, pairing.LABEL_ETP, device_id) for a, m in masters.items()}
         self.codec = frame.Codec(auth.Keyring(keys), key_id=device_id)
         self.ids = message.MessageIds(now_ms())
         self.sessions = []
@@ -210,7 +214,7 @@ class Device:
     def send(self, session, msg, reply_to=0):
         """Seal with the time of sending and write; -> that time (the frame's sent_ms)."""
         at = now_ms()
-        session.write(self.codec.seal(msg, at, reply_to=reply_to))
+        session.write(self.codec.seal(msg, at, reply_to, to=session.peer))
         self.fleet.counters.sent[msg[0]] += 1
         return at
 
@@ -305,7 +309,7 @@ class Device:
                     message.BESS_STATUS, self.ids.next(), self.device_id, 10, 0.0, 0.0,
                     self.capacity_kwh, self.soc_pct, 0.0, 0, self.remaining_kwh, health,
                     self.voltage, 0.0,
-                ), at)
+                ), at, to=session.peer)
                 for _ in range(burst)
             )  # fmt: skip
             session.write(data)
@@ -337,10 +341,11 @@ class DeviceFleet:
         # (peer, bid id, bid sent_ms, reached the socket, read, auction due, answer sent_ms)
         self.bid_trace = []
         self.fail_trace = []  # (trigger ms, first DeviceFailure sent_ms, last)
-        aggregator_keys = {int(k): bytes.fromhex(v) for k, v in cfg["aggregators"].items()}
-        self.devices = [
-            Device(self, index, device_id, address, bytes.fromhex(key), aggregator_keys)
-            for index, device_id, address, key in cfg["devices"]
+        # The aggregators' master secrets, their pads hashed once for all the derivations.
+        masters = {int(k): auth.HmacKey(bytes.fromhex(v)) for k, v in cfg["aggregators"].items()}
+        self.devices = [  # the device's own key (4th) seals nothing: pair keys do
+            Device(self, index, device_id, address, masters)
+            for index, device_id, address, _key in cfg["devices"]
         ]
         self.cpu_started = time.process_time()
 

@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-from protocol import auth, frame, message
+from protocol import auth, frame, message, pairing
 from transport import discovery, links
 
 THROUGHPUT_TARGET = 50_000  # frames per second of hub CPU
@@ -28,9 +28,15 @@ class Hub:
     """The aggregators' links and what the hub does with every frame."""
 
     def __init__(self, device_keys, aggregator_keys):
-        keyring = auth.Keyring({**device_keys, **aggregator_keys})
-        # One codec (own key id, own replay windows) per aggregator identity.
-        self.codecs = {a: frame.Codec(keyring, key_id=a) for a in aggregator_keys}
+        """aggregator_keys: each aggregator identity's master secret. Its pair key with a
+        battery is derived from it on first use, as a hosted aggregator's is
+        (aggregator/identity.py); bench/hub_load_devices.py derives the same. device_keys:
+        the batteries (their own keys seal nothing: every frame is a pair's)."""
+        # One codec (own key id, own pair keys, own replay windows) per aggregator identity.
+        self.codecs = {
+            a: frame.Codec(pairing.DerivedKeyring(master, pairing.LABEL_ETP), key_id=a)
+            for a, master in aggregator_keys.items()
+        }
         self.ids = {a: message.MessageIds(links.now_ms()) for a in aggregator_keys}
         self.registry = discovery.Registry()
         self.links = []
@@ -54,9 +60,10 @@ class Hub:
                 aggregator = aggregators[(index + j) % len(aggregators)]
                 codec = self.codecs[aggregator]
                 link = links.DeviceLink(
-                    codec, address, port, self.handle, queue_size=64, on_connect=self.hello
-                )
-                link.aggregator, link.device_id = aggregator, device_id
+                    codec, address, port, self.handle, queue_size=64, on_connect=self.hello,
+                    device_id=device_id,
+                )  # fmt: skip
+                link.aggregator = aggregator
                 self.links.append(link.start())
 
     def hello(self, link):
@@ -226,9 +233,10 @@ def rss_kb():
 def decode_cost(per_read, n=60_000):
     """CPU us per frame of what a DeviceLink does with bytes already read: StreamDecoder,
     Codec.open and Hub.handle (Registry.seen included), per_read frames per feed()."""
-    k_dev = os.urandom(32)
-    scratch = Hub({DEVICE_ID: k_dev}, {1: os.urandom(32)})
-    sealer = frame.Codec(auth.Keyring({DEVICE_ID: k_dev}), key_id=DEVICE_ID)
+    master = os.urandom(32)  # aggregator 1's; the battery holds their pair key
+    scratch = Hub({DEVICE_ID: None}, {1: master})
+    pair = auth.Keyring({1: pairing.derive(master, pairing.LABEL_ETP, DEVICE_ID)})
+    sealer = frame.Codec(pair, key_id=DEVICE_ID, peer=1)
     ids, at = message.MessageIds(links.now_ms()), links.now_ms()
     status = message.bess_status
     frames = [
@@ -248,7 +256,9 @@ def decode_cost(per_read, n=60_000):
 
 def send_costs(n=5000):
     """(message.bid(), Codec.seal()) in us, the best of 3: this machine is noisy."""
-    codec = frame.Codec(auth.Keyring({1: os.urandom(32)}), key_id=1)
+    # As an aggregator seals: its pair key with the battery, from its master secret.
+    keyring = pairing.DerivedKeyring(os.urandom(32), pairing.LABEL_ETP)
+    codec = frame.Codec(keyring, key_id=1, peer=DEVICE_ID)
     ids = message.MessageIds(links.now_ms())
     build, seal = [], []
     for _ in range(3):

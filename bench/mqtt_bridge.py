@@ -10,8 +10,6 @@ how fast a backlog written while the broker was away is replayed.
 
 import argparse
 import asyncio
-import json
-import os
 import shutil
 import socket
 import sqlite3
@@ -24,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.config import hub_toml  # noqa: E402
+from hub.config import hub_toml, keys_file  # noqa: E402
 from hub.integrations.mqtt.outbox import Outbox  # noqa: E402
 from hub.service import Hub  # noqa: E402
 
@@ -50,11 +48,11 @@ def start_broker(folder, port):
 
 
 def make_hub(folder, port, window):
-    keys = folder / "hub-keys.json"
-    if not keys.exists():
-        keys.touch(mode=0o600)
-        keys.write_text(json.dumps({"keys": {"1": os.urandom(32).hex()},
-                                    "group": os.urandom(32).hex()}))  # fmt: skip
+    settings = {
+        "hub": {"name": "bench", "store": "hub.sqlite", "slot_s": 10, "gate_s": 3},
+        "aggregator": [{"key_id": 1}],
+    }
+    keys_file.provision(hub_toml.check(settings, base=folder, keys=False))  # as `hub keys`
     cfg = hub_toml.check({
         "hub": {"name": "bench", "store": "hub.sqlite", "slot_s": 10, "gate_s": 3},
         "aggregator": [{"key_id": 1}],

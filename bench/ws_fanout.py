@@ -29,7 +29,6 @@ import gc
 import json
 import os
 import resource
-import secrets
 import statistics
 import sys
 import tempfile
@@ -51,20 +50,18 @@ def percentile(values, q):
 
 
 async def serve(args):
-    from hub.config import hub_toml
+    from hub.config import hub_toml, keys_file
     from hub.service import Hub
 
     with tempfile.TemporaryDirectory(prefix="ws-fanout-") as tmp:
         folder = Path(tmp)
-        keys = folder / "hub-keys.json"
-        keys.touch(mode=0o600)
-        keys.write_text(json.dumps({"keys": {"1": secrets.token_hex(32)},
-                                    "group": secrets.token_hex(32)}))  # fmt: skip
-        cfg = hub_toml.check({
+        settings = {
             "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json"},
             "aggregator": [{"key_id": 1, "name": "agg1"}],
             "web": {"port": 0, "ws_queue": args.queue},
-        }, base=folder)  # fmt: skip
+        }
+        keys_file.provision(hub_toml.check(settings, base=folder, keys=False))  # `hub keys`
+        cfg = hub_toml.check(settings, base=folder)
         hub = Hub(cfg)
         await hub.start_integrations()
         web = hub.integrations["web"]

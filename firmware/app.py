@@ -110,7 +110,7 @@ async def run(profile, config):
     board.start_watchdog()
     cfg, plant = await configure(board, config)
     # Settings only start-up reads: the keys are in cfg["keyring"], the devices in the plant.
-    for key in ("keys", "group", "devices"):
+    for key in ("keys", "group", "devices", "hub_key"):
         cfg.pop(key, None)
     # Drop the modules only start-up uses: nothing refers to their functions, so their
     # code and constants are collected (the names they interned stay).
@@ -149,13 +149,14 @@ async def run(profile, config):
     for job in (
         node.discovery(), node.status(), node.watch_battery(), node.close_auctions(),
         executor.run(node), poll(board, plant, cfg), keep_marks(node, book), report_heap(cfg),
+        node.follow_trust(config),
     ):  # fmt: skip
         asyncio.create_task(job)
     if cfg.get("coap_hub"):  # the hub's CoAP resources (coap_client.py): off by default,
         import coap_client  # and only then imported (it costs ~14 KB of a small heap)
 
         try:
-            coap_client.start(cfg, cfg["keyring"], book,
+            coap_client.start(cfg, cfg.get("coap_key"), book,
                               lambda price: setattr(node, "price_signal", price), log)  # fmt: skip
         except ValueError as exc:  # a bad coap_hub, or no key: trading goes on without CoAP
             log("CONFIG ERROR: %s (CoAP off)" % exc)

@@ -2,7 +2,7 @@
 clock, its price signal, and its record of this battery's contracts. app.py
 starts it with one call, and only when config.json sets coap_hub:
 
-    coap_client.start(cfg, cfg["keyring"], book, on_price, log)
+    coap_client.start(cfg, cfg["coap_key"], book, on_price, log)
 
 It sets the clock from GET /time, observes /price (on_price(c/kWh): a second
 source of the signal ETP Queries carry; and the market's slot grid, which
@@ -399,7 +399,7 @@ def take_grid(cfg, grid, log=print):
 # --- the one call from app.py ----------------------------------------------------------
 
 
-def start(cfg, keyring, book, on_price, log=print, on_time=None):
+def start(cfg, key, book, on_price, log=print, on_time=None):
     """Start the client as an asyncio task (None when cfg has no coap_hub); ValueError
     for a bad coap_hub or a missing key (the network is not touched here).
     on_price(c/kWh) for each price the hub publishes (> 0); on_time(unix ms) when
@@ -412,7 +412,9 @@ def start(cfg, keyring, book, on_price, log=print, on_time=None):
         raise ValueError('coap_hub must be "host:port", not %r' % (where,))
     if cfg["key_id"] != cfg["device_id"]:
         raise ValueError("coap_hub needs key_id == device_id (the hub's key for a battery)")
-    client = Client(host, int(port), cfg["key_id"], keyring.get(cfg["key_id"]), log,
+    if key is None:
+        raise ValueError("coap_hub needs coap_key (`gridbid hub keys --battery ID` writes it)")
+    client = Client(host, int(port), cfg["key_id"], key, log,
                     cfg.get("coap_ack_ms", _ACK_TIMEOUT_MS))  # fmt: skip
     adopt = cfg if cfg.get("coap_adopt", True) else None
     try:  # the grid heard before a restart (a power cut must not take the battery back)

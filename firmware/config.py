@@ -4,16 +4,27 @@ boot, so a broken file gives one clear message instead of a crash later.
     {
       "device_id": 1001,                 battery id in ETP bodies (u64)
       "key_id": 1001,                    this device's key id in frame headers (u32)
-      "keys": {"1001": "<hex>", "1": "<hex>"},   own key and trusted aggregators' keys
-      "group": "<hex>",                  multicast group key
+      "keys": {"1": "<hex>", "2": "<hex>"},   the pair key of each aggregator it trusts
+      "group": "<hex>",                  multicast group key (membership only)
+      "coap_key": "<hex>",               the pair key with the hub's CoAP (if coap_hub)
+      "hub_key": "<hex>", "hub_id": 0,   the pair key with the market maker for ETP: the
+                                         receipts and status it is sent (node.send_hub)
       "devices": {"meter": {...}, "battery": {...}, "inverter": {...}}   (Modbus; devices.py)
       ... and the optional settings in DEFAULTS below.
     }
 """
 
 import json
+import os
 
 from protocol import auth
+from protocol.compat import unhexlify
+
+OLD_KEYS = (
+    "keys holds a key under this battery's own id (%d): the old shared-key scheme, in which "
+    "one battery's flash forges any aggregator. Re-provision: `gridbid hub keys --config "
+    "HUB.TOML --battery %d`, then `gridbid aggregator enroll` for each aggregator it trusts"
+)
 
 DEFAULTS = {
     "bind": "0.0.0.0",  # this device's address; the demo gives each device its own 127.0.0.x
@@ -34,6 +45,8 @@ DEFAULTS = {
     "auth_ms": 5000,  # a connection that sends no authentic frame by then is closed
     "status_ms": 1000,  # BESS_STATUS period (the paper allows 2000 ms)
     "register_s": 30,  # Register on the group this often
+    "hub_status_s": 5,  # BESS_STATUS to the market maker this often (with hub_key)
+    "hub_id": 0,  # the market maker's key id (hub.toml key_id)
     "poll_ms": 1000,  # full Modbus poll
     "tick_ms": 1000,  # contracts start, stop and count metered energy on this beat
     "alarm_poll_ms": 50,  # BMS alarm poll: DeviceFailure must go out within 200 ms
@@ -56,6 +69,7 @@ class ConfigError(ValueError):
 def load(path):
     """Read and check a config file -> dict with defaults filled in."""
     try:
+        stamp = os.stat(path)  # before reading: node.follow_trust sees any later change
         with open(path) as f:
             text = f.read()
     except OSError as exc:
@@ -64,7 +78,9 @@ def load(path):
         data = json.loads(text)
     except ValueError:
         raise ConfigError("%s is not valid JSON (torn or hand-edited?)" % path) from None
-    return check(data, path)
+    cfg = check(data, path)
+    cfg["stamp"] = (stamp[1], stamp[6], stamp[8])  # inode, size, mtime
+    return cfg
 
 
 def check(data, where="config"):
@@ -90,11 +106,11 @@ def check(data, where="config"):
         raise ConfigError("%s: max_peers must be 1..16 (sockets are scarce on a board)" % where)
     if cfg["status_ms"] > 2000:
         raise ConfigError("%s: status_ms above 2000 breaks ETP's BESS_STATUS deadline" % where)
-    keys = cfg.get("keys")
-    if not isinstance(keys, dict) or str(cfg["key_id"]) not in keys:
-        raise ConfigError(
-            "%s: keys must hold this device's own key (id %d)" % (where, cfg["key_id"])
-        )
+    keys = cfg.setdefault("keys", {})
+    if not isinstance(keys, dict):
+        raise ConfigError("%s: keys must map aggregator ids to pair keys" % where)
+    if str(cfg["key_id"]) in keys:
+        raise ConfigError("%s: %s" % (where, OLD_KEYS % (cfg["key_id"], cfg["device_id"])))
     if not isinstance(cfg.get("group"), str):
         raise ConfigError("%s: group (the multicast group key, hex) is missing" % where)
     if not isinstance(cfg.get("devices"), dict):
@@ -109,8 +125,19 @@ def check(data, where="config"):
     # The market's slot grid (protocol/contract.py slot_length): the hub may move it on
     # at a set time (governance), and coap_client.py then keeps the one it heard.
     cfg["slot_grid"] = (cfg["slot_s"], 0, cfg["slot_s"])
+    name = "keys"
     try:
         cfg["keyring"] = auth.Keyring.from_json(cfg)
-    except ValueError as exc:
-        raise ConfigError("%s: %s" % (where, exc)) from None
+        if cfg.get("coap_key") is not None:
+            name = "coap_key"
+            cfg["coap_key"] = auth.HmacKey(unhexlify(cfg["coap_key"]))
+        if cfg.get("hub_key") is not None:
+            name = "hub_key"
+            if str(cfg["hub_id"]) in keys:
+                raise ValueError("hub_id %d is an aggregator's id in keys" % cfg["hub_id"])
+            # The market maker is sent receipts under this key; it never opens a session
+            # or trades (node.received refuses its id on TCP).
+            cfg["keyring"].add(cfg["hub_id"], unhexlify(cfg["hub_key"]))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("%s: %s: %s" % (where, name, exc)) from None
     return cfg

@@ -28,6 +28,7 @@ class Executor:
         self.log = log
         self.setpoint = None  # watts last written to the inverter
         self.baseline = {}  # contract id -> meter counter (kWh) at the last accounting
+        self.receipted = set()  # contracts whose outcome the market maker was sent this boot
 
     def committed_kwh(self):
         """Energy promised by live contracts and not delivered yet."""
@@ -129,17 +130,25 @@ class Executor:
             )
 
     async def report(self, node):
-        """Tell connected buyers the outcome of their finished contracts."""
+        """Tell connected buyers the outcome of their finished contracts, and the market
+        maker too (a receipt: when the outcome is first due, once per boot, and again
+        when the buyer got it; the hub takes a repeated one once)."""
         for deal, buyer, confirm_id in self.book.reports():
             code = contract.OUTCOME_CODES.get(deal.state)
             if code is None:
                 continue
-            kwh = max(0.0, self.book.delivered_wh(deal.contract_id)) / 1000
-            msg = message.terminate(
-                node.ids.next(), self.cfg["device_id"], code, delivered_kwh=round(kwh, 6)
-            )
+            kwh = round(max(0.0, self.book.delivered_wh(deal.contract_id)) / 1000, 6)
+            device = self.cfg["device_id"]
+            msg = message.terminate(node.ids.next(), device, code, delivered_kwh=kwh)
+            if deal.contract_id not in self.receipted:  # (each receiver has its own window)
+                self.receipted.add(deal.contract_id)
+                node.send_hub(msg, confirm_id)
             if await node.send_to_peer(buyer, msg, confirm_id):
                 self.book.reported(deal.contract_id)
+                self.receipted.discard(deal.contract_id)
+                # again, a fresh id: the first may have been lost (UDP)
+                msg = message.terminate(node.ids.next(), device, code, delivered_kwh=kwh)
+                node.send_hub(msg, confirm_id)
 
     async def stop_all(self, node):
         """Device failure: no discharge, and every live contract is terminated."""

@@ -5,10 +5,12 @@ with several aggregators at once, status, and DeviceFailure.
   every Query is answered with a QueryResponse on the group, so all
   aggregators see every offer. A Query's bid_price carries the market's price
   signal, which feeds the reserve price (reserve.py).
-- TCP (per-aggregator keys): up to max_peers sessions; one more is closed at
-  once. A connection that does not authenticate within auth_ms is closed, and so
-  is one that stops reading our frames (a write that cannot drain in
-  2 s). Unauthenticated or unknown peers get nothing back, ever.
+- TCP (a pair key per aggregator: only that aggregator and this battery hold
+  it): up to max_peers sessions; one more is closed at once. A connection that
+  does not authenticate within auth_ms is closed, and so is one that stops
+  reading our frames (a write that cannot drain in 2 s). Unauthenticated or
+  unknown peers get nothing back, ever. The trusted aggregators follow
+  config.json's "keys" while running (follow_trust).
 - Auctions (auction.py): a Query opens an offer; Bids collect until the
   auction closes; the winner gets a BidAccept, the others BidRejects, at the
   close; a BidConfirm answering our BidAccept makes the contract (execution.py).
@@ -28,6 +30,7 @@ from protocol.errors import ETPError
 
 _WRITE_MS = const(2000)
 _READ_SIZE = const(512)
+_TRUST_S = const(2)  # how often config.json is checked for a changed trust list
 
 
 async def close(writer):
@@ -70,7 +73,9 @@ class Node:
 
     async def send(self, session, msg, reply_to=0):
         """Send on a TCP session; a peer that stops reading is dropped."""
-        data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to)
+        if session not in self.sessions:  # dropped meanwhile (a caller's list is a copy)
+            return
+        data = self.codec.seal(msg, self.board.now_ms(), reply_to, to=session.peer)
         writer = session.writer
         try:
             writer.write(data)
@@ -90,6 +95,20 @@ class Node:
                 return True
         return False
 
+    def send_hub(self, msg, reply_to=0):
+        """A receipt (an outcome report) or status for the market maker, sealed with our
+        pair key with it, to the group's address, where it listens: it proves the hub
+        this battery's word, and no aggregator can make or alter it on the way. Other
+        batteries drop it at once (they hold no key for our id)."""
+        hub = self.cfg["hub_id"]
+        if self._group is None or hub not in self.codec.keyring:
+            return
+        data = self.codec.seal(msg, self.board.now_ms(), reply_to, to=hub)
+        try:
+            self._group[0].sendto(data, self._group[1])
+        except OSError as exc:
+            self.log("hub send failed: %s" % exc)
+
     def send_group(self, msg, reply_to=0):
         if self._group is None:
             return
@@ -98,6 +117,60 @@ class Node:
             self._group[0].sendto(data, self._group[1])
         except OSError as exc:  # no route yet (Wi-Fi down): the next one will go
             self.log("group send failed: %s" % exc)
+
+    async def follow_trust(self, path):
+        """Enrollment and revocation without a restart: when config.json changes (the
+        owner ran `gridbid device trust` or `revoke`), its "keys" are read again. An
+        aggregator no longer trusted loses its session at once and can open no other;
+        its contracts run to their end (execution.py reports them when it can)."""
+        import json
+        import os
+
+        from protocol.compat import unhexlify
+
+        seen = self.cfg.pop("stamp", None)  # the file as config.load read it
+        while True:
+            try:
+                stamp = os.stat(path)
+                stamp = (stamp[1], stamp[6], stamp[8])  # inode (a rename), size, mtime
+            except OSError:
+                stamp = seen
+            if seen is not None and stamp != seen:
+                try:
+                    with open(path) as f:
+                        keys = json.load(f)["keys"]
+                    keys = {int(k): unhexlify(v) for k, v in keys.items()}
+                    for peer, secret in keys.items():  # all checked before any is used
+                        if peer in (self.cfg["key_id"], self.cfg["hub_id"]) or not 0 < peer < 2**32:
+                            raise ValueError("a key under id %d" % peer)
+                        if len(secret) < 16:
+                            raise ValueError("aggregator %d's key is too short" % peer)
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    self.log("config.json changed, keys not reloaded: %s" % exc)
+                    keys = None
+                if keys is not None:
+                    await self.trust(keys)
+            seen = stamp
+            await asyncio.sleep(_TRUST_S)
+
+    async def trust(self, keys):
+        """Trust exactly these aggregators ({key id: pair key})."""
+        keyring = self.codec.keyring
+        for peer in list(keyring):
+            if peer not in keys and peer != self.cfg["hub_id"]:  # the hub's is not theirs
+                keyring.remove(peer)
+                self.log("aggregator %d is no longer trusted" % peer)
+        for peer, secret in keys.items():
+            if peer not in keyring:
+                self.log("aggregator %d is trusted" % peer)
+            keyring.add(peer, secret)
+        # Its sessions leave the list before the first await, so no task seals for a
+        # peer whose key is gone; then they are closed.
+        gone = [s for s in self.sessions if s.peer is not None and s.peer not in keyring]
+        for session in gone:
+            self.sessions.remove(session)
+        for session in gone:
+            await close(session.writer)
 
     async def drop(self, session):
         if session in self.sessions:
@@ -140,7 +213,8 @@ class Node:
                     if not await self.received(session, got):
                         return
         except OSError as exc:
-            self.log("peer %s: %s" % (session.peer, exc))
+            if session in self.sessions:  # not one we closed (a revoked peer's)
+                self.log("peer %s: %s" % (session.peer, exc))
         finally:
             await self.drop(session)
 
@@ -148,8 +222,9 @@ class Node:
         self.log("dropped a frame: %s: %s" % (type(exc).__name__, exc))
 
     async def received(self, session, got):
-        if got.group or got.key_id == self.cfg["key_id"]:
-            self.log("ignored a frame on TCP from %d (group key or our own)" % got.key_id)
+        if got.group or got.key_id in (self.cfg["key_id"], self.cfg["hub_id"]):
+            # the group proves membership only, and the market maker never trades
+            self.log("ignored a frame on TCP from %d (group, ours or the hub's)" % got.key_id)
             return True
         if got.message.device_id != self.device_id:  # a frame for another battery, replayed
             self.log("ignored a frame from %d for device %d" % (got.key_id, got.message.device_id))
@@ -323,11 +398,12 @@ class Node:
     async def status(self):
         """BESS_STATUS to every session each status_ms, and a Register on the group every
         register_s: one task for both (each task costs a small heap ~250 bytes)."""
-        registered = self.board.now_ms()  # discovery() registers at start
+        registered = last = self.board.now_ms()  # discovery() registers at start
         while True:
             await asyncio.sleep(self.cfg["status_ms"] / 1000)
-            if self.board.now_ms() - registered >= self.cfg["register_s"] * 1000:
-                registered = self.board.now_ms()
+            now = self.board.now_ms()
+            if now - registered >= self.cfg["register_s"] * 1000:
+                registered = now
                 self.register()
             plant = self.plant
             capacity = plant.capacity_kwh or 0.0
@@ -340,6 +416,9 @@ class Node:
             for session in list(self.sessions):
                 if session.peer is not None:
                     await self.send(session, msg)
+            if now - last >= self.cfg["hub_status_s"] * 1000:  # to the market maker too
+                last = now
+                self.send_hub(msg)
 
     async def watch_battery(self):
         """Poll the BMS alarms fast; a fault stops discharge and is announced at once."""

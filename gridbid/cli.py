@@ -10,7 +10,11 @@ import sys
 # and `--version` load no solana, numpy or pymodbus.
 COMMANDS = {
     "hub": ("gridbid.hub", "run the hub (market maker, aggregator agents, store); make its keys"),
-    "device": ("gridbid.device", "run a battery controller, or simulate its Modbus devices"),
+    "device": (
+        "gridbid.device",
+        "run a battery controller, simulate its devices; trust or revoke an aggregator",
+    ),
+    "aggregator": ("gridbid.aggregator", "an aggregator's identity; enroll a battery"),
     "settlement": ("gridbid.settlement", "the settlement journal: payments to battery owners"),
     "credit": ("gridbid.credit", "stable credit: rate, purchases, redemptions, reconcile"),
     "rec": ("gridbid.rec", "renewable energy certificates: mint, list, buy, retire"),

@@ -2,11 +2,18 @@
 
     gridbid device sim --tcp-port 5020             simulated meter, BMS and inverter (Modbus)
     gridbid device run --board unix --config F     the firmware on the MicroPython VM
+    gridbid device trust --config F ENROLLMENT     trust an aggregator (its enrollment file)
+    gridbid device revoke --config F --aggregator N    trust it no more
 
 The firmware runs from firmware/ exactly as on a board; on a CPU without a
 MicroPython VM build (a Raspberry Pi) it runs on CPython, and says so.
 Relative paths in the config (data_dir, registers_dir) are taken from the
 config's folder, as a board's config.json sits at the root of its filesystem.
+
+trust and revoke edit the battery's config.json (0600, written whole): its "keys"
+hold the pair key of each aggregator it trusts. A running battery follows the file
+within seconds (firmware/node.py follow_trust); a board's copy is pushed as any
+config change (tools/flash.py). Nothing secret is printed.
 """
 
 import argparse
@@ -30,6 +37,12 @@ def add_arguments(parser):
     names = sorted(p.stem for p in BOARDS.glob("*.json"))
     run.add_argument("--board", default="unix", choices=names, help="board profile (unix)")
     run.add_argument("--config", required=True, help="the device's config.json")
+    trust = verbs.add_parser("trust", help="trust an aggregator: add its enrollment file")
+    trust.add_argument("--config", required=True, help="the battery's config.json")
+    trust.add_argument("enrollment", help="enroll-<aggregator>-<battery>.json from the aggregator")
+    revoke = verbs.add_parser("revoke", help="trust an aggregator no more")
+    revoke.add_argument("--config", required=True, help="the battery's config.json")
+    revoke.add_argument("--aggregator", type=int, required=True, help="its key id")
     sim = verbs.add_parser(
         "sim", help="simulated meter, BMS and inverter over Modbus",
         description=devicesim.__doc__.partition("In-process")[0],  # not its test API
@@ -39,6 +52,15 @@ def add_arguments(parser):
 
 
 def run(args):
+    if args.verb in ("trust", "revoke"):
+        from transport import secret_files
+
+        try:
+            print(trust(args) if args.verb == "trust" else revoke(args))
+        except (secret_files.SecretFileError, ValueError) as exc:
+            print("error: %s" % exc, file=sys.stderr)
+            return 2
+        return 0
     if args.verb == "sim":
         if lacks_sim_extra("device sim"):
             return 2
@@ -72,3 +94,64 @@ def run_device(args):
         device.terminate()
         device.wait()
         return 130
+
+
+def trust(args):
+    """Add an enrollment's pair key to the battery's config.json. -> what was done."""
+    from aggregator import identity
+    from protocol.compat import unhexlify
+    from transport import secret_files
+
+    cfg = secret_files.read(args.config, "battery config")
+    got = secret_files.read(args.enrollment, "enrollment")
+    if got.get("kind") != identity.ENROLLMENT:
+        raise ValueError("%s is not an enrollment file (`gridbid aggregator enroll` makes them)"
+                         % args.enrollment)  # fmt: skip
+    if got.get("battery") != cfg.get("device_id"):
+        raise ValueError("%s enrolls battery %s, and %s is battery %s's config"
+                         % (args.enrollment, got.get("battery"), args.config,
+                            cfg.get("device_id")))  # fmt: skip
+    aggregator = got.get("aggregator")
+    if (
+        isinstance(aggregator, bool)
+        or not isinstance(aggregator, int)
+        or aggregator == cfg.get("key_id")
+    ):
+        raise ValueError("%s names no valid aggregator id" % args.enrollment)
+    try:
+        if len(unhexlify(got.get("key"))) < 32:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError("%s holds no valid key" % args.enrollment) from None
+    keys = dict(cfg.get("keys") or {})
+    if str(cfg.get("key_id")) in keys:  # the old shared keys: void with pair keys
+        raise ValueError(
+            "%s holds the old shared keys: re-provision it first "
+            "(`gridbid hub keys --battery %s`)" % (args.config, cfg.get("device_id"))
+        )
+    again = str(aggregator) in keys
+    keys[str(aggregator)] = got["key"]
+    secret_files.write(args.config, dict(cfg, keys=keys))
+    return "battery %s %s aggregator %d (%s)" % (
+        cfg["device_id"],
+        "trusts again" if again else "now trusts",
+        aggregator,
+        got.get("name"),
+    )
+
+
+def revoke(args):
+    """Remove an aggregator's pair key from the battery's config.json."""
+    from transport import secret_files
+
+    cfg = secret_files.read(args.config, "battery config")
+    keys = dict(cfg.get("keys") or {})
+    if keys.pop(str(args.aggregator), None) is None:
+        raise ValueError(
+            "battery %s does not trust aggregator %d" % (cfg.get("device_id"), args.aggregator)
+        )
+    secret_files.write(args.config, dict(cfg, keys=keys))
+    return (
+        "battery %s no longer trusts aggregator %d: a running battery drops it within "
+        "seconds; contracts already made run to their end" % (cfg["device_id"], args.aggregator)
+    )

@@ -3,10 +3,12 @@
     gridbid etp decode HEX --key-file keys.json     verify and decode a frame
     gridbid etp decode HEX --no-verify              decode without the key (marked unverified)
     gridbid etp decode HEX --raw                    a bare 84-byte body (paper mode)
-    gridbid etp encode '{"type": "bid", ...}' --key-file keys.json --key-id 7
+    gridbid etp encode '{"type": "bid", ...}' --key-file keys.json --key-id 7 --to 1001
 
-A key file is JSON: {"keys": {"<key id>": "<hex>"}, "group": "<hex>"}; keep it
-private (chmod 600). HEX may contain spaces or colons; "-" reads stdin.
+A key file is JSON: {"keys": {"<peer id>": "<pair key hex>"}, "group": "<hex>"} (a
+battery's config.json is one); keep it private (chmod 600). A frame is checked with
+the pair key held under its sender's id, and sealed with the one held under its
+receiver's (--to). HEX may contain spaces or colons; "-" reads stdin.
 A bad frame prints one line naming what is wrong and exits 1; bad usage exits 2.
 """
 
@@ -32,7 +34,9 @@ def add_arguments(parser):
     decode.add_argument(
         "--check-ttl", action="store_true", help="also refuse the frame if it is expired now"
     )
-    encode.add_argument("--key-id", type=int, help="sender key id (default: the file's only key)")
+    encode.add_argument("--key-id", type=int, help="the sender's key id (default: decode's)")
+    encode.add_argument("--to", type=int, help="the receiver's key id: its pair key seals "
+                        "(default: the file's only key)")  # fmt: skip
     encode.add_argument("--group", action="store_true", help="tag with the group key")
     encode.add_argument("--reply-to", type=int, default=None, help="message_id this answers")
     encode.add_argument("--sent-ms", type=int, default=None, help="header time (default: now)")
@@ -137,14 +141,17 @@ def encode(args):
     keys = load_keys(args.key_file)
     if keys is None:
         raise UsageError("pass --key-file to sign the frame (or --raw for a bare body)")
-    key_id = args.key_id if args.key_id is not None else outer.get("key_id")
-    if key_id is None:
+    group = args.group or bool(outer.get("group"))
+    to = args.to
+    if to is None and not group:
         ids = list(keys[0].get("keys") or {})
         if len(ids) != 1:
-            raise UsageError("the key file holds %d keys: pick one with --key-id" % len(ids))
-        key_id = int(ids[0])
-    group = args.group or bool(outer.get("group"))
+            raise UsageError("the key file holds %d pair keys: pick one with --to" % len(ids))
+        to = int(ids[0])
+    key_id = args.key_id if args.key_id is not None else outer.get("key_id")
+    if key_id is None:
+        raise UsageError("name the sender with --key-id")
     codec = frame.Codec(keys[1], key_id=key_id)
     sent = args.sent_ms if args.sent_ms is not None else outer.get("sent_ms", now_ms())
     reply_to = args.reply_to if args.reply_to is not None else outer.get("reply_to", 0)
-    return codec.seal(msg, sent, reply_to=reply_to, group=group).hex()
+    return codec.seal(msg, sent, reply_to=reply_to, group=group, to=to).hex()

@@ -1,4 +1,14 @@
-"""`gridbid hub run|keys`: the market maker service (hub/service.py), and its keys file."""
+"""`gridbid hub run|keys|admit|revoke`: the market maker service (hub/service.py), its
+keys file, and who may trade in its market.
+
+    gridbid hub admit --config hub.toml --aggregator 2 --name acme [--host H] --out F
+        the admission file (0600) an independent aggregator trades with: the market's
+        name, address and port, and the aggregator's market key (the hub derives it
+        from its master secret; it moves to the aggregator out of band)
+    gridbid hub revoke --config hub.toml --aggregator 2
+        refused from now on: a running hub reads it within a second; contracts already
+        made run to their end
+"""
 
 import asyncio
 import sys
@@ -27,13 +37,25 @@ def add_arguments(parser):
     run.add_argument("--slots", type=int, default=None, help="stop after N slots")
     keys = actions.add_parser(
         "keys", help="make or extend its keys file, and the batteries' configs",
-        description="Make the hub's keys file (hub.toml's keys_file, mode 0600) or add what "
-        "hub.toml now names: a key per aggregator, the group key, a key per --battery, and "
-        "each battery's battery-<id>.json (its config.json: its own settings, its keys, the "
-        "hub's slot grid and ports). Safe to re-run: keys already made and the batteries' "
-        "own settings are kept. No key is ever printed.",
+        description="Make the hub's keys file (hub.toml's keys_file, mode 0600: the hub's "
+        "master secret and the group key), an identity file for each aggregator hub.toml "
+        "hosts that has none yet (the aggregator's own secret), and each --battery's "
+        "battery-<id>.json (its config.json: its own settings, its CoAP key and the group "
+        "key, the hub's slot grid and ports; the aggregators it trusts come from "
+        "enrollment). Safe to re-run: keys already made, the aggregators a battery trusts "
+        "and its own settings are kept. No key is ever printed.",
     )  # fmt: skip
     keys.add_argument("--config", required=True, help="hub.toml (see hub/hub.example.toml)")
+    admit = actions.add_parser("admit", help="let an independent aggregator trade here")
+    admit.add_argument("--config", required=True, help="hub.toml")
+    admit.add_argument("--aggregator", type=int, required=True, help="its key id")
+    admit.add_argument("--name", required=True, help="its name (on the page and in logs)")
+    admit.add_argument("--host", default=None,
+                       help="where it reaches this hub (default: market_bind)")  # fmt: skip
+    admit.add_argument("--out", required=True, help="the admission file to write (0600)")
+    revoke = actions.add_parser("revoke", help="refuse an aggregator from now on")
+    revoke.add_argument("--config", required=True, help="hub.toml")
+    revoke.add_argument("--aggregator", type=int, required=True, help="its key id")
     keys.add_argument(
         "--battery", type=int, action="append", default=[], metavar="DEVICE_ID",
         help="add a key for this battery and write battery-<id>.json (repeatable)",
@@ -50,8 +72,10 @@ def run(args):
     try:
         if args.action == "keys":
             return keys(args)
+        if args.action in ("admit", "revoke"):
+            return admission(args)
         cfg = hub_toml.load(args.config)
-    except (hub_toml.ConfigError, keys_file.KeysError) as exc:
+    except ValueError as exc:  # ConfigError, KeysError, IdentityError: one line each
         print("error: %s" % exc, file=sys.stderr)
         return 2
     from hub.service import Hub, StartError
@@ -80,4 +104,39 @@ def keys(args):
         raise hub_toml.ConfigError("battery ids are 1..2^32-1, not %s" % bad)
     for line in keys_file.provision(governed(cfg), args.battery, args.out, args.template):
         print(line, flush=True)
+    return 0
+
+
+def admission(args):
+    """`hub admit` and `hub revoke`: the store's controls, which the running hub reads."""
+    from hub.store import Store
+
+    cfg = hub_toml.load(args.config)
+    key_id = args.aggregator
+    if not 0 < key_id < 2**32 or key_id == cfg["key_id"]:
+        raise hub_toml.ConfigError("aggregator ids are 1..2^32-1 and not the hub's")
+    if key_id in {a["key_id"] for a in cfg["aggregators"]}:
+        raise hub_toml.ConfigError("aggregator %d is hosted by this hub (hub.toml)" % key_id)
+    with Store(cfg["store"]) as store:
+        if args.action == "revoke":
+            store.set_control("revoked.%d" % key_id, True, "hub revoke")
+            print("aggregator %d is refused from now on: new bids, contracts and sessions; "
+                  "contracts already made run to their end" % key_id)  # fmt: skip
+            return 0
+        from aggregator.config import admission as admission_of
+        from transport import secret_files
+
+        if not cfg["market_port"]:
+            raise hub_toml.ConfigError("hub.market_port is 0: this market has no API to admit to")
+        host = args.host or cfg["market_bind"]
+        if host in ("0.0.0.0", "::"):
+            raise hub_toml.ConfigError("--host: the address aggregators reach this hub at")
+        made = admission_of(cfg["name"], host, cfg["market_port"], key_id,
+                            cfg["keys"].market_key(key_id))  # fmt: skip
+        secret_files.write(args.out, made)
+        store.set_control("admitted.%d" % key_id, args.name, "hub admit")
+        store.set_control("revoked.%d" % key_id, None, "hub admit")
+    print("%s: aggregator %d (%s) may trade in market %s at %s:%d; its market key is in "
+          "this file (never shown): move it to the aggregator out of band"
+          % (args.out, key_id, args.name, cfg["name"], host, cfg["market_port"]))  # fmt: skip
     return 0

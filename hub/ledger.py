@@ -5,16 +5,17 @@ written to the store (hub.store, contract_states) before the hub acts on it, so
 a hub that restarts finds every contract where it left it. The states and who
 may set them are protocol.contract's (GridWorks' MarketContract):
 
-  BID_ACCEPT arrives          Created (buyer), Received (device): the battery
-                              accepted a share of a trade at the clearing price
-  BID_CONFIRM about to leave  Confirmed (buyer), with the confirm's message id,
-                              written before the frame is sent (write-ahead)
-  no link to confirm over     TerminatedByAtn: the battery's accept lapses
-                              unconfirmed, so neither side holds a contract
-  the battery's TERMINATE     Active, then the outcome its meter gave:
-  (reply_to = our confirm)    CompletedSuccess / CompletedFailureByScada /
-                              CompletedUnknownOutcome / TerminatedByScada,
-                              with the metered kWh (it feeds reputation)
+  the buyer reports its       Created (buyer), Received (device): the battery
+  BID_ACCEPT (market API)     accepted a share of a trade at the clearing price
+  the buyer reports its       Confirmed (buyer), with the confirm's message id,
+  BID_CONFIRM, before it      written before the frame is sent (write-ahead:
+  leaves                      hub/market/exchange.py)
+  withdrawn, or no Confirmed  TerminatedByAtn: the battery's accept lapses
+  by the slot's deadline      unconfirmed, so neither side holds a contract
+  the battery's receipt       Active, then the outcome its meter gave:
+  (a TERMINATE answering      CompletedSuccess / CompletedFailureByScada /
+  the buyer's confirm,        CompletedUnknownOutcome / TerminatedByScada,
+  sealed for the hub)         with the metered kWh (it feeds reputation)
   no report by end + grace    CompletedUnknownOutcome (buyer)
 
 The contract is protocol.contract.purchase(), as the firmware's is, so hub and
@@ -63,11 +64,11 @@ class Ledger:
         log.info("contract %s withdrawn: %s", contract_id, why)
 
     def reported(self, device_id, buyer, confirm_id, code, delivered_kwh, at=None):
-        """Battery device_id's outcome report. -> (contract row, new state) or None when
-        it is not ours, not this battery's, not an outcome, or already final (a report
-        may come twice)."""
+        """Battery device_id's outcome report (buyer None: its receipt to the hub, which
+        names no buyer). -> (contract row, new state) or None when it is not ours, not
+        this battery's, not an outcome, or already final (a report may come twice)."""
         state = OUTCOMES.get(code)
-        row = self.store.contract_by_confirm(buyer, confirm_id)
+        row = self.store.contract_by_confirm(buyer, confirm_id, device=device_id)
         if state is None or row is None:
             return None
         if row["device"] != device_id:  # a battery speaks only for its own contracts

@@ -1,22 +1,24 @@
-"""`gridbid hub run`: the hub. Per market slot, on the slots' grid (slot_s):
+"""`gridbid hub run`: the hub, the market maker. Per market slot, on the slots' grid:
 
 1. Offers. When the previous slot starts, the hub Queries the group (the Query
    carries the latest price signal; batteries' reserves follow it) and every
    battery's QueryResponse becomes an ask layer in the slot's book at its reserve.
    A battery offers for its next slot (firmware slots_ahead = 1): this one.
-2. Bids. Every aggregator agent's strategy prices each offer (aggregator/strategies.py)
-   and the price becomes a bid layer: its kWh at no more than that price.
-3. The price signal (hub.market.price_signal over the book) is recorded and goes
-   out with the next Query.
-4. At gate closure the market maker clears the book once: one uniform price,
+2. Bids. The offers go to every aggregator in the market (the market API:
+   hub/market/exchange.py), each on its own machine or hosted here; their bid
+   layers enter the book until the gate, sealed: no aggregator sees another's.
+3. At gate closure the market maker clears the book once: one uniform price,
    bilateral trades (hub/market/maker.py). Publishing the price binds them: each
-   buyer buys its share from each battery over ETP (aggregator/agent.py) and the
-   contract ledger (hub/ledger.py) records every state.
-5. Strategies learn the outcome; overdue contracts become CompletedUnknownOutcome.
+   buyer gets its fills, buys its share from each battery over ETP with its own
+   pair key, and tells the hub each contract's state (hub/ledger.py records them).
+   The price signal of the book goes out with the next Query.
+4. Batteries send the hub receipts (their outcome reports and status, sealed with
+   their pair key with the hub): the ledger takes each contract's outcome from its
+   own battery only. Overdue contracts become CompletedUnknownOutcome.
 
 Every layer, trade and contract state is in the SQLite store before it counts,
 so a hub killed mid-slot and started again rebuilds the book, re-clears to the
-same recorded trades, and buys only what no contract holds yet.
+same recorded trades, and hands its buyers only what no contract holds yet.
 """
 
 import asyncio
@@ -24,14 +26,16 @@ import gc
 import logging
 import time
 
-from aggregator.agent import Agent
-from aggregator.strategies import Offer, Outcome
+from aggregator.market_client import LocalLink
+from aggregator.strategies import make_strategy
+from aggregator.trader import Trader
 from hub import controls
 from hub.config import hub_toml, keys_file
 from hub.controls import Controls
 from hub.events import Events
 from hub.ledger import Ledger
 from hub.market.clearing import ASK, BID
+from hub.market.exchange import Exchange
 from hub.market.grid import SlotGrid
 from hub.market.maker import MarketMaker
 from hub.market.price_signal import PriceSignal
@@ -41,6 +45,7 @@ from transport.discovery import Discovery, Registry
 from transport.links import now_ms
 
 log = logging.getLogger(__name__)
+GROUP_SENDERS = 4096  # batteries whose group replay windows the hub keeps (~150 B each)
 
 
 class StartError(RuntimeError):
@@ -70,21 +75,29 @@ class Hub:
         self.ledger = Ledger(self.store, cfg["slot_s"], cfg["gate_s"], cfg["name"],
                              events=self.events, grid=self.grid)  # fmt: skip
         self.registry = Registry()
-        first = cfg["aggregators"][0]["key_id"]  # the hub's group frames go out under it
         self.ids = message.MessageIds(now_ms())
         self.discovery = Discovery(
-            # Every battery answers on the group: its replay table holds them all (the
-            # default 64 would refuse a battery whose window was just pushed out).
-            frame.Codec(cfg["keyring"], key_id=first,
-                        group_replay=auth.ReplayGuard(max(64, len(cfg["keyring"])))),
+            # The hub's Queries go out on the group under its own key id; every battery
+            # answers there, so its replay table holds them all (GROUP_SENDERS: the hub's
+            # limit on the battery windows an unauthenticated crowd could make it keep).
+            # Batteries' receipts come the same way, sealed with their pair key with the hub.
+            frame.Codec(cfg["keys"].etp, key_id=cfg["key_id"],
+                        group_replay=auth.ReplayGuard(GROUP_SENDERS)),
             self.registry, cfg["group_addr"],
-            cfg["group_port"], cfg["interface"], loss=loss, seed=seed,
+            cfg["group_port"], cfg["interface"], loss=loss, seed=seed, on_frame=self.on_frame,
         )  # fmt: skip
-        self.agents = {
-            a["key_id"]: Agent(a, cfg["keyring"], self, seed) for a in cfg["aggregators"]
-        }
-        # BESS_STATUS reaches every agent: the first one's copy is the one recorded.
-        self._telemetry_from = self.agents[first]
+        hosted = {a["key_id"]: a["name"] for a in cfg["aggregators"]}
+        self.exchange = Exchange(self.market, self.ledger, self.store, self.controls,
+                                 cfg["name"], hosted, cfg["device_port"])  # fmt: skip
+        self.market_server = None  # the market API on TCP (hub.toml market_port)
+        # Aggregators hosted in-process (the demo's convenience): each with its own
+        # identity (its own file) and pair keys with batteries that only it derives, in
+        # the market through the same API as an independent one (LocalLink).
+        self.traders = {
+            a["key_id"]: Trader(a["identity"], make_strategy(a, seed), a["max_kw"],
+                                cfg["bind_timeout_s"])
+            for a in cfg["aggregators"]
+        }  # fmt: skip
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
         self.integrations = {}  # name -> started by run(), with async close()
@@ -104,9 +117,25 @@ class Hub:
             except (OSError, RuntimeError, ValueError) as exc:  # a busy port, a bad address
                 raise StartError(name, exc) from None
 
+    async def start_market(self):
+        """The market API: its TCP server (when market_port is set), hosted aggregators."""
+        if self.cfg["market_port"] and self.market_server is None:
+            from hub.market.server import MarketServer
+
+            server = MarketServer(self.exchange, self.cfg["keys"], self.cfg["market_bind"],
+                                  self.cfg["market_port"])  # fmt: skip
+            try:
+                self.market_server = await server.start()
+            except OSError as exc:
+                raise StartError("market", exc) from None
+        for key_id, trader in self.traders.items():
+            if not trader.markets:
+                trader.trade_in(LocalLink(self.exchange, key_id, trader.on_message))
+
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
         await self.start_integrations()
+        await self.start_market()
         await self.discovery.start()
         # Every battery that answers within discovery_s (no count of them is known).
         found = await self.discovery.find(self.ids, 10**6, timeout_s=self.cfg["discovery_s"])
@@ -144,15 +173,16 @@ class Hub:
             info = self.registry.devices.get(row["owner"])
             if info is not None:
                 self._know(info)
-                offers[info.device_id] = Offer(
-                    info.device_id, row["kwh"], row["price"], start, self.signal
-                )
-        return await self.settle(name, start, offers, {})
+                offers[info.device_id] = Offered(row["kwh"], row["price"], info.max_kw,
+                                                 info.address)  # fmt: skip
+        return await self.settle(name, start, offers)
 
     async def close(self):
         for integration in reversed(list(self.integrations.values())):
             await integration.close()
-        await asyncio.gather(*(agent.close() for agent in self.agents.values()))
+        await asyncio.gather(*(trader.close() for trader in self.traders.values()))
+        if self.market_server is not None:
+            await self.market_server.close()
         self.discovery.close()
         self.store.close()
 
@@ -167,11 +197,12 @@ class Hub:
             await asyncio.sleep(start - now + 0.01)  # too late for this one: the next
         name = self.grid.slot_name(self.cfg["name"], start)
         offers = await self.collect_offers(name, start)
-        bids = self.place_bids(name, offers)
-        self.signal, demand, supply = self.market.price_signal(name)
-        self.events.emit("price", slot=name, price=self.signal, demand=demand, supply=supply)
+        self.exchange.open_slot(name, start, start - gate_s, [
+            {"device": d, "kwh": o.kwh, "reserve": o.reserve, "max_kw": o.max_kw,
+             "address": o.address} for d, o in offers.items()
+        ], self.signal)  # fmt: skip
         await asyncio.sleep(max(0.0, start - gate_s - time.time()))
-        return await self.settle(name, start, offers, bids)
+        return await self.settle(name, start, offers)
 
     async def collect_offers(self, name, start):
         """Query the group; each answer with energy becomes an ask. -> {device: Offer}."""
@@ -190,7 +221,7 @@ class Hub:
             self._know(info)
             # The owner's floor, set on the hub by an operator, raises the battery's reserve.
             reserve = max(info.reserve, self.controls.floor(info.device_id))
-            offer = Offer(info.device_id, info.offer_kwh, reserve, start, self.signal)
+            offer = Offered(info.offer_kwh, reserve, info.max_kw, info.address)
             try:
                 self.market.offer(name, info.device_id, info.offer_kwh, reserve,
                                   ref="offer:%d" % info.device_id)  # fmt: skip
@@ -208,45 +239,24 @@ class Hub:
             self.store.add_device(info.device_id, key_id, info.address)
             self.known.add(info.device_id)
             self.events.emit("device", device=info.device_id, address=info.address)
-        for agent in self.agents.values():
-            agent.link(info.device_id, info.address, self.cfg["device_port"])
 
-    def place_bids(self, name, offers):
-        """Every agent prices every offer; each price is a bid layer. -> {(agent, device): Bid}"""
-        bids = {}
-        for agent in self.agents.values():
-            if self.controls.paused(agent.name):
-                continue  # an operator paused it: it sits this slot out
-            for device_id, offer in offers.items():
-                bid = agent.strategy.bid(offer)
-                if bid is None:
-                    continue
-                try:
-                    self.market.bid(name, agent.key_id, bid.price, bid.kwh,
-                                    ref="bid:%d" % device_id)  # fmt: skip
-                except ValueError:  # a restarted hub: its first bid stands
-                    log.debug("a bid of %s for battery %d was recorded before the restart",
-                              agent.name, device_id)  # fmt: skip
-                bids[agent.key_id, device_id] = bid
-        return bids
-
-    async def settle(self, name, start, offers, bids):
-        """Clear at the gate, buy each trade from its battery, let strategies learn."""
+    async def settle(self, name, start, offers):
+        """Clear at the gate; the buyers buy and report until the slot's deadline."""
         result, trades = self.market.close(name, int(time.time()))
         self._publish_book(name)
-        shares = {}  # (buyer, battery) -> kWh: one ETP purchase per pair
-        for trade in trades:
-            key = (trade.buyer, trade.battery)
-            shares[key] = shares.get(key, 0.0) + trade.kwh
-        done = self.ledger.bound(name)
-        todo = [(b, d, kwh) for (b, d), kwh in shares.items() if (d, b) not in done]
-        results = await asyncio.gather(*(self._buy(b, d, kwh, result.price, start)
-                                         for b, d, kwh in todo))  # fmt: skip
-        contracts = dict(zip(((b, d) for b, d, _k in todo), results))
-        for (buyer, device_id), bid in bids.items():
-            got = shares.get((buyer, device_id), 0.0) if result.price is not None else 0.0
-            self.agents[buyer].strategy.observe(Outcome(
-                device_id, start, got > 0, bid.price, got, result.price))  # fmt: skip
+        self.signal, demand, supply = self.market.price_signal(name)
+        self.events.emit("price", slot=name, price=self.signal, demand=demand, supply=supply)
+        # The buyers' contracts must be made before the slot starts.
+        wait_s = min(self.cfg["bind_timeout_s"] + 1.0, max(0.1, start - time.time() - 0.1))
+        deadline = time.monotonic() + wait_s
+        self.exchange.close_slot(name, start, result, trades, self.ledger.bound(name), deadline)
+        while not self.exchange.settled(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        contracts = self.exchange.finish(name)
+        for (buyer, device_id), (_cid, state) in contracts.items():
+            if state not in ("Confirmed", "TerminatedByAtn"):
+                log.warning("%s could not buy from battery %d: %s",
+                            self._name_of(buyer), device_id, state)  # fmt: skip
         expired = self.ledger.expire(time.time())
         book = self.market.book(name)
         summary = {
@@ -278,8 +288,16 @@ class Hub:
                              kwh=row["kwh"])  # fmt: skip
 
     def _name_of(self, key_id):
-        agent = self.agents.get(key_id)
-        return agent.name if agent else str(key_id)
+        return self.aggregators().get(key_id) or str(key_id)
+
+    def aggregators(self):
+        """{key id: name} of the aggregators in this market: hosted and admitted."""
+        found = dict(self.exchange.names)
+        for name, value in self.controls.values.items():
+            kind, _, key_id = name.partition(".")
+            if kind == "admitted" and key_id.isdigit() and value:
+                found[int(key_id)] = value
+        return found
 
     # --- operators' controls (hub/controls.py) ----------------------------------------
 
@@ -297,27 +315,13 @@ class Hub:
 
     def set_control(self, name, value, by):
         """Set (None: clear) an operator's setting; ValueError names a bad one."""
-        aggregators = {a.name for a in self.agents.values()}
+        aggregators = set(self.aggregators().values())
         self.controls.set(name, value, by, self.registry.devices, aggregators)
 
     def _battery_configs(self):
         """{device: battery-<id>.json} as `gridbid hub keys` provisioned them."""
         where = self.cfg.get("keys_file")
         return keys_file.battery_configs(where) if where else {}
-
-    async def _buy(self, buyer, device_id, kwh, price, start):
-        agent, info = self.agents[buyer], self.registry.devices.get(device_id)
-        if info is None:  # resumed before this battery answered the restarted hub
-            log.warning("%s could not buy from battery %d: not found", agent.name, device_id)
-            return None, "not found"
-        kw = min(x for x in (agent.cfg["max_kw"], info.max_kw) if x) if info.max_kw else 1.0
-        contract_id, state = await agent.buy(
-            self.ledger, device_id, kwh, price, kw, start, self.cfg["bind_timeout_s"]
-        )
-        if contract_id is None:
-            log.warning("%s could not buy %.4f kWh of battery %d: %s",
-                        agent.name, kwh, device_id, state)  # fmt: skip
-        return contract_id, state
 
     def _say(self, s):
         if s["price"] is None:
@@ -330,30 +334,30 @@ class Hub:
                  s["slot"], s["offers"], s["offered_kwh"], s["reserve"] or 0,
                  s["bid_layers"], s["volume_kwh"], s["price"], made)  # fmt: skip
 
-    # --- frames from batteries -------------------------------------------------------
+    # --- frames from batteries --------------------------------------------------------
 
-    def on_frame(self, agent, got):
+    def on_frame(self, got, address):
+        """A battery's frame that reached the hub (hub/../transport/discovery.py): its
+        receipts and status come sealed with its pair key with the hub, so each speaks
+        for that battery only; a DeviceFailure may come on the group (membership only:
+        it is news, not a contract)."""
         msg = got.message
         kind = msg.message_type
-        info = self.registry.devices.get(msg.device_id)
-        if info is not None:
-            self.registry.seen(msg.device_id, info.address, msg, got.sent_ms)
+        if kind == message.DEVICE_FAILURE:
+            log.warning("DEVICE FAILURE battery %d (cause %d)", msg.device_id,
+                        msg.termination_code)  # fmt: skip
+            self.events.emit("failure", device=msg.device_id, cause=msg.termination_code)
+        if got.group:
+            return
         if kind == message.TERMINATE and got.reply_to:
-            moved = self.ledger.reported(got.key_id, agent.key_id, got.reply_to,
+            moved = self.ledger.reported(msg.device_id, None, got.reply_to,
                                          msg.termination_code,
                                          msg.required_energy_amount)  # fmt: skip
             if moved:
                 row, state = moved
-                promised = abs(row["avg_watts"]) * row["duration_s"] / 3_600_000
-                agent.strategy.delivered(row["device"], promised, msg.required_energy_amount)
                 log.info("contract %s of battery %d: %s, %.4f kWh metered",
                          row["id"], row["device"], state, msg.required_energy_amount)  # fmt: skip
-        elif kind == message.DEVICE_FAILURE:
-            log.warning("DEVICE FAILURE battery %d (cause %d), told %s",
-                        msg.device_id, msg.termination_code, agent.name)  # fmt: skip
-            self.events.emit("failure", device=msg.device_id, cause=msg.termination_code,
-                             aggregator=agent.name)  # fmt: skip
-        elif kind == message.BESS_STATUS and agent is self._telemetry_from:
+        elif kind == message.BESS_STATUS:
             if msg.device_id in self.known and msg.energy_total > 0:
                 reading = dict(
                     soc=100.0 * msg.remaining_battery_energy / msg.energy_total,
@@ -362,6 +366,15 @@ class Hub:
                 )  # fmt: skip
                 self.store.record_telemetry(msg.device_id, **reading)
                 self.events.emit("telemetry", device=msg.device_id, **reading)
+
+
+class Offered:
+    """A battery's offer in a slot, as the hub lists it to the market."""
+
+    __slots__ = ("kwh", "reserve", "max_kw", "address")
+
+    def __init__(self, kwh, reserve, max_kw, address):
+        self.kwh, self.reserve, self.max_kw, self.address = kwh, reserve, max_kw, address
 
 
 def _mean(pairs):

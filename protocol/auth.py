@@ -1,5 +1,9 @@
 """Keys, tags and replay protection for ETP frames.
 
+Keys are per pair of parties (protocol/pairing.py has the scheme, its labels
+and the derivation, which only CPython parties run): a Keyring holds this node's
+pair key with each peer it trusts, by the peer's key id, and the group key.
+
 HMAC-SHA256 (RFC 2104) written out, because MicroPython has hashlib.sha256 but
 no hmac module. The key's inner and outer pads are hashed once per key, not
 once per frame: on CPython the hash states are kept and copied (~0.7 us per
@@ -35,29 +39,35 @@ class HmacKey:
 
     def tag(self, data):
         """The truncated HMAC-SHA256 of data (bytes or memoryview)."""
+        return self.digest(data)[:TAG_SIZE]
+
+    def digest(self, data):
+        """The whole HMAC-SHA256 of data (32 bytes)."""
         inner, outer = self._pads
         if _CAN_COPY:
             h = inner.copy()
             h.update(data)
             o = outer.copy()
             o.update(h.digest())
-            return o.digest()[:TAG_SIZE]
+            return o.digest()
         h = hashlib.sha256(inner)
         h.update(data)
         o = hashlib.sha256(outer)
         o.update(h.digest())
-        return o.digest()[:TAG_SIZE]
+        return o.digest()
 
     def __repr__(self):
         return "<HmacKey (secret hidden)>"
 
 
 class Keyring:
-    """The keys a node holds: per-sender keys by key id, and the group key.
+    """The keys a node holds: the pair key of each peer it trusts, by the peer's
+    key id, and the group key.
 
-    A frame names its sender by key id. Unicast frames are tagged with that
-    sender's own key; multicast frames (GROUP flag) with the group key, which
-    every member holds, so a group frame proves membership, not identity.
+    A frame names its sender by key id. A unicast frame is tagged with the pair
+    key of its sender and receiver, so the receiver checks it with the key it
+    holds under the sender's id; multicast frames (GROUP flag) with the group
+    key, which every member holds, so a group frame proves membership, not identity.
     """
 
     def __init__(self, keys=None, group=None):
@@ -79,6 +89,13 @@ class Keyring:
 
     def __len__(self):
         return len(self._keys)
+
+    def remove(self, key_id):
+        """Trust this peer no more (revocation): its frames fail from now on."""
+        self._keys.pop(key_id, None)
+
+    def __iter__(self):
+        return iter(list(self._keys))
 
     @classmethod
     def from_json(cls, data):

@@ -17,7 +17,8 @@ unsafe-to-forward, so a node that cannot check it must refuse the message):
             tag = HMAC(device key, "GBr1" code key_id ts_ms nonce
                        hub_ms path-length u16 path payload)
 
-The key is the device's own ETP key (protocol.auth.HmacKey, truncated
+The key is the battery's CoAP pair key with the hub (protocol.auth: derived from
+the hub's master secret with LABEL_COAP, so it serves no other protocol; truncated
 HMAC-SHA256); its key id is its device id. A response's tag covers the
 request's key id, timestamp and nonce, so it answers that request and no
 other; hub_ms grows with every response, so a device takes only newer

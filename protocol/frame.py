@@ -12,6 +12,11 @@ Frame layout (124 bytes, big-endian):
     24     84   body       the ETP message (message.py)
     108    16   tag        HMAC-SHA256(key, bytes 0..107), first 16 bytes
 
+key: the pair key of the sender and the receiver (protocol/auth.py), so a tag
+binds both ends: the receiver checks it with the key it holds under the
+sender's key_id, and no third party holds that key. Group frames use the group
+key and prove membership only.
+
 sent_ms gives the body's ttl a time base; reply_to ties a BID_ACCEPT to its
 BID and a BID_CONFIRM to its BID_ACCEPT (the 14 body fields have no such link).
 
@@ -63,7 +68,10 @@ Frame = namedtuple("Frame", ("key_id", "group", "sent_ms", "reply_to", "message"
 class Codec:
     """Seals and opens one node's frames.
 
-    key_id: this node's own id (its key must be in the keyring to seal).
+    key_id: this node's own id, named in every frame it seals.
+    keyring: the pair keys by peer id (auth.Keyring, or pairing.DerivedKeyring for
+    a party with a master secret) and the group key.
+    peer: whom seal() seals for when it names nobody (a codec for one session).
     replay, group_replay: ReplayGuards for unicast and group frames; pass the
     same ones to every Codec of a node that shares its peers. They are kept
     apart so that a group member, who can name any sender, cannot crowd a
@@ -71,24 +79,34 @@ class Codec:
     """
 
     def __init__(
-        self, keyring, key_id=0, skew_ms=SKEW_MS, replay=None, group_replay=None, raw=False
-    ):
+        self, keyring, key_id=0, skew_ms=SKEW_MS, replay=None, group_replay=None, raw=False,
+        peer=None,
+    ):  # fmt: skip
         self.keyring = keyring
         self.key_id = key_id
+        self.peer = peer
         self.skew_ms = skew_ms
         self.replay = ReplayGuard() if replay is None else replay
         self.group_replay = ReplayGuard(GROUP_SENDERS) if group_replay is None else group_replay
         self.raw = raw
         self.frame_size = message.BODY_SIZE if raw else FRAME_SIZE
 
-    def seal(self, msg, now_ms, reply_to=0, group=False):
-        """Message -> frame bytes, tagged with our own key or the group key."""
+    def seal(self, msg, now_ms, reply_to=0, group=False, to=None):
+        """Message -> frame bytes for the peer `to`, tagged with our pair key, or for
+        the group (group=True), tagged with the group key."""
         body = message.encode(msg)
         if self.raw:
             return body
-        key = self.keyring.group if group else self.keyring.get(self.key_id)
-        if key is None:
-            raise UnknownKey("no %s key to seal with" % ("group" if group else "own"))
+        if group:
+            key = self.keyring.group
+            if key is None:
+                raise UnknownKey("no group key to seal with")
+        else:
+            if to is None:
+                to = self.peer
+            key = None if to is None else self.keyring.get(to)
+            if key is None:
+                raise UnknownKey("no pair key for peer %r: it is not trusted" % (to,))
         # MicroPython's struct truncates out-of-range ints silently: check first.
         for name, value, high in (
             ("key_id", self.key_id, 0xFFFFFFFF),
@@ -109,7 +127,7 @@ class Codec:
         group, key_id, sent_ms, reply_to = parse_header(data)
         key = self.keyring.group if group else self.keyring.get(key_id)
         if key is None:
-            raise UnknownKey("no %s key for sender %d" % ("group" if group else "device", key_id))
+            raise UnknownKey("no %s key for sender %d" % ("group" if group else "pair", key_id))
         view = memoryview(data)
         if not equal_tags(key.tag(view[:SIGNED_SIZE]), view[SIGNED_SIZE:]):
             raise BadTag("bad tag from sender %d: tampered, or another key" % key_id)

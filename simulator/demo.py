@@ -2,12 +2,14 @@
 
 Everything runs here, on 127.0.0.x, with embedded defaults: N batteries (the
 firmware on the MicroPython VM, each with a simulated meter, BMS and inverter
-over Modbus), and the hub (hub/service.py) with M aggregator agents, its market
-maker and a SQLite store in a temporary folder. Slots are seconds long. Per
-slot the hub queries the batteries, the aggregators bid, the market clears at
-one price, each buyer buys its share from each battery over ETP, and the
-batteries run the contracts and report what their meters counted. Keys are made
-for the run and never shown.
+over Modbus), the hub (hub/service.py: its market maker, the market API and a
+SQLite store in a temporary folder), and M aggregators, each its own OS process
+(`gridbid aggregator run`) with its own identity, strategy and files, as
+independent companies run them. Slots are seconds long. Per slot the hub
+queries the batteries, the aggregators bid over the market API, the market
+clears at one price, each buyer buys its share from each battery over ETP with
+its own pair key, and the batteries run the contracts and report what their
+meters counted. Keys are made for the run and never shown.
 
 Aggregators: 1 = the single utility (it posts each battery's reserve); 2 or
 more compete: value bidders (a resale value drawn per offer, less a margin)
@@ -23,16 +25,21 @@ import json
 import logging
 import os
 import random
+import re
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from aggregator import config as aggregator_config
 from hub.config import hub_toml
 from hub.service import Hub, StartError
-from simulator import lacks_sim_extra
-from simulator.fleet import Fleet
+from simulator import lacks_sim_extra, vm
+from simulator.fleet import Fleet, free_port
+from transport import secret_files
 
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ [A-Z]+ [\w.]+: ")  # gridbid/logs.py's
 SHOWN = ("accepted", "contract ", "DEVICE FAILURE", "CONFIG ERROR", "Traceback")
 
 
@@ -118,6 +125,7 @@ class Demo:
         self.args = args
         self.rng = random.Random(args.seed)
         self.contracts = {"hub": set(), "batteries": set()}
+        self.processes = {}  # aggregator name -> (its process, the task relaying its lines)
 
     async def main(self):
         args = self.args
@@ -149,42 +157,100 @@ class Demo:
                         "ready on %s (%s)" % (device.address, device.runtime))  # fmt: skip
                 echo = asyncio.create_task(self.echo(fleet))
                 hub = Hub(self.config(fleet, Path(tmp), gate_s), seed=args.seed)
-                for agent in hub.agents.values():
-                    say("hub", "aggregator %s: %s strategy" % (agent.name, agent.cfg["strategy"]))
+                specs = self.admit(hub, fleet, Path(tmp))
                 try:
-                    summaries = await hub.run(args.slots)
+                    await hub.start_integrations()
                 except StartError as exc:  # e.g. another demo's page: run without ours
                     if exc.integration != "web":
                         raise
                     say("demo", "no status page (%s; --web-port N: another port)" % exc.reason)
                     hub.cfg["integrations"].pop("web")  # it failed first: nothing started
-                    summaries = await hub.run(args.slots)
+                    await hub.start_integrations()
+                await hub.start_market()
+                await self.start_aggregators(specs)
+                summaries = await hub.run(args.slots)
                 await self.wait_for_reports(hub)
                 self.summary(hub, summaries)
                 await self.settled(hub)
             finally:
                 if echo is not None:
                     echo.cancel()
+                await self.stop_aggregators()
                 if hub is not None:
                     await hub.close()
                 await fleet.close()
         return 0
 
+    def admit(self, hub, fleet, tmp):
+        """Each aggregator in a folder of its own (identity, admission, aggregator.toml),
+        admitted to the hub's market as `gridbid hub admit` does. -> [(name, folder, spec)]"""
+        made = []
+        for spec in aggregators(self.args.aggregators, self.args.seed):
+            key_id, name = spec.pop("key_id"), spec.pop("name")
+            folder = tmp / name
+            folder.mkdir()
+            fleet.identity(folder / "identity.json", key_id, name)
+            secret_files.write(folder / "market-hub.json", aggregator_config.admission(
+                hub.cfg["name"], "127.0.0.1", hub.cfg["market_port"], key_id,
+                hub.cfg["keys"].market_key(key_id)))  # fmt: skip
+            hub.controls.record("admitted.%d" % key_id, name, "demo")
+            lines = ["[aggregator]", 'identity = "identity.json"']
+            lines += ["%s = %s" % (k, json.dumps(v)) for k, v in spec.items()]
+            lines += ["", "[[market]]", 'admission = "market-hub.json"']
+            (folder / "aggregator.toml").write_text("\n".join(lines) + "\n")
+            made.append((name, folder, spec))
+        return made
+
+    async def start_aggregators(self, specs):
+        """Start each as `gridbid aggregator run`; -> once each is trading."""
+        for name, folder, spec in specs:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gridbid.cli", "aggregator", "run", "--config",
+                str(folder / "aggregator.toml"), cwd=vm.ROOT, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # Ctrl-C is ours
+            )  # fmt: skip
+            ready = asyncio.get_running_loop().create_future()
+            self.processes[name] = (process, asyncio.create_task(self.relay(name, process, ready)))
+            say("demo", "aggregator %s: its own process (pid %d), %s strategy, folder %s"
+                % (name, process.pid, spec["strategy"], folder.name))  # fmt: skip
+            await asyncio.wait_for(ready, 30)
+
+    async def relay(self, name, process, ready):
+        """An aggregator's log lines as the demo's `agg... |` lines."""
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if "trading in market" in line and not ready.done():
+                ready.set_result(True)
+            say(name, LOG_PREFIX.sub("", line))
+        if not ready.done():
+            ready.set_exception(RuntimeError("aggregator %s exited at start" % name))
+
+    async def stop_aggregators(self):
+        """Ctrl-C to each aggregator process, as a terminal gives it; kill what lingers."""
+        for process, _relay in self.processes.values():
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for process, relay in self.processes.values():
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+            await asyncio.gather(relay, return_exceptions=True)
+        self.processes.clear()
+
     def config(self, fleet, tmp, gate_s):
         port = self.args.web_port  # the hub prints the page's URL
         web = {"web": {"host": "127.0.0.1", "port": port}} if port else {}
-        keys = {str(k): v.hex() for k, v in fleet.agg_keys.items()}
-        keys.update({str(d.device_id): d.key.hex() for d in fleet.devices})
-        keys_file = tmp / "hub-keys.json"
-        keys_file.touch(mode=0o600)
-        keys_file.write_text(json.dumps({"keys": keys, "group": fleet.group_key.hex()}))
+        keys_file = fleet.hub_keys(tmp / "hub-keys.json")
         return hub_toml.check({
             "hub": {"name": "hub", "store": str(tmp / "hub.sqlite"), "keys_file": str(keys_file),
                     "group_addr": fleet.group_addr, "group_port": fleet.group_port,
                     "interface": "127.0.0.1", "device_port": fleet.tcp_port,
                     "slot_s": self.args.slot_s, "gate_s": gate_s, "discovery_s": 1.5,
-                    "bind_timeout_s": 1.5},
-            "aggregator": aggregators(self.args.aggregators, self.args.seed), **web,
+                    "bind_timeout_s": 1.5, "market_bind": "127.0.0.1",
+                    "market_port": free_port()},
+            **web,
             # Pay for delivered energy on an in-process Solana chain (LiteSVM): it makes its
             # mint, funds the aggregators and makes owners' keys (0600 files, never shown).
             "settlement": {"backend": "litesvm", "wallets": str(tmp / "wallets"),

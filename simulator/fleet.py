@@ -14,8 +14,10 @@ import socket
 import time
 from pathlib import Path
 
+from protocol import pairing
 from simulator import devicesim, vm
 from simulator.peer import Aggregator
+from transport import secret_files
 
 UNIX_BOARD = vm.ROOT / "hardware" / "boards" / "unix.json"
 
@@ -43,10 +45,9 @@ def free_group_port():
 
 
 class DeviceUnderTest:
-    def __init__(self, fleet, device_id, key, address, sim, config_path, data_dir):
+    def __init__(self, fleet, device_id, address, sim, config_path, data_dir):
         self.fleet = fleet
         self.device_id = device_id
-        self.key = key
         self.address = address
         self.sim = sim
         self.config_path = config_path
@@ -105,11 +106,13 @@ class DeviceUnderTest:
 
 
 class Fleet:
-    """Devices plus the keys and group their aggregators need."""
+    """Devices, the group, and the secrets of the parties around them: each aggregator's
+    master secret (a battery is given its pair key with each: enrollment) and the hub's
+    (a battery's CoAP key). Files for a hub and hosted aggregators: hub_keys(), identity()."""
 
     def __init__(
         self, tmp, aggregators=(1, 2), heap="256k", bundle=None, cpython=False, romfs=None,
-        **settings,
+        first_id=1001, masters=None, **settings,
     ):  # fmt: skip
         self.tmp = Path(tmp)
         self.heap = heap
@@ -121,14 +124,18 @@ class Fleet:
         self.group_port = free_group_port()
         self.tcp_port = free_port()
         self.group_key = os.urandom(32)
-        self.agg_keys = {agg: os.urandom(32) for agg in aggregators}
+        # The aggregators' own master secrets (another fleet's: the same aggregators in
+        # another market); the batteries' ids from first_id (unique across fleets).
+        self.masters = masters or {agg: os.urandom(32) for agg in aggregators}
+        self.first_id = first_id
+        self.hub_master = os.urandom(32)
         self.devices = []
         self._socats = []
         self._aggs = []
 
     async def add(self, rtu=False, sim_settings=None, **settings):
         index = len(self.devices)
-        device_id = 1001 + index
+        device_id = self.first_id + index
         address = "127.0.0.%d" % (20 + index)
         sim = devicesim.Simulation(**(sim_settings or {}))
         sim_port = free_port()
@@ -138,14 +145,17 @@ class Fleet:
             ours, theirs = await self._pty_pair(index)
             link, rtu_path = {"link": "rtu", "path": str(ours), "baud": 19200}, str(theirs)
         await sim.start(tcp_port=sim_port, rtu_port=rtu_path, baudrate=19200)
-        key = os.urandom(32)
-        keys = {str(agg): k.hex() for agg, k in self.agg_keys.items()}
-        keys[str(device_id)] = key.hex()
+        keys = {str(agg): pairing.derive(m, pairing.LABEL_ETP, device_id).hex()
+                for agg, m in self.masters.items()}  # fmt: skip
         folder = self.tmp / ("device%d" % device_id)
         folder.mkdir(parents=True)
         cfg = {
             "device_id": device_id, "key_id": device_id, "keys": keys,
-            "group": self.group_key.hex(), "bind": address, "tcp_port": self.tcp_port,
+            "group": self.group_key.hex(),
+            "coap_key": pairing.derive(self.hub_master, pairing.LABEL_COAP, device_id).hex(),
+            "hub_key": pairing.derive(self.hub_master, pairing.LABEL_ETP, device_id).hex(),
+            "hub_status_s": 1,
+            "bind": address, "tcp_port": self.tcp_port,
             "group_addr": self.group_addr, "group_port": self.group_port,
             "data_dir": str(folder / "data"), "slot_s": 10, "gate_s": 2,
             "devices": {
@@ -164,7 +174,7 @@ class Fleet:
         path = folder / "config.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps(cfg))
-        device = DeviceUnderTest(self, device_id, key, address, sim, path, folder / "data")
+        device = DeviceUnderTest(self, device_id, address, sim, path, folder / "data")
         self.devices.append(device)
         return device
 
@@ -183,10 +193,20 @@ class Fleet:
             await asyncio.sleep(0.02)
         raise RuntimeError("socat made no pty pair")
 
+    def hub_keys(self, path):
+        """The hub's keys file (hub/config/keys_file.py) for this fleet, 0600."""
+        secret_files.write(path, {"master": self.hub_master.hex(), "group": self.group_key.hex()})
+        return path
+
+    def identity(self, path, key_id, name=None):
+        """Aggregator key_id's identity file (aggregator/identity.py), 0600."""
+        secret_files.write(path, {"id": key_id, "name": name or "agg%d" % key_id,
+                                  "master": self.masters[key_id].hex()})  # fmt: skip
+        return path
+
     async def aggregator(self, key_id):
-        keys = {key_id: self.agg_keys[key_id]}
-        keys.update({d.device_id: d.key for d in self.devices})
-        agg = Aggregator(key_id, keys, self.group_key, self.group_addr, self.group_port)
+        keyring = pairing.DerivedKeyring(self.masters[key_id], pairing.LABEL_ETP, self.group_key)
+        agg = Aggregator(key_id, keyring, self.group_addr, self.group_port)
         await agg.join()
         self._aggs.append(agg)
         return agg

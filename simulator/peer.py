@@ -5,7 +5,7 @@ import asyncio
 import collections
 import time
 
-from protocol import auth, errors, frame, message, message_info
+from protocol import errors, frame, message, message_info
 from transport.discovery import group_socket
 from transport.links import now_ms
 
@@ -23,9 +23,12 @@ class GroupListener(asyncio.DatagramProtocol):
 
 
 class Aggregator:
-    def __init__(self, key_id, keys, group, group_addr, group_port):
+    """keyring: its pair keys with batteries (pairing.DerivedKeyring of its master secret)
+    and the group key."""
+
+    def __init__(self, key_id, keyring, group_addr, group_port):
         self.key_id = key_id
-        self.keyring = auth.Keyring(keys, group=group)
+        self.keyring = keyring
         self.codec = frame.Codec(self.keyring, key_id=key_id)
         self.ids = message.MessageIds(now_ms())
         self.group = (group_addr, group_port)
@@ -98,7 +101,7 @@ class Link:
                 await self.inbox.put((got, received))
 
     async def send(self, msg, reply_to=0):
-        data = self.agg.codec.seal(msg, now_ms(), reply_to=reply_to)
+        data = self.agg.codec.seal(msg, now_ms(), reply_to, to=self.device_id)
         self.sent.append(data)
         self.writer.write(data)
         await self.writer.drain()

@@ -175,9 +175,10 @@ def parser():
     prov = verbs.add_parser(
         "provision",
         parents=[board, device],
-        help="make this battery's key and config.json, write it to the board",
+        help="make this battery's config.json (the hub's keys), write it to the board",
     )
-    prov.add_argument("--hub-config", help="the hub's hub.toml (its keys file gets the key)")
+    prov.add_argument("--hub-config", help="the hub's hub.toml (its keys file: the battery's "
+                      "CoAP key and the group key)")  # fmt: skip
     prov.add_argument("--device-id", help="the battery's id, 1..2^32-1 (also its key id)")
     prov.add_argument("--wifi-ssid", help="the Wi-Fi network the board joins")
     prov.add_argument("--wifi-password-file", help="a file holding the Wi-Fi password")

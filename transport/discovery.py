@@ -3,6 +3,8 @@
 Discovery: a Query goes to the group every query_s and again every retry_ms
 until every battery we know has answered since (group datagrams carry no acks,
 and some get lost); Registers and QueryResponses keep the Registry current.
+The same socket hears what batteries send the market maker itself (their receipts
+and status, sealed with their pair key with it: a codec with a DerivedKeyring).
 `loss` drops that share of datagrams both ways, for tests: it stands in for
 netem, which the test machines' kernel lacks.
 """
@@ -69,8 +71,9 @@ class Registry:
 
 class Discovery(asyncio.DatagramProtocol):
     def __init__(self, codec, registry, group_addr, group_port, interface="127.0.0.1",
-                 loss=0.0, seed=None):  # fmt: skip
+                 loss=0.0, seed=None, on_frame=None):  # fmt: skip
         self.codec = codec
+        self.on_frame = on_frame  # on_frame(frame, address) for every authentic frame
         self.registry = registry
         self.group = (group_addr, group_port)
         self.interface = interface
@@ -107,10 +110,14 @@ class Discovery(asyncio.DatagramProtocol):
         except errors.ETPError:
             return
         kind = got.message.message_type
+        if got.message.device_id != got.key_id:
+            return  # a battery speaks for itself (its key id is its device id)
         if kind in (message.REGISTER, message.QUERY_RESPONSE, message.DEVICE_FAILURE):
             self.registry.seen(got.message.device_id, addr[0], got.message, got.sent_ms)
             if kind == message.QUERY_RESPONSE:
                 self.answered[got.message.device_id] = now_ms()
+        if self.on_frame is not None:
+            self.on_frame(got, addr[0])
 
     def query(self, ids, price_signal=0.0):
         msg = message.query(ids.next(), 0, 0.0, price_signal)

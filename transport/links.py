@@ -44,7 +44,7 @@ class DeviceLink:
                  device_id=None):  # fmt: skip
         self.codec = codec
         self.address, self.port = address, port
-        self.device_id = device_id  # the battery at the other end (its key id), if known
+        self.device_id = device_id  # the battery at the other end (its key id): sealed for it
         self.handler = handler  # called as handler(link, frame) for every frame received
         # Called on every (re)connection: a battery closes a session that does not
         # authenticate soon, so the aggregator says something (e.g. a Query) at once.
@@ -74,7 +74,7 @@ class DeviceLink:
         if session is not None and session.writable and not self.queue.qsize():
             transport = session.transport
             if not transport.is_closing():
-                transport.write(self.codec.seal(msg, now_ms(), reply_to=reply_to))
+                transport.write(self.codec.seal(msg, now_ms(), reply_to, to=self.device_id))
                 return
             session.writable = False  # lost: the frame waits for the next connection
         try:
@@ -250,7 +250,7 @@ class _Session(asyncio.BufferedProtocol):
                     link.expired += 1  # nobody waits for its answer any more
                     continue
                 try:
-                    parts.append(codec.seal(msg, at, reply_to=reply_to))
+                    parts.append(codec.seal(msg, at, reply_to, to=link.device_id))
                 except Exception as exc:  # e.g. a bad reply_to: only that frame is lost
                     link._report("frame not sent", exc)
                     continue

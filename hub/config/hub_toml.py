@@ -2,21 +2,20 @@
 start-up: a broken file stops the hub with one line naming the fault.
 
 Secrets are not in it: `keys_file` names a JSON file (mode 0600, like an ssh key)
-holding every key the hub uses, in the firmware's format:
-
-    {"keys": {"<key id>": "<64 hex>", ...}, "group": "<64 hex>"}
-
-one key per aggregator (its key_id) and per battery (its device id), and the
-group key (hub/config/keys_file.py; `gridbid hub keys` makes it).
+holding the hub's own secrets, its master secret and the group key
+(hub/config/keys_file.py; `gridbid hub keys` makes it). An aggregator the hub hosts
+in-process (an [[aggregator]] block: the demo's convenience) keeps its own secret in
+its own identity file (aggregator/identity.py), which the block names.
 """
 
-import tomllib
 from pathlib import Path
 
+from aggregator.config import STRATEGY_DEFAULTS, check_strategy, read_toml
 from hub.config import keys_file
 
 HUB_DEFAULTS = {
     "name": "hub",  # the market maker's name in slot names
+    "key_id": 0,  # the hub's id in the frames it sends the group (its Queries)
     "store": "gridbid-hub.sqlite",
     "keys_file": "hub-keys.json",
     "group_addr": "239.255.70.1",
@@ -28,22 +27,15 @@ HUB_DEFAULTS = {
     "discovery_s": 3.0,  # Query retries at start-up before the first slot
     "answer_s": 1.0,  # how long a slot's Query waits for QueryResponses
     "bind_timeout_s": 2.0,  # a battery's answer to a trade's Bid
+    "market_bind": "0.0.0.0",  # the market API (aggregators on their own machines)
+    "market_port": 0,  # its TCP port; 0: none (hosted aggregators only)
     "p_balance": 16.0,  # price signal (hub/market/price_signal.py), c/kWh
     "p_con": 6.0,
     "k": 1.0,
 }
-AGGREGATOR_DEFAULTS = {
-    "strategy": "value",  # value | adaptive | utility
-    "value": 20.0,  # resale value, c/kWh (value and adaptive)
-    "spread": 0.0,  # value is drawn per offer from [value, value + spread]
-    "margin": 1.0,  # c/kWh kept
-    "bidders": 3,  # the competition a value bidder assumes
-    "price": None,  # utility: posted price (None: the battery's reserve)
-    "budget": None,  # cents per slot (None: unlimited)
-    "capacity": None,  # kWh per slot (None: unlimited)
-    "max_kw": None,  # power asked of batteries (None: what each offers)
-}
-STRATEGIES = ("value", "adaptive", "utility")
+# A hosted aggregator's strategy settings: the same an independent one's aggregator.toml
+# takes (aggregator/config.py).
+AGGREGATOR_DEFAULTS = STRATEGY_DEFAULTS
 # Optional integrations: a [section] in hub.toml turns one on. Each module has
 # DEFAULTS (every setting) and check(settings, base, where) -> settings, raising
 # ValueError that names the fault; the hub then calls its start(hub, settings),
@@ -64,12 +56,7 @@ class ConfigError(ValueError):
 def load(path, keys=True):
     """hub.toml checked; keys=False skips the keys file (`gridbid hub keys` makes it)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError("cannot read %s: %s" % (path, exc.strerror)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("%s is not valid TOML: %s" % (path, exc)) from None
+    data = read_toml(path, ConfigError)
     return check(data, base=path.parent, where=str(path), keys=keys)
 
 
@@ -93,9 +80,12 @@ def check(data, base=Path("."), where="hub config", keys=True):
         raise ConfigError("%s: hub.slot_s - gate_s leaves no time to collect offers" % where)
     for name in ("store", "keys_file"):
         hub[name] = str(base / hub[name])
-    aggs = data.get("aggregator")
-    if not isinstance(aggs, list) or not aggs:
-        raise ConfigError("%s: at least one [[aggregator]] is needed" % where)
+    aggs = data.get("aggregator", [])
+    if not isinstance(aggs, list) or not (aggs or hub["market_port"]):
+        raise ConfigError("%s: no aggregator can trade: host an [[aggregator]], or open "
+                          "the market API (hub.market_port)" % where)  # fmt: skip
+    if not isinstance(hub["market_port"], int) or not 0 <= hub["market_port"] < 65536:
+        raise ConfigError("%s: hub.market_port must be a TCP port (0: none)" % where)
     hub["aggregators"] = [_aggregator(a, i, where) for i, a in enumerate(aggs, 1)]
     ids = [a["key_id"] for a in hub["aggregators"]]
     if len(set(ids)) != len(ids):
@@ -103,12 +93,32 @@ def check(data, base=Path("."), where="hub config", keys=True):
     hub["integrations"] = {
         name: _integration(name, data[name], base, where) for name in INTEGRATIONS if name in data
     }
+    if not 0 <= hub["key_id"] < 2**32 or hub["key_id"] in ids:
+        raise ConfigError("%s: hub.key_id must be 0..2^32-1 and no aggregator's" % where)
+    for agg in hub["aggregators"]:  # its own file: identity = "..." in its block
+        agg["identity_file"] = str(base / agg.pop("identity", "aggregator-%d.json" % agg["key_id"]))
     if keys:
         try:
-            hub["keyring"] = keys_file.load(hub["keys_file"], ids)
+            hub["keys"] = keys_file.load(hub["keys_file"])
         except keys_file.KeysError as exc:
             raise ConfigError(str(exc)) from None
+        for agg in hub["aggregators"]:
+            agg["identity"] = _identity(agg, where)
     return hub
+
+
+def _identity(agg, where):
+    """A hosted aggregator's identity, from its own file (aggregator/identity.py)."""
+    from aggregator import identity
+
+    try:
+        found = identity.load(agg["identity_file"])
+    except identity.IdentityError as exc:
+        raise ConfigError("%s: aggregator %s: %s" % (where, agg["name"], exc)) from None
+    if found.key_id != agg["key_id"]:
+        raise ConfigError("%s: aggregator %s: its identity file is aggregator %d's, not %d's"
+                          % (where, agg["name"], found.key_id, agg["key_id"]))  # fmt: skip
+    return found
 
 
 def _integration(name, settings, base, where):
@@ -128,7 +138,7 @@ def _integration(name, settings, base, where):
 
 def _aggregator(data, index, where):
     agg = dict(AGGREGATOR_DEFAULTS)
-    unknown = set(data) - set(AGGREGATOR_DEFAULTS) - {"name", "key_id"}
+    unknown = set(data) - set(AGGREGATOR_DEFAULTS) - {"name", "key_id", "identity"}
     if unknown:
         raise ConfigError(
             "%s: aggregator %d has unknown settings %s" % (where, index, sorted(unknown))
@@ -138,16 +148,10 @@ def _aggregator(data, index, where):
     if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 < key_id < 2**32:
         raise ConfigError("%s: aggregator %d needs a key_id 1..2^32-1" % (where, index))
     agg.setdefault("name", "agg%d" % key_id)
-    if agg["strategy"] not in STRATEGIES:
-        raise ConfigError(
-            "%s: aggregator %s: strategy must be one of %s" % (where, agg["name"], STRATEGIES)
-        )
-    for name in ("value", "spread", "margin", "price", "budget", "capacity", "max_kw"):
-        if agg[name] is not None and not _number(agg[name]):
-            raise ConfigError("%s: aggregator %s: %s must be >= 0" % (where, agg["name"], name))
-    if not isinstance(agg["bidders"], int) or agg["bidders"] < 1:
-        raise ConfigError("%s: aggregator %s: bidders must be >= 1" % (where, agg["name"]))
-    return agg
+    try:
+        return check_strategy(agg, "%s: aggregator %s" % (where, agg["name"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _number(value):

@@ -1,71 +1,110 @@
-"""The hub's keys file: every secret the hub uses, kept out of hub.toml.
+"""The hub's keys file: the hub's own secrets, kept out of hub.toml.
 
-    {"keys": {"<key id>": "<64 hex>", ...}, "group": "<64 hex>"}
+    {"master": "<64 hex>", "group": "<64 hex>"}
 
-the firmware's format: one key per aggregator (its key_id) and per battery (its
-device id), and the multicast group key. Like an ssh key it must be mode 0600;
-the hub refuses a file others can read.
+master: the hub's master secret. The hub shares two pair keys with each battery,
+derived from it (protocol/auth.py): HMAC-SHA256(master, LABEL_COAP || battery id)
+signs the battery's CoAP requests and the hub's answers, and the LABEL_ETP one seals
+the receipts (outcome reports) and status the battery sends the hub. group: the multicast group
+key, which every battery holds (it proves membership only). Like an ssh key the file
+must be mode 0600; the hub refuses a file others can read.
 
-`gridbid hub keys` (provision below) makes the file, or adds to it what the
-config now names: a key for every aggregator, the group key, a key for every
-battery given, and for each battery its share of the secrets as a fragment of
-the battery's config.json. No key is ever printed.
+The hub holds no aggregator's key: an aggregator's pair keys with batteries are
+derived from its own master secret, on its own machine (aggregator/identity.py).
+
+`gridbid hub keys` (provision below) makes the file, and for each battery given its
+share of the hub's settings as a battery-<id>.json: its CoAP pair key, the group key,
+the slot grid and ports. No key is ever printed. A keys file of the old shared-key
+format ({"keys": {...}}: one key per party, aggregators' included) is refused with
+the command that rewrites it.
 """
 
 import json
-import os
-import stat
 from pathlib import Path
 
-from protocol import auth
+from protocol import auth, pairing
+from protocol.compat import unhexlify
+from transport import secret_files
 
-KEY_BYTES = 32
+OLD_FORMAT = (
+    "the keys file %s holds the old shared keys (one per party, aggregators' included, so "
+    "a battery's flash forged any aggregator): `gridbid hub keys --config HUB.TOML --battery "
+    "ID ...` rewrites it and the batteries' configs; then enroll each battery with its "
+    "aggregators (`gridbid aggregator enroll`, `gridbid device trust`)"
+)
 
 
 class KeysError(ValueError):
     pass
 
 
-def load(path, aggregator_ids=()):
-    """The keyring from the keys file, which must hold every aggregator's key."""
-    keyring = auth.Keyring.from_json(_read(path))
-    for key_id in aggregator_ids:
-        if keyring.get(key_id) is None:
-            raise KeysError("the keys file %s has no key for aggregator %d" % (path, key_id))
-    return keyring
+class HubKeys:
+    """The hub's secrets: the group key and the CoAP pair keys of batteries."""
+
+    def __init__(self, master, group):
+        self.group = group
+        self.coap = pairing.DerivedKeyring(master, pairing.LABEL_COAP)
+        self.etp = pairing.DerivedKeyring(master, pairing.LABEL_ETP, group)  # and the group key
+        self._master = master
+
+    def coap_key(self, battery_id):
+        """The pair key battery_id's config.json holds for CoAP (coap_key)."""
+        return pairing.derive(self._master, pairing.LABEL_COAP, battery_id)
+
+    def market_key(self, aggregator_id):
+        """The key of aggregator_id's market sessions (`gridbid hub admit` gives it)."""
+        return pairing.derive(self._master, pairing.LABEL_MARKET, aggregator_id)
+
+    def etp_key(self, battery_id):
+        """The pair key of the hub and a battery for ETP frames (receipts, status)."""
+        return pairing.derive(self._master, pairing.LABEL_ETP, battery_id)
+
+    def __repr__(self):
+        return "<HubKeys (secrets hidden)>"
+
+
+def load(path):
+    """The hub's keys from its keys file."""
+    data = _read(path)
+    if data.get("master") is None:
+        raise KeysError(OLD_FORMAT % path if data.get("keys") else
+                        "the keys file %s has no master secret: `gridbid hub keys` makes it"
+                        % path)  # fmt: skip
+    return HubKeys(unhexlify(data["master"]), unhexlify(data["group"]))
 
 
 def _read(path):
     try:
-        mode = os.stat(path).st_mode
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise KeysError(
-            "no keys file %s: `gridbid hub keys --config HUB.TOML` makes it" % path
-        ) from None
-    except OSError as exc:
-        raise KeysError("cannot read the keys file %s: %s" % (path, exc.strerror)) from None
-    except ValueError:
-        raise KeysError("the keys file %s is not valid JSON" % path) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeysError("the keys file %s is readable by others: chmod 600 it" % path)
-    try:
-        auth.Keyring.from_json(data)  # the same check the hub and the firmware make
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise KeysError("the keys file %s: %s" % (path, exc)) from None
+        data = secret_files.read(path, "keys file")
+    except secret_files.SecretFileError as exc:
+        why = str(exc)
+        if not Path(path).exists():
+            why = "no keys file %s: `gridbid hub keys --config HUB.TOML` makes it" % path
+        raise KeysError(why) from None
+    for name in ("master", "group"):
+        value = data.get(name)
+        if value is None and name == "master":
+            continue  # the old format: load() says what to run
+        try:
+            if len(unhexlify(value)) < auth.MIN_KEY_SIZE:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise KeysError(
+                "the keys file %s: %s must be random bytes, hex" % (path, name)
+            ) from None
     return data
 
 
 def provision(cfg, battery_ids=(), out_dir=None, template=None, extra=None):
-    """Make or extend cfg's keys file; returns what was added, as lines to print.
+    """Make or extend cfg's keys file, and the identity file of each hosted aggregator
+    that has none; returns what was done, as lines to print.
 
-    Keys already in the file are kept (batteries and aggregators already hold
-    them). Each battery in battery_ids gets <out_dir>/battery-<id>.json (0600):
-    the settings its config.json must share with this hub, its own key, the
-    aggregators' keys and the group key, over the battery's own settings: those
-    of its battery-<id>.json when there is one (a re-run keeps them), else the
-    template's (a config.json with the battery's "devices", e.g.
+    The master and group keys already in the file are kept (batteries hold keys made
+    from them). Each battery in battery_ids gets <out_dir>/battery-<id>.json (0600):
+    the settings its config.json must share with this hub (its CoAP pair key, the
+    group key, the slot grid, ports), over the battery's own settings: those of its
+    battery-<id>.json when there is one (a re-run keeps them, and the aggregators it
+    trusts), else the template's (a config.json with the battery's "devices", e.g.
     firmware/config.example.json: with it, a config the battery boots with).
     extra: more settings for each battery's file, over all (tools/flash.py
     provision adds the Wi-Fi and the CoAP address).
@@ -78,36 +117,57 @@ def provision(cfg, battery_ids=(), out_dir=None, template=None, extra=None):
     # Read before anything is written: a bad file changes nothing anywhere.
     own = {b: _json_object(t, "the battery config") for b, t in targets.items() if t.exists()}
     path = Path(cfg["keys_file"])
-    data = _read(path) if path.exists() else {"keys": {}}
-    keys = data.setdefault("keys", {})
+    data = _read(path) if path.exists() else {}
     added = []
-    if data.get("group") is None:
-        data["group"] = _new_key()
-        added.append("the group key")
-    for what, key_id in [("aggregator", a["key_id"]) for a in cfg["aggregators"]] + [
-        ("battery", b) for b in battery_ids
-    ]:
-        if str(key_id) not in keys:
-            keys[str(key_id)] = _new_key()
-            added.append("a key for %s %d" % (what, key_id))
+    if data.pop("keys", None):
+        added.append("the old shared keys dropped (batteries: re-provisioned below; "
+                     "aggregators: enroll again)")  # fmt: skip
+    for name in ("master", "group"):
+        if data.get(name) is None:
+            data[name] = secret_files.new_secret()
+            added.append("the %s key" % name)
     _write_private(path, data)
     lines = ["%s: %s" % (path, ", ".join(added) if added else "already complete")]
+    lines += _hosted_identities(cfg)
+    keys = HubKeys(unhexlify(data["master"]), unhexlify(data["group"]))
     for battery, target in targets.items():
-        settings = {**base, **own.get(battery, {}), **battery_settings(cfg, data, battery)}
+        mine = own.get(battery, {})
+        if str(battery) in (mine.get("keys") or {}):  # the old format's keys: void now
+            mine = dict(mine, keys={})
+        settings = {**base, **mine, **battery_settings(cfg, keys, battery)}
         _write_private(target, {**settings, **(extra or {})})
         lines.append("%s: battery %d's keys and hub settings for its config.json%s" % (
             target, battery, ", its own settings kept" if battery in own else ""))  # fmt: skip
     return lines
 
 
-def battery_settings(cfg, data, battery_id):
-    """What battery_id's config.json must hold to trade with this hub."""
-    agg_ids = [str(a["key_id"]) for a in cfg["aggregators"]]
+def _hosted_identities(cfg):
+    """An identity file for each aggregator hub.toml hosts that has none: the
+    aggregator's own secret, which the hub process holds only because it hosts it."""
+    from aggregator import identity
+
+    lines = []
+    for agg in cfg["aggregators"]:
+        if not Path(agg["identity_file"]).exists():
+            try:
+                identity.create(agg["identity_file"], agg["key_id"], agg["name"])
+            except ValueError as exc:  # IdentityError, SecretFileError
+                raise KeysError(str(exc)) from None
+            lines.append("%s: a new identity for hosted aggregator %s (its own master secret)"
+                         % (agg["identity_file"], agg["name"]))  # fmt: skip
+    return lines
+
+
+def battery_settings(cfg, keys, battery_id):
+    """What battery_id's config.json must hold to trade in this hub's market (keys:
+    HubKeys). The aggregators it trusts come from enrollment, not from here."""
     return {
         "device_id": battery_id,
         "key_id": battery_id,
-        "keys": {k: data["keys"][k] for k in [str(battery_id)] + agg_ids},
-        "group": data["group"],
+        "coap_key": keys.coap_key(battery_id).hex(),
+        "hub_key": keys.etp_key(battery_id).hex(),  # its receipts and status for the hub
+        "hub_id": cfg["key_id"],
+        "group": keys.group.hex(),
         "market_maker": cfg["name"],
         "group_addr": cfg["group_addr"],
         "group_port": cfg["group_port"],
@@ -153,22 +213,8 @@ def _json_object(path, what):
     return data
 
 
-def _new_key():
-    return os.urandom(KEY_BYTES).hex()
-
-
 def _write_private(path, data):
-    """Write-temp-then-rename, created 0600: a crash leaves the old file whole, and
-    the secrets are never readable by others, not even for a moment."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise KeysError("cannot write %s: %s" % (path, exc.strerror)) from None
+        secret_files.write(path, data)
+    except secret_files.SecretFileError as exc:
+        raise KeysError(str(exc)) from None

@@ -17,9 +17,10 @@ Resources:
     /.well-known/core      link format (RFC 6690), open: the list of resources is not secret
 
 Every request but /.well-known/core carries the AUTH option (protocol/coap.py): the
-device's key id (= its device id), a timestamp and a nonce, tagged with the device's ETP
-key from the hub's keyring. Refused with 4.01 and a one-line reason as payload: no or
-malformed option, unknown device (aggregators' key ids are not devices), bad tag,
+device's key id (= its device id), a timestamp and a nonce, tagged with the battery's
+CoAP pair key (derived from the hub's master secret: protocol/auth.py, LABEL_COAP).
+Refused with 4.01 and a one-line reason as payload: no or malformed option, an
+aggregator's key id (no device), bad tag (a key id no battery was given: the same),
 timestamp more than replay_window_s from the hub's clock, a (timestamp, nonce) already
 seen. /time skips the last two: a board without a clock cannot make a fresh timestamp,
 and the signed answer is bound to its nonce, so an old request replayed gains nothing.
@@ -111,7 +112,7 @@ class Refused(Exception):
 
 
 class Guard:
-    """Who may ask: the device keys of the hub's keyring, fresh and not replayed."""
+    """Who may ask: batteries holding their CoAP pair key, fresh and not replayed."""
 
     def __init__(self, keyring, not_devices, window_s):
         self.keyring = keyring
@@ -268,7 +269,7 @@ class CoapServer:
     def __init__(self, hub, settings):
         self.hub = hub
         self.settings = settings
-        self.guard = Guard(hub.cfg["keyring"], [a["key_id"] for a in hub.cfg["aggregators"]],
+        self.guard = Guard(hub.cfg["keys"].coap, [a["key_id"] for a in hub.cfg["aggregators"]],
                            settings["replay_window_s"])  # fmt: skip
         self.price = PriceResource(self, ("price",))
         self.contracts = ContractsResource(self, ("contracts",))

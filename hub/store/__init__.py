@@ -315,6 +315,23 @@ class Store:
         found = {r["name"]: json.loads(r["value"]) for r in rows}
         return {name: value for name, value in found.items() if value is not None}
 
+    def record_refusal(self, aggregator, what, why, slot=None, at=None):
+        """A request of the aggregator the market API refused (hub/market/exchange.py)."""
+        slot = None if slot is None else str(slot)[:200]
+        row = (check_at(at), check_id("aggregator", aggregator), slot, str(what)[:40],
+               str(why)[:300])  # fmt: skip
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO market_refusals (at, aggregator, slot, what, why) "
+                         "VALUES (?, ?, ?, ?, ?)", row)  # fmt: skip
+
+    def refusals(self, aggregator=None, limit=100):
+        """The market's refusals, newest first."""
+        where, params = (
+            ("WHERE aggregator = ?", [aggregator]) if aggregator is not None else ("", [])
+        )
+        return self.rows("SELECT * FROM market_refusals %s ORDER BY id DESC LIMIT ?" % where,
+                         params + [check_id("limit", limit)])  # fmt: skip
+
     def stats(self, limit=100):
         """Per slot (newest first): trades, kWh, kWh-weighted mean price, min and max price;
         and totals for the status page."""
@@ -427,11 +444,15 @@ class Store:
     def contracts_of_slot(self, slot):
         return self.rows("SELECT * FROM contracts WHERE slot = ?", (check_slot(slot),))
 
-    def contract_by_confirm(self, buyer, confirm_id):
-        """The contract whose BID_CONFIRM from `buyer` had this message id, or None."""
-        rows = self.rows(
-            "SELECT * FROM contracts WHERE buyer = ? AND confirm_id = ?", (buyer, confirm_id)
-        )
+    def contract_by_confirm(self, buyer, confirm_id, device=None):
+        """The contract whose BID_CONFIRM from `buyer` had this message id, or None.
+        buyer None: battery `device`'s contract with that confirm (a battery's receipt
+        names itself and the confirm it answers, not the buyer)."""
+        if buyer is None:
+            sql, params = "device = ? AND confirm_id = ? ORDER BY start DESC", (device, confirm_id)
+        else:
+            sql, params = "buyer = ? AND confirm_id = ?", (buyer, confirm_id)
+        rows = self.rows("SELECT * FROM contracts WHERE " + sql, params)
         return rows[0] if rows else None
 
     def contract_history(self, contract_id):

@@ -50,6 +50,10 @@ newest row of a name is in force.
 
 Version 5: contracts indexed by start.
 
+Version 6 (the market API's audit): market_refusals(id, at, aggregator, slot, what, why),
+append-only: every request of an aggregator the market refused (a malformed, late or
+over-limit bid, a report that fits no fill), and why.
+
 The settlement's tables are its own (hub/integrations/settlement/schema.py), as the
 platform's are. Until the split, versions 1 and 5 made them here too; the settlement's
 first step adopts such a store (it makes only what is missing), and stores made since
@@ -230,6 +234,19 @@ V5 = """
 CREATE INDEX contracts_start ON contracts (start);
 """
 
+# What the market API refused, and why: the aggregators' audit trail.
+V6 = """
+CREATE TABLE market_refusals (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    aggregator INTEGER NOT NULL,
+    slot TEXT,
+    what TEXT NOT NULL,
+    why TEXT NOT NULL
+);
+CREATE INDEX market_refusals_aggregator ON market_refusals (aggregator, id);
+""" + append_only(("market_refusals",))
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
@@ -237,6 +254,7 @@ MIGRATIONS = (
     ("contracts know the confirm their outcome report answers", V3),
     ("operators' controls, with their history", V4),
     ("contracts indexed by start (settlement's own tables: its schema)", V5),
+    ("the market API's refusals, for audit", V6),
 )
 CURRENT = len(MIGRATIONS)
 

@@ -165,8 +165,10 @@ def slot_book(store, slot, names):
 
 
 def device_of(ref):
-    """A bid layer's ref is "bid:<device id>" (hub/service.py place_bids)."""
-    kind, _, device = str(ref or "").partition(":")
+    """A bid layer's ref is "bid:<device id>:<the aggregator's layer id>" (the market API:
+    hub/market/exchange.py; "bid:<device id>" before it)."""
+    kind, _, rest = str(ref or "").partition(":")
+    device = rest.partition(":")[0]
     return int(device) if kind == "bid" and device.isdigit() else None
 
 

@@ -293,7 +293,9 @@ def test_a_new_build_of_the_same_version_is_reinstalled(converged):
 def test_no_secret_in_the_output(converged):
     out = "".join(r.stdout + r.stderr for r in converged.runs)
     keys = json.loads((converged.root / "etc/gridbid/keys/hub-keys.json").read_text())
-    secrets_seen = [*converged.passwords.values(), *keys["keys"].values(), keys["group"]]
+    secrets_seen = [*converged.passwords.values(), keys["master"], keys["group"]]
+    for own in (converged.root / "etc/gridbid/keys").glob("aggregator-*.json"):
+        secrets_seen.append(json.loads(own.read_text())["master"])  # hosted identities
     secrets_seen += [line for line in converged.tls_key.splitlines() if "-----" not in line]
     leaked = [s for s in secrets_seen if s in out]
     assert not leaked, "%d secrets in ansible's output (--diff -v)" % len(leaked)
@@ -311,7 +313,11 @@ def test_hub_user_folders_keys_and_config(converged):
     for secret in ("hub-keys.json", "mqtt-credentials.json"):
         assert mode(root / "etc/gridbid/keys" / secret) == (user, group, 0o600), secret
     keys = json.loads((root / "etc/gridbid/keys/hub-keys.json").read_text())
-    assert set(keys["keys"]) == {"1", "2", "3"} and len(keys["group"]) == 64
+    assert set(keys) == {"master", "group"} and len(keys["group"]) == 64  # the hub's own
+    for key_id in (1, 2, 3):  # each hosted aggregator's own identity, beside the hub's keys
+        own = root / ("etc/gridbid/keys/aggregator-%d.json" % key_id)
+        assert mode(own) == (user, group, 0o600)
+        assert json.loads(own.read_text())["master"] not in json.dumps(keys)
     mqtt = json.loads((root / "etc/gridbid/keys/mqtt-credentials.json").read_text())
     assert mqtt == {"username": "gridbid-hub", "password": converged.passwords["gridbid-hub"]}
     config = tomllib.loads((root / "etc/gridbid/hub.toml").read_text())
@@ -324,7 +330,7 @@ def test_hub_user_folders_keys_and_config(converged):
     result = run(["chroot", root, "setpriv", "--reuid=gridbid", "--regid=gridbid",
                   "--init-groups", "/opt/gridbid/venv/bin/python", "-c", check],
                  os.environ, cwd="/")  # fmt: skip
-    assert result.returncode == 0 and "keyring" in result.stdout, result.stderr
+    assert result.returncode == 0 and "'keys'" in result.stdout, result.stderr
 
 
 HARDENING = [

@@ -240,7 +240,7 @@ def test_device_sim_serves_and_the_firmware_runs_against_it(installed):
         config = json.loads((installed.site / "firmware/config.example.json").read_text())
         for link in config["devices"].values():
             link["port"] = port
-        config.update(device_id=7101, key_id=7101, keys={"7101": os.urandom(32).hex()},
+        config.update(device_id=7101, key_id=7101, keys={"1": os.urandom(32).hex()},
                       group=os.urandom(32).hex(), bind="127.0.0.61", tcp_port=free_port(),
                       group_port=free_port())  # fmt: skip
         path = installed.work / "battery.json"

@@ -2,7 +2,7 @@
 
     micropython tests/firmware/coap_vm.py SETTINGS.json
 
-SETTINGS is a battery's config.json part (device_id, key_id, keys, group,
+SETTINGS is a battery's config.json part (device_id, key_id, coap_key, group,
 market_maker, slot_s, max_kw, coap_*) plus "mode" and what the mode needs:
 
     session  coap_client.start() as app.py calls it, with the ContractBook at
@@ -42,7 +42,7 @@ rom()
 import contracts  # noqa: E402  (from /rom when an image is mounted)
 
 from protocol import auth  # noqa: E402
-from protocol.compat import hexlify  # noqa: E402
+from protocol.compat import hexlify, unhexlify  # noqa: E402
 
 
 def out(*words):
@@ -51,6 +51,11 @@ def out(*words):
 
 def now_ms():
     return time.time_ns() // 1000000
+
+
+def coap_key(cfg):
+    """The battery's CoAP pair key with the hub, as config.check makes cfg["coap_key"]."""
+    return auth.HmacKey(unhexlify(cfg["coap_key"]))
 
 
 async def session(cfg, book):
@@ -62,7 +67,7 @@ async def session(cfg, book):
         prices.append(price)
         out("PRICE", price, time.time_ns() // 1000)
 
-    task = coap_client.start(cfg, auth.Keyring.from_json(cfg), book, on_price, out)
+    task = coap_client.start(cfg, coap_key(cfg), book, on_price, out)
     while cfg["until_price"] not in prices:
         await asyncio.sleep(0.01)
     gc.collect()
@@ -75,8 +80,7 @@ async def get(cfg):
     import coap_client
 
     host, port = cfg["coap_hub"].split(":")
-    client = coap_client.Client(host, int(port), cfg["key_id"],
-                                auth.Keyring.from_json(cfg).get(cfg["key_id"]), out,
+    client = coap_client.Client(host, int(port), cfg["key_id"], coap_key(cfg), out,
                                 cfg["coap_ack_ms"])  # fmt: skip
     client.open()
     for path in cfg["paths"]:
@@ -103,7 +107,7 @@ async def heap(cfg, book):
     waiting = asyncio.create_task(asyncio.StreamReader(idle).read(0))
     await asyncio.sleep(0)
     loaded = (asyncio.wait_for, asyncio.Lock)  # loaded on first use; the app uses them
-    key = auth.Keyring.from_json(cfg).get(cfg["key_id"])  # the app's keyring holds it
+    key = coap_key(cfg)  # the app's cfg holds it
     gc.collect()
     base = gc.mem_alloc()
     import coap_client  # and protocol.coap

@@ -118,7 +118,8 @@ class VM:
 def battery(hub, mode, **more):
     """A battery's config.json part for the client, and what tests/firmware/coap_vm.py needs."""
     return {"mode": mode, "device_id": DEVICE, "key_id": DEVICE,
-            "keys": {str(DEVICE): KEYS[DEVICE].hex()}, "group": os.urandom(32).hex(),
+            "keys": {str(BUYER): os.urandom(32).hex()}, "coap_key": KEYS[DEVICE].hex(),
+            "group": os.urandom(32).hex(),
             "market_maker": "hub", "slot_s": SLOT_S, "gate_s": GATE_S, "max_kw": 5.0,
             "coap_hub": "127.0.0.1:%d" % hub.port, "coap_ack_ms": 500, **more}  # fmt: skip
 

@@ -5,7 +5,9 @@ import json
 
 import board
 import config
-from checks import raises
+from checks import raises, unhex
+
+from protocol import auth
 
 KEY = "11" * 32
 
@@ -13,7 +15,7 @@ KEY = "11" * 32
 def good():
     device = {"map": "m", "link": "tcp", "host": "127.0.0.1", "port": 5020, "unit": 1}
     return {
-        "device_id": 1001, "key_id": 1001, "keys": {"1001": KEY, "1": "22" * 32},
+        "device_id": 1001, "key_id": 1001, "keys": {"1": KEY, "2": "22" * 32},
         "group": "33" * 32,
         "devices": {"meter": device, "battery": dict(device), "inverter": dict(device)},
     }  # fmt: skip
@@ -22,7 +24,33 @@ def good():
 def test_a_good_config_gets_defaults_and_a_keyring():
     cfg = config.check(good())
     assert cfg["tcp_port"] == config.DEFAULTS["tcp_port"] and cfg["status_ms"] <= 2000
-    assert 1001 in cfg["keyring"] and 1 in cfg["keyring"]
+    # The keyring holds the pair key of each trusted aggregator, and none of its own.
+    assert 1 in cfg["keyring"] and 2 in cfg["keyring"] and 1001 not in cfg["keyring"]
+    assert cfg["keyring"].get(1).tag(b"x") == auth.HmacKey(unhex(KEY)).tag(b"x")
+    assert cfg["keyring"].group is not None and cfg.get("coap_key") is None
+
+
+def test_no_trusted_aggregator_yet_and_a_coap_key_are_a_good_config():
+    data = good()
+    data["keys"] = {}  # a battery provisioned by the hub, not yet enrolled with anyone
+    data["coap_key"] = "44" * 32
+    cfg = config.check(data)
+    assert len(cfg["keyring"]) == 0 and cfg["keyring"].group is not None
+    assert cfg["coap_key"].tag(b"x") == auth.HmacKey(b"\x44" * 32).tag(b"x")
+    assert "44" * 32 not in repr(cfg["coap_key"])  # a key is never shown
+    data.pop("keys")  # no "keys" at all: the same
+    assert len(config.check(data)["keyring"]) == 0
+
+
+def test_a_key_under_the_batterys_own_id_is_the_old_scheme_and_refused():
+    data = good()
+    data["keys"]["1001"] = "55" * 32  # the old shared keys: the battery's own key
+    err = str(raises(config.ConfigError, config.check, data, "config.json"))
+    assert err.startswith("config.json: ") and "\n" not in err  # one line
+    assert "own id (1001)" in err and "old shared-key scheme" in err
+    assert "gridbid hub keys" in err and "--battery 1001" in err  # what to run
+    assert "gridbid aggregator enroll" in err
+    assert "55" * 32 not in err and KEY not in err  # and no key
 
 
 def test_broken_configs_say_what_is_wrong():
@@ -30,8 +58,14 @@ def test_broken_configs_say_what_is_wrong():
         ({"device_id": 0}, "device_id"),
         ({"device_id": "1001"}, "device_id"),
         ({"key_id": 2**32}, "key_id"),
-        ({"keys": {"1": KEY}}, "own key"),
-        ({"keys": {"1001": "zz"}}, "hex"),
+        ({"keys": {"1001": KEY}}, "own id"),
+        ({"keys": {"1": "zz"}}, "hex"),
+        ({"keys": {"one": KEY}}, "integers"),
+        ({"keys": {"1": "22" * 8}}, "at least"),
+        ({"keys": ["1", KEY]}, "keys must map"),
+        ({"coap_key": "zz"}, "coap_key"),
+        ({"coap_key": "22" * 8}, "coap_key"),
+        ({"coap_key": 7}, "coap_key"),
         ({"group": None}, "group"),
         ({"devices": {"meter": {}}}, "battery"),
         ({"reserve_floor": -1}, "reserve_floor"),

@@ -3,16 +3,20 @@
 CPython aggregators bidding over TCP."""
 
 import asyncio
+import json
 import os
+import stat
 import sys
 import time
 
 import contracts
 import pytest
 
+from aggregator import identity
 from protocol import contract, message
 from simulator import vm
 from simulator.fleet import Fleet
+from transport import secret_files
 
 CPYTHON_ONLY = "starts batteries on the VM as subprocesses"
 
@@ -216,11 +220,12 @@ async def bad_input(fleet):
     from protocol import auth, frame
 
     link.writer.write(b"\x00garbage\xffET\x01" + os.urandom(300))
-    forged = frame.Codec(auth.Keyring({1: os.urandom(32)}), key_id=1)
-    link.writer.write(forged.seal(message.query(agg.ids.next(), 0), int(time.time() * 1000)))
+    forged = frame.Codec(auth.Keyring({device.device_id: os.urandom(32)}), key_id=1)
+    query = message.query(agg.ids.next(), device.device_id)
+    link.writer.write(forged.seal(query, int(time.time() * 1000), to=device.device_id))
     bid = await link.bid(device.device_id, offer.sale_price + 1.0, offer.energy_total)
     answer, _ = await link.answer(bid)
-    replayed = agg.codec.seal(bid, int(time.time() * 1000))  # same message_id again
+    replayed = agg.codec.seal(bid, int(time.time() * 1000), to=device.device_id)  # same id again
     link.writer.write(replayed)
     again = await link.query()  # still answered: the session survived all of it
     assert again.message_type == message.QUERY_RESPONSE
@@ -321,3 +326,131 @@ async def one_query_reaches_all(fleet):
 
 def test_one_group_query_is_answered_by_every_battery_at_once(tmp_path):
     run(tmp_path, one_query_reaches_all)
+
+
+def set_trust(device, change):
+    """Change the aggregators the battery trusts as its owner's tools do (`gridbid
+    device trust|revoke`): config.json's "keys" changed, the file written whole to a
+    temporary file renamed over it, 0600. The running firmware follows within seconds."""
+    cfg = json.loads(device.config_path.read_text())
+    change(cfg["keys"])
+    secret_files.write(device.config_path, cfg)
+    assert stat.S_IMODE(device.config_path.stat().st_mode) == 0o600
+
+
+def enroll(fleet, device, agg_id):
+    """The pair key aggregator agg_id's enrollment file gives the battery's owner."""
+    me = identity.Identity(agg_id, "agg%d" % agg_id, fleet.masters[agg_id])
+    grant = identity.enrollment(me, device.device_id)
+    assert grant["aggregator"] == agg_id and grant["battery"] == device.device_id
+    return lambda keys: keys.update({str(agg_id): grant["key"]})
+
+
+async def untrusted(fleet, device, agg, mark):
+    """A new session from an aggregator the battery does not trust: its Query and Bid
+    fail authentication, nothing at all comes back, and the connection is closed
+    after auth_ms."""
+    link = await agg.connect(device.address, fleet.tcp_port, device.device_id)
+    await link.send(message.query(agg.ids.next(), device.device_id))
+    await link.bid(device.device_id, 99.0, 0.001)
+    assert await asyncio.wait_for(link.inbox.get(), 5) is None  # closed, no frame first
+    line = await device.wait_for("UnknownKey", after=mark)
+    assert "sender %d" % agg.key_id in line, line
+    assert not any("aggregator %d connected" % agg.key_id in x for x in device.lines[mark:])
+
+
+async def revocation(fleet):
+    device = await fleet.add(auth_ms=1000)
+    await device.start()
+    agg1, link1, offer = await connected(fleet, device, agg_id=1)
+    agg2, link2, _offer = await connected(fleet, device, agg_id=2)
+    # Aggregator 1 buys half of the next slot before it is revoked.
+    bid = await link1.bid(device.device_id, offer.sale_price + 1.0, offer.energy_total / 2)
+    accept, _ = await link1.answer(bid)
+    assert accept.message.message_type == message.BID_ACCEPT
+    confirm = await link1.confirm(accept, kw=5.0)
+    deal_id = contract.contract_id(device.device_id, 1, bid.message_id)
+    await device.wait_for("contract %s with aggregator 1" % deal_id)
+
+    mark = len(device.lines)
+    set_trust(device, lambda keys: keys.pop("1"))
+    revoked_at = time.monotonic()
+    await device.wait_for("aggregator 1 is no longer trusted", timeout=5, after=mark)
+    with pytest.raises(ConnectionError):  # its session is closed at once
+        await link1.expect(message.QUERY_RESPONSE, timeout=2)
+    assert time.monotonic() - revoked_at < 5
+    assert not any("aggregator 2 is" in line for line in device.lines[mark:])
+    await untrusted(fleet, device, agg1, mark)  # and it can open no other
+
+    # Aggregator 2, still trusted, trades on its session as before.
+    offer2 = await link2.query()
+    bid2 = await link2.bid(device.device_id, offer2.sale_price + 1.0, offer2.energy_total)
+    accept2, _ = await link2.answer(bid2)
+    assert accept2.message.message_type == message.BID_ACCEPT
+    await link2.confirm(accept2, kw=5.0)
+    await device.wait_for("with aggregator 2", after=mark)
+
+    # The contract aggregator 1 made before runs to its end; its outcome is kept for
+    # aggregator 1, which can no longer hear it.
+    await device.wait_for("contract %s started" % deal_id, after=mark, timeout=15)
+    ended = await device.wait_for("contract %s Completed" % deal_id, after=mark, timeout=15)
+    book = contracts.ContractBook(str(device.data_dir / "contracts.rec"))
+    book.start(int(time.time()))
+    done = book.get(deal_id)
+    assert done.state in (contract.COMPLETED_SUCCESS, contract.COMPLETED_FAILURE_BY_SCADA), ended
+    assert book.delivered_wh(deal_id) > 0
+    assert deal_id in [deal.contract_id for deal, _buyer, _id in book.reports()]
+
+    # Trusted again, aggregator 1 is told the outcome as soon as its session authenticates.
+    mark = len(device.lines)
+    set_trust(device, enroll(fleet, device, 1))
+    await device.wait_for("aggregator 1 is trusted", timeout=5, after=mark)
+    link1 = await agg1.connect(device.address, fleet.tcp_port, device.device_id)
+    await link1.send(message.query(agg1.ids.next(), device.device_id))  # authenticates
+    report, _ = await link1.expect(message.TERMINATE, timeout=5)
+    assert report.reply_to == confirm.message_id
+    assert report.message.termination_code in (
+        contract.TERM_CONTRACT_SUCCESS, contract.TERM_CONTRACT_FAILURE
+    )  # fmt: skip
+
+
+def test_a_revoked_aggregator_is_cut_off_at_once_and_its_contract_still_runs(tmp_path):
+    run(tmp_path, revocation)
+
+
+async def enrollment(fleet):
+    device = await fleet.add(auth_ms=1000)
+    set_trust(device, lambda keys: keys.pop("2"))  # provisioned for aggregator 1 only
+    await device.start()
+    _agg1, link1, _offer = await connected(fleet, device, agg_id=1)
+    agg2 = await fleet.aggregator(2)
+    await untrusted(fleet, device, agg2, 0)
+
+    mark = len(device.lines)
+    set_trust(device, enroll(fleet, device, 2))
+    await device.wait_for("aggregator 2 is trusted", timeout=5, after=mark)
+    assert not any("aggregator 1 is" in line for line in device.lines[mark:])
+    link2 = await agg2.connect(device.address, fleet.tcp_port, device.device_id)
+    offer = await link2.query()
+    bid = await link2.bid(device.device_id, offer.sale_price + 1.0, offer.energy_total)
+    accept, _ = await link2.answer(bid)
+    assert accept.message.message_type == message.BID_ACCEPT
+    await link2.confirm(accept, kw=5.0)
+    deal_id = contract.contract_id(device.device_id, 2, bid.message_id)
+    await device.wait_for("contract %s with aggregator 2" % deal_id, after=mark)
+    # Aggregator 1's session went on through the reload.
+    assert (await link1.query()).message_type == message.QUERY_RESPONSE
+    # Revoked, aggregator 1 loses that session (the runtimes close a stream differently),
+    # and aggregator 2's goes on.
+    mark = len(device.lines)
+    set_trust(device, lambda keys: keys.pop("1"))
+    await device.wait_for("aggregator 1 is no longer trusted", timeout=5, after=mark)
+    with pytest.raises(ConnectionError):
+        await link1.expect(message.QUERY_RESPONSE, timeout=2)
+    assert (await link2.query()).message_type == message.QUERY_RESPONSE
+    assert not any("Traceback" in line or "peer 1:" in line for line in device.lines)
+
+
+@pytest.mark.parametrize("cpython", [False, True], ids=["micropython", "cpython"])
+def test_an_enrolled_aggregator_trades_at_once_without_a_restart(tmp_path, cpython):
+    run(tmp_path, enrollment, cpython=cpython)

@@ -15,8 +15,11 @@ NOW = 1763700000000
 
 
 def codecs():
-    keys = auth.Keyring({1: b"a" * 32, 2: b"b" * 32}, group=b"g" * 32)
-    return frame.Codec(keys, key_id=1), frame.Codec(keys, key_id=2), message.MessageIds(NOW)
+    """Aggregator 1 and battery 2, each holding their pair key under the other's id."""
+    pair, group = b"p" * 32, b"g" * 32
+    sender = frame.Codec(auth.Keyring({2: pair}, group=group), key_id=1, peer=2)
+    receiver = frame.Codec(auth.Keyring({1: pair}, group=group), key_id=2)
+    return sender, receiver, message.MessageIds(NOW)
 
 
 def address(port):

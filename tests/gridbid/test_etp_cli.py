@@ -79,12 +79,13 @@ def test_no_verify_and_raw_modes(tmp_path):
 def test_encode_then_decode_round_trips_exactly(key_file):
     vector = FRAMES["vectors"][5]
     decoded = gridbid("etp", "decode", vector["frame"], "--key-file", key_file).stdout
-    again = gridbid("etp", "encode", "-", "--key-file", key_file, stdin=decoded)
+    # the file holds pair keys by peer: sealed with sender 7's, the frame is the vector's
+    again = gridbid("etp", "encode", "-", "--key-file", key_file, "--to", "7", stdin=decoded)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == vector["frame"]
     built = gridbid(
         "etp", "encode", '{"type": "bid", "bid_price": 15.5, "required_energy_amount": 2, '
-        '"message_id": 9, "ttl": 10}', "--key-file", key_file, "--key-id", "9",
+        '"message_id": 9, "ttl": 10}', "--key-file", key_file, "--key-id", "9", "--to", "9",
     )  # fmt: skip
     out = json.loads(gridbid("etp", "decode", built.stdout.strip(), "--key-file", key_file).stdout)
     assert out["key_id"] == 9 and out["message"]["bid_price"] == 15.5
@@ -95,7 +96,7 @@ def test_encode_reports_mistakes_in_one_line(key_file):
         ('{"type": "bid", "bid_price": -1}', "BadValue"),
         ('{"type": "offer"}', "UnknownType"),
         ("not json", "not JSON"),
-        ('{"type": "bid"}', "--key-id"),  # the file holds two keys
+        ('{"type": "bid"}', "--to"),  # the file holds two pair keys
     )
     for doc, word in cases:
         result = gridbid("etp", "encode", doc, "--key-file", key_file)

@@ -9,15 +9,17 @@ import os
 import socket
 import time
 
+from helpers.hub_site import write_keys
 from helpers.logs import said
 from hub.config import hub_toml
 from hub.service import Hub
-from protocol import auth, contract
+from protocol import auth, contract, pairing
 from simulator.fleet import free_port
 
 DEVICE, OTHER, BUYER, BUYER2, STRANGER = 1001, 1002, 1, 2, 4242
-KEYS = {BUYER: os.urandom(32), BUYER2: os.urandom(32), DEVICE: os.urandom(32),
-        OTHER: os.urandom(32)}  # fmt: skip
+MASTER = os.urandom(32)  # the hub's: each battery's CoAP key is derived from it
+# the CoAP pair keys the hub would give each id (an aggregator id's is no battery's key)
+KEYS = {k: pairing.derive(MASTER, pairing.LABEL_COAP, k) for k in (BUYER, BUYER2, DEVICE, OTHER)}
 SLOT_S, GATE_S = 900, 300
 PRICE = 18.5
 
@@ -34,9 +36,8 @@ def key(key_id):
 async def running_hub(tmp_path, name="hub", **settings):
     """A Hub (no batteries) whose [coap] integration serves on a free loopback port."""
     keys = tmp_path / "hub-keys.json"
-    keys.touch(mode=0o600)
-    keys.write_text(json.dumps({"keys": {str(k): v.hex() for k, v in KEYS.items()},
-                                "group": os.urandom(32).hex()}))  # fmt: skip
+    write_keys(keys, [BUYER, BUYER2])
+    keys.write_text(json.dumps({"master": MASTER.hex(), "group": os.urandom(32).hex()}))
     port = free_port(socket.SOCK_DGRAM)
     cfg = hub_toml.check({
         "hub": {"name": name, "store": "hub.sqlite", "slot_s": SLOT_S, "gate_s": GATE_S},

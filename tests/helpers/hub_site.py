@@ -43,11 +43,17 @@ def toml(data):
     return "\n".join(text) + "\n"
 
 
-def write_keys(path, keys, group, mode=0o600):
+def write_keys(path, aggregators=(), mode=0o600):
+    """A hub's keys file at path (fresh master and group keys), and beside it an identity
+    file (aggregator-<id>.json, 0600) for each hosted aggregator id."""
     path.touch(mode=mode)
-    path.write_text(json.dumps({"keys": {str(k): v.hex() for k, v in keys.items()},
-                                "group": group.hex()}))  # fmt: skip
+    path.write_text(json.dumps({"master": os.urandom(32).hex(), "group": os.urandom(32).hex()}))
     os.chmod(path, mode)
+    for key_id in aggregators:
+        identity = path.parent / ("aggregator-%d.json" % key_id)
+        identity.touch(mode=0o600)
+        identity.write_text(json.dumps({"id": key_id, "name": "agg%d" % key_id,
+                                        "master": os.urandom(32).hex()}))  # fmt: skip
     return path
 
 
@@ -64,10 +70,11 @@ def hub_settings(fleet, **more):
 
 
 def deploy(fleet, folder, **more):
-    """hub.toml and its 0600 keys file in folder, for this fleet. -> (config path, store path)."""
-    keys = dict(fleet.agg_keys)
-    keys.update({d.device_id: d.key for d in fleet.devices})
-    write_keys(folder / "hub-keys.json", keys, fleet.group_key)
+    """hub.toml, its 0600 keys file and its hosted aggregators' identity files (theirs,
+    aggregator-<id>.json) in folder, for this fleet. -> (config path, store path)."""
+    fleet.hub_keys(folder / "hub-keys.json")
+    for agg in AGGREGATORS:
+        fleet.identity(folder / ("aggregator-%d.json" % agg["key_id"]), agg["key_id"], agg["name"])
     config = folder / "hub.toml"
     config.write_text(toml(hub_settings(fleet, **more)))
     return config, folder / "hub.sqlite"

@@ -4,6 +4,9 @@ as a terminal's Ctrl-C does."""
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
 
 from helpers.waiting import until
 
@@ -38,3 +41,63 @@ def stop(process):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+class Gridbid:
+    """`python -m gridbid.cli ARGS` started as a user starts it, its output (stdout and
+    stderr) read as it comes, with when each line came."""
+
+    def __init__(self, *args, cwd=None, env=None):
+        self.args = [str(a) for a in args]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gridbid.cli", *self.args], cwd=cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines = []
+        self.times = []  # when each line came (time.time())
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.times.append(time.time())
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self):
+        return "\n".join(self.lines)
+
+    def wait_for(self, text, timeout):
+        """The first line holding text (AssertionError with the output if none comes)."""
+
+        def seen():
+            return next((x for x in self.lines if text in x), None) or (
+                "<exited>" if self.proc.poll() is not None else None)  # fmt: skip
+
+        got = until(seen, timeout, repr(text), lambda: ":\n" + self.output)
+        assert got != "<exited>", "%s exited before %r:\n%s" % (self.args, text, self.output)
+        return got
+
+    def finish(self, timeout):
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(
+                "%s did not stop in %d s:\n%s" % (self.args[:2], timeout, self.output)
+            ) from None
+        self.reader.join(5)
+        return code
+
+    def kill(self):
+        self.proc.kill()  # SIGKILL: it dies where it stands
+        return self.finish(10)
+
+    def interrupt(self):
+        self.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        return self.finish(15)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

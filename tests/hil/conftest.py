@@ -4,9 +4,13 @@ Once per session, before any test opens the port (`dut` is per test), `bench`:
 starts the simulated meter, BMS and inverter (`gridbid device sim`: Modbus TCP on
 --hil-host, and RTU on --hil-rtu for an RS-485 bench), writes a hub.toml for a
 fresh group and ports, uploads the firmware (`tools/flash.py upload`) and
-provisions the board (`tools/flash.py provision`: its key into the hub's keys
-file, its config.json onto the board). The hub (`gridbid hub run`) starts when a
-test first asks for it and trades slot after slot until the session ends.
+provisions the board (`tools/flash.py provision`: the hub's keys file, its hosted
+aggregators' identity files, the battery's config.json with its CoAP key, onto the
+board). The owner's enrollment follows, as on a real site: each hosted aggregator
+enrolls the battery (`gridbid aggregator enroll`), the owner trusts it (`gridbid
+device trust`) and provisions again, which pushes the config with the aggregators'
+pair keys. The hub (`gridbid hub run`) starts when a test first asks for it and
+trades slot after slot until the session ends.
 
 Options (hardware/HIL.md): --port (pytest-embedded's), --hil-board, --hil-host,
 --hil-wifi-ssid, --hil-wifi-password-file, --hil-devices, --hil-rtu, --hil-slot-s,
@@ -27,6 +31,12 @@ import pytest
 from benchlib import ROOT, tool
 
 from simulator.fleet import free_group_port
+
+# The aggregators the hub hosts; each has its own identity file (provision makes it).
+AGGREGATORS = (
+    {"key_id": 1, "name": "value", "strategy": "value", "value": 22.0, "margin": 1.0},
+    {"key_id": 2, "name": "adaptive", "strategy": "adaptive", "value": 23.0},
+)
 
 
 def pytest_addoption(parser):
@@ -130,6 +140,31 @@ class Bench:
         code, out = tool(*self.provision_args)
         self.outputs["provision"] = out
         assert code == 0, "provision failed:\n" + out
+        self.enroll()
+        code, out = tool(*self.provision_args)  # pushes the config with the trusted keys
+        self.outputs["provision"] += out
+        assert code == 0, "provision (after enrollment) failed:\n" + out
+
+    def enroll(self):
+        """Each hosted aggregator enrolls the battery, and its owner trusts it (the
+        enrollment files move out of band on a real site; here they stay in the folder)."""
+        folder = self.folder
+        config = folder / ("battery-%d.json" % self.device_id)
+        for agg in AGGREGATORS:
+            key_id = agg["key_id"]
+            steps = (
+                ("aggregator", "enroll", "--identity", folder / ("aggregator-%d.json" % key_id),
+                 "--battery", self.device_id, "--out", folder),
+                ("device", "trust", "--config", config,
+                 folder / ("enroll-%d-%d.json" % (key_id, self.device_id))),
+            )  # fmt: skip
+            for argv in steps:
+                done = subprocess.run([sys.executable, "-m", "gridbid.cli", *map(str, argv)],
+                                      cwd=ROOT, capture_output=True, text=True,
+                                      timeout=60)  # fmt: skip
+                out = done.stdout + done.stderr
+                self.outputs["enroll"] = self.outputs.get("enroll", "") + out
+                assert done.returncode == 0, "gridbid %s failed:\n%s" % (" ".join(argv[:2]), out)
 
     def write_hub_toml(self):
         slot_s = self.slot_s
@@ -140,12 +175,8 @@ class Bench:
             "device_port": free_port(self.host), "slot_s": slot_s, "gate_s": slot_s // 2 + 1,
             "discovery_s": 0.5, "answer_s": 1.0, "bind_timeout_s": 0.8,
         }  # fmt: skip
-        aggregators = [
-            {"key_id": 1, "name": "value", "strategy": "value", "value": 22.0, "margin": 1.0},
-            {"key_id": 2, "name": "adaptive", "strategy": "adaptive", "value": 23.0},
-        ]
         lines = ["[hub]"] + ["%s = %s" % (k, json.dumps(v)) for k, v in hub.items()]
-        for agg in aggregators:
+        for agg in AGGREGATORS:  # identity files: aggregator-<id>.json beside hub.toml
             lines += ["", "[[aggregator]]"]
             lines += ["%s = %s" % (k, json.dumps(v)) for k, v in agg.items()]
         self.hub_toml.write_text("\n".join(lines) + "\n")

@@ -25,8 +25,11 @@ def test_the_board_runs_micropython_with_our_code(bench, dut):
 def test_etp_frames_round_trip_and_tampering_is_caught(bench, dut):
     repl(dut)
     run(dut, "from protocol import auth, errors, frame, message", ">>>")
-    run(dut, "c = frame.Codec(auth.Keyring({1: b'k' * 32}), key_id=1)", ">>>")
-    run(dut, "f = c.seal(message.bid(5, 9, 15.5, 1.0), %d)" % NOW, ">>>")
+    # Aggregator 1 seals with its pair key with battery 9; the battery opens it with the
+    # key it holds under aggregator 1's id.
+    run(dut, "a = frame.Codec(auth.Keyring({9: b'k' * 32}), key_id=1, peer=9)", ">>>")
+    run(dut, "c = frame.Codec(auth.Keyring({1: b'k' * 32}), key_id=9)", ">>>")
+    run(dut, "f = a.seal(message.bid(5, 9, 15.5, 1.0), %d)" % NOW, ">>>")
     run(dut, "print('price', c.open(f, %d).message.bid_price)" % NOW, "price 15.5")
     run(dut, "bad = bytearray(f); bad[40] ^= 1", ">>>")
     run(dut, "def attempt(data):\r\n    try:\r\n        c.open(data, %d)\r\n" % NOW, "")

@@ -3,9 +3,9 @@ operator sets is checked, kept with its history and told as an event; what gover
 records from another process (market.<param>) reaches the price signal at the next slot."""
 
 import json
-import os
 
 import pytest
+from helpers.hub_site import write_keys
 from helpers.logs import said
 
 from hub import controls
@@ -16,10 +16,7 @@ from hub.store import Store
 
 @pytest.fixture
 def hub(tmp_path):
-    keys = tmp_path / "hub-keys.json"
-    keys.touch(mode=0o600)
-    keys.write_text(json.dumps({"keys": {"1": os.urandom(32).hex()},
-                                "group": os.urandom(32).hex()}))  # fmt: skip
+    write_keys(tmp_path / "hub-keys.json", [1])
     settings = {"hub": {"store": "hub.sqlite", "slot_s": 60, "gate_s": 20},
                 "aggregator": [{"key_id": 1, "name": "value"}]}  # fmt: skip
     cfg = hub_toml.check(settings, base=tmp_path)

@@ -2,7 +2,7 @@
 
 from checks import raises, unhex
 
-from protocol import auth, errors
+from protocol import auth, errors, pairing
 
 # RFC 4231 HMAC-SHA-256 test cases 1, 5 and 6 (first 16 bytes: our tag size).
 RFC4231 = (
@@ -92,3 +92,35 @@ def test_frames_sent_before_a_reboot_are_refused_after_it():
     guard = auth.ReplayGuard(not_before_ms=5000)  # booted at t = 5 s
     raises(errors.Replay, guard.admit, 1, 10, 4999)  # possibly seen before the reboot
     guard.admit(1, 11, 5000)
+
+
+def test_pair_keys_are_derived_as_documented():
+    # HMAC-SHA256(master, label || peer id as 4 bytes big-endian), whole: checked against
+    # Python's hmac module (hmac.new(b"m" * 32, b"gridbid/etp/v1" + (1001).to_bytes(4,
+    # "big"), sha256)) once, here as a known answer both runtimes must give.
+    want = unhex("b450ad4b7da452c41afaf8a3553ca538bde51eb78a71d1ffc2d990a63d801167")
+    assert pairing.derive(b"m" * 32, pairing.LABEL_ETP, 1001) == want
+    assert pairing.derive(auth.HmacKey(b"m" * 32), pairing.LABEL_ETP, 1001) == want
+    # another label, peer or master: another key
+    others = (pairing.derive(b"m" * 32, pairing.LABEL_COAP, 1001),
+              pairing.derive(b"m" * 32, pairing.LABEL_ETP, 1002),
+              pairing.derive(b"n" * 32, pairing.LABEL_ETP, 1001))  # fmt: skip
+    assert want not in others and len(set(others)) == 3
+    raises(ValueError, pairing.derive, b"m" * 32, pairing.LABEL_ETP, 2**32)
+
+
+def test_derived_keyring_gives_each_peer_its_pair_key_and_stays_bounded():
+    ring = pairing.DerivedKeyring(b"m" * 32, pairing.LABEL_ETP, group=b"g" * 32, cache=2)
+    for peer in (1001, 1002, 1003, 1001):
+        assert ring.get(peer).tag(b"x") == auth.HmacKey(
+            pairing.derive(b"m" * 32, pairing.LABEL_ETP, peer)
+        ).tag(b"x")
+    assert len(ring._cache) == 2  # ids past the cache are derived again, never kept
+    assert ring.get(2**32) is None and ring.group is not None
+    assert "6d6d" not in repr(ring) and "hidden" in repr(ring)
+
+
+def test_a_revoked_peer_has_no_key():
+    ring = auth.Keyring({7: b"\x11" * 32, 8: b"\x22" * 32})
+    ring.remove(7)
+    assert ring.get(7) is None and 7 not in ring and list(ring) == [8]

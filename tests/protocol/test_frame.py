@@ -2,7 +2,7 @@
 
 from checks import raises, unhex, vectors
 
-from protocol import auth, errors, frame, message
+from protocol import auth, errors, frame, message, pairing
 
 NOW = 1763700000000
 
@@ -15,8 +15,13 @@ def ring(data):
 
 
 def pair():
-    keys = auth.Keyring({1: b"a" * 32, 2: b"b" * 32}, group=b"g" * 32)
-    return frame.Codec(keys, key_id=1), frame.Codec(keys, key_id=2), message.MessageIds(NOW)
+    """Codecs of nodes 1 and 2, which share one pair key (and the group key)."""
+    ab = b"a" * 32
+    return (
+        frame.Codec(auth.Keyring({2: ab}, group=b"g" * 32), key_id=1, peer=2),
+        frame.Codec(auth.Keyring({1: ab}, group=b"g" * 32), key_id=2, peer=1),
+        message.MessageIds(NOW),
+    )
 
 
 def test_golden_frames_decode_and_reencode_identically():
@@ -29,7 +34,9 @@ def test_golden_frames_decode_and_reencode_identically():
         ), v["name"]  # fmt: skip
         for name, value in v["fields"].items():
             assert getattr(got.message, name) == value, (v["name"], name)
-        again = codec.seal(got.message, v["sent_ms"], reply_to=v["reply_to"], group=v["group"])
+        # The vectors' keys are pair keys with their sender: sealing for it gives the frame.
+        again = codec.seal(got.message, v["sent_ms"], reply_to=v["reply_to"], group=v["group"],
+                           to=v["key_id"])  # fmt: skip
         assert again == unhex(v["frame"]), v["name"]
 
 
@@ -51,6 +58,47 @@ def test_wrong_key_and_unknown_sender():
     raises(errors.BadTag, stranger.open, data, NOW)
     nobody = frame.Codec(auth.Keyring({3: b"c" * 32}), key_id=3)
     raises(errors.UnknownKey, nobody.open, data, NOW)
+
+
+def test_a_pair_key_binds_the_receiver_too():
+    # Node 1 shares a key with 2 and another with 3: a frame sealed for 2, replayed at
+    # 3, fails its tag (3 holds 1's pair key with 3, not with 2), and 1 cannot seal for
+    # a node it holds no pair key with.
+    ids = message.MessageIds(NOW)
+    one = frame.Codec(auth.Keyring({2: b"a" * 32, 3: b"c" * 32}), key_id=1)
+    two = frame.Codec(auth.Keyring({1: b"a" * 32}), key_id=2)
+    three = frame.Codec(auth.Keyring({1: b"c" * 32}), key_id=3)
+    for_two = one.seal(message.bid(ids.next(), 2, 15.0, 1.0), NOW, to=2)
+    raises(errors.BadTag, three.open, for_two, NOW)
+    assert two.open(for_two, NOW).message.device_id == 2
+    assert three.open(one.seal(message.bid(ids.next(), 3, 15.0, 1.0), NOW, to=3), NOW).key_id == 1
+    raises(errors.UnknownKey, one.seal, message.bid(ids.next(), 4, 15.0, 1.0), NOW, to=4)
+    raises(errors.UnknownKey, one.seal, message.bid(ids.next(), 4, 15.0, 1.0), NOW)  # nobody
+    # 2's answer reflected back at 2 names 2 as its sender: 2 holds no key for itself
+    answer = two.seal(message.bid_reject(ids.next(), 2, 15.0, 14.0, 1), NOW, to=1)
+    raises(errors.UnknownKey, two.open, answer, NOW)
+
+
+def test_derived_pair_keys_meet_the_keys_peers_were_given():
+    # An aggregator derives its pair key with any battery from its master secret; the
+    # battery holds just that key (enrollment), and the two talk.
+    master = b"m" * 32
+    aggregator = frame.Codec(pairing.DerivedKeyring(master, pairing.LABEL_ETP), key_id=7)
+    battery = frame.Codec(
+        auth.Keyring({7: pairing.derive(master, pairing.LABEL_ETP, 1001)}), key_id=1001, peer=7
+    )
+    ids = message.MessageIds(NOW)
+    got = battery.open(aggregator.seal(message.bid(ids.next(), 1001, 15.0, 1.0), NOW, to=1001), NOW)
+    assert got.key_id == 7
+    back = aggregator.open(
+        battery.seal(message.bid_reject(ids.next(), 1001, 15.0, 14.0, 1), NOW), NOW
+    )
+    assert back.key_id == 1001
+    # the same frame means nothing to battery 1002, given its own pair key
+    given = pairing.derive(master, pairing.LABEL_ETP, 1002)
+    other = frame.Codec(auth.Keyring({7: given}), key_id=1002)
+    for_1001 = aggregator.seal(message.bid(ids.next(), 1001, 15.0, 1.0), NOW, to=1001)
+    raises(errors.BadTag, other.open, for_1001, NOW)
 
 
 def test_every_single_bit_flip_is_caught():
@@ -98,7 +146,7 @@ def test_group_frames_use_the_group_key_and_their_own_window():
     data = a.seal(msg, NOW, group=True)
     got = b.open(data, NOW)
     assert got.group and got.key_id == 1 and got.message == msg
-    outsider = frame.Codec(auth.Keyring({1: b"a" * 32}), key_id=1)  # no group key
+    outsider = frame.Codec(auth.Keyring({1: b"a" * 32}), key_id=2)  # no group key
     raises(errors.UnknownKey, outsider.open, data, NOW)
     # the same message_id on the unicast channel is a different window
     assert b.open(a.seal(msg, NOW), NOW).group is False
@@ -117,7 +165,7 @@ def test_group_members_cannot_crowd_out_unicast_windows():
     unicast = a.seal(message.bid(ids.next(), 5, 15.0, 1.0), NOW)
     b.open(unicast, NOW)
     for i in range(frame.GROUP_SENDERS + 40):  # more senders than the group table holds
-        forger = frame.Codec(a.keyring, key_id=1000 + i)
+        forger = frame.Codec(a.keyring, key_id=1000 + i)  # a member: it holds the group key
         b.open(forger.seal(message.query(ids.next(), 0, 1.0), NOW + i, group=True), NOW + i)
     assert len(b.group_replay.marks()) == frame.GROUP_SENDERS
     raises(errors.Replay, b.open, unicast, NOW)  # the unicast window is still there

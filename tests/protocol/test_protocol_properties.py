@@ -29,7 +29,10 @@ messages = st.builds(
 
 
 def fresh():
-    return frame.Codec(KEYS, key_id=1), frame.Codec(KEYS, key_id=2)
+    # one key for the pair 1-2, held by both under the other's id
+    one = frame.Codec(auth.Keyring({2: b"a" * 32}, group=b"g" * 32), key_id=1, peer=2)
+    two = frame.Codec(auth.Keyring({1: b"a" * 32}, group=b"g" * 32), key_id=2, peer=1)
+    return one, two
 
 
 @given(messages)

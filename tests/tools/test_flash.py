@@ -21,7 +21,10 @@ import config as firmware_config  # firmware/config.py (tests/conftest.py puts i
 import pytest
 from hil import virtual_board
 
+from aggregator import identity
+from hub.config import keys_file
 from simulator import vm
+from transport import secret_files
 
 ROOT = vm.ROOT
 sys.path.insert(0, str(ROOT / "tools"))
@@ -127,18 +130,27 @@ def test_provision_writes_the_config_and_never_prints_a_key(board, site):
     assert not HEX_KEY.search(out), "a key was printed:\n" + out
     assert PASSWORD not in out and "bench-net" in out
     local = site / ("battery-%d.json" % DEVICE_ID)
-    for path in (site / "hub-keys.json", local):
+    hosted = [site / "aggregator-1.json", site / "aggregator-2.json"]  # hub.toml's two
+    for path in (site / "hub-keys.json", local, *hosted):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     on_board = (board.flash / "config.json").read_bytes()
     assert on_board == local.read_bytes()
     assert not (board.flash / "config.json.tmp").exists()
     assert sorted(p.name for p in site.iterdir()) == sorted(
-        ["hub.toml", "wifi.txt", "hub-keys.json", local.name]
+        ["hub.toml", "wifi.txt", "hub-keys.json", local.name, *(p.name for p in hosted)]
     )  # nothing left over here either
-    cfg = firmware_config.check(json.loads(on_board), "config.json")  # the firmware boots it
+    assert sorted(keys) == ["group", "master"]  # the hub's own secrets, no battery's
+    data = json.loads(on_board)
+    cfg = firmware_config.check(dict(data), "config.json")  # the firmware boots it
     assert cfg["device_id"] == cfg["key_id"] == DEVICE_ID
-    assert cfg["keys"][str(DEVICE_ID)] == keys["keys"][str(DEVICE_ID)]  # the hub holds it
+    hub_keys = keys_file.load(site / "hub-keys.json")
+    assert data["coap_key"] == hub_keys.coap_key(DEVICE_ID).hex()  # the hub derives it
+    assert cfg["coap_key"].tag(b"x") == hub_keys.coap.get(DEVICE_ID).tag(b"x")
     assert cfg["group"] == keys["group"]
+    # No aggregator's key: each enrolls the battery itself (the hub holds none of them).
+    assert cfg["keys"] == {} and list(cfg["keyring"]) == [cfg["hub_id"]]  # the hub's only
+    assert keys["master"] not in on_board.decode()
+    assert "battery %d trusts no aggregator yet" % DEVICE_ID in out
     assert cfg["wifi"] == {"ssid": "bench-net", "password": PASSWORD}
     assert cfg["coap_hub"] == "192.168.1.20:5690"
     settings = (cfg["group_addr"], cfg["group_port"], cfg["tcp_port"])
@@ -154,13 +166,23 @@ def test_provision_writes_the_config_and_never_prints_a_key(board, site):
     assert code == 0, out
     assert re.search(r"config.json sha256 [0-9a-f]{16} \(matches ", out), out
 
-    # Provisioned again: the same key (the hub and the board already share it).
+    # The owner trusts aggregator 2 (its enrollment, as `gridbid device trust` adds it),
+    # then provisions again: the same CoAP key (the hub and the board already share
+    # it), the hub's keys unchanged, and the aggregator it trusts kept.
+    me = identity.Identity(2, "acme", bytes(range(32)))
+    pair = identity.enrollment(me, DEVICE_ID)["key"]
+    secret_files.write(local, dict(json.loads(local.read_text()), keys={"2": pair}))
     code, out = cli(*provision_args(board, site, "--wifi-ssid", "bench-net",
                                     "--wifi-password-file", site / "wifi.txt",
                                     "--hub-address", "192.168.1.20"))  # fmt: skip
     assert code == 0 and "already complete" in out, out
+    assert "its own settings kept" in out and "battery %d trusts aggregator 2" % DEVICE_ID in out
+    assert not HEX_KEY.search(out)
+    assert json.loads((site / "hub-keys.json").read_text()) == keys
     again = json.loads((board.flash / "config.json").read_text())
-    assert again["keys"][str(DEVICE_ID)] == keys["keys"][str(DEVICE_ID)]
+    assert again["coap_key"] == data["coap_key"] and again["keys"] == {"2": pair}
+    held = firmware_config.check(dict(again))["keyring"].get(2)
+    assert held.tag(b"x") == me.keyring().get(DEVICE_ID).tag(b"x")  # as aggregator 2 derives it
 
     # A config changed on the board is caught.
     (board.flash / "config.json").write_text(json.dumps({**again, "max_kw": 9.0}))
@@ -181,7 +203,9 @@ def test_a_dry_run_provision_changes_nothing(board, site, capsys):
         "would run: mpremote connect %s resume fs cp %s :config.json.tmp + exec "
         "'<install-config script>'" % (board.port, site / "battery-1005.json") in out
     )
-    assert "would add battery 1005's key to %s" % (site / "hub-keys.json") in out
+    assert "would make the hub's master and group keys in %s" % (site / "hub-keys.json") in out
+    assert "would write battery 1005's config to %s" % (site / "battery-1005.json") in out
+    assert "would make hosted aggregator" in out  # hub.toml's two have no identity yet
     assert sorted(p.name for p in site.iterdir()) == ["hub.toml", "wifi.txt"]
     assert sorted(p.name for p in board.flash.iterdir()) == before
     if config is not None:

@@ -15,8 +15,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def codecs():
-    keys = auth.Keyring({1: os.urandom(32), 2: os.urandom(32)}, group=os.urandom(32))
-    return frame.Codec(keys, key_id=1), frame.Codec(keys, key_id=2)
+    """An aggregator (1) and a battery (2) sharing one pair key."""
+    pair, group = os.urandom(32), os.urandom(32)
+    return (frame.Codec(auth.Keyring({2: pair}, group=group), key_id=1, peer=2),
+            frame.Codec(auth.Keyring({1: pair}, group=group), key_id=2, peer=1))  # fmt: skip
 
 
 class Receiver:
@@ -104,9 +106,8 @@ def test_discovery_finds_every_battery_through_10_percent_loss(tmp_path):
             for _ in range(3):
                 await fleet.add()
             await asyncio.gather(*(d.start() for d in fleet.devices))
-            keys = {1: fleet.agg_keys[1]}
-            keys.update({d.device_id: d.key for d in fleet.devices})
-            codec = frame.Codec(auth.Keyring(keys, group=fleet.group_key), key_id=1)
+            # the market maker's side: the group key only (it holds no battery's pair key)
+            codec = frame.Codec(auth.Keyring(group=fleet.group_key), key_id=0)
             registry = discovery.Registry()
             finder = discovery.Discovery(codec, registry, fleet.group_addr, fleet.group_port,
                                          loss=0.10, seed=4)  # fmt: skip

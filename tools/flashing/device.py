@@ -4,13 +4,19 @@ mpremote soft-resets a board before it runs anything, so the app is stopped and
 the heap is clean; on the unix port that reset ends the process, so with
 --board unix (the VM on a pty) it resumes the running interpreter instead.
 
-provision: hub/config/keys_file.py provision (what `gridbid hub keys` does) adds the
-battery's key to the hub's keys file (0600) and makes the battery's config over
-a template; this adds the Wi-Fi settings, checks the result with the firmware's
-own config.check, keeps it as battery-<id>.json (0600) beside the hub's keys,
-and copies that file to the board as config.json.tmp, renamed over config.json
-there (a reset mid-copy leaves the old config whole). The board then answers
-the file's sha256, which must be the local file's. No key is printed, ever.
+provision: hub/config/keys_file.py provision (what `gridbid hub keys` does) makes the
+hub's keys file (0600: its master secret and the group key) unless it has them, and
+the battery's config over a template: its CoAP pair key with the hub (derived from
+the hub's master secret), the group key and the hub's settings. This adds the
+Wi-Fi settings, checks the result with the firmware's own config.check, keeps it
+as battery-<id>.json (0600) beside the hub's keys, and copies that file to the
+board as config.json.tmp, renamed over config.json there (a reset mid-copy leaves
+the old config whole). The board then answers the file's sha256, which must be
+the local file's. No key is printed, ever.
+
+The hub gives a battery no aggregator's key: each aggregator the battery trusts
+enrolls it (`gridbid aggregator enroll`, then `gridbid device trust --config
+battery-<id>.json ...`), and provision run again pushes the file, keeping them.
 """
 
 import hashlib
@@ -133,7 +139,7 @@ def provision(args, plan):
 
     battery = device_id(args.device_id)
     if not args.hub_config:
-        raise Fail("--hub-config is needed: the hub.toml whose keys file gets this battery's key")
+        raise Fail("--hub-config is needed: the hub.toml whose keys file gives the battery keys")
     need_port(args.port, plan.dry_run)
     try:
         cfg = hub_toml.load(args.hub_config, keys=False)
@@ -148,10 +154,8 @@ def provision(args, plan):
     settings.update(coap)
     out = Path(args.out) if args.out else Path(cfg["keys_file"]).parent
     target = out / ("battery-%d.json" % battery)
-    # Checked first with stand-in keys, so a bad template changes nothing anywhere.
-    stand_in = {"keys": {str(a["key_id"]): "00" * 32 for a in cfg["aggregators"]},
-                "group": "00" * 32}  # fmt: skip
-    stand_in["keys"][str(battery)] = "00" * 32
+    # Checked first with stand-in hub keys, so a bad template changes nothing anywhere.
+    stand_in = keys_file.HubKeys(bytes(32), bytes(32))
     try:
         base = keys_file.read_template(template)
     except keys_file.KeysError as exc:
@@ -164,18 +168,32 @@ def provision(args, plan):
                                                    "".join(extra)))  # fmt: skip
     if note:
         plan.say("note: " + note)
-    plan.note(
-        "add battery %d's key to %s (0600), unless it holds one" % (battery, cfg["keys_file"])
-    )
-    plan.note("write its config to %s (0600)" % target)
+    plan.note("make the hub's master and group keys in %s (0600), unless it holds them"
+              % cfg["keys_file"])  # fmt: skip
+    for agg in cfg["aggregators"]:  # keys_file.provision makes what a hosted one lacks
+        if agg.get("identity_file") and not Path(agg["identity_file"]).exists():
+            plan.note("make hosted aggregator %s's identity file %s (0600)"
+                      % (agg["name"], agg["identity_file"]))  # fmt: skip
+    plan.note("write battery %d's config to %s (0600): its CoAP key derived from the hub's "
+              "master, the aggregators it trusts kept" % (battery, target))  # fmt: skip
     if not plan.dry_run:
         if not out.is_dir():
             raise Fail("no folder %s for battery-%d.json" % (out, battery))
         try:
             said = keys_file.provision(cfg, [battery], out, str(template), extra=settings)
+            check_config(keys_file.read_template(target), battery)  # as the board reads it
         except keys_file.KeysError as exc:
             raise Fail(str(exc)) from None
-        plan.say(said[0])
+        for line in said:
+            plan.say(line)
+        trusted = sorted(int(a) for a in json.loads(target.read_text()).get("keys") or {})
+        if trusted:
+            plan.say("battery %d trusts aggregator %s"
+                     % (battery, ", ".join(str(a) for a in trusted)))  # fmt: skip
+        else:
+            plan.say("battery %d trusts no aggregator yet: enroll it with each (`gridbid "
+                     "aggregator enroll`, `gridbid device trust --config %s ...`), then "
+                     "provision again" % (battery, target))  # fmt: skip
     install = Script("install-config", INSTALL_CODE + VERIFY_CODE)
     copy = ["fs", "cp", str(target), ":config.json.tmp", "+", "exec", install]
     said = plan.run(mpremote(args.port, args.board, *copy, dry_run=plan.dry_run),

@@ -43,8 +43,11 @@ class Settlement:
         folder = Path(s["wallets"])
         if litesvm:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key_ids = [a["key_id"] for a in hub.cfg["aggregators"]]
-        self.names = {a["key_id"]: a["name"] for a in hub.cfg["aggregators"]}
+        # The payers: every aggregator in the market when settlement starts, hosted or
+        # admitted. (Interim: the hub still holds their wallets. The payment model that
+        # takes them off the hub is issue 15's next part: README "Settlement".)
+        self.names = hub.aggregators()
+        key_ids = sorted(self.names)
         payers = wallets.payers(folder, key_ids, create_missing=litesvm)
         owners = wallets.Owners(
             wallets.owners_map(s["owners"]),

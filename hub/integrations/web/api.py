@@ -96,7 +96,7 @@ def make_app(web):
     bearer = HTTPBearer(auto_error=False, description="the token in [web] token_file")
 
     def names():
-        return {a.key_id: a.name for a in hub.agents.values()}
+        return hub.aggregators()
 
     def page(items, limit, offset, **more):
         return {"items": items, "limit": limit, "offset": offset, **more}
@@ -147,7 +147,7 @@ def make_app(web):
             "slot_grid": hub.grid.value,
             "gate_s": hub.cfg["gate_s"], "open_slot": hub.market.open_slot(int(now)),
             "signal": hub.signal, "devices": len(hub.registry.devices),
-            "aggregators": len(hub.agents), "totals": await web.cache(queries.totals),
+            "aggregators": len(hub.aggregators()), "totals": await web.cache(queries.totals),
             "controls": hub.controls.values, "writable": web.token is not None,
             "plot": bool(plot and Path(plot).is_file()),
             "ws": {"clients": len(web.fanout.clients), "dropped": web.fanout.dropped,
@@ -199,8 +199,12 @@ def make_app(web):
             row["paused"] = hub.controls.paused(cfg["name"])
             stat = {k: v for k, v in found.pop(cfg["key_id"], EMPTY).items() if k != "key_id"}
             rows.append(dict(row, **stat, contracts=contracts.get(cfg["key_id"], {})))
-        for key_id, stat in found.items():  # bidders no longer configured
-            rows.append(dict(stat, name=str(key_id), strategy=None, paused=False,
+        names = hub.aggregators()  # independent ones keep their strategy to themselves
+        for key_id in set(found) | (set(names) - {a["key_id"] for a in hub.cfg["aggregators"]}):
+            stat = {k: v for k, v in found.get(key_id, EMPTY).items() if k != "key_id"}
+            name = names.get(key_id, str(key_id))
+            rows.append(dict(stat, name=name, key_id=key_id, strategy=None,
+                             paused=hub.controls.paused(name),
                              contracts=contracts.get(key_id, {})))  # fmt: skip
         return {"items": rows}
 

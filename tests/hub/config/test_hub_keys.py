@@ -16,6 +16,7 @@ import pytest
 
 from gridbid import platform_cli
 from hub.config import hub_toml, keys_file
+from protocol import auth, pairing
 
 ROOT = Path(__file__).resolve().parents[3]
 HEX_KEY = re.compile(r"[0-9a-f]{64}")
@@ -50,16 +51,55 @@ def test_keys_made_private_complete_and_never_printed(site):
     path = site / "hub-keys.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     data = keys_of(path)
-    assert sorted(data["keys"], key=int) == ["1", "2", "3", "1001"]
-    assert len({*data["keys"].values(), data["group"]}) == 5  # all different
+    assert sorted(data) == ["group", "master"] and data["group"] != data["master"]
     assert not HEX_KEY.search(out), "a key was printed"
+    # the hosted aggregators' own identity files, each with its own master secret
+    masters = []
+    for key_id in (1, 2, 3):
+        own = site / ("aggregator-%d.json" % key_id)
+        assert stat.S_IMODE(own.stat().st_mode) == 0o600
+        assert keys_of(own)["id"] == key_id
+        masters.append(keys_of(own)["master"])
+    assert len({*masters, data["master"], data["group"]}) == 5  # all different
     cfg = hub_toml.load(site / "hub.toml")  # the hub now starts with it
-    assert len(cfg["keyring"]) == 4
     battery = site / "battery-1001.json"
     assert stat.S_IMODE(battery.stat().st_mode) == 0o600
     share = keys_of(battery)
-    assert share["keys"] == {k: data["keys"][k] for k in ("1001", "1", "2", "3")}
+    assert share["coap_key"] == cfg["keys"].coap_key(1001).hex()
     assert share["group"] == data["group"]
+    assert not share.get("keys"), "a battery trusts no aggregator until its owner enrolls one"
+    # nothing of an aggregator's is in the hub's keys file: no master, no pair key
+    hub_file = path.read_text()
+    for master in masters:
+        assert master not in hub_file
+        assert pairing.derive(bytes.fromhex(master), pairing.LABEL_ETP, 1001).hex() not in hub_file
+
+
+def test_an_old_shared_keys_file_is_rewritten_and_old_battery_keys_dropped(site):
+    """The old format held a key per party (aggregators' too) and every battery held every
+    aggregator's key. The hub refuses it with the command to run; that command keeps the
+    group key, drops the shared keys, and gives the battery its pair keys' place empty."""
+    old_keys = {"1": "11" * 32, "2": "22" * 32, "3": "33" * 32, "1001": "44" * 32}
+    (site / "hub-keys.json").write_text(json.dumps({"keys": old_keys, "group": "55" * 32}))
+    os.chmod(site / "hub-keys.json", 0o600)
+    template = keys_of(ROOT / "firmware" / "config.example.json")
+    (site / "battery-1001.json").write_text(
+        json.dumps(
+            {**template, "device_id": 1001, "key_id": 1001, "keys": old_keys, "group": "55" * 32}
+        )
+    )
+    with pytest.raises(
+        firmware_config.ConfigError, match="old shared-key scheme.*gridbid hub keys"
+    ):
+        firmware_config.check(keys_of(site / "battery-1001.json"))
+    code, out = gridbid("hub", "run", "--config", "hub.toml", cwd=site)
+    assert code == 2 and "old shared keys" in out and "gridbid hub keys" in out, out
+    code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1001", cwd=site)
+    assert code == 0 and "old shared keys dropped" in out, out
+    data = keys_of(site / "hub-keys.json")
+    assert "keys" not in data and data["group"] == "55" * 32  # batteries keep the group
+    again = keys_of(site / "battery-1001.json")
+    assert again["keys"] == {} and firmware_config.check(again)["devices"] == template["devices"]
 
 
 def test_keys_extended_keep_what_batteries_already_hold(site):
@@ -68,10 +108,9 @@ def test_keys_extended_keep_what_batteries_already_hold(site):
     code, out = gridbid("hub", "keys", "--config", "hub.toml", "--battery", "1002", cwd=site)
     assert code == 0, out
     after = keys_of(site / "hub-keys.json")
-    assert after["group"] == before["group"]
-    assert {k: after["keys"][k] for k in before["keys"]} == before["keys"]
-    assert set(after["keys"]) - set(before["keys"]) == {"1002"}
-    assert "a key for battery 1002" in out and "aggregator" not in out.split("\n")[0]
+    assert after == before  # the master and group keys every battery's keys come from
+    assert "already complete" in out.split("\n")[0] and "battery 1002" in out
+    assert keys_of(site / "battery-1002.json")["group"] == before["group"]
     code, out = gridbid("hub", "keys", "--config", "hub.toml", cwd=site)
     assert code == 0 and "already complete" in out
     assert keys_of(site / "hub-keys.json") == after
@@ -100,8 +139,9 @@ def test_battery_config_from_template_boots_with_the_hub_settings(site):
         ("tcp_port", "device_port"),
     ):
         assert cfg[battery_name] == hub[hub_name], battery_name  # fmt: skip
-    for key_id in (1, 2, 3):  # the battery trusts every aggregator with the hub's key
-        assert cfg["keyring"].get(key_id).tag(b"x") == hub["keyring"].get(key_id).tag(b"x")
+    assert list(cfg["keyring"]) == [0]  # the hub's key only: no aggregator before enrollment
+    assert cfg["keyring"].get(0).tag(b"x") == auth.HmacKey(hub["keys"].etp_key(1001)).tag(b"x")
+    assert cfg["coap_key"].tag(b"x") == hub["keys"].coap.get(1001).tag(b"x")
 
 
 def test_keys_again_keep_the_batterys_own_settings(site):
@@ -112,7 +152,8 @@ def test_keys_again_keep_the_batterys_own_settings(site):
                         "--template", str(template), cwd=site)  # fmt: skip
     assert code == 0, out
     battery = site / "battery-1001.json"
-    first = {**keys_of(battery), "reserve_floor": 15.5}  # the owner's own change
+    # the owner's own change, and an aggregator it trusts (enrollment)
+    first = {**keys_of(battery), "reserve_floor": 15.5, "keys": {"2": "66" * 32}}
     battery.write_text(json.dumps(first))
     toml = (site / "hub.toml").read_text().replace("slot_s = 900", "slot_s = 600")
     (site / "hub.toml").write_text(toml + "\n[[aggregator]]\nkey_id = 4\n")
@@ -125,7 +166,8 @@ def test_keys_again_keep_the_batterys_own_settings(site):
         assert again[name] == first[name], name
     assert set(keys_of(template)) <= set(again)  # devices, source, reserve_floor, ...
     assert again["slot_s"] == 600  # the hub's, refreshed
-    assert again["keys"] == {**first["keys"], "4": hub_keys["keys"]["4"]}  # the new aggregator's
+    assert again["keys"] == first["keys"]  # the hub adds no aggregator's key (it has none)
+    assert "66" * 32 not in json.dumps(hub_keys)
     assert stat.S_IMODE(battery.stat().st_mode) == 0o600
     firmware_config.check(again)
     (site / "battery-1002.json").write_text("{not json")  # a broken one changes nothing

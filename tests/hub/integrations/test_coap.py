@@ -177,8 +177,8 @@ def test_requests_that_do_not_authenticate_get_4_01_and_a_reason(tmp_path):
             response = await asyncio.wait_for(ctx.request(unsigned).response, 10)
             refused(response, "no auth option")
             response, _ = await ask(ctx, port, "price", device=STRANGER, signer=key(DEVICE))
-            refused(response, "unknown device 4242")
-            # an aggregator's key id is in the keyring, but it is no battery
+            refused(response, "bad tag for device 4242")  # no battery holds 4242's key
+            # an aggregator's key id: it has a CoAP key by derivation, but it is no battery
             response, _ = await ask(ctx, port, "price", device=BUYER)
             refused(response, "unknown device 1")
             response, _ = await ask(ctx, port, path, signer=key(OTHER))  # the wrong key
@@ -286,18 +286,18 @@ def test_a_port_in_use_is_named(tmp_path):
 def test_the_firmware_client_starts_only_when_set_and_names_bad_settings():
     import coap_client  # firmware/ (tests/conftest.py puts it on sys.path)
 
-    keyring = auth.Keyring({DEVICE: KEYS[DEVICE]})
+    key = auth.HmacKey(KEYS[DEVICE])
     cfg = {"device_id": DEVICE, "key_id": DEVICE, "market_maker": "hub", "slot_s": SLOT_S,
            "max_kw": 5.0}  # fmt: skip
-    assert coap_client.start(cfg, keyring, None, print) is None  # off by default
-    for bad, why in (
-        ({"coap_hub": "hub.local"}, 'coap_hub must be "host:port"'),
-        ({"coap_hub": "hub.local:coap"}, 'coap_hub must be "host:port"'),
-        ({"coap_hub": "127.0.0.1:5683", "key_id": 7}, "key_id == device_id"),
-        ({"coap_hub": "127.0.0.1:5683", "device_id": 7, "key_id": 7}, "no key for key id 7"),
+    assert coap_client.start(cfg, key, None, print) is None  # off by default
+    for bad, given, why in (
+        ({"coap_hub": "hub.local"}, key, 'coap_hub must be "host:port"'),
+        ({"coap_hub": "hub.local:coap"}, key, 'coap_hub must be "host:port"'),
+        ({"coap_hub": "127.0.0.1:5683", "key_id": 7}, key, "key_id == device_id"),
+        ({"coap_hub": "127.0.0.1:5683"}, None, "coap_hub needs coap_key"),
     ):
         with pytest.raises(ValueError) as err:
-            coap_client.start({**cfg, **bad}, keyring, None, print)
+            coap_client.start({**cfg, **bad}, given, None, print)
         assert why in str(err.value), err.value
 
 

@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 
 import pytest
+from helpers.hub_site import write_keys
 from helpers.logs import into
 from helpers.mqtt_broker import DEPLOY, Broker, Subscriber
 from helpers.waiting import until, until_async
@@ -73,10 +74,7 @@ def broker(certs):
 def hub_config_with(folder, mqtt_settings, name="hub1", **hub_settings):
     keys = folder / "hub-keys.json"
     if not keys.exists():
-        keys.touch(mode=0o600)
-        keys.write_text(json.dumps({"keys": {"1": os.urandom(32).hex(),
-                                             "2": os.urandom(32).hex()},
-                                    "group": os.urandom(32).hex()}))  # fmt: skip
+        write_keys(keys, [1, 2])
     data = {
         "hub": {"name": name, "store": "hub.sqlite", "interface": "127.0.0.1", "slot_s": 10,
                 "gate_s": 3, **hub_settings},
@@ -256,11 +254,9 @@ def test_a_real_hub_run_publishes_its_market(broker, tmp_path):
             for soc in (90.0, 70.0):
                 await fleet.add(sim_settings={"soc_pct": soc})
             await asyncio.gather(*(d.start() for d in fleet.devices))
-            keys = {str(k): v.hex() for k, v in fleet.agg_keys.items()}
-            keys.update({str(d.device_id): d.key.hex() for d in fleet.devices})
-            path = tmp_path / "hub-keys.json"
-            path.touch(mode=0o600)
-            path.write_text(json.dumps({"keys": keys, "group": fleet.group_key.hex()}))
+            fleet.hub_keys(tmp_path / "hub-keys.json")
+            for key_id in (1, 2):
+                fleet.identity(tmp_path / ("aggregator-%d.json" % key_id), key_id)
             cfg = hub_config_with(
                 tmp_path, settings_for(broker, tmp_path), group_addr=fleet.group_addr,
                 group_port=fleet.group_port, device_port=fleet.tcp_port, slot_s=slot_s,

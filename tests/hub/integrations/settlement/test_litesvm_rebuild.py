@@ -171,6 +171,9 @@ class FakeHub:
         into(self.lines)
         self.log = self.lines.append
 
+    def aggregators(self):
+        return {a["key_id"]: a["name"] for a in self.cfg["aggregators"]}
+
 
 def test_the_hub_rebuilds_its_chain_at_start(tmp_path):
     w, _keys, _settings = settled_world(tmp_path)

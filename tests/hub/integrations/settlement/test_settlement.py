@@ -303,6 +303,9 @@ class FakeHub:
         into(self.lines)
         self.log = self.lines.append
 
+    def aggregators(self):
+        return {a["key_id"]: a["name"] for a in self.cfg["aggregators"]}
+
 
 @sync
 async def test_the_integration_settles_in_the_background_and_after_a_restart(tmp_path):

@@ -12,6 +12,7 @@ import json
 import secrets
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -121,9 +122,10 @@ def test_slots_show_each_auction_from_offers_to_clearing(live):
         layers = sql(db, "SELECT * FROM bids WHERE slot = ? AND side = 'bid' ORDER BY order_id",
                      slot)  # fmt: skip
         assert [b["order_id"] for b in book["bids_list"]] == [r["order_id"] for r in layers]
-        names = {a.key_id: a.name for a in hub.agents.values()}
+        names = hub.aggregators()
         assert [b["aggregator"] for b in book["bids_list"]] == [names[r["owner"]] for r in layers]
-        assert [b["device"] for b in book["bids_list"]] == [int(r["ref"][4:]) for r in layers]
+        assert [b["device"] for b in book["bids_list"]] == [int(r["ref"].split(":")[1])
+                                                             for r in layers]  # fmt: skip
         won = {f["order_id"]: f["kwh"] for f in fills}
         assert [b["won_kwh"] for b in book["bids_list"]] == [won.get(r["order_id"], 0.0)
                                                           for r in layers]  # fmt: skip
@@ -137,18 +139,19 @@ def test_slots_show_each_auction_from_offers_to_clearing(live):
 def test_competition_metrics_match_the_store(live):
     hub, web, _events, db, _token, _keys = live
     rows = {a["name"]: a for a in get(web, "/api/aggregators")["items"]}
-    assert set(rows) == {a.name for a in hub.agents.values()}
-    for agent in hub.agents.values():
-        row = rows[agent.name]
+    assert set(rows) == set(hub.aggregators().values())
+    for key_id, name in hub.aggregators().items():
+        row = rows[name]
         layers = sql(db, "SELECT slot, order_id FROM bids WHERE side = 'bid' AND owner = ?",
-                     agent.key_id)  # fmt: skip
+                     key_id)  # fmt: skip
         fills = sql(db, "SELECT kwh, price FROM trades WHERE side = 'bid' AND owner = ?",
-                    agent.key_id)  # fmt: skip
+                    key_id)  # fmt: skip
         assert row["bids"] == len(layers) and row["won"] == len(fills)
         assert row["win_rate"] == pytest.approx(len(fills) / len(layers))
         assert row["kwh"] == pytest.approx(sum(f["kwh"] for f in fills))
         assert row["money"] == pytest.approx(sum(f["kwh"] * f["price"] for f in fills))
-        assert row["strategy"] == agent.cfg["strategy"] and row["paused"] is False
+        hosted = {a["key_id"]: a["strategy"] for a in hub.cfg["aggregators"]}
+        assert row["strategy"] == hosted[key_id] and row["paused"] is False
     assert sum(r["won"] for r in rows.values()) > 0
     totals = get(web, "/api/status")["totals"]
     assert totals["cleared_slots"] >= 1 and totals["kwh"] > 0
@@ -290,7 +293,13 @@ def test_controls_need_the_token(live):
 def test_no_secret_in_any_answer(live):
     hub, web, events, _db, token, keys_file = live
     keys = json.loads(keys_file.read_text())
-    hexes = [keys["group"]] + list(keys["keys"].values())
+    hexes = [keys["group"], keys["master"]]  # the hub's, and its CoAP keys of batteries
+    hexes += [hub.cfg["keys"].coap_key(d).hex() for d in hub.registry.devices]
+    for agg in hub.cfg["aggregators"]:  # the hosted aggregators' own secrets and pair keys
+        own = json.loads(Path(agg["identity_file"]).read_text())
+        hexes += [own["master"]] + [agg["identity"].pair_key(d).hex()
+                                    for d in hub.registry.devices]  # fmt: skip
+    assert len(hexes) == 2 + 3 + 2 * 4
     slot = get(web, "/api/slots")["items"][0]["slot"]
     contract = get(web, "/api/contracts")["items"][0]["id"]
     paths = ["/", "/static/app.js", "/static/style.css", "/openapi.json", "/api/status",

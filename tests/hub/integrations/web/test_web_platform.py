@@ -238,7 +238,7 @@ def test_no_wallet_secret_in_any_answer(hub):
         key = bytes(json.loads(raw))
         secrets += [str(Keypair.from_bytes(key)), key.hex(), key[:32].hex(), raw.strip()]
     keys = json.loads((folder / "hub-keys.json").read_text())
-    secrets += [keys["group"]] + list(keys["keys"].values())
+    secrets += [keys["group"], keys["master"]]
     paths = ["/api/platform", "/api/platform/certificates?limit=500",
              "/api/platform/proposals?limit=500", "/api/platform/rewards?limit=500",
              "/api/platform/rewards?epoch=%d" % EPOCH, "/api/platform/certificates?status=x",

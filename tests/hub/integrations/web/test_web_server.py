@@ -24,7 +24,7 @@ TOKEN = "t0ken-for-tests-only-0123456789"
 
 
 def config(folder, **web):
-    write_keys(folder / "hub-keys.json", {1: os.urandom(32), 2: os.urandom(32)}, os.urandom(32))
+    write_keys(folder / "hub-keys.json", [1, 2])
     return hub_toml.check({
         "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json", "slot_s": 10, "gate_s": 4},
         "aggregator": [{"key_id": 1, "name": "a"}, {"key_id": 2, "name": "b"}],

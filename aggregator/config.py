@@ -1,0 +1,143 @@
+"""aggregator.toml: what makes an independent aggregator this aggregator (see
+aggregator/aggregator.example.toml). Checked whole at start-up: a broken file stops
+`gridbid aggregator run` with one line naming the fault.
+
+    [aggregator]    its identity file, its store, its strategy and limits
+    [[market]]      each market it trades in: the admission file its operator gave
+
+The strategy settings (STRATEGY_DEFAULTS) are the same a hub.toml [[aggregator]]
+block takes for a hosted aggregator (hub/config/hub_toml.py reads them from here).
+Secrets are in files of their own, 0600: the identity (aggregator/identity.py) and
+each market's admission (its market key, from `gridbid hub admit`).
+"""
+
+import tomllib
+from pathlib import Path
+
+from aggregator import identity
+from transport import secret_files
+
+STRATEGY_DEFAULTS = {
+    "strategy": "value",  # value | adaptive | utility | "package.module:Class"
+    "value": 20.0,  # resale value, c/kWh (value and adaptive)
+    "spread": 0.0,  # value is drawn per offer from [value, value + spread]
+    "margin": 1.0,  # c/kWh kept
+    "bidders": 3,  # the competition a value bidder assumes
+    "price": None,  # utility: posted price (None: the battery's reserve)
+    "budget": None,  # cents per slot (None: unlimited)
+    "capacity": None,  # kWh per slot (None: unlimited)
+    "max_kw": None,  # power asked of batteries (None: what each offers)
+    "options": None,  # a strategy of your own ("module:Class"): its settings, a table
+}
+BUILT_IN = ("value", "adaptive", "utility")
+AGGREGATOR_DEFAULTS = {
+    "identity": "aggregator.json",  # its identity file (`gridbid aggregator new`)
+    "bind_timeout_s": 2.0,  # a battery's answer to our Bid
+    **STRATEGY_DEFAULTS,
+}
+ADMISSION = "gridbid-admission/1"  # the kind of an admission file
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def check_strategy(agg, where):
+    """agg's strategy settings checked (agg has STRATEGY_DEFAULTS filled in)."""
+    if agg["strategy"] not in BUILT_IN:
+        from aggregator.strategies import load_plugin
+
+        try:
+            load_plugin(agg["strategy"])
+        except ValueError as exc:
+            raise ConfigError("%s: %s" % (where, exc)) from None
+    if agg["options"] is not None and not isinstance(agg["options"], dict):
+        raise ConfigError("%s: options must be a table" % where)
+    for name in ("value", "spread", "margin", "price", "budget", "capacity", "max_kw"):
+        if agg[name] is not None and not _number(agg[name]):
+            raise ConfigError("%s: %s must be a number >= 0" % (where, name))
+    bidders = agg["bidders"]
+    if isinstance(bidders, bool) or not isinstance(bidders, int) or bidders < 1:
+        raise ConfigError("%s: bidders must be a whole number >= 1" % where)
+    return agg
+
+
+def read_toml(path, error=ConfigError):
+    """A TOML file's tables; `error` (a ValueError) names the file and the fault."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise error("cannot read %s: %s" % (path, exc.strerror)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error("%s is not valid TOML: %s" % (path, exc)) from None
+
+
+def load(path):
+    """aggregator.toml checked, its identity and admissions read. -> cfg."""
+    path = Path(path)
+    return check(read_toml(path), base=path.parent, where=str(path))
+
+
+def check(data, base=Path("."), where="aggregator config"):
+    unknown = set(data) - {"aggregator", "market"}
+    if unknown:
+        raise ConfigError("%s: unknown sections %s" % (where, sorted(unknown)))
+    own = data.get("aggregator", {})
+    unknown = set(own) - set(AGGREGATOR_DEFAULTS)
+    if unknown:
+        raise ConfigError("%s: [aggregator] has unknown settings %s" % (where, sorted(unknown)))
+    cfg = check_strategy({**AGGREGATOR_DEFAULTS, **own}, "%s: [aggregator]" % where)
+    if not _number(cfg["bind_timeout_s"]) or not 0.1 <= cfg["bind_timeout_s"] <= 60:
+        raise ConfigError("%s: bind_timeout_s must be 0.1..60 s" % where)
+    try:
+        cfg["identity"] = identity.load(str(base / cfg["identity"]))
+    except identity.IdentityError as exc:
+        raise ConfigError("%s: %s" % (where, exc)) from None
+    cfg["key_id"], cfg["name"] = cfg["identity"].key_id, cfg["identity"].name
+    markets = data.get("market")
+    if not isinstance(markets, list) or not markets:
+        raise ConfigError("%s: at least one [[market]] (admission = FILE) is needed" % where)
+    cfg["markets"] = [_market(m, base, cfg["key_id"], where) for m in markets]
+    names = [m["market"] for m in cfg["markets"]]
+    if len(set(names)) != len(names):
+        raise ConfigError("%s: two [[market]] blocks name market %s" % (where, names))
+    return cfg
+
+
+def _market(block, base, key_id, where):
+    if not isinstance(block, dict) or set(block) - {"admission", "host", "port"}:
+        raise ConfigError("%s: a [[market]] takes admission, and optionally host and port"
+                          % where)  # fmt: skip
+    if not isinstance(block.get("admission"), str):
+        raise ConfigError("%s: a [[market]] needs admission = FILE (`gridbid hub admit`)"
+                          % where)  # fmt: skip
+    path = str(base / block["admission"])
+    try:
+        data = secret_files.read(path, "admission")
+    except secret_files.SecretFileError as exc:
+        raise ConfigError("%s: %s" % (where, exc)) from None
+    if data.get("kind") != ADMISSION or data.get("aggregator") != key_id:
+        raise ConfigError("%s: %s is no admission of aggregator %d (`gridbid hub admit`)"
+                          % (where, path, key_id))  # fmt: skip
+    market = {**data, **{k: block[k] for k in ("host", "port") if k in block}}
+    try:
+        market["key"] = bytes.fromhex(data["key"])
+        if len(market["key"]) < 32 or not isinstance(market["market"], str):
+            raise ValueError
+        if not isinstance(market["port"], int) or not 0 < market["port"] < 65536:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(
+            "%s: %s is damaged (its market, host, port or key)" % (where, path)
+        ) from None
+    return market
+
+
+def admission(market, host, port, aggregator_id, key):
+    """What the hub's operator gives an aggregator to trade in its market (0600)."""
+    return {"kind": ADMISSION, "market": market, "host": host, "port": port,
+            "aggregator": aggregator_id, "key": key.hex()}  # fmt: skip
+
+
+def _number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0

@@ -1,0 +1,228 @@
+"""An aggregator at work: it hears a market's offers, prices them with its strategy,
+bids, and buys what it was filled from each battery over ETP, with its own pair keys.
+The same class runs inside a hub (a hosted aggregator, through market_client.LocalLink)
+and as its own process on its own machine (`gridbid aggregator run`, MarketLink), in
+one or many markets at once.
+
+Per slot of a market:
+1. `slot`: each offer goes to the strategy (strategies.py); its price becomes a bid
+   layer. The links to the offering batteries are opened now, so buying at the gate
+   does not wait for TCP.
+2. `fills`: for each battery it was filled by, a Bid at the clearing price for its
+   kWh, which the battery's auction accepts (the price is at or above its reserve).
+   Then, write-ahead, the market maker is told: Received, and Confirmed before the
+   BidConfirm leaves; a contract the hub does not hold is never confirmed (the
+   battery's accept lapses), so neither side keeps an orphan.
+3. `clearing`: the strategy learns the outcome of each of its bids.
+4. The battery's outcome (a TERMINATE answering our BidConfirm) tells the strategy
+   how much of the promise it delivered: the battery's reputation with us.
+"""
+
+import asyncio
+import itertools
+import logging
+
+from aggregator.strategies import Offer, Outcome
+from protocol import frame, message
+from transport.links import DeviceLink, QueueFull, now_ms
+
+log = logging.getLogger(__name__)
+REPLY_S = 5.0  # the market maker's answer to a contract report
+KEEP_SLOTS = 16  # slots whose bids wait for their clearing, per trader
+KEEP_CONTRACTS = 100_000  # contracts whose outcome is awaited (for reputation)
+
+
+class Trader:
+    def __init__(self, identity, strategy, max_kw=None, bind_timeout_s=2.0):
+        self.name, self.key_id = identity.name, identity.key_id
+        self.strategy = strategy
+        self.max_kw, self.bind_timeout_s = max_kw, bind_timeout_s
+        # Its pair key with each battery, derived from its own master secret (identity.py).
+        self.codec = frame.Codec(identity.keyring(), key_id=self.key_id)
+        self.ids = message.MessageIds(now_ms())
+        self.markets = {}  # market name -> MarketLink / LocalLink
+        self.links = {}  # device id -> DeviceLink
+        self.bids = {}  # (market, slot) -> {device: (Offer, Bid)}
+        self.won = {}  # (market, slot) -> {device: kWh}
+        self.contracts = {}  # our BidConfirm id -> (device, kWh promised)
+        self.buying = set()  # tasks
+        self._waiting = {}  # our ETP message id -> Future of the battery's answer
+        self._replies = {}  # market ref -> Future of the market maker's answer
+        self._refs = itertools.count(1)
+        self._layer_ids = itertools.count(1)
+
+    def trade_in(self, link):
+        """Trade in this market (its link calls on_message); -> the link, started."""
+        self.markets[link.market] = link
+        return link.start()
+
+    async def close(self):
+        for task in list(self.buying):
+            task.cancel()
+        await asyncio.gather(*self.buying, return_exceptions=True)
+        await asyncio.gather(*(m.close() for m in self.markets.values()))
+        await asyncio.gather(*(link.close() for link in self.links.values()))
+
+    # --- the market's messages ------------------------------------------------------
+
+    def on_message(self, market, msg):
+        kind = msg.get("type")
+        if kind == "slot":
+            self._slot(market, msg)
+        elif kind == "fills":
+            log.info("%s: filled by %d batteries in %s at %s c/kWh", self.name,
+                     len(msg["fills"]), msg["slot"], msg["price"])  # fmt: skip
+            for fill in msg["fills"]:
+                task = asyncio.ensure_future(self.buy(market, msg, fill))
+                self.buying.add(task)
+                task.add_done_callback(self.buying.discard)
+        elif kind == "clearing":
+            self._learn(market, msg)
+        elif kind in ("contract_result", "error", "bid_result"):
+            waiter = self._replies.pop(msg.get("ref"), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+            elif kind == "error":
+                log.warning("%s: market %s refused %s: %s", self.name, market.market,
+                            msg.get("what"), msg.get("why"))  # fmt: skip
+        elif kind == "welcome":
+            log.info("%s: trading in market %s", self.name, market.market)
+
+    def _slot(self, market, msg):
+        for old in list(self.bids)[:-KEEP_SLOTS]:  # a clearing that never came (hub gone)
+            self.bids.pop(old, None)
+            self.won.pop(old, None)
+        layers, mine = [], self.bids.setdefault((market.market, msg["slot"]), {})
+        for o in msg["offers"]:
+            device = o["device"]
+            self.link(device, o["address"], o["port"])
+            offer = Offer(device, o["kwh"], o["reserve"], msg["start"], msg["signal"])
+            bid = self.strategy.bid(offer)
+            if bid is None:
+                continue
+            mine[device] = (offer, bid)
+            layers.append({"device": device, "price": bid.price, "kwh": bid.kwh,
+                           "id": next(self._layer_ids)})  # fmt: skip
+        for start in range(0, len(layers), 1000):  # the market takes 1000 layers a message
+            try:
+                market.send({"type": "bid", "slot": msg["slot"], "ref": next(self._refs),
+                             "layers": layers[start : start + 1000]})  # fmt: skip
+            except ConnectionError as exc:
+                log.warning("%s: bids for %s not sent: %s", self.name, msg["slot"], exc)
+                return
+
+    def _learn(self, market, msg):
+        key = (market.market, msg["slot"])
+        won = self.won.pop(key, {})
+        for device, (offer, bid) in self.bids.pop(key, {}).items():
+            got = won.get(device, 0.0) if msg["price"] is not None else 0.0
+            self.strategy.observe(
+                Outcome(device, offer.slot, got > 0, bid.price, got, msg["price"]))  # fmt: skip
+
+    # --- buying -------------------------------------------------------------------------
+
+    def link(self, device_id, address, port):
+        """The session with this battery, opened (and kept up) on first use."""
+        link = self.links.get(device_id)
+        if link is None or (link.address, link.port) != (address, port):
+            if link is not None:
+                asyncio.ensure_future(link.close())
+            link = DeviceLink(self.codec, address, port, self._received,
+                              on_connect=self._hello(device_id), device_id=device_id)  # fmt: skip
+            self.links[device_id] = link.start()
+        return link
+
+    def _hello(self, device_id):
+        # A battery closes a session that says nothing authentic: a Query says who we are.
+        def hello(link):
+            link.send(message.query(self.ids.next(), device_id))
+
+        return hello
+
+    async def buy(self, market, msg, fill):
+        """Buy a fill from its battery. -> (state, why) (also told to the market maker)."""
+        device, slot = fill["device"], msg["slot"]
+        self.won.setdefault((market.market, slot), {})[device] = fill["kwh"]
+        self.link(device, fill["address"], fill["port"])
+        limits = [x for x in (self.max_kw, fill.get("max_kw")) if x]
+        kw = min(limits) if limits else 1.0  # the power asked: ours, the battery's, or 1 kW
+        bid = message.bid(self.ids.next(), device, msg["price"], round(fill["kwh"], 4))
+        answer = await self.ask(device, bid, self.bind_timeout_s)
+        if answer is None or answer.message.message_type != message.BID_ACCEPT:
+            why = "no answer" if answer is None else "rejected (code %d)" % (
+                answer.message.termination_code)  # fmt: skip
+            log.warning("%s could not buy %.4f kWh of battery %d: %s", self.name,
+                        fill["kwh"], device, why)  # fmt: skip
+            return None, why
+        got = answer.message
+        report = {"type": "contract", "slot": slot, "device": device, "bid_id": bid.message_id,
+                  "price": got.sale_price, "kwh": got.required_energy_amount, "kw": kw}  # fmt: skip
+        said = await self.tell(market, dict(report, state="Received"))
+        if said.get("type") != "contract_result":
+            return None, "the market maker did not take it: %s" % said.get("why")
+        link = self.links[device]
+        confirm = message.bid_confirm(
+            self.ids.next(), device, got.sale_price, got.required_energy_amount, kw
+        )
+        if not link.connected.is_set():
+            await self.tell(market, dict(report, state="Withdrawn", why="link down"))
+            return "TerminatedByAtn", "the link to battery %d is down" % device
+        said = await self.tell(market, dict(report, state="Confirmed",
+                                            confirm_id=confirm.message_id))  # fmt: skip
+        if said.get("type") != "contract_result":  # not held by the hub: never confirmed
+            return None, "the market maker did not take the confirm: %s" % said.get("why")
+        self.contracts[confirm.message_id] = (device, got.required_energy_amount)
+        while len(self.contracts) > KEEP_CONTRACTS:  # outcomes that never came
+            self.contracts.pop(next(iter(self.contracts)))
+        try:
+            link.send(confirm, reply_to=got.message_id)
+        except QueueFull:
+            pass  # Confirmed on both books: no report by the deadline makes it UnknownOutcome
+        return "Confirmed", said.get("contract")
+
+    async def tell(self, market, report):
+        """A contract report to the market maker -> its answer ({"type": "error", ...}
+        when refused, unreachable or silent)."""
+        ref = next(self._refs)
+        waiter = self._replies[ref] = asyncio.get_running_loop().create_future()
+        try:
+            market.send(dict(report, ref=ref))
+            return await asyncio.wait_for(waiter, REPLY_S)
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            return {"type": "error", "why": str(exc) or "no answer"}
+        finally:
+            self._replies.pop(ref, None)
+
+    async def ask(self, device_id, msg, timeout_s, reply_to=0):
+        """Send msg to the battery and wait for the frame that answers it (or None)."""
+        link = self.links.get(device_id)
+        if link is None:
+            return None
+        waiter = self._waiting[msg.message_id] = asyncio.get_running_loop().create_future()
+        try:
+            link.send(msg, reply_to, expires_ms=now_ms() + int(timeout_s * 1000))
+            return await asyncio.wait_for(waiter, timeout_s)
+        except (asyncio.TimeoutError, QueueFull):
+            return None
+        finally:
+            self._waiting.pop(msg.message_id, None)
+
+    def _received(self, link, got):
+        # A battery signs with its device id and speaks only for itself: a frame on this
+        # link from any other key, or about another device, is dropped (the pair key
+        # already binds both ends; this names the fault when a peer is misconfigured).
+        if got.group or got.key_id != link.device_id or got.message.device_id != got.key_id:
+            log.warning("%s dropped a frame from key %d about device %d on battery %d's link",
+                        self.name, got.key_id, got.message.device_id, link.device_id)  # fmt: skip
+            return
+        waiter = self._waiting.pop(got.reply_to, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(got)
+            return
+        msg = got.message
+        if msg.message_type == message.TERMINATE and got.reply_to in self.contracts:
+            device, promised = self.contracts.pop(got.reply_to)
+            self.strategy.delivered(device, promised, msg.required_energy_amount)
+        elif msg.message_type == message.DEVICE_FAILURE:
+            log.warning("%s: DEVICE FAILURE of battery %d (cause %d)", self.name,
+                        msg.device_id, msg.termination_code)  # fmt: skip

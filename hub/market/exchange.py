@@ -1,0 +1,355 @@
+"""The market API, the hub's side: who trades in this market, what each aggregator
+sees, and what it may do. One object owns it; the transports (hub/market/server.py
+for TCP, aggregator/market_client.py's LocalLink for aggregators the hub hosts) only
+carry its messages, so a hosted aggregator and an independent one go through the
+same code. README "Market API" has the message table.
+
+Per slot:
+1. `slot` (to every subscribed aggregator, when the offers are in): the batteries'
+   offers at their reserve, where to reach each, the price signal, the gate.
+2. `bid` (from an aggregator, before the gate): bid layers, added to the book and
+   never replaced. Sealed: no other aggregator sees them before the gate.
+3. At the gate: `fills` to each buyer (its own trades only), then `clearing` to all
+   (the price and volume; the book is on the hub's REST API for audit).
+4. `contract` (from the buyer): Received when the battery accepted its Bid; Confirmed
+   before its BidConfirm leaves (write-ahead: the buyer sends it only once the hub has
+   it, so the hub never misses a contract a battery holds); Withdrawn. A fill with no
+   Confirmed by the deadline is withdrawn (no orphan contract: the battery's accept
+   lapses unconfirmed too).
+
+Every refusal (malformed, late, over a limit, no such fill, revoked) is one `error`
+answer and one row in market_refusals; the aggregator's session goes on. Limits are
+per aggregator (messages per second, layers per message and per slot), so a flood
+from one delays no other. Revocation (`gridbid hub revoke`) is read at most a second
+late: from then on its bids and contracts are refused and new sessions too.
+"""
+
+import logging
+import math
+import time
+
+from hub.market.clearing import BID
+from protocol import message
+
+log = logging.getLogger(__name__)
+
+LIMITS = {
+    "rate": 200.0,  # messages per second, per aggregator (a token bucket)
+    "burst": 400,
+    "layers_per_message": 1000,
+    "layers_per_slot": 20000,  # bid layers one aggregator may add to a slot
+    "refusal_rows_per_s": 20,  # audit rows per aggregator per second; more are counted
+}
+CONTRACT_STATES = ("Received", "Confirmed", "Withdrawn")
+
+
+class Refused(ValueError):
+    """What the market refuses, and why (one line, to the aggregator and the audit)."""
+
+
+class Participant:
+    """One aggregator's session on the market, over whichever transport."""
+
+    def __init__(self, key_id, name, send, now=None):
+        self.key_id, self.name = key_id, name
+        self._send = send  # the transport's: queues the message, never blocks
+        self.subscribed = False
+        self.tokens, self._filled_at = LIMITS["burst"], time.monotonic() if now is None else now
+        self.rows_second, self.rows_this_second, self.unlogged = 0, 0, 0
+
+    def send(self, message):
+        self._send(message)
+
+    def take_token(self, now):
+        self.tokens = min(LIMITS["burst"], self.tokens + (now - self._filled_at) * LIMITS["rate"])
+        self._filled_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class OpenSlot:
+    def __init__(self, name, start, gate_at, offers, signal):
+        self.name, self.start, self.gate_at, self.signal = name, start, gate_at, signal
+        self.offers = offers  # device -> the offer as sent ({"device", "kwh", ...})
+        self.layers = {}  # aggregator -> layers it added
+
+
+class Cleared:
+    """A cleared slot while its buyers buy: the fills, and what each buyer reported."""
+
+    def __init__(self, name, start, price, fills, deadline):
+        self.name, self.start, self.price, self.deadline = name, start, price, deadline
+        self.fills = fills  # (buyer, device) -> kWh
+        self.contracts = {}  # (buyer, device) -> (contract id, state)
+
+
+class Exchange:
+    def __init__(self, market, ledger, store, controls, market_name, names, device_port):
+        self.market, self.ledger, self.store = market, ledger, store
+        self.controls = controls  # hub/controls.py: paused.<name>, admitted/revoked ids
+        self.market_name = market_name
+        self.names = dict(names)  # aggregator id -> name: the hosted ones, and admitted ones
+        self.device_port = device_port
+        self.participants = {}  # aggregator id -> Participant
+        self.open = None  # the OpenSlot whose gate is open
+        self.cleared = {}  # slot name -> Cleared, until its deadline
+        self._read_at = 0.0
+
+    # --- sessions ------------------------------------------------------------------
+
+    def admitted(self, key_id):
+        """Its name, or None when it may not trade here (not admitted, or revoked)."""
+        self._follow_controls()
+        if self.controls.get("revoked.%d" % key_id):
+            return None
+        return self.names.get(key_id) or self.controls.get("admitted.%d" % key_id)
+
+    def join(self, key_id, send):
+        """An authenticated aggregator's session (a new one replaces its old one)."""
+        name = self.admitted(key_id)
+        if name is None:
+            raise Refused("aggregator %d is not admitted to market %s, or was revoked"
+                          % (key_id, self.market_name))  # fmt: skip
+        participant = Participant(key_id, name, send)
+        self.participants[key_id] = participant
+        log.info("market: aggregator %d (%s) joined", key_id, name)
+        return participant
+
+    def leave(self, participant):
+        if self.participants.get(participant.key_id) is participant:
+            del self.participants[participant.key_id]
+            log.info("market: aggregator %d (%s) left", participant.key_id, participant.name)
+
+    def received(self, participant, msg):
+        """One authenticated message from an aggregator: acted on, or refused."""
+        kind, ref = msg.get("type"), msg.get("ref")
+        try:
+            if not participant.take_token(time.monotonic()):
+                raise Refused("over the rate limit (%g messages/s)" % LIMITS["rate"])
+            if self.admitted(participant.key_id) is None:
+                raise Refused("aggregator %d was revoked" % participant.key_id)
+            if kind == "subscribe":
+                self._subscribe(participant)
+            elif kind == "bid":
+                self._bid(participant, msg)
+            elif kind == "contract":
+                self._contract(participant, msg)
+            else:
+                raise Refused("unknown message type %r" % (kind,))
+        except Refused as exc:
+            self._refuse(participant, kind, str(exc), msg.get("slot"), ref)
+
+    def _subscribe(self, participant):
+        participant.subscribed = True
+        participant.send({"type": "welcome", "market": self.market_name,
+                          "aggregator": participant.key_id, "name": participant.name})  # fmt: skip
+        if self.open is not None and time.time() < self.open.gate_at:
+            participant.send(self._slot_message(self.open))
+
+    # --- the slot --------------------------------------------------------------------
+
+    def open_slot(self, name, start, gate_at, offers, signal):
+        """The offers are in: tell every subscribed aggregator. offers: [{"device", "kwh",
+        "reserve", "max_kw", "address"}] (and "port", when not the batteries' ETP port)."""
+        listed = {o["device"]: {"port": self.device_port, **o} for o in offers}
+        self.open = OpenSlot(name, start, gate_at, listed, signal)
+        self._broadcast(self._slot_message(self.open))
+
+    def _slot_message(self, slot):
+        return {"type": "slot", "slot": slot.name, "start": slot.start, "gate": slot.gate_at,
+                "signal": slot.signal, "offers": list(slot.offers.values())}  # fmt: skip
+
+    def _bid(self, participant, msg):
+        slot, layers = self.open, msg.get("layers")
+        if slot is None or msg.get("slot") != slot.name:
+            raise Refused("slot %r is not open for bids" % (msg.get("slot"),))
+        if time.time() >= slot.gate_at:
+            raise Refused("late: the gate of slot %s closed" % slot.name)
+        if self.controls.get("paused.%s" % participant.name):
+            raise Refused("paused by the market's operator")
+        if not isinstance(layers, list) or not layers:
+            raise Refused("layers must be a non-empty list")
+        if len(layers) > LIMITS["layers_per_message"]:
+            raise Refused("%d layers in one message (the limit is %d)"
+                          % (len(layers), LIMITS["layers_per_message"]))  # fmt: skip
+        mine = slot.layers.setdefault(participant.key_id, 0)
+        if mine + len(layers) > LIMITS["layers_per_slot"]:
+            raise Refused("over %d layers in slot %s" % (LIMITS["layers_per_slot"], slot.name))
+        checked = [_layer(slot, layer, i) for i, layer in enumerate(layers)]  # all, first
+        added, refused = 0, []
+        with self.store.transaction():  # one commit for the message's layers
+            for device, price, kwh, layer_id in checked:
+                ref = "bid:%d:%d" % (device, layer_id)
+                try:
+                    self.market.bid(slot.name, participant.key_id, price, kwh, ref=ref)
+                except ValueError as exc:  # its id was used before, with other terms
+                    refused.append([layer_id, str(exc)])
+                else:
+                    added += 1
+        slot.layers[participant.key_id] = mine + added
+        participant.send({"type": "bid_result", "ref": msg.get("ref"), "slot": slot.name,
+                          "accepted": added, "refused": refused})  # fmt: skip
+        for layer_id, why in refused[:3]:
+            self._refuse(participant, "bid", "layer %d: %s" % (layer_id, why), slot.name,
+                         msg.get("ref"), answer=False)  # fmt: skip
+
+    def close_slot(self, name, start, result, trades, bound, deadline):
+        """The gate closed and the book cleared: each buyer gets its fills, everyone the
+        clearing. bound: {(device, buyer)} already holding a contract (a restarted hub)."""
+        if self.open is not None and self.open.name == name:
+            offers = self.open.offers
+            self.open = None
+        else:  # resumed after a restart: where to reach the batteries, from the store
+            offers = {d["id"]: {"device": d["id"], "address": d["address"],
+                                "port": self.device_port, "max_kw": 0.0}
+                      for d in self.store.devices()}  # fmt: skip
+        fills = {}
+        for trade in trades:
+            if (trade.battery, trade.buyer) not in bound:
+                key = (trade.buyer, trade.battery)
+                fills[key] = fills.get(key, 0.0) + trade.kwh
+        cleared = self.cleared[name] = Cleared(name, start, result.price, fills, deadline)
+        mine = {}
+        for (buyer, device), kwh in fills.items():
+            offer = offers.get(device, {"device": device, "address": "", "port": 0})
+            mine.setdefault(buyer, []).append({**offer, "kwh": round(kwh, 6)})
+        for buyer, their in mine.items():
+            participant = self.participants.get(buyer)
+            if participant is not None:
+                participant.send({"type": "fills", "slot": name, "start": start,
+                                  "price": result.price, "fills": their})  # fmt: skip
+        self._broadcast({"type": "clearing", "slot": name, "price": result.price,
+                         "volume_kwh": result.volume_kwh,
+                         "bid_layers": sum(1 for o in self.market.book(name).layers
+                                           if o.side == BID)})  # fmt: skip
+        return cleared
+
+    def settled(self, name):
+        """Every fill of the slot reported Confirmed or Withdrawn (the buyers are done)."""
+        cleared = self.cleared.get(name)
+        if cleared is None:
+            return True
+        done = {k for k, (_c, state) in cleared.contracts.items() if state != "Received"}
+        return done >= set(cleared.fills)
+
+    def finish(self, name):
+        """The slot's deadline passed: a contract still Received is withdrawn (its
+        battery's accept lapses unconfirmed). -> {(buyer, device): (id, state)}."""
+        cleared = self.cleared.pop(name, None)
+        if cleared is None:
+            return {}
+        for key, (contract_id, state) in list(cleared.contracts.items()):
+            if state == "Received":
+                self.ledger.withdrawn(contract_id, "not confirmed by aggregator %d in time"
+                                      % key[0])  # fmt: skip
+                cleared.contracts[key] = (contract_id, "TerminatedByAtn")
+        for key in set(cleared.fills) - set(cleared.contracts):
+            cleared.contracts[key] = (None, "no contract")
+        return cleared.contracts
+
+    # --- contracts -------------------------------------------------------------------
+
+    def _contract(self, participant, msg):
+        cleared = self.cleared.get(msg.get("slot"))
+        if cleared is None:
+            raise Refused("slot %r is not being bought" % (msg.get("slot"),))
+        device, state = msg.get("device"), msg.get("state")
+        key = (participant.key_id, device)
+        if key not in cleared.fills:
+            raise Refused("no fill of battery %r for you in slot %s" % (device, cleared.name))
+        if state not in CONTRACT_STATES:
+            raise Refused("state must be one of %s" % (CONTRACT_STATES,))
+        held = cleared.contracts.get(key)
+        if state == "Received":
+            if held is not None:
+                raise Refused("battery %d's contract of slot %s is already reported"
+                              % (device, cleared.name))  # fmt: skip
+            bid_id, kwh, kw, price = (msg.get(k) for k in ("bid_id", "kwh", "kw", "price"))
+            if not _whole(bid_id, 2**64 - 1) or not _number(kw, 1000.0) or kw <= 0:
+                raise Refused("bid_id must be a u64 and kw a power in kW")
+            if not _number(kwh, cleared.fills[key] + 1e-6) or kwh <= 0:
+                raise Refused("kwh must be within the fill's %.6f" % cleared.fills[key])
+            if not _number(price, message.MAX_PRICE) or abs(price - cleared.price) > 1e-6:
+                raise Refused("price must be the clearing price %s" % cleared.price)
+            deal = self.ledger.accepted(device, participant.key_id, bid_id, price, kwh, kw,
+                                        cleared.start)  # fmt: skip
+            cleared.contracts[key] = (deal.contract_id, "Received")
+        elif held is None or held[1] != "Received":
+            raise Refused("battery %d's contract of slot %s is not Received"
+                          % (device, cleared.name))  # fmt: skip
+        elif state == "Confirmed":
+            confirm_id = msg.get("confirm_id")
+            if not _whole(confirm_id, 2**64 - 1):
+                raise Refused("confirm_id must be a u64")
+            self.ledger.confirming(held[0], confirm_id)
+            cleared.contracts[key] = (held[0], "Confirmed")
+        else:
+            self.ledger.withdrawn(held[0], str(msg.get("why", "by the buyer"))[:100])
+            cleared.contracts[key] = (held[0], "TerminatedByAtn")
+        participant.send({"type": "contract_result", "ref": msg.get("ref"), "slot": cleared.name,
+                          "device": device, "contract": cleared.contracts[key][0],
+                          "state": cleared.contracts[key][1]})  # fmt: skip
+
+    # --- refusals and broadcasts -------------------------------------------------------
+
+    def _refuse(self, participant, what, why, slot, ref, answer=True):
+        """One `error` answer; one audit row (up to refusal_rows_per_s a second, the rest
+        counted into the next row); one log line per aggregator per second at most."""
+        if answer:
+            participant.send({"type": "error", "ref": ref, "what": what, "why": why})
+        second = int(time.monotonic())
+        if second != participant.rows_second:
+            participant.rows_second, participant.rows_this_second = second, 0
+        if participant.rows_this_second >= LIMITS["refusal_rows_per_s"]:
+            participant.unlogged += 1
+            return
+        if participant.unlogged:
+            why = "%s (and %d more refused since)" % (why, participant.unlogged)
+            participant.unlogged = 0
+        participant.rows_this_second += 1
+        self.store.record_refusal(participant.key_id, str(what)[:40], why,
+                                  slot if isinstance(slot, str) else None)  # fmt: skip
+        if participant.rows_this_second == 1:
+            log.info("market: refused %s of aggregator %d: %s", what, participant.key_id, why)
+
+    def _broadcast(self, msg):
+        for participant in list(self.participants.values()):
+            if participant.subscribed:
+                participant.send(msg)
+
+    def _follow_controls(self):
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:  # other processes write them (`gridbid hub revoke`)
+            self._read_at = now
+            self.controls.refresh()
+
+
+def _layer(slot, layer, index):
+    """A bid layer as sent -> (device, price, kWh, layer id); Refused names the fault."""
+    if not isinstance(layer, dict):
+        raise Refused("layer %d is not an object" % index)
+    device, price, kwh, layer_id = (layer.get(k) for k in ("device", "price", "kwh", "id"))
+    offer = slot.offers.get(device)
+    if offer is None:
+        raise Refused(
+            "layer %d: battery %r offered nothing in slot %s" % (index, device, slot.name)
+        )
+    if not _number(price, message.MAX_PRICE) or price <= 0:
+        raise Refused("layer %d: price must be a positive c/kWh" % index)
+    if not _number(kwh, offer["kwh"] + 1e-9) or kwh <= 0:
+        raise Refused("layer %d: kwh must be within the %.4f kWh offered" % (index, offer["kwh"]))
+    if not _whole(layer_id, 2**53):
+        raise Refused("layer %d: id must be a whole number (yours, unique in the slot)"
+                      % index)  # fmt: skip
+    return device, float(price), float(kwh), layer_id
+
+
+def _number(value, high):
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and 0 <= value <= high)  # fmt: skip
+
+
+def _whole(value, high):
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= high

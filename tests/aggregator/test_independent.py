@@ -1,0 +1,197 @@
+"""Independent aggregators, as companies run them: each its own OS process (`gridbid
+aggregator run`) with its own identity, strategy and files, trading over the market
+API with a hub process (`gridbid hub run`) that hosts none, and buying from firmware
+batteries on the VM with pair keys the hub never holds. The hub's operator admits
+them (`gridbid hub admit`) and revokes one mid-run (`gridbid hub revoke`)."""
+
+import json
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from helpers.hub_site import GATE_S, SLOT_S, Background, start_all, toml
+from helpers.processes import Gridbid
+from helpers.waiting import until
+
+from protocol import pairing
+from simulator.fleet import Fleet, free_port
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = Path(__file__).resolve().parents[2]
+# Each may buy 0.01 kWh a slot, half of what the batteries offer: both win.
+STRATEGIES = {11: ("value", {"value": 22.0, "spread": 4.0, "bidders": 2, "capacity": 0.01}),
+              12: ("adaptive", {"value": 22.0, "spread": 4.0, "capacity": 0.01})}  # fmt: skip
+
+
+CONFIRMED_BY = ("SELECT DISTINCT c.device FROM contracts c JOIN contract_states s "
+                "ON s.contract = c.id WHERE s.to_state = 'Confirmed'")  # fmt: skip
+
+
+def rows(db, sql, *args):
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def aggregator_toml(folder, key_id, strategy, settings):
+    text = ["[aggregator]", 'identity = "identity.json"', 'strategy = "%s"' % strategy]
+    text += ["%s = %s" % (k, json.dumps(v)) for k, v in settings.items()]
+    text += ["", "[[market]]", 'admission = "market-hub.json"']
+    (folder / "aggregator.toml").write_text("\n".join(text) + "\n")
+    return folder / "aggregator.toml"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Three batteries that trust aggregators 11 and 12 (enrolled), a hub folder with
+    hub.toml (no hosted aggregator, the market API on) and its keys, and each
+    aggregator's folder with its own identity."""
+    base = tmp_path_factory.mktemp("independent")
+    run = Background()
+    fleet = Fleet(base / "fleet", aggregators=tuple(STRATEGIES), slot_s=SLOT_S,
+                  gate_s=GATE_S, slots_ahead=1, poll_ms=100, tick_ms=100,
+                  success_share=0.9)  # fmt: skip
+    try:
+        for soc in (90.0, 75.0, 60.0):
+            run(fleet.add(sim_settings={"soc_pct": soc}))
+        run(start_all(fleet.devices))
+        hub = base / "hub"
+        hub.mkdir()
+        fleet.hub_keys(hub / "hub-keys.json")
+        settings = {
+            "name": "hub", "store": "hub.sqlite", "keys_file": "hub-keys.json",
+            "group_addr": fleet.group_addr, "group_port": fleet.group_port,
+            "interface": "127.0.0.1", "device_port": fleet.tcp_port, "slot_s": SLOT_S,
+            "gate_s": GATE_S, "discovery_s": 0.25, "answer_s": 1.0, "bind_timeout_s": 0.8,
+            "market_bind": "127.0.0.1", "market_port": free_port(),
+        }  # fmt: skip
+        (hub / "hub.toml").write_text(toml({"hub": settings}))
+        for key_id, (strategy, more) in STRATEGIES.items():
+            folder = base / ("agg%d" % key_id)
+            folder.mkdir()
+            fleet.identity(folder / "identity.json", key_id, strategy)
+            aggregator_toml(folder, key_id, strategy, more)
+        yield fleet, base
+    finally:
+        run(fleet.close())
+        run.stop()
+
+
+def test_two_independent_aggregators_trade_and_a_revoked_one_is_refused(site):
+    fleet, base = site
+    hub_dir = base / "hub"
+    for key_id, (name, _more) in STRATEGIES.items():
+        admit = Gridbid("hub", "admit", "--config", hub_dir / "hub.toml", "--aggregator",
+                        key_id, "--name", name, "--host", "127.0.0.1", "--out",
+                        base / ("agg%d" % key_id) / "market-hub.json", cwd=ROOT)  # fmt: skip
+        assert admit.finish(30) == 0, admit.output
+        assert "never shown" in admit.output and not re.search("[0-9a-f]{32}", admit.output)
+    aggregators = {k: Gridbid("aggregator", "run", "--config",
+                              base / ("agg%d" % k) / "aggregator.toml", cwd=ROOT)
+                   for k in STRATEGIES}  # fmt: skip
+    hub = Gridbid("hub", "run", "--config", hub_dir / "hub.toml", "--slots", "5", cwd=ROOT)
+    db = hub_dir / "hub.sqlite"
+    try:
+        for agg in aggregators.values():
+            agg.wait_for("trading in market hub", 30)
+        # two slots with both, then aggregator 12 is revoked: it bids in no later slot
+        until(lambda: len(re.findall(r"contracts$", hub.output, re.M)) >= 2, 40,
+              "two slots traded", lambda: hub.output)  # fmt: skip
+        revoke = Gridbid("hub", "revoke", "--config", hub_dir / "hub.toml", "--aggregator",
+                         12, cwd=ROOT)  # fmt: skip
+        assert revoke.finish(30) == 0, revoke.output
+        revoked_at = time.time()
+        assert hub.finish(60) == 0, hub.output
+        for agg in aggregators.values():
+            assert agg.interrupt() == 0, agg.output
+    finally:
+        hub.stop()
+        for agg in aggregators.values():
+            agg.stop()
+    for process in (hub, *aggregators.values()):
+        assert "Traceback" not in process.output, process.output
+    # both traded, each its own way: bid layers and Confirmed contracts of each
+    slots = [s for (s,) in rows(db, "SELECT DISTINCT slot FROM bids ORDER BY slot")]
+    owners = {o for (o,) in rows(db, "SELECT DISTINCT owner FROM bids WHERE side = 'bid'")}
+    assert owners == {11, 12}, owners
+    made = rows(db, "SELECT DISTINCT c.buyer FROM contracts c JOIN contract_states s "
+                    "ON s.contract = c.id WHERE s.to_state = 'Confirmed'")  # fmt: skip
+    assert {b for (b,) in made} == {11, 12}, rows(db, "SELECT buyer, state FROM contracts")
+    # revoked: no layer of 12 in a slot whose offers went out after the revocation was read
+    late = [s for s in slots if int(s.rsplit(".", 1)[1]) - SLOT_S > revoked_at + 1.5]
+    assert late, "no slot after the revocation"
+    for slot in late:
+        assert not rows(db, "SELECT 1 FROM bids WHERE slot = ? AND owner = 12", slot), slot
+    refusals = rows(db, "SELECT why FROM market_refusals WHERE aggregator = 12")
+    assert any("revoked" in why for (why,) in refusals), refusals
+    assert "refused" in aggregators[12].output and "stopped" in aggregators[11].output
+    # the hub's files hold no aggregator's secret: no master, no pair key, no market key
+    hub_bytes = b"".join(p.read_bytes() for p in hub_dir.rglob("*") if p.is_file())
+    for key_id in STRATEGIES:
+        master = fleet.masters[key_id]
+        secrets = [master] + [pairing.derive(master, pairing.LABEL_ETP, d.device_id)
+                              for d in fleet.devices]  # fmt: skip
+        for secret in secrets:
+            assert secret not in hub_bytes and secret.hex().encode() not in hub_bytes
+        identity = json.loads((base / ("agg%d" % key_id) / "identity.json").read_text())
+        assert identity["master"].encode() not in hub_bytes
+
+
+def test_one_aggregator_process_trades_in_two_hubs_markets(tmp_path):
+    """Two hubs on loopback, each with its own batteries and group, and one aggregator
+    process in both markets at once (two [[market]] blocks): contracts in each."""
+    run = Background()
+    masters = {21: os.urandom(32)}  # the aggregator's, enrolled in both
+    fleets = [Fleet(tmp_path / ("fleet%d" % n), aggregators=(21,), masters=masters,
+                    first_id=first, slot_s=SLOT_S, gate_s=GATE_S, slots_ahead=1,
+                    poll_ms=100, tick_ms=100, success_share=0.9)
+              for n, first in ((1, 1001), (2, 2001))]  # fmt: skip
+    agg_dir = tmp_path / "agg21"
+    agg_dir.mkdir()
+    fleets[0].identity(agg_dir / "identity.json", 21, "both")
+    hubs, blocks = [], []
+    try:
+        for n, fleet in enumerate(fleets, 1):
+            for soc in (90.0, 70.0):
+                run(fleet.add(sim_settings={"soc_pct": soc}))
+            run(start_all(fleet.devices))
+            folder = tmp_path / ("hub%d" % n)
+            folder.mkdir()
+            fleet.hub_keys(folder / "hub-keys.json")
+            settings = {
+                "name": "hub%d" % n, "store": "hub.sqlite", "keys_file": "hub-keys.json",
+                "group_addr": fleet.group_addr, "group_port": fleet.group_port,
+                "interface": "127.0.0.1", "device_port": fleet.tcp_port, "slot_s": SLOT_S,
+                "gate_s": GATE_S, "discovery_s": 0.25, "answer_s": 1.0,
+                "bind_timeout_s": 0.8, "market_bind": "127.0.0.1", "market_port": free_port(),
+            }  # fmt: skip
+            (folder / "hub.toml").write_text(toml({"hub": settings}))
+            admit = Gridbid("hub", "admit", "--config", folder / "hub.toml", "--aggregator",
+                            21, "--name", "both", "--host", "127.0.0.1", "--out",
+                            agg_dir / ("market-hub%d.json" % n), cwd=ROOT)  # fmt: skip
+            assert admit.finish(30) == 0, admit.output
+            blocks += ["", "[[market]]", 'admission = "market-hub%d.json"' % n]
+        (agg_dir / "aggregator.toml").write_text("\n".join(
+            ["[aggregator]", 'identity = "identity.json"', 'strategy = "value"',
+             "value = 24.0", "bidders = 3"] + blocks) + "\n")  # fmt: skip
+        agg = Gridbid("aggregator", "run", "--config", agg_dir / "aggregator.toml", cwd=ROOT)
+        hubs = [Gridbid("hub", "run", "--config", tmp_path / ("hub%d" % n) / "hub.toml",
+                        "--slots", "2", cwd=ROOT) for n in (1, 2)]  # fmt: skip
+        for name in ("hub1", "hub2"):
+            agg.wait_for("trading in market %s" % name, 30)
+        for hub in hubs:
+            assert hub.finish(60) == 0, hub.output
+        assert agg.interrupt() == 0, agg.output
+    finally:
+        for process in hubs + ([agg] if "agg" in locals() else []):
+            process.stop()
+        for fleet in fleets:
+            run(fleet.close())
+        run.stop()
+    for n, fleet in enumerate(fleets, 1):
+        db = tmp_path / ("hub%d" % n) / "hub.sqlite"
+        made = rows(db, CONFIRMED_BY + " AND c.buyer = 21")
+        assert {d for (d,) in made} == {d.device_id for d in fleet.devices}, hubs[n - 1].output
+    assert "Traceback" not in agg.output, agg.output
