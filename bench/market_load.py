@@ -68,14 +68,18 @@ class Measured(Exchange):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.bid_cpu_s = self.bid_wall_s = 0.0
+        self.bid_cpu_s = self.bid_wall_s = self.contract_cpu_s = 0.0
+        self.reports = 0
         self.layers = 0
         self.confirmed = {}  # slot -> [time.time() of each Confirmed]
         self.known = set()  # batteries in the store
 
     def received(self, participant, msg):
         if msg.get("type") != "bid":
+            cpu = time.process_time()
             super().received(participant, msg)
+            self.contract_cpu_s += time.process_time() - cpu
+            self.reports += 1
             if msg.get("type") == "contract" and msg.get("state") == "Confirmed":
                 self.confirmed.setdefault(msg.get("slot"), []).append(time.time())
             return
@@ -256,6 +260,7 @@ def main(argv=None):
         fmt(max(p99) if p99 else None),
         exchange.bid_cpu_s,
     )
+    say("hub CPU on %d contract reports: %.2f s", exchange.reports, exchange.contract_cpu_s)
     print(json.dumps(rows))
     return 0
 
