@@ -32,6 +32,7 @@ STRATEGY_DEFAULTS = {
 BUILT_IN = ("value", "adaptive", "utility")
 AGGREGATOR_DEFAULTS = {
     "identity": "aggregator.json",  # its identity file (`gridbid aggregator new`)
+    "store": "aggregator.sqlite",  # its own records: bids, fills, contracts, delivery
     "bind_timeout_s": 2.0,  # a battery's answer to our Bid
     **STRATEGY_DEFAULTS,
 }
@@ -94,6 +95,7 @@ def check(data, base=Path("."), where="aggregator config"):
     except identity.IdentityError as exc:
         raise ConfigError("%s: %s" % (where, exc)) from None
     cfg["key_id"], cfg["name"] = cfg["identity"].key_id, cfg["identity"].name
+    cfg["store"] = str(base / cfg["store"])
     markets = data.get("market")
     if not isinstance(markets, list) or not markets:
         raise ConfigError("%s: at least one [[market]] (admission = FILE) is needed" % where)

@@ -23,19 +23,21 @@ import itertools
 import logging
 
 from aggregator.strategies import Offer, Outcome
-from protocol import frame, message
+from protocol import contract, frame, message
 from transport.links import DeviceLink, QueueFull, now_ms
 
 log = logging.getLogger(__name__)
+OUTCOMES = {code: contract.STATE_NAMES[state] for state, code in contract.OUTCOME_CODES.items()}
 REPLY_S = 5.0  # the market maker's answer to a contract report
 KEEP_SLOTS = 16  # slots whose bids wait for their clearing, per trader
 KEEP_CONTRACTS = 100_000  # contracts whose outcome is awaited (for reputation)
 
 
 class Trader:
-    def __init__(self, identity, strategy, max_kw=None, bind_timeout_s=2.0):
+    def __init__(self, identity, strategy, max_kw=None, bind_timeout_s=2.0, store=None):
         self.name, self.key_id = identity.name, identity.key_id
         self.strategy = strategy
+        self.store = store  # its own records (aggregator/store.py), or None (hosted)
         self.max_kw, self.bind_timeout_s = max_kw, bind_timeout_s
         # Its pair key with each battery, derived from its own master secret (identity.py).
         self.codec = frame.Codec(identity.keyring(), key_id=self.key_id)
@@ -50,6 +52,10 @@ class Trader:
         self._replies = {}  # market ref -> Future of the market maker's answer
         self._refs = itertools.count(1)
         self._layer_ids = itertools.count(1)
+        if store is not None:  # what it learned before a restart
+            for device, (delivered, promised) in store.delivery().items():
+                strategy.delivered(device, promised, delivered)
+            self.contracts.update(store.awaited())
 
     def trade_in(self, link):
         """Trade in this market (its link calls on_message); -> the link, started."""
@@ -72,6 +78,8 @@ class Trader:
         elif kind == "fills":
             log.info("%s: filled by %d batteries in %s at %s c/kWh", self.name,
                      len(msg["fills"]), msg["slot"], msg["price"])  # fmt: skip
+            if self.store is not None:
+                self.store.fills(market.market, msg["slot"], msg["price"], msg["fills"])
             for fill in msg["fills"]:
                 task = asyncio.ensure_future(self.buy(market, msg, fill))
                 self.buying.add(task)
@@ -103,6 +111,8 @@ class Trader:
             mine[device] = (offer, bid)
             layers.append({"device": device, "price": bid.price, "kwh": bid.kwh,
                            "id": next(self._layer_ids)})  # fmt: skip
+        if self.store is not None and layers:
+            self.store.bids(market.market, msg["slot"], layers)
         for start in range(0, len(layers), 1000):  # the market takes 1000 layers a message
             try:
                 market.send({"type": "bid", "slot": msg["slot"], "ref": next(self._refs),
@@ -165,13 +175,15 @@ class Trader:
             self.ids.next(), device, got.sale_price, got.required_energy_amount, kw
         )
         if not link.connected.is_set():
-            await self.tell(market, dict(report, state="Withdrawn", why="link down"))
+            said = await self.tell(market, dict(report, state="Withdrawn", why="link down"))
+            self._keep(said, market, slot, report, None, "Withdrawn")
             return "TerminatedByAtn", "the link to battery %d is down" % device
         said = await self.tell(market, dict(report, state="Confirmed",
                                             confirm_id=confirm.message_id))  # fmt: skip
         if said.get("type") != "contract_result":  # not held by the hub: never confirmed
             return None, "the market maker did not take the confirm: %s" % said.get("why")
         self.contracts[confirm.message_id] = (device, got.required_energy_amount)
+        self._keep(said, market, slot, report, confirm.message_id, "Confirmed")
         while len(self.contracts) > KEEP_CONTRACTS:  # outcomes that never came
             self.contracts.pop(next(iter(self.contracts)))
         try:
@@ -179,6 +191,12 @@ class Trader:
         except QueueFull:
             pass  # Confirmed on both books: no report by the deadline makes it UnknownOutcome
         return "Confirmed", said.get("contract")
+
+    def _keep(self, said, market, slot, report, confirm_id, state):
+        if self.store is not None and said.get("contract"):
+            self.store.contract(said["contract"], market.market, slot, report["device"],
+                                report["bid_id"], confirm_id, report["price"], report["kwh"],
+                                report["kw"], state)  # fmt: skip
 
     async def tell(self, market, report):
         """A contract report to the market maker -> its answer ({"type": "error", ...}
@@ -223,6 +241,9 @@ class Trader:
         if msg.message_type == message.TERMINATE and got.reply_to in self.contracts:
             device, promised = self.contracts.pop(got.reply_to)
             self.strategy.delivered(device, promised, msg.required_energy_amount)
+            if self.store is not None:
+                state = OUTCOMES.get(msg.termination_code, "CompletedUnknownOutcome")
+                self.store.outcome(got.reply_to, state, msg.required_energy_amount)
         elif msg.message_type == message.DEVICE_FAILURE:
             log.warning("%s: DEVICE FAILURE of battery %d (cause %d)", self.name,
                         msg.device_id, msg.termination_code)  # fmt: skip

@@ -91,8 +91,17 @@ def trade(args):
         return 2
     log = logging.getLogger("gridbid.aggregator")
 
+    from aggregator.store import AggregatorStore, StoreError
+
+    try:
+        store = AggregatorStore(cfg["store"])
+    except StoreError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 2
+
     async def main():
-        trader = Trader(cfg["identity"], make_strategy(cfg), cfg["max_kw"], cfg["bind_timeout_s"])
+        trader = Trader(cfg["identity"], make_strategy(cfg), cfg["max_kw"], cfg["bind_timeout_s"],
+                        store)  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -107,6 +116,9 @@ def trade(args):
         finally:
             await trader.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
     print("aggregator %s stopped" % cfg["name"], flush=True)
     return 0

@@ -127,6 +127,17 @@ def test_two_independent_aggregators_trade_and_a_revoked_one_is_refused(site):
     refusals = rows(db, "SELECT why FROM market_refusals WHERE aggregator = 12")
     assert any("revoked" in why for (why,) in refusals), refusals
     assert "refused" in aggregators[12].output and "stopped" in aggregators[11].output
+    # each aggregator kept its own records: its layers, fills and contracts, as the hub's
+    for key_id in STRATEGIES:
+        own = base / ("agg%d" % key_id) / "aggregator.sqlite"
+        sent = rows(own, "SELECT count(*) FROM bids")[0][0]
+        taken = rows(db, "SELECT count(*) FROM bids WHERE owner = ?", key_id)[0][0]
+        assert sent == taken if key_id == 11 else sent > taken  # 12's later ones: refused
+        theirs = {c for (c,) in rows(own, "SELECT id FROM contracts WHERE state != 'Withdrawn'")}
+        ours = {c for (c,) in rows(db, "SELECT id FROM contracts WHERE buyer = ? AND state "
+                                       "!= 'TerminatedByAtn'", key_id)}  # fmt: skip
+        assert theirs == ours and theirs, (key_id, theirs, ours)
+        assert rows(own, "SELECT count(*) FROM fills")[0][0] >= len(theirs)
     # the hub's files hold no aggregator's secret: no master, no pair key, no market key
     hub_bytes = b"".join(p.read_bytes() for p in hub_dir.rglob("*") if p.is_file())
     for key_id in STRATEGIES:

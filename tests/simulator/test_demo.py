@@ -19,9 +19,10 @@ def demo(*args, timeout=60):
     )  # fmt: skip
 
 
-def device_processes(parent):
-    """Pids of the batteries this demo (pid `parent`) started and that still run (their
-    config lives in a gridbid-demo- dir): never another test's or another run's."""
+def device_processes(parent, what=b"main.py"):
+    """Pids of the batteries (what=b"main.py") or aggregators (b"aggregator") this demo
+    (pid `parent`) started and that still run (their config lives in a gridbid-demo-
+    dir): never another test's or another run's."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
@@ -29,7 +30,7 @@ def device_processes(parent):
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent and b"main.py" in cmdline and b"gridbid-demo-" in cmdline:
+        if ppid == parent and what in cmdline and b"gridbid-demo-" in cmdline:
             pids.append(int(proc.name))
     return pids
 
@@ -86,7 +87,7 @@ def test_bad_arguments_are_refused_without_a_traceback():
     assert "--aggregators" in result.stderr
 
 
-def test_ctrl_c_stops_the_device_too():
+def test_ctrl_c_stops_the_devices_and_aggregators_too():
     proc = subprocess.Popen(
         [sys.executable, "-m", "gridbid.cli", "demo", "--slots", "1000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -97,6 +98,9 @@ def test_ctrl_c_stops_the_device_too():
                 break
         mine = device_processes(proc.pid)
         assert mine, "the demo battery should be running"
+        aggregators = device_processes(proc.pid, b"aggregator")
+        assert len(aggregators) == 3, "the demo's three aggregator processes should be running"
+        mine += aggregators
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
         rest = proc.communicate(timeout=20)[0]
         assert proc.returncode == 130, rest
@@ -110,4 +114,4 @@ def test_ctrl_c_stops_the_device_too():
     leftover = running(mine)
     for pid in leftover:
         os.kill(pid, signal.SIGKILL)
-    assert not leftover, "Ctrl-C left the battery running"
+    assert not leftover, "Ctrl-C left a battery or an aggregator running"
