@@ -28,6 +28,8 @@ class MarketLink:
     """aggregator_id's session with the market at (host, port), keyed with its market key
     (the hub gave it: `gridbid hub admit`)."""
 
+    trusted = False  # another company's market: its fills are checked against our bids
+
     def __init__(self, market, host, port, aggregator_id, key, handler):
         self.market, self.host, self.port = market, host, port
         self.aggregator_id, self._key = aggregator_id, key
@@ -92,6 +94,8 @@ class MarketLink:
 
 class LocalLink:
     """A hosted aggregator's session with its hub's Exchange, in the hub's process."""
+
+    trusted = True  # the hub hosting it: after a restart of both, its fills are taken
 
     def __init__(self, exchange, aggregator_id, handler):
         self.market = exchange.market_name

@@ -71,6 +71,15 @@ class AggregatorStore:
                 [(now, market, slot, f["device"], f["kwh"], price) for f in fills],
             )
 
+    def slot_bids(self, market, slot):
+        """The layers it sent in a slot, as Bid(price, kwh)."""
+        from aggregator.strategies import Bid
+
+        rows = self.db.execute(
+            "SELECT price, kwh FROM bids WHERE market = ? AND slot = ?", (market, slot)
+        )
+        return [Bid(price, kwh) for price, kwh in rows]
+
     def contract(self, contract_id, market, slot, device, bid_id, confirm_id, price, kwh, kw,
                  state):  # fmt: skip
         with self.db:

@@ -41,8 +41,10 @@ import math
 import random
 from collections import namedtuple
 
-# The market's latest price signal rides in the Query (c/kWh; 0 = none).
-Offer = namedtuple("Offer", "device_id kwh reserve slot signal", defaults=(0, 0.0))
+# The market's latest price signal rides in the Query (c/kWh; 0 = none); reputation is
+# the market's record of the battery: delivered / promised kWh (1.0: no record).
+Offer = namedtuple("Offer", "device_id kwh reserve slot signal reputation",
+                   defaults=(0, 0.0, 1.0))  # fmt: skip
 Bid = namedtuple("Bid", "price kwh")
 # won: this buyer's bid won; price/kwh: what it bid and bought (kwh 0 when lost);
 # winning_price: the auction's price when published (None: unsold or unknown);

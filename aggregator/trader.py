@@ -78,9 +78,10 @@ class Trader:
         elif kind == "fills":
             log.info("%s: filled by %d batteries in %s at %s c/kWh", self.name,
                      len(msg["fills"]), msg["slot"], msg["price"])  # fmt: skip
+            fills = self._as_bid(market, msg)
             if self.store is not None:
-                self.store.fills(market.market, msg["slot"], msg["price"], msg["fills"])
-            for fill in msg["fills"]:
+                self.store.fills(market.market, msg["slot"], msg["price"], fills)
+            for fill in fills:
                 task = asyncio.ensure_future(self.buy(market, msg, fill))
                 self.buying.add(task)
                 task.add_done_callback(self.buying.discard)
@@ -104,7 +105,8 @@ class Trader:
         for o in msg["offers"]:
             device = o["device"]
             self.link(device, o["address"], o["port"])
-            offer = Offer(device, o["kwh"], o["reserve"], msg["start"], msg["signal"])
+            offer = Offer(device, o["kwh"], o["reserve"], msg["start"], msg["signal"],
+                          o.get("reputation", 1.0))  # fmt: skip
             bid = self.strategy.bid(offer)
             if bid is None:
                 continue
@@ -120,6 +122,35 @@ class Trader:
             except ConnectionError as exc:
                 log.warning("%s: bids for %s not sent: %s", self.name, msg["slot"], exc)
                 return
+
+    def _as_bid(self, market, msg):
+        """The fills the market maker may hold us to: in a slot we bid in, at no more
+        than our best layer's price, no more kWh in all than our layers'. The clearing
+        pools the book, so a fill may be of another battery than a layer named. (The
+        market maker's word alone buys nothing.)"""
+        ours = [bid for _offer, bid in self.bids.get((market.market, msg.get("slot")), {}).values()]
+        if not ours and self.store is not None:  # restarted since it bid: its own records
+            ours = self.store.slot_bids(market.market, msg.get("slot"))
+        if not ours and market.trusted:  # hosted by this very hub, restarted with it
+            return list(msg.get("fills") or [])
+        price = msg.get("price")
+        if not ours or not isinstance(price, (int, float)):
+            fills, price_ok, room = [], False, 0.0
+        else:
+            fills = msg.get("fills") or []
+            price_ok = 0 < price <= max(bid.price for bid in ours) + 1e-9
+            room = sum(bid.kwh for bid in ours) + 1e-6
+        taken, given = [], len(msg.get("fills") or [])
+        for fill in fills:
+            kwh = fill.get("kwh")
+            if price_ok and isinstance(kwh, (int, float)) and 0 < kwh <= room:
+                room -= kwh
+                taken.append(fill)
+        if len(taken) != given:
+            log.warning("%s: market %s filled us beyond our bids in %s (at %r): %d of %d "
+                        "fills not bought", self.name, market.market, msg.get("slot"), price,
+                        given - len(taken), given)  # fmt: skip
+        return taken
 
     def _learn(self, market, msg):
         key = (market.market, msg["slot"])

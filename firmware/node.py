@@ -110,6 +110,9 @@ class Node:
             self.log("hub send failed: %s" % exc)
 
     def send_group(self, msg, reply_to=0):
+        """To the group (membership only: any member could have made it), and the same
+        sealed for the market maker, which takes a battery's offer, registration and
+        failure only as the battery's own word."""
         if self._group is None:
             return
         data = self.codec.seal(msg, self.board.now_ms(), reply_to=reply_to, group=True)
@@ -117,6 +120,7 @@ class Node:
             self._group[0].sendto(data, self._group[1])
         except OSError as exc:  # no route yet (Wi-Fi down): the next one will go
             self.log("group send failed: %s" % exc)
+        self.send_hub(msg, reply_to)
 
     async def follow_trust(self, path):
         """Enrollment and revocation without a restart: when config.json changes (the
@@ -369,6 +373,8 @@ class Node:
         self.register()
         while True:
             data = await self.board.receive(receiver)
+            if len(data) > 3 and not data[3] & frame.FLAG_GROUP:
+                continue  # sealed for the market maker (ours or another battery's): not ours
             try:
                 got = self.codec.open(data, self.board.now_ms())
             except ETPError as exc:

@@ -88,7 +88,8 @@ class Hub:
         )  # fmt: skip
         hosted = {a["key_id"]: a["name"] for a in cfg["aggregators"]}
         self.exchange = Exchange(self.market, self.ledger, self.store, self.controls,
-                                 cfg["name"], hosted, cfg["device_port"])  # fmt: skip
+                                 cfg["name"], hosted, cfg["device_port"],
+                                 cfg["min_aggregator_reputation"])  # fmt: skip
         self.market_server = None  # the market API on TCP (hub.toml market_port)
         # Aggregators hosted in-process (the demo's convenience): each with its own
         # identity (its own file) and pair keys with batteries that only it derives, in
@@ -337,19 +338,16 @@ class Hub:
     # --- frames from batteries --------------------------------------------------------
 
     def on_frame(self, got, address):
-        """A battery's frame that reached the hub (hub/../transport/discovery.py): its
-        receipts and status come sealed with its pair key with the hub, so each speaks
-        for that battery only; a DeviceFailure may come on the group (membership only:
-        it is news, not a contract)."""
+        """A battery's frame for the hub (transport/discovery.py passes only those sealed
+        with the battery's pair key with the hub, about that battery): its receipts,
+        status and failures speak for that battery only."""
         msg = got.message
         kind = msg.message_type
         if kind == message.DEVICE_FAILURE:
             log.warning("DEVICE FAILURE battery %d (cause %d)", msg.device_id,
                         msg.termination_code)  # fmt: skip
             self.events.emit("failure", device=msg.device_id, cause=msg.termination_code)
-        if got.group:
-            return
-        if kind == message.TERMINATE and got.reply_to:
+        elif kind == message.TERMINATE and got.reply_to:
             moved = self.ledger.reported(msg.device_id, None, got.reply_to,
                                          msg.termination_code,
                                          msg.required_energy_amount)  # fmt: skip

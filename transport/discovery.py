@@ -3,8 +3,10 @@
 Discovery: a Query goes to the group every query_s and again every retry_ms
 until every battery we know has answered since (group datagrams carry no acks,
 and some get lost); Registers and QueryResponses keep the Registry current.
-The same socket hears what batteries send the market maker itself (their receipts
-and status, sealed with their pair key with it: a codec with a DerivedKeyring).
+Batteries send the market maker what it acts on sealed with their pair key with it
+(a codec with a DerivedKeyring): their Registers, QueryResponses and DeviceFailures
+(also on the group, for other members), receipts and status; the group's copies prove
+membership only, and nothing of them is taken.
 `loss` drops that share of datagrams both ways, for tests: it stands in for
 netem, which the test machines' kernel lacks.
 """
@@ -112,6 +114,10 @@ class Discovery(asyncio.DatagramProtocol):
         kind = got.message.message_type
         if got.message.device_id != got.key_id:
             return  # a battery speaks for itself (its key id is its device id)
+        # A group frame proves membership only (any member can name any sender): what a
+        # battery offers, where it is and its failures count only sealed for us.
+        if got.group:
+            return
         if kind in (message.REGISTER, message.QUERY_RESPONSE, message.DEVICE_FAILURE):
             self.registry.seen(got.message.device_id, addr[0], got.message, got.sent_ms)
             if kind == message.QUERY_RESPONSE:

@@ -81,7 +81,7 @@ def decode(body):
     """A message's bytes -> a dict with a str "type"; WireError if it is not one."""
     try:
         message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: not ours
         raise WireError("not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise WireError("not a message (a JSON object with a type)")
@@ -113,11 +113,15 @@ class Session:
         self._out[1] = seq + 1
         return frame
 
-    def open(self, tag, body):
+    def check(self, tag, body):
+        """The next message's tag (it moves the sequence on); WireError if it is bad."""
         direction, seq = self._in
         if not equal_tags(self._key.tag(direction + seq.to_bytes(8, "big") + body), tag):
             raise WireError("bad tag: another key, or a replayed or altered message")
         self._in[1] = seq + 1
+
+    def open(self, tag, body):
+        self.check(tag, body)
         return decode(body)
 
 

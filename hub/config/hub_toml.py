@@ -29,6 +29,7 @@ HUB_DEFAULTS = {
     "bind_timeout_s": 2.0,  # a battery's answer to a trade's Bid
     "market_bind": "0.0.0.0",  # the market API (aggregators on their own machines)
     "market_port": 0,  # its TCP port; 0: none (hosted aggregators only)
+    "min_aggregator_reputation": 0.0,  # below it, an aggregator's bids are refused (0..1)
     "p_balance": 16.0,  # price signal (hub/market/price_signal.py), c/kWh
     "p_con": 6.0,
     "k": 1.0,
@@ -84,6 +85,8 @@ def check(data, base=Path("."), where="hub config", keys=True):
     if not isinstance(aggs, list) or not (aggs or hub["market_port"]):
         raise ConfigError("%s: no aggregator can trade: host an [[aggregator]], or open "
                           "the market API (hub.market_port)" % where)  # fmt: skip
+    if not 0 <= hub["min_aggregator_reputation"] <= 1:
+        raise ConfigError("%s: hub.min_aggregator_reputation must be 0..1" % where)
     if not isinstance(hub["market_port"], int) or not 0 <= hub["market_port"] < 65536:
         raise ConfigError("%s: hub.market_port must be a TCP port (0: none)" % where)
     hub["aggregators"] = [_aggregator(a, i, where) for i, a in enumerate(aggs, 1)]

@@ -29,6 +29,7 @@ import math
 import time
 
 from hub.market.clearing import BID
+from hub.store import views
 from protocol import message
 
 log = logging.getLogger(__name__)
@@ -43,32 +44,44 @@ LIMITS = {
     "refusal_rows_per_s": 20,  # audit rows per aggregator per second; more are counted
 }
 CONTRACT_STATES = ("Received", "Confirmed", "Withdrawn")
+MAX_ID = 2**63 - 1  # ETP message ids as the store keeps them (SQLite's integers)
 
 
 class Refused(ValueError):
     """What the market refuses, and why (one line, to the aggregator and the audit)."""
 
 
+class Standing:
+    """An aggregator's allowance, across all its sessions (a new session resets nothing):
+    its token bucket and its audit rows this second."""
+
+    def __init__(self, key_id):
+        self.key_id = key_id
+        self.tokens, self._filled_at = LIMITS["burst"], time.monotonic()
+        self.rows_second, self.rows_this_second, self.unlogged = 0, 0, 0
+
+    def take(self, tokens=1):
+        now = time.monotonic()
+        self.tokens = min(LIMITS["burst"], self.tokens + (now - self._filled_at) * LIMITS["rate"])
+        self._filled_at = now
+        if self.tokens < tokens:
+            return False
+        self.tokens -= tokens
+        return True
+
+
 class Participant:
     """One aggregator's session on the market, over whichever transport."""
 
-    def __init__(self, key_id, name, send, now=None):
+    def __init__(self, key_id, name, send, close, standing):
         self.key_id, self.name = key_id, name
         self._send = send  # the transport's: queues the message, never blocks
+        self.close = close  # the transport's: ends the session (None: in-process)
+        self.standing = standing
         self.subscribed = False
-        self.tokens, self._filled_at = LIMITS["burst"], time.monotonic() if now is None else now
-        self.rows_second, self.rows_this_second, self.unlogged = 0, 0, 0
 
     def send(self, message):
         self._send(message)
-
-    def take_token(self, now):
-        self.tokens = min(LIMITS["burst"], self.tokens + (now - self._filled_at) * LIMITS["rate"])
-        self._filled_at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class OpenSlot:
@@ -88,15 +101,21 @@ class Cleared:
 
 
 class Exchange:
-    def __init__(self, market, ledger, store, controls, market_name, names, device_port):
+    def __init__(self, market, ledger, store, controls, market_name, names, device_port,
+                 min_reputation=0.0):  # fmt: skip
         self.market, self.ledger, self.store = market, ledger, store
         self.controls = controls  # hub/controls.py: paused.<name>, admitted/revoked ids
         self.market_name = market_name
         self.names = dict(names)  # aggregator id -> name: the hosted ones, and admitted ones
         self.device_port = device_port
-        self.participants = {}  # aggregator id -> Participant
+        self.participants = {}  # aggregator id -> its current session (Participant)
+        self.standings = {}  # aggregator id -> Standing (its limits, across sessions)
         self.open = None  # the OpenSlot whose gate is open
         self.cleared = {}  # slot name -> Cleared, until its deadline
+        # An aggregator whose reputation (hub/store/views.py: fills it confirmed, of those
+        # it was given) is below this bids no more (hub.toml min_aggregator_reputation).
+        self.min_reputation = min_reputation
+        self.reputation = {}  # key id -> its record, as of the open slot
         self._read_at = 0.0
 
     # --- sessions ------------------------------------------------------------------
@@ -108,14 +127,18 @@ class Exchange:
             return None
         return self.names.get(key_id) or self.controls.get("admitted.%d" % key_id)
 
-    def join(self, key_id, send):
-        """An authenticated aggregator's session (a new one replaces its old one)."""
+    def join(self, key_id, send, close=None):
+        """An authenticated aggregator's session; a new one ends its old one."""
         name = self.admitted(key_id)
         if name is None:
             raise Refused("aggregator %d is not admitted to market %s, or was revoked"
                           % (key_id, self.market_name))  # fmt: skip
-        participant = Participant(key_id, name, send)
+        standing = self.standings.get(key_id) or self.standings.setdefault(key_id, Standing(key_id))
+        old = self.participants.get(key_id)
+        participant = Participant(key_id, name, send, close, standing)
         self.participants[key_id] = participant
+        if old is not None and old.close is not None:
+            old.close()  # one session per aggregator: the newest
         log.info("market: aggregator %d (%s) joined", key_id, name)
         return participant
 
@@ -124,13 +147,21 @@ class Exchange:
             del self.participants[participant.key_id]
             log.info("market: aggregator %d (%s) left", participant.key_id, participant.name)
 
+    def allow(self, participant, size):
+        """Before a message of `size` bytes is parsed: a token per 16 KiB of it, beyond
+        the one each message takes (a flood of big messages costs what it weighs)."""
+        return participant.standing.take(size // 16384)
+
     def received(self, participant, msg):
         """One authenticated message from an aggregator: acted on, or refused."""
+        if self.participants.get(participant.key_id) is not participant:
+            return  # a session another replaced: it is being closed
         kind, ref = msg.get("type"), msg.get("ref")
         try:
-            if not participant.take_token(time.monotonic()):
+            if not participant.standing.take():
                 raise Refused("over the rate limit (%g messages/s)" % LIMITS["rate"])
             if self.admitted(participant.key_id) is None:
+                self._end(participant)
                 raise Refused("aggregator %d was revoked" % participant.key_id)
             if kind == "subscribe":
                 self._subscribe(participant)
@@ -156,7 +187,15 @@ class Exchange:
     def open_slot(self, name, start, gate_at, offers, signal):
         """The offers are in: tell every subscribed aggregator. offers: [{"device", "kwh",
         "reserve", "max_kw", "address"}] (and "port", when not the batteries' ETP port)."""
-        listed = {o["device"]: {"port": self.device_port, **o} for o in offers}
+        # Reputations as of now: the aggregators' (for the threshold), the batteries' (for
+        # strategies: delivered / promised, in the offer).
+        self.reputation = views.aggregator_reputation(self.store)
+        batteries = views.battery_reputation(self.store)
+        listed = {
+            o["device"]: {"port": self.device_port, **o,
+                          "reputation": round(batteries.get(o["device"], 1.0), 4)}
+            for o in offers
+        }  # fmt: skip
         self.open = OpenSlot(name, start, gate_at, listed, signal)
         self._broadcast(self._slot_message(self.open))
 
@@ -172,6 +211,18 @@ class Exchange:
             raise Refused("late: the gate of slot %s closed" % slot.name)
         if self.controls.get("paused.%s" % participant.name):
             raise Refused("paused by the market's operator")
+        record = self.reputation.get(participant.key_id)
+        if record is not None and record["reputation"] < self.min_reputation:
+            raise Refused(
+                "reputation %.2f is below this market's %.2f (%d fills confirmed, "
+                "%d left unconfirmed)"
+                % (
+                    record["reputation"],
+                    self.min_reputation,
+                    record["confirmed"],
+                    record["withdrawn"],
+                )
+            )
         if not isinstance(layers, list) or not layers:
             raise Refused("layers must be a non-empty list")
         if len(layers) > LIMITS["layers_per_message"]:
@@ -255,10 +306,13 @@ class Exchange:
     # --- contracts -------------------------------------------------------------------
 
     def _contract(self, participant, msg):
-        cleared = self.cleared.get(msg.get("slot"))
+        slot = msg.get("slot")
+        cleared = self.cleared.get(slot) if isinstance(slot, str) else None
         if cleared is None:
-            raise Refused("slot %r is not being bought" % (msg.get("slot"),))
+            raise Refused("slot %r is not being bought" % (str(slot)[:100],))
         device, state = msg.get("device"), msg.get("state")
+        if not _whole(device, 2**32 - 1):
+            raise Refused("device must be a battery's id")
         key = (participant.key_id, device)
         if key not in cleared.fills:
             raise Refused("no fill of battery %r for you in slot %s" % (device, cleared.name))
@@ -270,8 +324,8 @@ class Exchange:
                 raise Refused("battery %d's contract of slot %s is already reported"
                               % (device, cleared.name))  # fmt: skip
             bid_id, kwh, kw, price = (msg.get(k) for k in ("bid_id", "kwh", "kw", "price"))
-            if not _whole(bid_id, 2**64 - 1) or not _number(kw, 1000.0) or kw <= 0:
-                raise Refused("bid_id must be a u64 and kw a power in kW")
+            if not _whole(bid_id, MAX_ID) or not _number(kw, 1000.0) or kw <= 0:
+                raise Refused("bid_id must be a message id below 2^63 and kw a power in kW")
             if not _number(kwh, cleared.fills[key] + 1e-6) or kwh <= 0:
                 raise Refused("kwh must be within the fill's %.6f" % cleared.fills[key])
             if not _number(price, message.MAX_PRICE) or abs(price - cleared.price) > 1e-6:
@@ -284,8 +338,13 @@ class Exchange:
                           % (device, cleared.name))  # fmt: skip
         elif state == "Confirmed":
             confirm_id = msg.get("confirm_id")
-            if not _whole(confirm_id, 2**64 - 1):
-                raise Refused("confirm_id must be a u64")
+            if not _whole(confirm_id, MAX_ID):
+                raise Refused("confirm_id must be a message id below 2^63")
+            # The battery's receipt names it and the confirm it answers: an id another
+            # contract of this battery holds would take that contract's receipt.
+            if self.store.contract_by_confirm(None, confirm_id, device=device) is not None:
+                raise Refused("confirm_id %d is another contract's of battery %d"
+                              % (confirm_id, device))  # fmt: skip
             self.ledger.confirming(held[0], confirm_id)
             cleared.contracts[key] = (held[0], "Confirmed")
         else:
@@ -297,36 +356,52 @@ class Exchange:
 
     # --- refusals and broadcasts -------------------------------------------------------
 
+    def refuse(self, participant, what, why):
+        """A message refused before it was read (the transport's: too heavy)."""
+        if self.participants.get(participant.key_id) is participant:
+            self._refuse(participant, what, why, None, None)
+
     def _refuse(self, participant, what, why, slot, ref, answer=True):
-        """One `error` answer; one audit row (up to refusal_rows_per_s a second, the rest
-        counted into the next row); one log line per aggregator per second at most."""
+        """One `error` answer; one audit row (up to refusal_rows_per_s a second per
+        aggregator, the rest counted into the next row); one log line a second at most."""
+        what, why = str(what)[:40], str(why)[:300]
         if answer:
             participant.send({"type": "error", "ref": ref, "what": what, "why": why})
+        standing = participant.standing  # the counters are the aggregator's, not the session's
         second = int(time.monotonic())
-        if second != participant.rows_second:
-            participant.rows_second, participant.rows_this_second = second, 0
-        if participant.rows_this_second >= LIMITS["refusal_rows_per_s"]:
-            participant.unlogged += 1
+        if second != standing.rows_second:
+            standing.rows_second, standing.rows_this_second = second, 0
+        if standing.rows_this_second >= LIMITS["refusal_rows_per_s"]:
+            standing.unlogged += 1
             return
-        if participant.unlogged:
-            why = "%s (and %d more refused since)" % (why, participant.unlogged)
-            participant.unlogged = 0
-        participant.rows_this_second += 1
-        self.store.record_refusal(participant.key_id, str(what)[:40], why,
+        if standing.unlogged:
+            why = "%s (and %d more refused since)" % (why, standing.unlogged)
+            standing.unlogged = 0
+        standing.rows_this_second += 1
+        self.store.record_refusal(standing.key_id, what, why,
                                   slot if isinstance(slot, str) else None)  # fmt: skip
-        if participant.rows_this_second == 1:
-            log.info("market: refused %s of aggregator %d: %s", what, participant.key_id, why)
+        if standing.rows_this_second == 1:
+            log.info("market: refused %s of aggregator %d: %s", what, standing.key_id, why)
 
     def _broadcast(self, msg):
         for participant in list(self.participants.values()):
-            if participant.subscribed:
+            if participant.subscribed and self.admitted(participant.key_id) is not None:
                 participant.send(msg)
+
+    def _end(self, participant):
+        """A revoked aggregator's session ends: it hears the market no more."""
+        self.leave(participant)
+        if participant.close is not None:
+            participant.close()
 
     def _follow_controls(self):
         now = time.monotonic()
         if now - self._read_at >= 1.0:  # other processes write them (`gridbid hub revoke`)
             self._read_at = now
             self.controls.refresh()
+            for key_id, participant in list(self.participants.items()):
+                if self.controls.get("revoked.%d" % key_id):
+                    self._end(participant)
 
 
 def _layer(slot, layer, index):

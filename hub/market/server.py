@@ -1,12 +1,17 @@
 """The market API on TCP: one authenticated session per connection (transport/
 market_wire.py), each message handed to the Exchange (hub/market/exchange.py).
 
-Bounded for a stranger: at most max_sessions connections; a connection must say hello
-within hello_s and authenticate with its next message within hello_s more; a frame's
-size is checked before it is read; an aggregator that is not admitted gets one
-`refused` line and the connection closes; nothing is parsed before its tag. Refusals
-are logged at most once a second (with a count of those not logged). A session whose
-aggregator stops reading (the hub's buffer for it passes SEND_BUFFER) is closed.
+Bounded for a stranger: at most max_pending connections that have not authenticated
+yet (max_per_address from one address), apart from the max_sessions authenticated ones;
+a newcomer takes the place of the one waiting longest, so idle strangers lock no
+aggregator out; a connection must say hello within hello_s
+and authenticate with its next message within hello_s more; a frame's size is checked
+before it is read; an aggregator that is not admitted gets one `refused` line and the
+connection closes; nothing is parsed before its tag, and a message's weight is charged
+to its aggregator before it is parsed. Refusals are logged at most once a second (with
+a count of those not logged). One session per aggregator: a new one ends the old. A
+session whose aggregator stops reading (the hub's buffer for it passes SEND_BUFFER) is
+closed.
 """
 
 import asyncio
@@ -21,11 +26,14 @@ SEND_BUFFER = 4 * 1024 * 1024
 
 
 class MarketServer:
-    def __init__(self, exchange, keys, bind, port, max_sessions=64, hello_s=5.0):
+    def __init__(self, exchange, keys, bind, port, max_sessions=64, hello_s=5.0,
+                 max_pending=16, max_per_address=4):  # fmt: skip
         self.exchange, self.keys = exchange, keys
         self.bind, self.port = bind, port
         self.max_sessions, self.hello_s = max_sessions, hello_s
-        self.connections = set()
+        self.max_pending, self.max_per_address = max_pending, max_per_address
+        self.connections = set()  # every open connection's writer
+        self.pending = {}  # writer -> its address, not authenticated yet, oldest first
         self._sessions = set()  # the tasks serving them
         self._server = None
         self._quiet = [0.0, 0]  # log refusals at most once a second: [next at, not logged]
@@ -46,10 +54,17 @@ class MarketServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader, writer):
-        if len(self.connections) >= self.max_sessions:
-            self._refused(writer, "%d sessions already" % len(self.connections))
-            writer.close()
-            return
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if peer else "?"
+        # Room for a newcomer: the connection waiting longest goes (it had its chance; an
+        # aggregator authenticates within milliseconds), first among its address's.
+        same = [w for w, a in self.pending.items() if a == address]
+        if len(same) >= self.max_per_address or len(self.pending) >= self.max_pending:
+            oldest = same[0] if len(same) >= self.max_per_address else next(iter(self.pending))
+            self._refused(oldest, "too many connections wait to authenticate")
+            oldest.close()
+            self.pending.pop(oldest, None)
+        self.pending[writer] = address
         self.connections.add(writer)
         self._sessions.add(asyncio.current_task())
         participant = None
@@ -57,6 +72,9 @@ class MarketServer:
             session, aggregator = await self._handshake(reader, writer)
             tag, body = await asyncio.wait_for(wire.read_frame(reader), self.hello_s)
             first = session.open(tag, body)  # the aggregator's proof: it holds its key
+            self.pending.pop(writer, None)
+            if len(self.connections) - len(self.pending) > self.max_sessions:
+                raise Refused("%d sessions already" % self.max_sessions)
 
             def send(message):
                 if writer.is_closing():
@@ -68,11 +86,16 @@ class MarketServer:
                     return
                 writer.write(session.seal(message))
 
-            participant = self.exchange.join(aggregator, send)
+            participant = self.exchange.join(aggregator, send, writer.close)
             self.exchange.received(participant, first)
             while True:
                 tag, body = await wire.read_frame(reader)
-                self.exchange.received(participant, session.open(tag, body))
+                session.check(tag, body)
+                if self.exchange.allow(participant, len(body)):  # its weight, before parsing
+                    self.exchange.received(participant, wire.decode(body))
+                else:
+                    self.exchange.refuse(participant, "message", "over the rate limit (%d "
+                                         "bytes: a token per 16 KiB)" % len(body))  # fmt: skip
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the aggregator hung up
         except asyncio.TimeoutError:
@@ -82,6 +105,7 @@ class MarketServer:
         except asyncio.CancelledError:
             pass  # the hub stops: end quietly (asyncio logs a handler's cancellation)
         finally:
+            self.pending.pop(writer, None)
             if participant is not None:
                 self.exchange.leave(participant)
             self.connections.discard(writer)

@@ -211,6 +211,37 @@ def aggregators(store):
     return {row["key_id"]: row for row in rows}
 
 
+PRIOR = 5  # reputation's prior: this many contracts (or kWh) kept, so one miss condemns no one
+
+
+def aggregator_reputation(store):
+    """{aggregator key id: {"confirmed", "withdrawn", "reputation"}}: of the fills it was
+    given, how many it confirmed and how many it left unconfirmed (withdrawn at the
+    deadline, or by it); reputation = (confirmed + PRIOR) / (confirmed + withdrawn + PRIOR).
+    (Paid on time and unpaid join it with the payment model.)"""
+    found = {}
+    for row in store.rows(
+        "SELECT c.buyer AS key_id, "
+        "sum(EXISTS (SELECT 1 FROM contract_states s WHERE s.contract = c.id "
+        "AND s.to_state = 'Confirmed')) AS confirmed, "
+        "sum(c.state = 'TerminatedByAtn') AS withdrawn FROM contracts c GROUP BY c.buyer"
+    ):
+        row["reputation"] = (row["confirmed"] + PRIOR) / (
+            row["confirmed"] + row["withdrawn"] + PRIOR
+        )
+        found[row["key_id"]] = row
+    return found
+
+
+def battery_reputation(store):
+    """{device: delivered / promised kWh, with a prior of PRIOR kWh kept} (the view
+    device_reputation): what the market tells strategies of each battery."""
+    return {
+        r["device"]: (r["delivered_kwh"] + PRIOR) / (r["promised_kwh"] + PRIOR)
+        for r in store.rows("SELECT * FROM device_reputation")
+    }
+
+
 def contracts_by_buyer(store):
     """{buyer key id: {state: count}}."""
     found = {}

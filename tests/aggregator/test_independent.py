@@ -124,15 +124,15 @@ def test_two_independent_aggregators_trade_and_a_revoked_one_is_refused(site):
     assert late, "no slot after the revocation"
     for slot in late:
         assert not rows(db, "SELECT 1 FROM bids WHERE slot = ? AND owner = 12", slot), slot
-    refusals = rows(db, "SELECT why FROM market_refusals WHERE aggregator = 12")
-    assert any("revoked" in why for (why,) in refusals), refusals
-    assert "refused" in aggregators[12].output and "stopped" in aggregators[11].output
+    # its session ended when the hub read the revocation; its new ones are refused
+    assert "was revoked" in hub.output and "was revoked" in aggregators[12].output
+    assert "stopped" in aggregators[11].output
     # each aggregator kept its own records: its layers, fills and contracts, as the hub's
     for key_id in STRATEGIES:
         own = base / ("agg%d" % key_id) / "aggregator.sqlite"
         sent = rows(own, "SELECT count(*) FROM bids")[0][0]
         taken = rows(db, "SELECT count(*) FROM bids WHERE owner = ?", key_id)[0][0]
-        assert sent == taken if key_id == 11 else sent > taken  # 12's later ones: refused
+        assert sent == taken if key_id == 11 else sent >= taken  # 12's late ones: refused
         theirs = {c for (c,) in rows(own, "SELECT id FROM contracts WHERE state != 'Withdrawn'")}
         ours = {c for (c,) in rows(db, "SELECT id FROM contracts WHERE buyer = ? AND state "
                                        "!= 'TerminatedByAtn'", key_id)}  # fmt: skip

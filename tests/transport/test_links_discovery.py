@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from protocol import auth, frame, message
+from protocol import auth, frame, message, pairing
 from simulator.fleet import Fleet, free_port
 from transport import discovery, links
 
@@ -106,8 +106,10 @@ def test_discovery_finds_every_battery_through_10_percent_loss(tmp_path):
             for _ in range(3):
                 await fleet.add()
             await asyncio.gather(*(d.start() for d in fleet.devices))
-            # the market maker's side: the group key only (it holds no battery's pair key)
-            codec = frame.Codec(auth.Keyring(group=fleet.group_key), key_id=0)
+            # the market maker's side: its pair keys with the batteries, derived from its
+            # master secret (what it acts on comes sealed for it), and the group key
+            keyring = pairing.DerivedKeyring(fleet.hub_master, pairing.LABEL_ETP, fleet.group_key)
+            codec = frame.Codec(keyring, key_id=0)
             registry = discovery.Registry()
             finder = discovery.Discovery(codec, registry, fleet.group_addr, fleet.group_port,
                                          loss=0.10, seed=4)  # fmt: skip

@@ -61,6 +61,12 @@ HEADERS = [
 ]  # fmt: skip
 
 
+def _standing(reputations, key_id):
+    """An aggregator's reputation in this market (None: no fill yet)."""
+    found = reputations.get(key_id)
+    return None if found is None else round(found["reputation"], 4)
+
+
 def _slot(value):
     parse_slot_name(value)  # ValueError naming the grammar -> 422
     return value
@@ -193,19 +199,22 @@ def make_app(web):
         won kWh), kWh and money (cents) bought, contracts by state, paused or not."""
         found = dict(await web.cache(queries.aggregators))
         contracts = await reader(queries.contracts_by_buyer)
+        standing = await reader(queries.aggregator_reputation)
         rows = []
         for cfg in hub.cfg["aggregators"]:
             row = {k: cfg.get(k) for k in SHOWN_AGGREGATOR}
             row["paused"] = hub.controls.paused(cfg["name"])
             stat = {k: v for k, v in found.pop(cfg["key_id"], EMPTY).items() if k != "key_id"}
-            rows.append(dict(row, **stat, contracts=contracts.get(cfg["key_id"], {})))
+            rows.append(dict(row, **stat, contracts=contracts.get(cfg["key_id"], {}),
+                             reputation=_standing(standing, cfg["key_id"])))  # fmt: skip
         names = hub.aggregators()  # independent ones keep their strategy to themselves
         for key_id in set(found) | (set(names) - {a["key_id"] for a in hub.cfg["aggregators"]}):
             stat = {k: v for k, v in found.get(key_id, EMPTY).items() if k != "key_id"}
             name = names.get(key_id, str(key_id))
             rows.append(dict(stat, name=name, key_id=key_id, strategy=None,
                              paused=hub.controls.paused(name),
-                             contracts=contracts.get(key_id, {})))  # fmt: skip
+                             contracts=contracts.get(key_id, {}),
+                             reputation=_standing(standing, key_id)))  # fmt: skip
         return {"items": rows}
 
     # --- devices ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from hub.market.exchange import Exchange
 from hub.market.grid import SlotGrid
 from hub.market.maker import MarketMaker
 from hub.store import Store
+from protocol import contract
 
 SLOT_S, GATE_S = 60, 20
 DEVICES = (1001, 1002)
@@ -201,3 +202,33 @@ def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market
     assert contracts[(1, 1002)][1] == "TerminatedByAtn"  # no orphan: withdrawn
     states = {r["device"]: r["state"] for r in market.store.contracts_of_slot(slot.name)}
     assert states == {1001: "Confirmed", 1002: "TerminatedByAtn"}
+
+
+def test_a_buyer_that_leaves_its_fills_unconfirmed_is_refused_below_the_threshold(market):
+    """Reputation in the market: of the fills an aggregator was given, the share it
+    confirmed (a prior of 5 kept). Aggregator 1 left 6 unconfirmed: (0 + 5) / (6 + 5) =
+    0.45, under a threshold of 0.5; aggregator 2 confirmed one. Batteries' reputations
+    (delivered / promised) reach the strategies in the offers."""
+    market.min_reputation = 0.5
+    past = Slot()
+    ledger = market.ledger
+    for n in range(6):
+        deal = ledger.accepted(1001, 1, 100 + n, 18.0, 0.1, 5.0, past.start - 3600)
+        ledger.withdrawn(deal.contract_id, "test: never confirmed")
+    deal = ledger.accepted(1002, 2, 200, 18.0, 1.0, 5.0, past.start - 3600)
+    ledger.confirming(deal.contract_id, 901)
+    assert ledger.reported(1002, None, 901, contract.TERM_CONTRACT_FAILURE, 0.5)  # half
+    slot = Slot()
+    one, got_one = joined(market, 1)
+    two, got_two = joined(market, 2)
+    opened(market, slot)
+    offers = {o["device"]: o for o in got_two[1]["offers"]}
+    assert offers[1002]["reputation"] == pytest.approx((0.5 + 5) / (1.0 + 5), abs=1e-4)
+    assert offers[1001]["reputation"] == 1.0  # no record
+    bid = {"type": "bid", "slot": slot.name, "ref": 1, "layers": [layer(1001, 20.0)]}
+    market.received(one, bid)
+    market.received(two, bid)
+    assert "reputation 0.45 is below this market's 0.50" in got_one[-1]["why"]
+    assert got_two[-1]["type"] == "bid_result" and got_two[-1]["accepted"] == 1
+    record = market.reputation[1]
+    assert (record["confirmed"], record["withdrawn"]) == (0, 6)

@@ -168,6 +168,7 @@ async function loadAggregators() {
     a.name, a.strategy, a.bids, a.won, pct(a.win_rate).replace("+", ""), num(a.kwh, 3), num(a.money, 1),
     num(a.mean_price, 2),
     Object.entries(a.contracts).map(([k, n]) => k + " " + n).join(", ") || "–",
+    a.reputation == null ? "–" : num(a.reputation, 2),
     a.paused ? "paused" : "no"], { "data-aggregator": a.name })));
   controlNames(items.map((a) => "paused." + a.name), null);
 }
