@@ -7,6 +7,7 @@ them (`gridbid hub admit`) and revokes one mid-run (`gridbid hub revoke`)."""
 import json
 import os
 import re
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -68,6 +69,10 @@ def site(tmp_path_factory):
             "market_bind": "127.0.0.1", "market_port": free_port(),
         }  # fmt: skip
         (hub / "hub.toml").write_text(toml({"hub": settings}))
+        other = base / "hub-kill"  # a second market on the same batteries, for one test
+        other.mkdir()
+        fleet.hub_keys(other / "hub-keys.json")
+        (other / "hub.toml").write_text(toml({"hub": dict(settings, market_port=free_port())}))
         for key_id, (strategy, more) in STRATEGIES.items():
             folder = base / ("agg%d" % key_id)
             folder.mkdir()
@@ -148,6 +153,45 @@ def test_two_independent_aggregators_trade_and_a_revoked_one_is_refused(site):
             assert secret not in hub_bytes and secret.hex().encode() not in hub_bytes
         identity = json.loads((base / ("agg%d" % key_id) / "identity.json").read_text())
         assert identity["master"].encode() not in hub_bytes
+
+
+def test_an_aggregator_killed_mid_slot_leaves_no_orphan_contract(site):
+    """Aggregator 11's process is frozen the moment it hears its fills, before it can
+    confirm, and then killed: the hub withdraws (or never records) its contracts at the
+    slot's deadline, and the batteries' accepts lapse unconfirmed: no contract is held
+    for it anywhere."""
+    fleet, base = site
+    hub_dir, agg_dir = base / "hub-kill", base / "agg11"
+    admit = Gridbid("hub", "admit", "--config", hub_dir / "hub.toml", "--aggregator", 11,
+                    "--name", "value", "--host", "127.0.0.1", "--out",
+                    agg_dir / "market-kill.json", cwd=ROOT)  # fmt: skip
+    assert admit.finish(30) == 0, admit.output
+    text = (agg_dir / "aggregator.toml").read_text().replace("market-hub", "market-kill")
+    own = 'identity = "identity.json"'
+    text = text.replace(own, own + '\nstore = "kill.sqlite"')
+    (agg_dir / "kill.toml").write_text(text)
+    marks = {d.device_id: len(d.lines) for d in fleet.devices}
+    agg = Gridbid("aggregator", "run", "--config", agg_dir / "kill.toml", cwd=ROOT)
+    hub = Gridbid("hub", "run", "--config", hub_dir / "hub.toml", "--slots", "2", cwd=ROOT)
+    try:
+        agg.wait_for("trading in market hub", 30)
+        filled = until(lambda: next((x for x in agg.lines if "filled by" in x), None), 30,
+                       "fills", lambda: hub.output, every=0.002)  # fmt: skip
+        os.kill(agg.proc.pid, signal.SIGSTOP)  # it hears no more, and answers nothing
+        slot = re.search(r" in (\S+) at ", filled).group(1)
+        assert hub.finish(60) == 0, hub.output
+    finally:
+        agg.kill()
+        hub.stop()
+    db = hub_dir / "hub.sqlite"
+    held = rows(db, "SELECT state FROM contracts WHERE slot = ? AND buyer = 11", slot)
+    assert all(state == "TerminatedByAtn" for (state,) in held), held
+    assert "value could not buy from battery" in hub.output, hub.output
+    time.sleep(6)  # a battery's accept lapses after its confirm_ms (5 s)
+    for device in fleet.devices:
+        said = device.lines[marks[device.device_id] :]
+        theirs = [x for x in said if x.startswith("contract ") and "aggregator 11: " + slot in x]
+        assert not theirs, theirs
 
 
 def test_one_aggregator_process_trades_in_two_hubs_markets(tmp_path):
