@@ -90,6 +90,25 @@ def create(path, key_id, name):
     return identity
 
 
+def read_enrollment(path):
+    """An enrollment file, checked: its aggregator and battery ids and its key.
+    ValueError (SecretFileError) names what is wrong."""
+    got = secret_files.read(path, "enrollment")
+    if got.get("kind") != ENROLLMENT:
+        raise IdentityError("%s is not an enrollment file (`gridbid aggregator enroll` "
+                            "makes them)" % path)  # fmt: skip
+    for name in ("aggregator", "battery"):
+        value = got.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
+            raise IdentityError("%s names no valid %s id" % (path, name))
+    try:
+        if len(unhexlify(got.get("key"))) < 32:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise IdentityError("%s holds no valid key" % path) from None
+    return got
+
+
 def enrollment(identity, battery_id):
     """What the owner of battery_id adds to its config.json to trust this aggregator."""
     if isinstance(battery_id, bool) or not 0 < battery_id < 2**32:

@@ -1,7 +1,7 @@
 """An aggregator's links to markets: the market API's client side.
 
     MarketLink   over TCP to a hub of its own (transport/market_wire.py), kept up:
-                 reconnects with backoff (0.5 s doubling to 30 s), and subscribes
+                 reconnects with backoff (transport.links.BACKOFF_S), and subscribes
                  again on every connection
     LocalLink    in-process, to the Exchange of the hub hosting the aggregator; every
                  message crosses as JSON, exactly as on the wire
@@ -15,9 +15,9 @@ import json
 import logging
 
 from transport import market_wire as wire
+from transport.links import BACKOFF_S  # reconnect as a link to a battery does
 
 log = logging.getLogger(__name__)
-BACKOFF_S = (0.5, 30.0)
 
 
 class NotConnected(ConnectionError):

@@ -121,7 +121,7 @@ async def run(args, tmp):
             secret_files.write(folder / "identity.json", identity)
             secret_files.write(folder / "market.json", aggregator_config.admission(
                 "bench", "127.0.0.1", server.port, key_id, keys.market_key(key_id)))  # fmt: skip
-            controls.record("admitted.%d" % key_id, "agg%d" % key_id, "bench")
+            controls.admit(key_id, "agg%d" % key_id, "bench")
             (folder / "aggregator.toml").write_text(
                 '[aggregator]\nidentity = "identity.json"\nstrategy = "value"\nvalue = 30.0\n'
                 'spread = 4.0\nbidders = %d\nbind_timeout_s = 2.0\n\n[[market]]\n'
@@ -185,7 +185,7 @@ async def one_slot(exchange, maker, ledger, devices, aggs):
     gate = time.time()
     result, trades = maker.close(name, int(gate) + 1)
     deadline = time.monotonic() + 4.0
-    exchange.close_slot(name, start, result, trades, ledger.bound(name), deadline)
+    exchange.close_slot(name, start, result, trades, ledger.bound(name))
     while not exchange.settled(name) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     contracts = exchange.finish(name)

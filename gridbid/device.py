@@ -99,30 +99,17 @@ def run_device(args):
 def trust(args):
     """Add an enrollment's pair key to the battery's config.json. -> what was done."""
     from aggregator import identity
-    from protocol.compat import unhexlify
     from transport import secret_files
 
     cfg = secret_files.read(args.config, "battery config")
-    got = secret_files.read(args.enrollment, "enrollment")
-    if got.get("kind") != identity.ENROLLMENT:
-        raise ValueError("%s is not an enrollment file (`gridbid aggregator enroll` makes them)"
-                         % args.enrollment)  # fmt: skip
-    if got.get("battery") != cfg.get("device_id"):
+    got = identity.read_enrollment(args.enrollment)
+    if got["battery"] != cfg.get("device_id"):
         raise ValueError("%s enrolls battery %s, and %s is battery %s's config"
-                         % (args.enrollment, got.get("battery"), args.config,
+                         % (args.enrollment, got["battery"], args.config,
                             cfg.get("device_id")))  # fmt: skip
-    aggregator = got.get("aggregator")
-    if (
-        isinstance(aggregator, bool)
-        or not isinstance(aggregator, int)
-        or aggregator == cfg.get("key_id")
-    ):
+    aggregator = got["aggregator"]
+    if aggregator == cfg.get("key_id"):
         raise ValueError("%s names no valid aggregator id" % args.enrollment)
-    try:
-        if len(unhexlify(got.get("key"))) < 32:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError("%s holds no valid key" % args.enrollment) from None
     keys = dict(cfg.get("keys") or {})
     if str(cfg.get("key_id")) in keys:  # the old shared keys: void with pair keys
         raise ValueError(

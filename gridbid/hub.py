@@ -109,6 +109,8 @@ def keys(args):
 
 def admission(args):
     """`hub admit` and `hub revoke`: the store's controls, which the running hub reads."""
+    from hub.controls import Controls
+    from hub.events import Events
     from hub.store import Store
 
     cfg = hub_toml.load(args.config)
@@ -118,8 +120,9 @@ def admission(args):
     if key_id in {a["key_id"] for a in cfg["aggregators"]}:
         raise hub_toml.ConfigError("aggregator %d is hosted by this hub (hub.toml)" % key_id)
     with Store(cfg["store"]) as store:
+        controls = Controls(store, Events())
         if args.action == "revoke":
-            store.set_control("revoked.%d" % key_id, True, "hub revoke")
+            controls.revoke(key_id, "hub revoke")
             print("aggregator %d is refused from now on: new bids, contracts and sessions; "
                   "contracts already made run to their end" % key_id)  # fmt: skip
             return 0
@@ -134,8 +137,7 @@ def admission(args):
         made = admission_of(cfg["name"], host, cfg["market_port"], key_id,
                             cfg["keys"].market_key(key_id))  # fmt: skip
         secret_files.write(args.out, made)
-        store.set_control("admitted.%d" % key_id, args.name, "hub admit")
-        store.set_control("revoked.%d" % key_id, None, "hub admit")
+        controls.admit(key_id, args.name, "hub admit")
     print("%s: aggregator %d (%s) may trade in market %s at %s:%d; its market key is in "
           "this file (never shown): move it to the aggregator out of band"
           % (args.out, key_id, args.name, cfg["name"], host, cfg["market_port"]))  # fmt: skip

@@ -6,6 +6,9 @@ one owner in the hub.
 
     reserve_floor.<device id>   c/kWh: that battery's asks are at least this
     paused.<aggregator name>    true: the aggregator bids no more until false
+    admitted.<aggregator id>    its name: an independent aggregator may trade here
+                                (`gridbid hub admit`)
+    revoked.<aggregator id>     true: refused from then on (`gridbid hub revoke`)
     market.<param>              p_balance, p_con, k: the price signal's, from the next
                                 slot on; slot_s: from a boundary the hub schedules
     market.slot_grid            the hub's schedule of a governed slot_s: [before s,
@@ -24,6 +27,14 @@ def pause_name(aggregator_name):
     return "paused.%s" % aggregator_name
 
 
+def admitted_name(key_id):
+    return "admitted.%d" % key_id
+
+
+def revoked_name(key_id):
+    return "revoked.%d" % key_id
+
+
 class Controls:
     def __init__(self, store, events):
         self.store, self.events = store, events
@@ -38,6 +49,26 @@ class Controls:
 
     def paused(self, aggregator_name):
         return bool(self.values.get(pause_name(aggregator_name)))
+
+    def revoked(self, key_id):
+        return bool(self.values.get(revoked_name(key_id)))
+
+    def admitted(self):
+        """{key id: name} of every aggregator ever admitted (revoked ones too: their
+        past bids keep their names)."""
+        found = {}
+        for name, value in self.values.items():
+            kind, _, key_id = name.partition(".")
+            if kind == "admitted" and key_id.isdigit():
+                found[int(key_id)] = value
+        return found
+
+    def admit(self, key_id, name, by):
+        self.record(admitted_name(key_id), name, by)
+        self.record(revoked_name(key_id), None, by)
+
+    def revoke(self, key_id, by):
+        self.record(revoked_name(key_id), True, by)
 
     def refresh(self):
         """Re-read them: other processes (`gridbid gov`) write them too."""

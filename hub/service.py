@@ -25,6 +25,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import namedtuple
 
 from aggregator.market_client import LocalLink
 from aggregator.strategies import make_strategy
@@ -250,7 +251,7 @@ class Hub:
         # The buyers' contracts must be made before the slot starts.
         wait_s = min(self.cfg["bind_timeout_s"] + 1.0, max(0.1, start - time.time() - 0.1))
         deadline = time.monotonic() + wait_s
-        self.exchange.close_slot(name, start, result, trades, self.ledger.bound(name), deadline)
+        self.exchange.close_slot(name, start, result, trades, self.ledger.bound(name))
         while not self.exchange.settled(name) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         contracts = self.exchange.finish(name)
@@ -293,12 +294,7 @@ class Hub:
 
     def aggregators(self):
         """{key id: name} of the aggregators in this market: hosted and admitted."""
-        found = dict(self.exchange.names)
-        for name, value in self.controls.values.items():
-            kind, _, key_id = name.partition(".")
-            if kind == "admitted" and key_id.isdigit() and value:
-                found[int(key_id)] = value
-        return found
+        return {**self.controls.admitted(), **self.exchange.names}
 
     # --- operators' controls (hub/controls.py) ----------------------------------------
 
@@ -366,13 +362,8 @@ class Hub:
                 self.events.emit("telemetry", device=msg.device_id, **reading)
 
 
-class Offered:
-    """A battery's offer in a slot, as the hub lists it to the market."""
-
-    __slots__ = ("kwh", "reserve", "max_kw", "address")
-
-    def __init__(self, kwh, reserve, max_kw, address):
-        self.kwh, self.reserve, self.max_kw, self.address = kwh, reserve, max_kw, address
+# A battery's offer in a slot, as the hub lists it to the market.
+Offered = namedtuple("Offered", "kwh reserve max_kw address")
 
 
 def _mean(pairs):

@@ -193,7 +193,7 @@ class Demo:
             secret_files.write(folder / "market-hub.json", aggregator_config.admission(
                 hub.cfg["name"], "127.0.0.1", hub.cfg["market_port"], key_id,
                 hub.cfg["keys"].market_key(key_id)))  # fmt: skip
-            hub.controls.record("admitted.%d" % key_id, name, "demo")
+            hub.controls.admit(key_id, name, "demo")
             lines = ["[aggregator]", 'identity = "identity.json"']
             lines += ["%s = %s" % (k, json.dumps(v)) for k, v in spec.items()]
             lines += ["", "[[market]]", 'admission = "market-hub.json"']

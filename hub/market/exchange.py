@@ -29,45 +29,18 @@ import math
 import time
 
 from hub.market.clearing import BID
+from hub.market.standing import LIMITS, Standing
 from hub.store import views
 from protocol import message
 
 log = logging.getLogger(__name__)
 
-LIMITS = {
-    # Messages per second per aggregator (a token bucket). A buyer reports each contract
-    # twice right after the gate: the burst holds that for 2,000 batteries won at once.
-    "rate": 1000.0,
-    "burst": 4000,
-    "layers_per_message": 1000,
-    "layers_per_slot": 20000,  # bid layers one aggregator may add to a slot
-    "refusal_rows_per_s": 20,  # audit rows per aggregator per second; more are counted
-}
 CONTRACT_STATES = ("Received", "Confirmed", "Withdrawn")
 MAX_ID = 2**63 - 1  # ETP message ids as the store keeps them (SQLite's integers)
 
 
 class Refused(ValueError):
     """What the market refuses, and why (one line, to the aggregator and the audit)."""
-
-
-class Standing:
-    """An aggregator's allowance, across all its sessions (a new session resets nothing):
-    its token bucket and its audit rows this second."""
-
-    def __init__(self, key_id):
-        self.key_id = key_id
-        self.tokens, self._filled_at = LIMITS["burst"], time.monotonic()
-        self.rows_second, self.rows_this_second, self.unlogged = 0, 0, 0
-
-    def take(self, tokens=1):
-        now = time.monotonic()
-        self.tokens = min(LIMITS["burst"], self.tokens + (now - self._filled_at) * LIMITS["rate"])
-        self._filled_at = now
-        if self.tokens < tokens:
-            return False
-        self.tokens -= tokens
-        return True
 
 
 class Participant:
@@ -94,8 +67,8 @@ class OpenSlot:
 class Cleared:
     """A cleared slot while its buyers buy: the fills, and what each buyer reported."""
 
-    def __init__(self, name, start, price, fills, deadline):
-        self.name, self.start, self.price, self.deadline = name, start, price, deadline
+    def __init__(self, name, start, price, fills):
+        self.name, self.start, self.price = name, start, price
         self.fills = fills  # (buyer, device) -> kWh
         self.contracts = {}  # (buyer, device) -> (contract id, state)
 
@@ -123,9 +96,9 @@ class Exchange:
     def admitted(self, key_id):
         """Its name, or None when it may not trade here (not admitted, or revoked)."""
         self._follow_controls()
-        if self.controls.get("revoked.%d" % key_id):
+        if self.controls.revoked(key_id):
             return None
-        return self.names.get(key_id) or self.controls.get("admitted.%d" % key_id)
+        return self.names.get(key_id) or self.controls.admitted().get(key_id)
 
     def join(self, key_id, send, close=None):
         """An authenticated aggregator's session; a new one ends its old one."""
@@ -133,7 +106,9 @@ class Exchange:
         if name is None:
             raise Refused("aggregator %d is not admitted to market %s, or was revoked"
                           % (key_id, self.market_name))  # fmt: skip
-        standing = self.standings.get(key_id) or self.standings.setdefault(key_id, Standing(key_id))
+        standing = self.standings.get(key_id)
+        if standing is None:
+            standing = self.standings[key_id] = Standing(key_id)
         old = self.participants.get(key_id)
         participant = Participant(key_id, name, send, close, standing)
         self.participants[key_id] = participant
@@ -249,7 +224,7 @@ class Exchange:
             self._refuse(participant, "bid", "layer %d: %s" % (layer_id, why), slot.name,
                          msg.get("ref"), answer=False)  # fmt: skip
 
-    def close_slot(self, name, start, result, trades, bound, deadline):
+    def close_slot(self, name, start, result, trades, bound):
         """The gate closed and the book cleared: each buyer gets its fills, everyone the
         clearing. bound: {(device, buyer)} already holding a contract (a restarted hub)."""
         if self.open is not None and self.open.name == name:
@@ -264,7 +239,7 @@ class Exchange:
             if (trade.battery, trade.buyer) not in bound:
                 key = (trade.buyer, trade.battery)
                 fills[key] = fills.get(key, 0.0) + trade.kwh
-        cleared = self.cleared[name] = Cleared(name, start, result.price, fills, deadline)
+        cleared = self.cleared[name] = Cleared(name, start, result.price, fills)
         mine = {}
         for (buyer, device), kwh in fills.items():
             offer = offers.get(device, {"device": device, "address": "", "port": 0})
@@ -368,16 +343,11 @@ class Exchange:
         if answer:
             participant.send({"type": "error", "ref": ref, "what": what, "why": why})
         standing = participant.standing  # the counters are the aggregator's, not the session's
-        second = int(time.monotonic())
-        if second != standing.rows_second:
-            standing.rows_second, standing.rows_this_second = second, 0
-        if standing.rows_this_second >= LIMITS["refusal_rows_per_s"]:
-            standing.unlogged += 1
-            return
-        if standing.unlogged:
-            why = "%s (and %d more refused since)" % (why, standing.unlogged)
-            standing.unlogged = 0
-        standing.rows_this_second += 1
+        held = standing.audit()
+        if held is None:
+            return  # counted, into its next row
+        if held:
+            why = "%s (and %d more refused since)" % (why, held)
         self.store.record_refusal(standing.key_id, what, why,
                                   slot if isinstance(slot, str) else None)  # fmt: skip
         if standing.rows_this_second == 1:
@@ -400,7 +370,7 @@ class Exchange:
             self._read_at = now
             self.controls.refresh()
             for key_id, participant in list(self.participants.items()):
-                if self.controls.get("revoked.%d" % key_id):
+                if self.controls.revoked(key_id):
                     self._end(participant)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from aggregator.strategies import PRIOR_KWH
 from hub.store import Store
 from protocol.contract import STATE_NAMES, parse_slot_name
 
@@ -211,13 +212,14 @@ def aggregators(store):
     return {row["key_id"]: row for row in rows}
 
 
-PRIOR = 5  # reputation's prior: this many contracts (or kWh) kept, so one miss condemns no one
+PRIOR_CONTRACTS = 5  # an aggregator's prior: this many kept, so one miss condemns no one
 
 
 def aggregator_reputation(store):
     """{aggregator key id: {"confirmed", "withdrawn", "reputation"}}: of the fills it was
     given, how many it confirmed and how many it left unconfirmed (withdrawn at the
-    deadline, or by it); reputation = (confirmed + PRIOR) / (confirmed + withdrawn + PRIOR).
+    deadline, or by it); reputation = (confirmed + PRIOR_CONTRACTS) / (confirmed +
+    withdrawn + PRIOR_CONTRACTS).
     (Paid on time and unpaid join it with the payment model.)"""
     found = {}
     for row in store.rows(
@@ -226,18 +228,19 @@ def aggregator_reputation(store):
         "AND s.to_state = 'Confirmed')) AS confirmed, "
         "sum(c.state = 'TerminatedByAtn') AS withdrawn FROM contracts c GROUP BY c.buyer"
     ):
-        row["reputation"] = (row["confirmed"] + PRIOR) / (
-            row["confirmed"] + row["withdrawn"] + PRIOR
+        row["reputation"] = (row["confirmed"] + PRIOR_CONTRACTS) / (
+            row["confirmed"] + row["withdrawn"] + PRIOR_CONTRACTS
         )
         found[row["key_id"]] = row
     return found
 
 
 def battery_reputation(store):
-    """{device: delivered / promised kWh, with a prior of PRIOR kWh kept} (the view
-    device_reputation): what the market tells strategies of each battery."""
+    """{device: delivered / promised kWh} (the view device_reputation), with the prior
+    a strategy's own tally starts from (aggregator/strategies.py PRIOR_KWH): what the
+    market tells strategies of each battery."""
     return {
-        r["device"]: (r["delivered_kwh"] + PRIOR) / (r["promised_kwh"] + PRIOR)
+        r["device"]: (r["delivered_kwh"] + PRIOR_KWH) / (r["promised_kwh"] + PRIOR_KWH)
         for r in store.rows("SELECT * FROM device_reputation")
     }
 

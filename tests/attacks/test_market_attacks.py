@@ -65,7 +65,7 @@ def test_a_rival_cannot_take_a_batterys_receipt_by_reporting_its_confirm_id(mark
         market.received(p[buyer], {"type": "bid", "slot": name, "layers": [
             {"device": 1001, "price": 20.0, "kwh": 1.0, "id": 1}]})  # fmt: skip
         result, trades = market.market.close(name, start - GATE_S)
-        market.close_slot(name, start, result, trades, set(), time.monotonic() + 5)
+        market.close_slot(name, start, result, trades, set())
         report = {"type": "contract", "slot": name, "device": 1001, "bid_id": bid_id,
                   "price": result.price, "kwh": 1.0, "kw": 5.0}  # fmt: skip
         market.received(p[buyer], dict(report, state="Received"))

@@ -81,7 +81,7 @@ def test_the_book_is_sealed_and_each_buyer_gets_only_its_fills(market):
     assert seen_by_one[2] == {"type": "bid_result", "ref": 5, "slot": slot.name,
                               "accepted": 2, "refused": []}  # fmt: skip
     result, trades = market.market.close(slot.name, slot.gate)
-    market.close_slot(slot.name, slot.start, result, trades, set(), time.monotonic() + 5)
+    market.close_slot(slot.name, slot.start, result, trades, set())
     fills_one = [m for m in seen_by_one if m["type"] == "fills"]
     fills_two = [m for m in seen_by_two if m["type"] == "fills"]
     assert [f["device"] for f in fills_one[0]["fills"]] == [1001]
@@ -177,7 +177,7 @@ def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market
     layers = [layer(1001, 20.0), layer(1002, 20.0, layer_id=2)]
     market.received(one, {"type": "bid", "slot": slot.name, "ref": 1, "layers": layers})
     result, trades = market.market.close(slot.name, slot.gate)
-    market.close_slot(slot.name, slot.start, result, trades, set(), time.monotonic() + 5)
+    market.close_slot(slot.name, slot.start, result, trades, set())
     report = {"type": "contract", "slot": slot.name, "bid_id": 77, "price": result.price,
               "kwh": 1.0, "kw": 5.0}  # fmt: skip
     for bad, why in (
