@@ -23,14 +23,32 @@ def raw(dut, data):
     dut.serial.proc.write(data)
 
 
-def repl(dut, timeout=10):
-    """Stop main.py if it runs (Ctrl-C) and wait for the prompt."""
-    dut.write("\x03\x03")
+_marks = [0]
+
+
+def sync(dut, timeout=10):
+    """Wait until the REPL has run everything sent so far. A prompt alone proves nothing:
+    two Ctrl-Cs leave two prompts, and a stale one matched early let the next line race
+    the one before it (CI once reset the VM before a file write had run). The mark is
+    computed on the board, so the line's own echo cannot match it."""
+    _marks[0] += 1
+    dut.write("print('mark', %d + 1)" % _marks[0])
+    dut.expect("mark %d" % (_marks[0] + 1), timeout=timeout)
     dut.expect(">>>", timeout=timeout)
 
 
+def repl(dut, timeout=10):
+    """Stop main.py if it runs (Ctrl-C) and wait until the prompt answers."""
+    dut.write("\x03\x03")
+    dut.expect(">>>", timeout=timeout)
+    sync(dut, timeout)
+
+
 def run(dut, line, expect, timeout=10):
+    """Send a line; expecting ">>>" means: until the board has finished it."""
     dut.write(line)
+    if expect == ">>>":
+        return sync(dut, timeout)
     return dut.expect(expect, timeout=timeout)
 
 

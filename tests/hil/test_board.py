@@ -32,8 +32,9 @@ def test_etp_frames_round_trip_and_tampering_is_caught(bench, dut):
     run(dut, "f = a.seal(message.bid(5, 9, 15.5, 1.0), %d)" % NOW, ">>>")
     run(dut, "print('price', c.open(f, %d).message.bid_price)" % NOW, "price 15.5")
     run(dut, "bad = bytearray(f); bad[40] ^= 1", ">>>")
-    run(dut, "def attempt(data):\r\n    try:\r\n        c.open(data, %d)\r\n" % NOW, "")
-    run(dut, "    except errors.BadTag:\r\n        print('caught BadTag')\r\n", ">>>")
+    # One line: a block typed over several meets the REPL's auto-indent and "..." prompts.
+    run(dut, "exec('def attempt(data):\\n try:\\n  c.open(data, %d)\\n"
+             " except errors.BadTag:\\n  print(\\'caught BadTag\\')')" % NOW, ">>>")  # fmt: skip
     run(dut, "attempt(bytes(bad))", "caught BadTag")
 
 
