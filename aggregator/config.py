@@ -34,6 +34,8 @@ AGGREGATOR_DEFAULTS = {
     "identity": "aggregator.json",  # its identity file (`gridbid aggregator new`)
     "store": "aggregator.sqlite",  # its own records: bids, fills, contracts, delivery
     "bind_timeout_s": 2.0,  # a battery's answer to our Bid
+    "wallet": "",  # its wallet file (solana-keygen, 0600): margin in markets that settle
+    "margin_credits": 1000.0,  # the margin it keeps in each such market (topped up at half)
     **STRATEGY_DEFAULTS,
 }
 ADMISSION = "gridbid-admission/1"  # the kind of an admission file
@@ -96,6 +98,19 @@ def check(data, base=Path("."), where="aggregator config"):
         raise ConfigError("%s: %s" % (where, exc)) from None
     cfg["key_id"], cfg["name"] = cfg["identity"].key_id, cfg["identity"].name
     cfg["store"] = str(base / cfg["store"])
+    if not _number(cfg["margin_credits"]):
+        raise ConfigError("%s: margin_credits must be a number >= 0" % where)
+    if not isinstance(cfg["wallet"], str):
+        raise ConfigError("%s: wallet must name a wallet file" % where)
+    if cfg["wallet"]:
+        from aggregator import wallet  # solders: only where a wallet is set
+
+        try:
+            cfg["wallet"] = wallet.read(base / cfg["wallet"])
+        except wallet.WalletError as exc:
+            raise ConfigError("%s: %s" % (where, exc)) from None
+    else:
+        cfg["wallet"] = None
     markets = data.get("market")
     if not isinstance(markets, list) or not markets:
         raise ConfigError("%s: at least one [[market]] (admission = FILE) is needed" % where)

@@ -8,6 +8,10 @@ delivered, so a restarted aggregator knows its batteries' reputation with it.
               delivered_kwh, at)                             one per battery bought
                                                              (state: Confirmed,
                                                              Withdrawn, or the outcome)
+    deposits(signature, market, amount, raw, status, at)     margin it sent (margin.py):
+                                                             signed bytes kept before they
+                                                             leave; status signed, sent,
+                                                             finalized or failed
 
 Versioned by SQLite's user_version: a file from a newer gridbid is refused, an older
 one migrated forward. This module is the one writer of the file.
@@ -16,7 +20,7 @@ one migrated forward. This module is the one writer of the file.
 import sqlite3
 import time
 
-VERSION = 1
+VERSION = 2
 SCHEMA = """
 CREATE TABLE bids (id INTEGER PRIMARY KEY, at REAL NOT NULL, market TEXT NOT NULL,
     slot TEXT NOT NULL, device INTEGER NOT NULL, price REAL NOT NULL, kwh REAL NOT NULL);
@@ -29,6 +33,10 @@ CREATE TABLE contracts (id TEXT PRIMARY KEY, market TEXT NOT NULL, slot TEXT NOT
 CREATE INDEX bids_slot ON bids (market, slot);
 CREATE INDEX fills_slot ON fills (market, slot);
 CREATE UNIQUE INDEX contracts_confirm ON contracts (confirm_id) WHERE confirm_id IS NOT NULL;
+"""
+V2 = """
+CREATE TABLE deposits (signature TEXT PRIMARY KEY, market TEXT NOT NULL,
+    amount INTEGER NOT NULL, raw BLOB NOT NULL, status TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -47,8 +55,10 @@ class AggregatorStore:
         if version > VERSION:
             raise StoreError("%s is from a newer gridbid (version %d, this one knows %d)"
                              % (path, version, VERSION))  # fmt: skip
-        if version == 0:
-            self.db.executescript("BEGIN; %s PRAGMA user_version = %d; COMMIT;" % (SCHEMA, VERSION))
+        for number, script in enumerate((SCHEMA, V2), 1):
+            if version < number:
+                self.db.executescript("BEGIN; %s PRAGMA user_version = %d; COMMIT;"
+                                      % (script, number))  # fmt: skip
 
     def close(self):
         self.db.close()
@@ -119,3 +129,25 @@ class AggregatorStore:
             "SELECT confirm_id, device, kwh FROM contracts WHERE state = 'Confirmed'"
         )
         return {confirm_id: (device, kwh) for confirm_id, device, kwh in rows}
+
+    def deposit(self, market, signature, amount, raw):
+        """A margin deposit, signed, kept before it is sent."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO deposits (signature, market, amount, raw, status, at) "
+                "VALUES (?, ?, ?, ?, 'signed', ?)",
+                (signature, market, amount, raw, time.time()),
+            )
+
+    def deposited(self, signature, status):
+        with self.db:
+            self.db.execute("UPDATE deposits SET status = ? WHERE signature = ?",
+                            (status, signature))  # fmt: skip
+
+    def unanswered(self, market):
+        """[(signature, raw)] of deposits the market has not finished with."""
+        return self.db.execute(
+            "SELECT signature, raw FROM deposits WHERE market = ? AND status IN ('signed', "
+            "'sent') ORDER BY at",
+            (market,),
+        ).fetchall()

@@ -31,6 +31,7 @@ OUTCOMES = {code: contract.STATE_NAMES[state] for state, code in contract.OUTCOM
 REPLY_S = 5.0  # the market maker's answer to a contract report
 KEEP_SLOTS = 16  # slots whose bids wait for their clearing, per trader
 KEEP_CONTRACTS = 100_000  # contracts whose outcome is awaited (for reputation)
+MARGIN_ANSWERS = ("margin", "faucet", "blockhash", "deposit")  # hub/market/funding.py
 
 
 class Trader:
@@ -48,6 +49,8 @@ class Trader:
         self.won = {}  # (market, slot) -> {device: kWh}
         self.contracts = {}  # our BidConfirm id -> (device, kWh promised)
         self.buying = set()  # tasks
+        self.keeper = None  # its MarginKeeper (margin.py), where markets settle on chain
+        self.terms = {}  # market name -> its margin terms (None: it does not settle)
         self._waiting = {}  # our ETP message id -> Future of the battery's answer
         self._replies = {}  # market ref -> Future of the market maker's answer
         self._refs = itertools.count(1)
@@ -87,7 +90,8 @@ class Trader:
                 task.add_done_callback(self.buying.discard)
         elif kind == "clearing":
             self._learn(market, msg)
-        elif kind in ("contract_result", "error", "bid_result"):
+            self._keep_margin(market)
+        elif kind in ("contract_result", "error", "bid_result") + MARGIN_ANSWERS:
             waiter = self._replies.pop(msg.get("ref"), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
@@ -96,6 +100,21 @@ class Trader:
                             msg.get("what"), msg.get("why"))  # fmt: skip
         elif kind == "welcome":
             log.info("%s: trading in market %s", self.name, market.market)
+            self.terms[market.market] = msg.get("margin")
+            if msg.get("margin") and self.keeper is None:
+                log.warning("%s: market %s settles on chain and takes bids only within a "
+                            "margin: give this aggregator a wallet (aggregator.toml wallet)",
+                            self.name, market.market)  # fmt: skip
+            self._keep_margin(market)
+
+    def use_wallet(self, keeper):
+        """Keep a margin with this MarginKeeper (margin.py) where a market asks for one."""
+        self.keeper = keeper
+
+    def _keep_margin(self, market):
+        terms = self.terms.get(market.market)
+        if terms and self.keeper is not None:
+            self.keeper.keep(self.tell, market, terms)
 
     def _slot(self, market, msg):
         for old in list(self.bids)[:-KEEP_SLOTS]:  # a clearing that never came (hub gone)

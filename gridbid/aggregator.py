@@ -2,7 +2,7 @@
 battery's enrollment.
 
     gridbid aggregator run --config aggregator.toml      trade in its markets until Ctrl-C
-    gridbid aggregator new --id 2 --name acme --out acme.json
+    gridbid aggregator new --id 2 --name acme --out acme.json [--wallet acme-wallet.json]
     gridbid aggregator enroll --identity acme.json --battery 1001 [--out DIR]
 
 `new` makes the identity file (0600): the aggregator's id, name and master secret,
@@ -33,6 +33,8 @@ def add_arguments(parser):
     new.add_argument("--id", type=int, required=True, help="its key id, 1..2^32-1")
     new.add_argument("--name", required=True, help="its name (in logs and on the market)")
     new.add_argument("--out", required=True, help="the identity file to make")
+    new.add_argument("--wallet", help="also make its wallet (a solana-keygen file, 0600): "
+                     "margin in markets that settle on chain")  # fmt: skip
     enroll = actions.add_parser(
         "enroll", help="write a battery's enrollment file (its pair key with us)",
         description="Write enroll-<id>-<battery>.json (0600): the pair key this aggregator "
@@ -49,9 +51,16 @@ def run(args):
         return trade(args)
     try:
         if args.action == "new":
+            if args.wallet and Path(args.wallet).exists():
+                raise identity.IdentityError("%s exists: a wallet is never replaced" % args.wallet)
             made = identity.create(args.out, args.id, args.name)
             print("%s: aggregator %d (%s), a new master secret (never shown)"
                   % (args.out, made.key_id, made.name))  # fmt: skip
+            if args.wallet:
+                from aggregator import wallet
+
+                print("%s: its wallet %s (fund it with the market's credit)"
+                      % (args.wallet, wallet.create(args.wallet).pubkey))  # fmt: skip
             return 0
         return enroll(args)
     except (identity.IdentityError, secret_files.SecretFileError) as exc:
@@ -102,6 +111,11 @@ def trade(args):
     async def main():
         trader = Trader(cfg["identity"], make_strategy(cfg), cfg["max_kw"], cfg["bind_timeout_s"],
                         store)  # fmt: skip
+        if cfg["wallet"] is not None:
+            from aggregator.margin import MarginKeeper
+
+            trader.use_wallet(MarginKeeper(cfg["name"], cfg["wallet"], cfg["margin_credits"],
+                                           store))  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

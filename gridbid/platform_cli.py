@@ -5,14 +5,14 @@ decimals / mint, and [platform] (DEFAULTS in hub/integrations/platform/settings.
 options override.
 
 The LiteSVM backend keeps its chain in memory, so a CLI process rebuilds it at each
-start exactly as the hub does (hub/integrations/settlement/rebuild.py): provisioned with the hub's
-aggregators ([[aggregator]] key_id), [settlement] wallets, fund_credits and
-durable_nonce, then every finalized transaction of both journals (settlement's payments
-and the platform's) re-executed in order by the real programs (no blockhash age on
-replay). Keys are the same files, so the addresses are the same, and the balances are
-the hub's. On a cluster (an RPC backend) nothing is rebuilt: the chain is the cluster's,
-and its memos are read first (recovery.py) so a command that landed but whose record was
-lost is refused.
+start exactly as the hub does (hub/integrations/settlement/rebuild.py): provisioned with the
+clearing house's account, the wallets the margin faucet funded, [settlement] wallets and
+durable_nonce, then every finalized transaction of the journals (settlement's payments,
+the margin deposits and the platform's) re-executed in order by the real programs (no
+blockhash age on replay). Keys are the same files, so the addresses are the same, and
+the balances are the hub's. On a cluster (an RPC backend) nothing is rebuilt: the chain
+is the cluster's, and its memos are read first (recovery.py) so a command that landed but
+whose record was lost is refused.
 
 A read (credit balances, rec show, gov proposals and rewards: read()) only reads the
 store (gridbid/readonly.py): no chain, no key, nothing made. `credit reconcile` needs
@@ -38,6 +38,7 @@ from hub.integrations.platform.gov import Gov
 from hub.integrations.platform.incentives import Incentives
 from hub.integrations.platform.layer import Platform
 from hub.integrations.platform.rec import Rec
+from hub.integrations.settlement import CLEARING
 from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 
 SOL = 10**9
@@ -89,15 +90,10 @@ def _provision(data, base, keys):
     "key_ids", "fund_credits", "durable_nonce"}. Without a [settlement] section the hub
     has no chain of its own: the mint only, from the keys folder."""
     if "settlement" not in data:
-        return {"folder": keys, "key_ids": [], "fund_credits": 0, "durable_nonce": False}
+        return {"folder": keys, "settles": False, "durable_nonce": False}
     settings = {**settlement_cfg.DEFAULTS, **data["settlement"]}
     s = settlement_cfg.check(settings, base, "[settlement]")
-    return {
-        "folder": s["wallets"],
-        "key_ids": [a["key_id"] for a in data.get("aggregator", [])],
-        "fund_credits": s["fund_credits"],
-        "durable_nonce": s["durable_nonce"],
-    }
+    return {"folder": s["wallets"], "settles": True, "durable_nonce": s["durable_nonce"]}
 
 
 PLATFORM_TABLES = (
@@ -176,7 +172,7 @@ def _need_wallets(cfg):
     needed = [Path(cfg["keys"]) / "platform-authority.json"]
     if cfg["backend"] == "litesvm":
         p = cfg["provision"]
-        folder, nonces = Path(p["folder"]), p["key_ids"] if p["durable_nonce"] else []
+        folder, nonces = Path(p["folder"]), [CLEARING] if p["durable_nonce"] else []
         needed += [folder / "mint.json", folder / "mint-authority.json"]
         needed += [folder / ("nonce-%d.json" % k) for k in nonces]
     for path in needed:
@@ -186,20 +182,23 @@ def _need_wallets(cfg):
 
 
 def _litesvm(cfg, store, authority, make):
-    """The hub's chain, rebuilt here (hub/integrations/settlement/rebuild.py). -> (chain, mint,
-    {aggregator key id: credits provisioning minted it, in base units})"""
-    from hub.integrations.settlement import provision, rebuild, wallets
+    """The hub's chain, rebuilt here as the hub's Settlement.open does
+    (hub/integrations/settlement/rebuild.py): the clearing account, the faucet's wallets,
+    the journals. -> (chain, mint, {aggregator key id: base units the faucet gave it})"""
+    from hub.integrations.settlement import margin, provision, rebuild, wallets
 
-    p, decimals = cfg["provision"], cfg["platform"]["decimals"]
-    payers = wallets.payers(p["folder"], p["key_ids"], create_missing=make)
-    nonces = provision.nonce_wallets(p["folder"], payers) if p["durable_nonce"] else None
+    p, decimals, folder = cfg["provision"], cfg["platform"]["decimals"], cfg["provision"]["folder"]
+    payers = {}
+    if p["settles"]:
+        payers[CLEARING] = wallets.read_or_create(wallets.clearing_path(folder), make)
+    nonces = provision.nonce_wallets(folder, payers) if p["durable_nonce"] else None
     chain, mint, _replayed, failed = rebuild.start(
-        store.db.conn, p["folder"], payers, p["fund_credits"], decimals, nonces=nonces
+        store.db.conn, folder, payers, 0, decimals, nonces=nonces
     )
     chain.airdrop(authority, 1000 * SOL)
     if failed:
         print("warning: %d journaled transactions did not replay" % failed, file=sys.stderr)
-    return chain, mint, {k: p["fund_credits"] * 10**decimals for k in payers}
+    return chain, mint, margin.faucet_funded(store.db.conn)
 
 
 def need_id(args):

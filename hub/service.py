@@ -130,7 +130,11 @@ class Hub:
                 self.market_server = await server.start()
             except OSError as exc:
                 raise StartError("market", exc) from None
+        settlement = self.integrations.get("settlement")
         for key_id, trader in self.traders.items():
+            if settlement is not None and trader.keeper is None:
+                # Hosted aggregators are the operator's own: their wallets are its too.
+                trader.use_wallet(settlement.hosted_wallet(key_id, trader.name))
             if not trader.markets:
                 trader.trade_in(LocalLink(self.exchange, key_id, trader.on_message))
 

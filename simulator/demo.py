@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from aggregator import config as aggregator_config
+from aggregator import wallet
 from hub.config import hub_toml
 from hub.service import Hub, StartError
 from simulator import lacks_sim_extra, vm
@@ -182,7 +183,7 @@ class Demo:
         return 0
 
     def admit(self, hub, fleet, tmp):
-        """Each aggregator in a folder of its own (identity, admission, aggregator.toml),
+        """Each aggregator in a folder of its own (identity, wallet, admission, aggregator.toml),
         admitted to the hub's market as `gridbid hub admit` does. -> [(name, folder, spec)]"""
         made = []
         for spec in aggregators(self.args.aggregators, self.args.seed):
@@ -194,7 +195,8 @@ class Demo:
                 hub.cfg["name"], "127.0.0.1", hub.cfg["market_port"], key_id,
                 hub.cfg["keys"].market_key(key_id)))  # fmt: skip
             hub.controls.admit(key_id, name, "demo")
-            lines = ["[aggregator]", 'identity = "identity.json"']
+            wallet.create(folder / "wallet.json")  # its own: margin in the hub's market
+            lines = ["[aggregator]", 'identity = "identity.json"', 'wallet = "wallet.json"']
             lines += ["%s = %s" % (k, json.dumps(v)) for k, v in spec.items()]
             lines += ["", "[[market]]", 'admission = "market-hub.json"']
             (folder / "aggregator.toml").write_text("\n".join(lines) + "\n")
@@ -271,6 +273,10 @@ class Demo:
                status["waiting"]))  # fmt: skip
         for device, credits in balances["owners"].items():
             say("demo", "owner of battery %d received %.4f cents" % (device, credits * 100))
+        for name, account in sorted(balances["aggregators"].items()):
+            say("demo", "%s's margin: %.2f credits deposited, %.4f cents paid from it, %.2f "
+                "free (the clearing account holds %.2f)" % (name, account["deposited"],
+                account["paid"] * 100, account["free"], balances["clearing"]))  # fmt: skip
 
     async def echo(self, fleet):
         seen = {d.device_id: 0 for d in fleet.devices}

@@ -29,7 +29,9 @@ import math
 import time
 
 from hub.market.clearing import BID
-from hub.market.standing import LIMITS, Standing
+from hub.market.funding import KINDS as FUNDING
+from hub.market.funding import Funding
+from hub.market.standing import LIMITS, Refused, Standing
 from hub.store import views
 from protocol import message
 
@@ -37,10 +39,6 @@ log = logging.getLogger(__name__)
 
 CONTRACT_STATES = ("Received", "Confirmed", "Withdrawn")
 MAX_ID = 2**63 - 1  # ETP message ids as the store keeps them (SQLite's integers)
-
-
-class Refused(ValueError):
-    """What the market refuses, and why (one line, to the aggregator and the audit)."""
 
 
 class Participant:
@@ -62,6 +60,7 @@ class OpenSlot:
         self.name, self.start, self.gate_at, self.signal = name, start, gate_at, signal
         self.offers = offers  # device -> the offer as sent ({"device", "kwh", ...})
         self.layers = {}  # aggregator -> layers it added
+        self.spent = {}  # aggregator -> what its layers may cost (base units; margin)
 
 
 class Cleared:
@@ -89,7 +88,13 @@ class Exchange:
         # it was given) is below this bids no more (hub.toml min_aggregator_reputation).
         self.min_reputation = min_reputation
         self.reputation = {}  # key id -> its record, as of the open slot
+        self.funding = None  # margin checks and requests, when the hub settles (use_margin)
         self._read_at = 0.0
+
+    def use_margin(self, margin):
+        """The hub settles as clearing house (hub/integrations/settlement/margin.py): from
+        now on a bid must be covered by its aggregator's margin (hub/market/funding.py)."""
+        self.funding = Funding(margin, self._refuse)
 
     # --- sessions ------------------------------------------------------------------
 
@@ -145,6 +150,11 @@ class Exchange:
             elif kind == "contract":
                 with self.store.transaction():  # the report's states: one commit
                     self._contract(participant, msg)
+            elif kind in FUNDING:
+                if self.funding is None:
+                    raise Refused("market %s does not settle on chain: no margin to keep"
+                                  % self.market_name)  # fmt: skip
+                self.funding.received(participant, msg)
             else:
                 raise Refused("unknown message type %r" % (kind,))
         except Refused as exc:
@@ -152,8 +162,10 @@ class Exchange:
 
     def _subscribe(self, participant):
         participant.subscribed = True
+        terms = None if self.funding is None else self.funding.terms(participant.key_id)
         participant.send({"type": "welcome", "market": self.market_name,
-                          "aggregator": participant.key_id, "name": participant.name})  # fmt: skip
+                          "aggregator": participant.key_id, "name": participant.name,
+                          "margin": terms})  # fmt: skip
         if self.open is not None and time.time() < self.open.gate_at:
             participant.send(self._slot_message(self.open))
 
@@ -207,6 +219,8 @@ class Exchange:
         if mine + len(layers) > LIMITS["layers_per_slot"]:
             raise Refused("over %d layers in slot %s" % (LIMITS["layers_per_slot"], slot.name))
         checked = [_layer(slot, layer, i) for i, layer in enumerate(layers)]  # all, first
+        if self.funding is not None:  # covered by its margin, or refused whole
+            self.funding.check(participant.key_id, checked, slot, self.cleared)
         added, refused = 0, []
         with self.store.transaction():  # one commit for the message's layers
             for device, price, kwh, layer_id in checked:

@@ -15,6 +15,10 @@ LIMITS = {
 }
 
 
+class Refused(ValueError):
+    """What the market refuses, and why (one line, to the aggregator and the audit)."""
+
+
 class Standing:
     def __init__(self, key_id):
         self.key_id = key_id

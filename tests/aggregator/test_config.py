@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator import config, identity
+from aggregator import config, identity, wallet
 from transport import secret_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +17,7 @@ EXAMPLE = ROOT / "aggregator" / "aggregator.example.toml"
 def site(tmp_path):
     shutil.copy(EXAMPLE, tmp_path / "aggregator.toml")
     identity.create(str(tmp_path / "acme.json"), 2, "acme")
+    wallet.create(tmp_path / "acme-wallet.json")
     secret_files.write(tmp_path / "market-hub.json",
                        config.admission("hub", "192.0.2.1", 47410, 2, b"k" * 32))  # fmt: skip
     return tmp_path
@@ -31,6 +32,7 @@ def test_the_example_loads_and_explains_every_setting(site):
     for name in config.AGGREGATOR_DEFAULTS:
         assert re.search(r"^(# )?%s = " % name, text, re.M), "%s is not in the example" % name
     assert "master" not in repr(cfg["identity"]) and "6b6b" not in repr(cfg)
+    assert repr(cfg["wallet"]) == "<Wallet %s>" % cfg["wallet"].pubkey  # never its secret
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,9 @@ def test_the_example_loads_and_explains_every_setting(site):
             ('admission = "market-hub.json"', 'admission = "market-hub.json"\nkey = "abc"'),
             "takes admission",
         ),
+        (('wallet = "acme-wallet.json"', 'wallet = "none.json"'), "no wallet file"),
+        (('wallet = "acme-wallet.json"', 'wallet = "acme.json"'), "not a solana-keygen"),
+        (("margin_credits = 1000.0", "margin_credits = -5"), "margin_credits must be"),
     ],
 )
 def test_a_fault_is_one_line(site, change, why):
@@ -62,4 +67,10 @@ def test_an_admission_for_another_aggregator_or_readable_by_others_is_refused(si
         config.load(site / "aggregator.toml")
     (site / "market-hub.json").chmod(0o644)
     with pytest.raises(config.ConfigError, match="chmod 600"):
+        config.load(site / "aggregator.toml")
+
+
+def test_a_wallet_readable_by_others_is_refused(site):
+    (site / "acme-wallet.json").chmod(0o644)
+    with pytest.raises(config.ConfigError, match="acme-wallet.json is readable by others"):
         config.load(site / "aggregator.toml")

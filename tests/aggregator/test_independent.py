@@ -16,7 +16,9 @@ import pytest
 from helpers.hub_site import GATE_S, SLOT_S, Background, start_all, toml
 from helpers.processes import Gridbid
 from helpers.waiting import until
+from solders.keypair import Keypair
 
+from aggregator import wallet
 from protocol import pairing
 from simulator.fleet import Fleet, free_port
 
@@ -37,7 +39,9 @@ def rows(db, sql, *args):
 
 
 def aggregator_toml(folder, key_id, strategy, settings):
-    text = ["[aggregator]", 'identity = "identity.json"', 'strategy = "%s"' % strategy]
+    wallet.create(folder / "wallet.json")  # its own: margin where a market settles
+    text = ["[aggregator]", 'identity = "identity.json"', 'strategy = "%s"' % strategy,
+            'wallet = "wallet.json"', "margin_credits = 5.0"]  # fmt: skip
     text += ["%s = %s" % (k, json.dumps(v)) for k, v in settings.items()]
     text += ["", "[[market]]", 'admission = "market-hub.json"']
     (folder / "aggregator.toml").write_text("\n".join(text) + "\n")
@@ -68,7 +72,9 @@ def site(tmp_path_factory):
             "gate_s": GATE_S, "discovery_s": 0.25, "answer_s": 1.0, "bind_timeout_s": 0.8,
             "market_bind": "127.0.0.1", "market_port": free_port(),
         }  # fmt: skip
-        (hub / "hub.toml").write_text(toml({"hub": settings}))
+        # It settles on its in-process chain: the aggregators pay through their margin.
+        settles = '\n[settlement]\nwallets = "wallets"\nbatch_s = %d\npoll_s = 0.5\n' % SLOT_S
+        (hub / "hub.toml").write_text(toml({"hub": settings}) + settles)
         other = base / "hub-kill"  # a second market on the same batteries, for one test
         other.mkdir()
         fleet.hub_keys(other / "hub-keys.json")
@@ -143,9 +149,30 @@ def test_two_independent_aggregators_trade_and_a_revoked_one_is_refused(site):
                                        "!= 'TerminatedByAtn'", key_id)}  # fmt: skip
         assert theirs == ours and theirs, (key_id, theirs, ours)
         assert rows(own, "SELECT count(*) FROM fills")[0][0] >= len(theirs)
-    # the hub's files hold no aggregator's secret: no master, no pair key, no market key
+    # each paid through the margin it deposited from its own wallet, credited once; the
+    # clearing house paid the owners of the slots that ended from it
+    for key_id in STRATEGIES:
+        own = base / ("agg%d" % key_id) / "aggregator.sqlite"
+        (signature,) = [s for (s,) in rows(own, "SELECT signature FROM deposits "
+                                                "WHERE status = 'finalized'")]  # fmt: skip
+        assert rows(db, "SELECT aggregator, status FROM margin_deposits WHERE signature = ?",
+                    signature) == [(key_id, "finalized")]  # fmt: skip
+    assert "under-funded" not in hub.output
+    paid = rows(db, "SELECT DISTINCT c.buyer FROM settlement_items i JOIN settlements s ON "
+                    "s.id = i.batch AND s.status = 'finalized' JOIN contracts c ON "
+                    "c.id = i.contract WHERE i.amount > 0")  # fmt: skip
+    assert paid, rows(db, "SELECT id, status, error FROM settlements")
+    payer = {p for (p,) in rows(db, "SELECT DISTINCT payer FROM settlement_parts")}
+    clearing = json.loads((hub_dir / "wallets" / "clearing.json").read_text())
+    assert payer == {str(Keypair.from_bytes(bytes(clearing)).pubkey())}
+    # the hub's files hold no aggregator's secret: no master, no pair key, no market key,
+    # no wallet
     hub_bytes = b"".join(p.read_bytes() for p in hub_dir.rglob("*") if p.is_file())
     for key_id in STRATEGIES:
+        own_wallet = json.loads((base / ("agg%d" % key_id) / "wallet.json").read_text())
+        assert bytes(own_wallet[:32]) not in hub_bytes
+        assert json.dumps(own_wallet).encode() not in hub_bytes
+        assert not (hub_dir / "wallets" / ("aggregator-%d.json" % key_id)).exists()
         master = fleet.masters[key_id]
         secrets = [master] + [pairing.derive(master, pairing.LABEL_ETP, d.device_id)
                               for d in fleet.devices]  # fmt: skip

@@ -10,7 +10,7 @@ from fractions import Fraction
 from hub.integrations.settlement import records, wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.chain import Chain
-from hub.integrations.settlement.provision import provision
+from hub.integrations.settlement.provision import fund, provision
 from hub.integrations.settlement.uploader import Uploader
 from hub.store import Store
 from protocol import contract
@@ -47,7 +47,7 @@ def expected_amount(price, kwh, per_cent=10_000):
 
 
 class World:
-    def __init__(self, tmp, chain=None, owners_make=True, valid_blocks=150):
+    def __init__(self, tmp, chain=None, owners_make=True, valid_blocks=150, faucet=False):
         self.tmp = tmp
         self.path = tmp / "hub.sqlite"
         self.store = Store(self.path, synchronous="NORMAL")
@@ -55,7 +55,10 @@ class World:
         self.folder = tmp / "wallets"
         self.folder.mkdir(mode=0o700, exist_ok=True)
         self.payers = wallets.payers(self.folder, AGGREGATORS, create_missing=True)
-        self.mint = provision(self.chain, self.folder, self.payers, FUND, 6)
+        # faucet: the aggregators' wallets are funded by the margin faucet, as a hub's are
+        # (margin()), so that a hub's rebuild funds them again; else by provisioning.
+        self.faucet = faucet
+        self.mint = provision(self.chain, self.folder, {} if faucet else self.payers, FUND, 6)
         self.owners = wallets.Owners(
             {}, self.folder / "owners.json", make=self.folder / "owners" if owners_make else None
         )
@@ -64,6 +67,8 @@ class World:
         self.devices = set()
         self.seq = 0
         self.events = []
+        self.clearing = None  # the clearing house's Wallet, once margin pays (fund_margin)
+        self.deposited = 0
 
     def add(self, device, buyer, start, kwh, price, state="CompletedSuccess", delivered=None):
         """A contract of `kwh` at `price` c/kWh driven to `state`. -> its id."""
@@ -106,10 +111,45 @@ class World:
                     self.add(device, buyer, start, kwh, round(rng.uniform(12, 24), 3), state,
                              delivered)  # fmt: skip
 
+    def margin(self):
+        """The clearing house's margin on this world's chain, as a hub's Settlement makes
+        it (its clearing account provisioned), for deposits before a Settlement runs."""
+        from hub.integrations.settlement import schema
+        from hub.integrations.settlement.margin import Margin
+
+        schema.migrate(self.store.db)
+        clearing = wallets.read_or_create(wallets.clearing_path(self.folder), True)
+        provision(self.chain, self.folder, {0: clearing}, 0, 6)
+
+        def faucet(owner):
+            return fund(self.chain, self.folder, owner, FUND * CREDIT, 6)
+
+        return Margin(self.store, LiteSVMBackend(self.chain), self.mint, clearing.pubkey, "hub",
+                      6, 10_000, faucet=faucet if self.faucet else None)  # fmt: skip
+
+    async def fund_margin(self, margin, credits=1000):
+        """Each aggregator deposits `credits` of margin from its own wallet, as its process
+        does (aggregator/wallet.py, aggregator/margin.py); the clearing house pays from now
+        on (hub/integrations/settlement/margin.py)."""
+        import base64
+
+        from aggregator.wallet import Wallet
+
+        for key_id, wallet in self.payers.items():
+            if self.faucet:
+                await margin.faucet(key_id, wallet.pubkey)
+            tx = Wallet(wallet.keypair).deposit(margin.terms(key_id), credits * CREDIT,
+                                                await margin.blockhash())  # fmt: skip
+            done = await margin.deposit(key_id, base64.b64encode(bytes(tx)).decode())
+            assert done["status"] == "finalized", done
+            self.deposited += credits * CREDIT
+        self.clearing = wallets.read(wallets.clearing_path(self.folder))
+
     def uploader(self, store=None, backend=None, **kw):
         kw.setdefault("batch_s", BATCH_S)
         kw.setdefault("emit", lambda **f: self.events.append(f))
-        return Uploader(store or self.store, backend or LiteSVMBackend(self.chain), self.payers,
+        payers = {0: self.clearing} if self.clearing is not None else self.payers
+        return Uploader(store or self.store, backend or LiteSVMBackend(self.chain), payers,
                         self.owners, self.mint, name="hub", **kw)  # fmt: skip
 
     def reopen(self):
@@ -130,6 +170,9 @@ class World:
         """Base units each aggregator paid out."""
         from hub.integrations.settlement.transactions import ata
 
+        if self.clearing is not None:  # the clearing house paid, from the margin
+            held = self.chain.token_balance(ata(self.clearing.pubkey, self.mint))
+            return {0: self.deposited - held}
         return {k: FUND * CREDIT - self.chain.token_balance(ata(w.pubkey, self.mint))
                 for k, w in self.payers.items()}  # fmt: skip
 
@@ -137,7 +180,8 @@ class World:
         """Counter of (batch id, part) over every successful gridbid transaction on chain."""
         seen = collections.Counter()
         sigs = set()
-        for wallet in self.payers.values():
+        payers = list(self.payers.values()) + ([self.clearing] if self.clearing else [])
+        for wallet in payers:
             for x in self.chain.signatures_for_address(wallet.pubkey, limit=10**9):
                 parsed = records.parse_memo(x.memo)
                 if x.err is None and parsed and x.signature not in sigs:
@@ -160,6 +204,16 @@ class World:
         parts = self.store.db.execute("SELECT batch, part FROM settlement_parts").fetchall()
         assert set(landed) == {tuple(p) for p in parts}
         assert sum(self.spent().values()) == sum(self.expected.values())
+
+
+class FakeExchange:
+    """The one call settlement makes on the hub's Exchange (a stand-in: the market's own
+    use of margin runs on the real one, tests/hub/market/test_margin.py)."""
+
+    margin = None
+
+    def use_margin(self, margin):
+        self.margin = margin
 
 
 async def run_until_done(uploader, rounds=10):

@@ -30,6 +30,7 @@ from collections import Counter
 from hub.integrations.platform.chain_ops import burn_ix, memo, mint_info, mint_to_ixs, pk
 from hub.integrations.platform.engine import Operation, PlatformError
 from hub.integrations.settlement import journal
+from hub.integrations.settlement.margin import finalized_deposits
 from hub.integrations.settlement.transactions import ata
 
 MAX_UNITS = 2**63 - 1
@@ -61,6 +62,9 @@ def ledger_balances(conn):
         for owner, amount in payments:
             out[payer] -= amount
             out[owner] += amount
+    for payer, clearing, amount in finalized_deposits(conn):  # aggregators' margin
+        out[payer] -= amount
+        out[clearing] += amount
     return out
 
 
@@ -159,7 +163,9 @@ class Opening(Operation):
 
     def plan(self, conn, args, command):
         units = _whole("units", args.get("units"), 0)
-        owner = str(self.credit.keys.account(args.get("account")))
+        # A wallet the platform holds no key of (an aggregator's own, the faucet funded it)
+        # is named by its public key.
+        owner = args.get("owner") or str(self.credit.keys.account(args.get("account")))
         if conn.execute("SELECT 1 FROM credit_moves WHERE account = ?", (owner,)).fetchone():
             raise PlatformError("%s already has ledger entries: no opening" % args["account"])
         return {"account": args["account"], "owner": owner, "units": units}
@@ -192,21 +198,20 @@ class Credit:
     async def redeem(self, command, account, units):
         return await self.engine.run(command, Redeem.kind, {"account": account, "units": units})
 
-    async def opening(self, command, account, units):
-        return await self.engine.run(command, Opening.kind, {"account": account, "units": units})
+    async def opening(self, command, account, units, owner=None):
+        args = {"account": account, "units": units, "owner": owner}
+        return await self.engine.run(command, Opening.kind, args)
 
     async def open_funded(self, funded):
-        """LiteSVM: the credits provisioning minted ({aggregator key id: base units}) are
-        each aggregator's opening, recorded once, before its first move: the chain is
-        the hub's own, so what it holds before the ledger is known, not stated.
-        -> the accounts opened now."""
+        """LiteSVM: what the margin faucet gave each aggregator's own wallet ({wallet
+        base58: base units}) is that wallet's opening, recorded once, before its first move:
+        the chain is the hub's own, so what it holds before the ledger is known, not stated.
+        -> the wallets opened now."""
         opened = []
-        for key_id, units in sorted(funded.items()):
-            account = "aggregator-%d" % key_id
-            owner = str(self.keys.account(account))
-            if not self.engine.rows("SELECT 1 FROM credit_moves WHERE account = ?", (owner,)):
-                await self.opening("litesvm-funding-%d" % key_id, account, units)
-                opened.append(account)
+        for wallet, units in sorted(funded.items()):
+            if not self.engine.rows("SELECT 1 FROM credit_moves WHERE account = ?", (wallet,)):
+                await self.opening("litesvm-funding-%s" % wallet, wallet, units, owner=wallet)
+                opened.append(wallet)
         return opened
 
     def balances(self):

@@ -19,8 +19,8 @@ class Platform:
                  funded=None):  # fmt: skip
         s = dict(DEFAULTS, **(settings or {}))
         self.settings = s
-        # LiteSVM: credits provisioning minted, {aggregator key id: base units}; they
-        # become each one's opening entry (Credit.open_funded)
+        # LiteSVM: what the margin faucet gave, {wallet base58: base units}; each becomes
+        # that wallet's opening entry (Credit.open_funded)
         self.funded = funded or {}
         self.engine = Engine(store, backend, keys)
         self.credit = Credit(self.engine, credit_mint, s["decimals"])

@@ -27,6 +27,7 @@ from hub.integrations.platform.chain_ops import Keys
 from hub.integrations.platform.engine import PlatformError
 from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import BackendError
+from hub.integrations.settlement.margin import faucet_funded
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ class PlatformService:
         keys = Keys(settings["keys"], make=self.chain is not None)
         if self.chain is not None:
             self.chain.airdrop(keys.authority.pubkey, 1000 * 10**9)
-        self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings,
-                                 funded=settlement.funded)  # fmt: skip
+        self.platform = Platform(hub.store, uploader.backend, keys, uploader.mint, settings)
         self._seen = 0  # rowid of the last journaled transaction replayed
         self._task = None
 
@@ -70,7 +70,8 @@ class PlatformService:
             found = await p.recover()
             if any(found.values()):
                 log.info("platform: recovered from the chain's memos: %s" % found)
-            opened = await p.credit.open_funded(p.funded)
+        if self.chain is not None:  # the faucet funds wallets while the hub runs
+            opened = await p.credit.open_funded(faucet_funded(p.engine.conn))
             if opened:
                 log.info("platform: LiteSVM funding recorded as openings: %s" % opened)
         await p.engine.resume()

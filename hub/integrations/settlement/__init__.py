@@ -21,6 +21,10 @@ from pathlib import Path
 
 from hub.integrations.settlement import records
 
+# The payer key of the market as clearing house (margin.py): uploader.payers[CLEARING] pays
+# for every buyer, from the margin aggregators deposit.
+CLEARING = 0
+
 DEFAULTS = {
     "backend": "litesvm",  # or an RPC URL: https://api.devnet.solana.com, http://127.0.0.1:8899
     "wallets": "wallets",  # folder of aggregator-<key_id>.json keypairs (mode 0600)
@@ -34,7 +38,8 @@ DEFAULTS = {
     "poll_s": 2.0,  # how often windows are looked at and transactions checked
     "durable_nonce": False,  # sign on a durable nonce per aggregator (long outages)
     "reconcile_days": 30.0,  # how far back the chain's memos are read at start-up
-    "fund_credits": 1_000_000,  # LiteSVM only: credits minted to each aggregator
+    "fund_credits": 1_000_000,  # LiteSVM only: the faucet's credits per aggregator wallet
+    "margin_credits": 1000.0,  # the margin hosted aggregators keep (independent ones: theirs)
     "timeout_s": 10.0,  # RPC request timeout
 }
 
@@ -75,7 +80,7 @@ def check(settings, base, where):
         records.units_per_cent(s["decimals"], s["cents_per_credit"])
     except ValueError as exc:
         raise ValueError("%s: decimals/cents_per_credit: %s" % (where, exc)) from None
-    for name in ("poll_s", "reconcile_days", "timeout_s"):
+    for name in ("poll_s", "reconcile_days", "timeout_s", "margin_credits"):
         if isinstance(s[name], bool) or not isinstance(s[name], (int, float)) or s[name] < 0:
             raise ValueError("%s: %s must be a number >= 0" % (where, name))
     if s["poll_s"] <= 0 or s["timeout_s"] <= 0:

@@ -30,9 +30,11 @@ MINT_BYTES = 82
 SOL = 10**9
 
 
-def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL, nonces=None):
+def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL, nonces=None,
+              faucet=()):  # fmt: skip
     """Set up `chain` for `payers` ({key_id: Wallet}) and their `nonces` ({key_id: nonce
-    account Wallet} or None). -> the mint's Pubkey."""
+    account Wallet} or None); fund the wallets the margin faucet funded before (`faucet`:
+    [(Pubkey, base units)], hub/integrations/settlement/margin.py). -> the mint's Pubkey."""
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     mint = wallets.read_or_create(folder / "mint.json", True)
@@ -50,16 +52,9 @@ def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL,
         ])  # fmt: skip
     units = fund_credits * 10**decimals
     for wallet in payers.values():
-        chain.airdrop(wallet.pubkey, lamports)
-        account = ata(wallet.pubkey, mint.pubkey)
-        if chain.account_data(account) is None:
-            _send(chain, authority, [], [
-                token_ix.create_idempotent_associated_token_account(
-                    authority.pubkey, wallet.pubkey, mint.pubkey),
-                token_ix.mint_to_checked(MintToCheckedParams(
-                    program_id=TOKEN_PROGRAM, mint=mint.pubkey, dest=account,
-                    mint_authority=authority.pubkey, amount=units, decimals=decimals)),
-            ])  # fmt: skip
+        fund(chain, folder, wallet.pubkey, units, decimals, lamports)
+    for owner, given in faucet:
+        fund(chain, folder, owner, given, decimals, lamports)
     for key_id, nonce in (nonces or {}).items():
         wallet = payers[key_id]
         if chain.account_data(nonce.pubkey) is None:
@@ -69,6 +64,25 @@ def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL,
             )
             _send(chain, wallet, [nonce], ixs)
     return mint.pubkey
+
+
+def fund(chain, folder, owner, units, decimals, lamports=100 * SOL):
+    """`owner` (a Pubkey) gets SOL, its token account, and `units` of the mint in it, once:
+    when that account does not exist yet. -> the units minted now (0: it had its account)."""
+    mint = wallets.read(Path(folder) / "mint.json")
+    authority = wallets.read(Path(folder) / "mint-authority.json")
+    chain.airdrop(owner, lamports)
+    account = ata(owner, mint.pubkey)
+    if chain.account_data(account) is not None:
+        return 0
+    ixs = [token_ix.create_idempotent_associated_token_account(
+        authority.pubkey, owner, mint.pubkey)]  # fmt: skip
+    if units:
+        ixs.append(token_ix.mint_to_checked(MintToCheckedParams(
+            program_id=TOKEN_PROGRAM, mint=mint.pubkey, dest=account,
+            mint_authority=authority.pubkey, amount=units, decimals=decimals)))  # fmt: skip
+    _send(chain, authority, [], ixs)
+    return units
 
 
 def nonce_wallets(folder, key_ids):

@@ -4,9 +4,10 @@ hub's Settlement.open, the platform CLI's open_platform):
 1. provision (provision.py): the mint from its kept key files, each aggregator's wallet
    funded with `fund_credits` (the hub's [settlement] fund_credits and aggregators), and
    with durable nonces each aggregator's nonce account (made at a start, not journaled);
-2. every FINALIZED journaled transaction of both journals, settlement's
-   (settlement_txs) and the platform's (platform_txs, when the file has that table),
-   re-executed by Chain.replay in the order they were made.
+   and the wallets the margin faucet funded (margin_faucet, margin.py) funded again;
+2. every FINALIZED journaled transaction of the journals, settlement's (settlement_txs),
+   the aggregators' margin deposits (margin_deposits) and the platform's (platform_txs,
+   when the file has that table), re-executed by Chain.replay in the order they were made.
 
 Token balances (credits, certificates, NRG) come out as the hub left them; lamports do
 not (airdrops are not journaled). Limits, each counted as failed, never fatal:
@@ -29,12 +30,13 @@ not (airdrops are not journaled). Limits, each counted as failed, never fatal:
 from solders.signature import Signature
 
 from hub.integrations.settlement.chain import Chain
+from hub.integrations.settlement.margin import faucet_wallets
 from hub.integrations.settlement.provision import provision
 
 # Read by name: settlement does not import hub.integrations.platform; each journal exists
 # once its schema has been applied to this file (settlement's or the platform's).
 QUERY = "SELECT signature, raw, created_at, rowid FROM %s WHERE status = 'finalized'"
-JOURNALS = ("settlement_txs", "platform_txs")
+JOURNALS = ("settlement_txs", "platform_txs", "margin_deposits")
 
 
 def journaled(conn):
@@ -65,6 +67,7 @@ def rebuild(chain, conn):
 def start(conn, folder, payers, fund_credits, decimals, nonces=None, chain=None, **chain_kw):
     """A provisioned chain with the journals replayed. -> (chain, mint, replayed, failed)"""
     chain = chain or Chain(**chain_kw)
-    mint = provision(chain, folder, payers, fund_credits, decimals, nonces=nonces)
+    mint = provision(chain, folder, payers, fund_credits, decimals, nonces=nonces,
+                     faucet=faucet_wallets(conn))  # fmt: skip
     replayed, failed = rebuild(chain, conn)
     return chain, mint, replayed, failed

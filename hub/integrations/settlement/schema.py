@@ -16,6 +16,13 @@ made then is adopted: this step creates only what is missing):
   settlement_txs(signature, batch, part, raw signed bytes, last_valid block height, nonce,
           status, error, created_at, updated_at)  -- the journal: every signed attempt,
           written before it is first sent
+
+Version 2 (the market as clearing house, margin.py):
+  margin_deposits(signature, aggregator, amount base units, payer (the tokens' owner),
+          clearing (the account's owner it paid), raw signed bytes,
+          status 'sent'|'finalized'|'failed', error, created_at, updated_at)
+          -- journaled before it is sent, credited once per signature
+  margin_faucet(wallet, aggregator, amount, at)  -- LiteSVM: wallets the faucet funded
 """
 
 from hub.store.schema import apply
@@ -81,8 +88,33 @@ def _adopt(db):
             conn.execute(statement)
 
 
+MARGIN = """
+CREATE TABLE margin_deposits (
+    signature TEXT PRIMARY KEY,
+    aggregator INTEGER NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    payer TEXT NOT NULL,
+    clearing TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('sent', 'finalized', 'failed')),
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX margin_deposits_aggregator ON margin_deposits (aggregator, status);
+CREATE TABLE margin_faucet (
+    wallet TEXT PRIMARY KEY,
+    aggregator INTEGER NOT NULL,
+    amount INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
-MIGRATIONS = (("settlement batches, their parts and the journal of signed transactions", _adopt),)
+MIGRATIONS = (
+    ("settlement batches, their parts and the journal of signed transactions", _adopt),
+    ("aggregators' margin: deposits (journaled) and the LiteSVM faucet's wallets", MARGIN),
+)
 CURRENT = len(MIGRATIONS)
 
 

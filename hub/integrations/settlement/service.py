@@ -16,8 +16,9 @@ from pathlib import Path
 
 from solders.pubkey import Pubkey
 
-from hub.integrations.settlement import journal, records, wallets
+from hub.integrations.settlement import CLEARING, journal, provision, records, wallets
 from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
+from hub.integrations.settlement.margin import Margin
 from hub.integrations.settlement.provision import nonce_wallets
 from hub.integrations.settlement.uploader import Uploader
 
@@ -30,7 +31,7 @@ class Settlement:
     def __init__(self, hub, settings, chain=None):
         self.hub, self.settings, self.chain = hub, settings, chain
         self.uploader = None
-        self.funded = {}  # LiteSVM: {aggregator key id: credits provisioning minted it}
+        self.margin = None  # the clearing house's margin accounts (margin.py)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task = None
@@ -43,20 +44,24 @@ class Settlement:
         folder = Path(s["wallets"])
         if litesvm:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # The payers: every aggregator in the market when settlement starts, hosted or
-        # admitted. (Interim: the hub still holds their wallets. The payment model that
-        # takes them off the hub is issue 15's next part: README "Settlement".)
+        # The market as clearing house (margin.py): its own wallet pays every owner, from
+        # the margins aggregators deposit with theirs. The hub holds no aggregator's wallet.
         self.names = hub.aggregators()
-        key_ids = sorted(self.names)
-        payers = wallets.payers(folder, key_ids, create_missing=litesvm)
+        clearing = wallets.read_or_create(wallets.clearing_path(folder), litesvm)
+        payers = {CLEARING: clearing}
         owners = wallets.Owners(
             wallets.owners_map(s["owners"]),
             s["owners_file"] or (folder / "owners.json" if litesvm else None),
             make=folder / "owners" if litesvm else None,
         )
         nonces = nonce_wallets(folder, payers) if s["durable_nonce"] else None
+        faucet = None
         if litesvm:
             mint, backend = self._rebuild(folder, payers, nonces)
+            units = s["fund_credits"] * 10 ** s["decimals"]
+
+            def faucet(owner):
+                return provision.fund(self.chain, folder, owner, units, s["decimals"])
         else:
             from hub.integrations.settlement.rpc_backend import RpcBackend
 
@@ -72,6 +77,9 @@ class Settlement:
             reconcile_s=s["reconcile_days"] * 86400, resend_s=s["poll_s"],
             emit=lambda **fields: hub.events.emit("settlement", **fields),
         )  # fmt: skip
+        self.margin = Margin(hub.store, backend, mint, clearing.pubkey, hub.cfg["name"],
+                             s["decimals"], self.uploader.per_cent, faucet=faucet)  # fmt: skip
+        hub.exchange.use_margin(self.margin)
         self._unsubscribe = hub.events.subscribe(self._on_event)
         self._task = asyncio.create_task(self._run())
 
@@ -82,16 +90,27 @@ class Settlement:
 
         s, hub = self.settings, self.hub
         self.chain, mint, replayed, failed = rebuild.start(
-            hub.store.db.conn, folder, payers, s["fund_credits"], s["decimals"],
+            hub.store.db.conn, folder, payers, 0, s["decimals"],
             nonces=nonces, chain=self.chain, block_s=0.4,
         )  # fmt: skip
-        log.info("settlement: LiteSVM in-process chain; its mint and %d aggregators funded "
-                "with %d credits (keys in %s, mode 0600)"
-                % (len(payers), s["fund_credits"], folder))  # fmt: skip
-        self.funded = {k: s["fund_credits"] * 10 ** s["decimals"] for k in payers}
+        log.info("settlement: LiteSVM in-process chain: its mint, the clearing account, and a "
+                 "faucet of %d credits per aggregator wallet (keys in %s, mode 0600)"
+                 % (s["fund_credits"], folder))  # fmt: skip
         log.warning("settlement: LiteSVM chain rebuilt from the journal: %d transactions "
                 "(%d did not replay)" % (replayed, failed))  # fmt: skip
         return mint, LiteSVMBackend(self.chain)
+
+    def hosted_wallet(self, key_id, name):
+        """A hosted aggregator's MarginKeeper: its wallet (<wallets>/aggregator-<id>.json,
+        made on LiteSVM) is in the hub's folder because it is the operator's own aggregator.
+        An independent aggregator's never is."""
+        from aggregator.margin import MarginKeeper
+        from aggregator.wallet import read
+
+        path = wallets.aggregator_path(self.settings["wallets"], key_id)
+        if self.settings["backend"] == "litesvm" and not path.exists():
+            wallets.create(path)
+        return MarginKeeper(name, read(path), self.settings["margin_credits"])
 
     def _on_event(self, event):
         if event["kind"] == "contract" and event.get("state") in records.FINAL_STATES:
@@ -111,6 +130,7 @@ class Settlement:
         -> the round's summary, or None when it failed."""
         async with self._lock:
             try:
+                await self.margin.check()
                 result = await self.uploader.cycle()
             except BackendError as exc:
                 self._say("settlement: chain unreachable, trying again: %s" % exc)
@@ -147,12 +167,18 @@ class Settlement:
         return counts
 
     async def balances(self):
-        """Credits held: {"aggregators": {name: credits}, "owners": {device: credits}}."""
+        """Credits: {"clearing": held by the clearing account, "aggregators": {name: their
+        margin account, in credits}, "owners": {device: credits}}."""
         up = self.uploader
         scale = 10**up.decimals
-        aggs = {self.names[k]: await up.balance(w.pubkey) / scale for k, w in up.payers.items()}
+        margins = {
+            self.names.get(k, "aggregator-%d" % k): {n: v / scale for n, v in a.items()
+                                                    if n != "paid_contracts"}
+            for k, a in self.margin.accounts().items()
+        }  # fmt: skip
         owners = {d: await up.balance(key) / scale for d, key in sorted(up.owners.known.items())}
-        return {"aggregators": aggs, "owners": owners}
+        clearing = await up.balance(up.payers[CLEARING].pubkey) / scale
+        return {"clearing": clearing, "aggregators": margins, "owners": owners}
 
     async def close(self):
         if self._unsubscribe is not None:

@@ -42,7 +42,7 @@ import time
 from solders.pubkey import Pubkey
 from solders.signature import Signature
 
-from hub.integrations.settlement import journal, records, recovery, schema
+from hub.integrations.settlement import CLEARING, journal, records, recovery, schema
 from hub.integrations.settlement.backends import SendError
 from hub.integrations.settlement.transactions import ata, nonce_value, part_tx
 
@@ -62,7 +62,7 @@ class Uploader:
             raise ValueError("hub name %r cannot be in a memo (letters, digits, _ . -)" % name)
         self.store, self.backend, self.owners, self.mint = store, backend, owners, mint
         schema.migrate(store.db)  # the settlement's own tables (schema.py)
-        self.payers = payers  # {buyer key_id: Wallet}
+        self.payers = payers  # {buyer key_id: Wallet}, or {CLEARING: the clearing house's}
         self.by_pubkey = {str(w.pubkey): w for w in payers.values()}
         self.name, self.decimals = name, decimals
         self.per_cent = records.units_per_cent(decimals, cents_per_credit)
@@ -123,7 +123,7 @@ class Uploader:
 
     def _route(self, window, rows):
         missing = sorted({"aggregator %d has no wallet" % r["buyer"] for r in rows
-                          if r["buyer"] not in self.payers}
+                          if self.payer(r["buyer"]) is None}
                          | {"battery %d has no owner key" % r["device"] for r in rows
                             if self.owners.get(r["device"]) is None})  # fmt: skip
         if missing:
@@ -146,7 +146,7 @@ class Uploader:
         made = 0
         for k, chunk in enumerate(records.chunks(rows, self.max_batch), first):
             recs = [
-                records.record(r, self.payers[r["buyer"]].pubkey, self.owners.get(r["device"]),
+                records.record(r, self.payer(r["buyer"]).pubkey, self.owners.get(r["device"]),
                                self.per_cent)
                 for r in chunk
             ]  # fmt: skip
@@ -160,6 +160,11 @@ class Uploader:
                 self.publish(journal.refresh(self.store, [batch.id]))
             made += 1
         return made
+
+    def payer(self, buyer):
+        """The Wallet that pays for `buyer`'s contracts: its own, or the clearing house's
+        (payers[CLEARING], margin.py), which pays for every buyer. None: nobody does."""
+        return self.payers.get(buyer) or self.payers.get(CLEARING)
 
     def _match(self, batch):
         """(status, {part: signature} already on chain, error) from the chain's memos."""

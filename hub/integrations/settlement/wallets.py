@@ -3,9 +3,11 @@
 A wallet file is solana-keygen's format: a JSON array of the 64 bytes of an ed25519
 keypair (secret then public). Like the hub's keys file (hub/config/keys_file.py), it must be
 mode 0600: a file others can read is refused, not used. The folder (settings `wallets`)
-holds one per aggregator, aggregator-<key_id>.json: the payer of that aggregator's
-contracts and the owner of its token account; with the LiteSVM backend also the mint's
-keys and made-up owners' keys (hub/integrations/settlement/chain.py provisions them).
+holds the clearing house's, clearing.json: the payer of every contract, from the margin
+aggregators deposit with their own wallets (margin.py; the hub holds none of theirs);
+with the LiteSVM backend also the mint's keys and made-up owners' keys (provision.py).
+(aggregator-<key_id>.json: a payer per aggregator, as the uploader can also run, and
+the platform's custodial accounts.)
 
 A Wallet never shows its secret: repr() and str() give the public key only, so a log
 line or a traceback cannot leak it (solders' Keypair prints its secret as base58).
@@ -90,6 +92,12 @@ def read_or_create(path, create_missing):
     if create_missing and not Path(path).exists():
         return create(path)
     return read(path)
+
+
+def clearing_path(folder):
+    """The clearing house's wallet: the operator's, paying owners from aggregators'
+    margin (margin.py)."""
+    return Path(folder) / "clearing.json"
 
 
 def aggregator_path(folder, key_id):

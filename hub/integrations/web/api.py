@@ -61,6 +61,24 @@ HEADERS = [
 ]  # fmt: skip
 
 
+def _margins(store, settlement):
+    """{aggregator id: its margin account in credits, with "paid_contracts" (contracts the
+    clearing house paid) and "unpaid" (credits it owes beyond its margin)}; {} when the hub
+    does not settle (hub/integrations/settlement/margin.py)."""
+    if settlement is None or settlement.margin is None:
+        return {}
+    from hub.integrations.settlement.margin import accounts
+
+    margin, out = settlement.margin, {}
+    scale = 10**margin.decimals
+    for key_id, a in accounts(store, margin.per_cent).items():
+        out[key_id] = {"deposited": a["deposited"] / scale, "paid": a["paid"] / scale,
+                       "owed": a["owed"] / scale, "free": a["free"] / scale,
+                       "paid_contracts": a["paid_contracts"],
+                       "unpaid": max(0, -a["free"]) / scale}  # fmt: skip
+    return out
+
+
 def _standing(reputations, key_id):
     """An aggregator's reputation in this market (None: no fill yet)."""
     found = reputations.get(key_id)
@@ -200,13 +218,15 @@ def make_app(web):
         found = dict(await web.cache(queries.aggregators))
         contracts = await reader(queries.contracts_by_buyer)
         standing = await reader(queries.aggregator_reputation)
+        margins = await reader(_margins, hub.integrations.get("settlement"))
         rows = []
         for cfg in hub.cfg["aggregators"]:
             row = {k: cfg.get(k) for k in SHOWN_AGGREGATOR}
             row["paused"] = hub.controls.paused(cfg["name"])
             stat = {k: v for k, v in found.pop(cfg["key_id"], EMPTY).items() if k != "key_id"}
             rows.append(dict(row, **stat, contracts=contracts.get(cfg["key_id"], {}),
-                             reputation=_standing(standing, cfg["key_id"])))  # fmt: skip
+                             reputation=_standing(standing, cfg["key_id"]),
+                             margin=margins.get(cfg["key_id"])))  # fmt: skip
         names = hub.aggregators()  # independent ones keep their strategy to themselves
         for key_id in set(found) | (set(names) - {a["key_id"] for a in hub.cfg["aggregators"]}):
             stat = {k: v for k, v in found.get(key_id, EMPTY).items() if k != "key_id"}
@@ -214,7 +234,8 @@ def make_app(web):
             rows.append(dict(stat, name=name, key_id=key_id, strategy=None,
                              paused=hub.controls.paused(name),
                              contracts=contracts.get(key_id, {}),
-                             reputation=_standing(standing, key_id)))  # fmt: skip
+                             reputation=_standing(standing, key_id),
+                             margin=margins.get(key_id)))  # fmt: skip
         return {"items": rows}
 
     # --- devices ------------------------------------------------------------------------

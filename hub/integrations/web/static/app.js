@@ -169,6 +169,8 @@ async function loadAggregators() {
     num(a.mean_price, 2),
     Object.entries(a.contracts).map(([k, n]) => k + " " + n).join(", ") || "–",
     a.reputation == null ? "–" : num(a.reputation, 2),
+    a.margin ? num(a.margin.free, 2) + " free of " + num(a.margin.deposited, 2) : "–",
+    a.margin ? a.margin.paid_contracts + " / " + num(a.margin.unpaid, 2) : "–",
     a.paused ? "paused" : "no"], { "data-aggregator": a.name })));
   controlNames(items.map((a) => "paused." + a.name), null);
 }

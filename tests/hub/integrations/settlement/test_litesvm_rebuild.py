@@ -9,7 +9,8 @@ import json
 import types
 
 from helpers.logs import into
-from helpers.settlement import AGGREGATORS, CREDIT, FUND, World, run_until_done
+from helpers.settlement import AGGREGATORS, CREDIT, FUND, FakeExchange, World, run_until_done
+from solders.keypair import Keypair
 from solders.transaction import Transaction
 
 from gridbid.credit import add_arguments, run
@@ -19,6 +20,7 @@ from hub.integrations.platform.layer import Platform
 from hub.integrations.platform.service import PlatformService
 from hub.integrations.settlement import DEFAULTS, check, rebuild, wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
+from hub.integrations.settlement.margin import faucet_funded
 from hub.integrations.settlement.provision import SOL
 from hub.integrations.settlement.service import Settlement
 from hub.integrations.settlement.transactions import TOKEN_PROGRAM, ata, transfer_ix
@@ -48,18 +50,24 @@ def touched(chain):
     return list(chain._by_address)
 
 
-def settled_world(tmp_path, **uploader_kw):
+def settled_world(tmp_path, clearing=False, **uploader_kw):
     """Owners paid by settlement; credits bought, certificates minted, NRG granted
-    through the platform, before and after the payments (the journals interleave)."""
-    w = World(tmp_path)
+    through the platform, before and after the payments (the journals interleave).
+    clearing: as a hub pays, from the margin the aggregators deposited from the wallets
+    its faucet funded (margin.py); else from each aggregator's wallet (the uploader alone)."""
+    w = World(tmp_path, faucet=clearing)
+    run_ = asyncio.run
+    if clearing:
+        run_(w.fund_margin(w.margin()))
     w.fill(windows=1, devices=4)
     keys = Keys(w.folder, make=True)  # settlement's folder: aggregator-<k>, owners/owner-<d>
     w.chain.airdrop(keys.authority.pubkey, 100 * SOL)
     settings = {"sources": {101: "solar", 102: "wind"}, "gov_supply": 1000}
     p = Platform(w.store, LiteSVMBackend(w.chain), keys, w.mint, settings)
-    run_ = asyncio.run
     run_(p.credit.set_rate("r", 100))
-    for k in AGGREGATORS:  # provision.py funded them before the ledger existed
+    if clearing:  # the faucet funded them before the ledger existed
+        assert len(run_(p.credit.open_funded(faucet_funded(w.store.db.conn)))) == len(AGGREGATORS)
+    for k in AGGREGATORS if not clearing else ():  # provision.py funded them
         run_(p.credit.opening("open-%d" % k, "aggregator-%d" % k, FUND * CREDIT))
     run_(p.credit.purchase("buy-1", "aggregator-1", 5_000))
     run_(run_until_done(w.uploader(**uploader_kw)))
@@ -74,7 +82,11 @@ def settled_world(tmp_path, **uploader_kw):
 def finalized_rows(w):
     sql = "SELECT count(*) FROM %s WHERE status = 'finalized'"
     conn = w.store.db.conn
-    return sum(conn.execute(sql % t).fetchone()[0] for t in ("settlement_txs", "platform_txs"))
+    return sum(
+        conn.execute(sql % t).fetchone()[0]
+        for t in rebuild.JOURNALS
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (t,)).fetchone()
+    )
 
 
 def test_a_rebuilt_chain_holds_the_same_tokens_and_reconciles(tmp_path):
@@ -167,6 +179,7 @@ class FakeHub:
         self.cfg = {"name": "hub", "aggregators": [{"key_id": k, "name": "agg%d" % k}
                                                    for k in AGGREGATORS]}  # fmt: skip
         self.store, self.lines = store, []
+        self.exchange = FakeExchange()
         self.events = Events()
         into(self.lines)
         self.log = self.lines.append
@@ -176,7 +189,7 @@ class FakeHub:
 
 
 def test_the_hub_rebuilds_its_chain_at_start(tmp_path):
-    w, _keys, _settings = settled_world(tmp_path)
+    w, _keys, _settings = settled_world(tmp_path, clearing=True)
     before = token_state(w.chain, touched(w.chain))
     hub = FakeHub(w.store)
     s = Settlement(hub, check({**DEFAULTS, "poll_s": 60}, tmp_path, "w"))
@@ -215,7 +228,7 @@ def site(tmp_path, platform=""):
 
 
 def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
-    w, _keys, _settings = settled_world(tmp_path)
+    w, _keys, _settings = settled_world(tmp_path, clearing=True)
     config = site(tmp_path, "gov_supply = 1000\n")
     capsys.readouterr()
     assert credit_cli("reconcile", "--config", str(config)) == 0, capsys.readouterr().err
@@ -224,16 +237,17 @@ def test_the_cli_sees_the_hub_s_balances(tmp_path, capsys):
     assert credit_cli("balances", "--config", str(config)) == 0
     balances = json.loads(capsys.readouterr().out)
     keys = [x.pubkey for x in w.payers.values()] + list(w.owners.known.values())
+    keys.append(w.clearing.pubkey)  # the margin the aggregators deposited, less what it paid
     for key in keys:
         assert balances.get(str(key), 0) == (w.chain.token_balance(ata(key, w.mint)) or 0)
     assert sum(balances.get(str(k), 0) for k in w.owners.known.values()) > 0
     w.store.close()
 
 
-def test_a_new_site_reconciles_the_funding_it_provisioned(tmp_path, capsys):
-    """A first `gridbid credit` on a fresh LiteSVM site: provisioning funded each
-    aggregator; that funding is recorded once as its opening (Credit.open_funded), so the
-    store and the chain agree before anything else happened, and again after a purchase.
+def test_a_new_site_reconciles_from_the_start(tmp_path, capsys):
+    """A first `gridbid credit` on a fresh LiteSVM site: no aggregator has been funded
+    (the hub's faucet funds their own wallets when they ask), so the store and the chain
+    agree before anything else happened, and again after a purchase.
     A reconcile is a check: on a site with nothing yet it makes nothing and says so."""
     config = str(site(tmp_path))
     assert credit_cli("reconcile", "--config", config) == 2
@@ -250,7 +264,7 @@ def test_a_new_site_reconciles_the_funding_it_provisioned(tmp_path, capsys):
     with Store(tmp_path / "hub.sqlite") as store:
         kinds = [r[0] for r in store.db.conn.execute(
             "SELECT kind FROM credit_moves ORDER BY rowid")]  # fmt: skip
-    assert kinds == ["opening"] * len(AGGREGATORS) + ["purchase"]  # each opened once
+    assert kinds == ["purchase"]  # no opening: nothing was funded before the ledger
 
 
 def test_a_new_hub_records_its_funding_once_and_reconciles_across_restarts(tmp_path):
@@ -260,11 +274,14 @@ def test_a_new_hub_records_its_funding_once_and_reconciles_across_restarts(tmp_p
     store = Store(tmp_path / "hub.sqlite")
     hub = FakeHub(store)
     settings = platform_check(dict(PLATFORM), tmp_path, "[platform]")
+    wallets_ = [Keypair().pubkey() for _ in AGGREGATORS]
     for _start in range(2):  # a first start, then a restart on the same store
 
         async def one_round():
             s = Settlement(hub, check({**DEFAULTS, "poll_s": 60}, tmp_path, "[settlement]"))
             await s.open()
+            for key_id, wallet in enumerate(wallets_, 1):  # aggregators' own, funded once
+                await s.margin.faucet(key_id, wallet)
             service = PlatformService(hub, settings, s)
             await service.round()
             diffs = await service.platform.reconcile()

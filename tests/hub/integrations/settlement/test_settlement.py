@@ -12,7 +12,16 @@ from fractions import Fraction
 
 import pytest
 from helpers.logs import into
-from helpers.settlement import BASE, BATCH_S, SLOT_S, World, run_until_done, sync
+from helpers.settlement import (
+    BASE,
+    BATCH_S,
+    FUND,
+    SLOT_S,
+    FakeExchange,
+    World,
+    run_until_done,
+    sync,
+)
 from solders.keypair import Keypair
 
 from hub.config import hub_toml
@@ -298,6 +307,7 @@ class FakeHub:
         self.cfg = {"name": "hub", "aggregators": [{"key_id": k, "name": "agg%d" % k}
                                                    for k in names]}  # fmt: skip
         self.store = store
+        self.exchange = FakeExchange()
         self.lines = []
         self.events = Events()
         into(self.lines)
@@ -314,8 +324,10 @@ async def test_the_integration_settles_in_the_background_and_after_a_restart(tmp
     got = []
     hub.events.subscribe(lambda e: got.append(e) if e["kind"] == "settlement" else None)
     settings = check({**DEFAULTS, "batch_s": BATCH_S, "poll_s": 0.05}, tmp_path, "w")
+    await w.fund_margin(w.margin())  # the aggregators' deposits (before, as in the market)
     first = Settlement(hub, settings, chain=w.chain)
     await first.open()
+    assert hub.exchange.margin is first.margin  # the market checks bids against it
     w.add(101, 1, BASE, 0.5, 16.0, delivered=0.5)
     w.add(102, 2, BASE + SLOT_S, 1.0, 20.0)
     for _ in range(100):  # the background task settles on its own, every poll_s
@@ -329,7 +341,10 @@ async def test_the_integration_settles_in_the_background_and_after_a_restart(tmp
     assert final[0]["batch"] == "hub.%d.0" % BASE and final[0]["signature"]
     balances = await first.balances()
     assert balances["owners"] == {101: 0.08, 102: 0.2}
-    assert balances["aggregators"]["agg1"] == pytest.approx(1_000_000 - 0.08)
+    agg1 = balances["aggregators"]["agg1"]  # its margin account, in credits
+    assert (agg1["deposited"], agg1["owed"]) == (1000, 0)
+    assert agg1["paid"] == pytest.approx(0.08) and agg1["free"] == pytest.approx(1000 - 0.08)
+    assert balances["clearing"] == pytest.approx(3000 - 0.28)
     await first.close()
     # While the hub is down a window completes; the next start finds it in the store.
     w.add(103, 3, BASE + BATCH_S, 0.5, 16.0, delivered=0.25)
@@ -349,14 +364,27 @@ async def test_keys_are_refused_unless_private_and_never_logged_stored_or_publis
     got = []
     hub.events.subscribe(lambda e: got.append(e))
     settings = check({**DEFAULTS, "batch_s": BATCH_S, "poll_s": 0.05}, tmp_path, "w")
-    os.chmod(wallets.aggregator_path(w.folder, 2), 0o644)
-    with pytest.raises(wallets.WalletError, match="aggregator-2.json is readable by others"):
+    clearing = wallets.clearing_path(w.folder)
+    wallets.create(clearing)
+    os.chmod(clearing, 0o644)
+    with pytest.raises(wallets.WalletError, match="clearing.json is readable by others"):
         await start(hub, settings)
-    os.chmod(wallets.aggregator_path(w.folder, 2), 0o600)
-    for i in range(6):
-        w.add(101 + i, 1 + i % 3, BASE, 0.5, 16.0, delivered=0.4)
+    os.chmod(clearing, 0o600)
     settlement = await start(hub, settings)  # the hub's entry point (a chain of its own)
     assert isinstance(settlement, Settlement)
+    await settlement.round()  # its start-up hold: a blockhash taken now stays valid
+    for key_id, wallet in w.payers.items():  # the aggregators' wallets: from its faucet
+        assert await settlement.margin.faucet(key_id, wallet.pubkey) == FUND * 10**6
+        assert await settlement.margin.faucet(key_id, wallet.pubkey) == 0  # once
+    w.chain = settlement.chain
+    await w.fund_margin(settlement.margin)
+    await settlement.close()
+    for i in range(6):
+        w.add(101 + i, 1 + i % 3, BASE, 0.5, 16.0, delivered=0.4)
+    # Restarted: its chain rebuilt (the faucet's wallets funded again, the deposits
+    # replayed), the margin is there to pay from.
+    settlement = await start(hub, settings)
+    assert settlement.margin.account(1)["deposited"] == 1000 * 10**6
     status = await settlement.flush(timeout_s=10)
     await settlement.close()
     assert status["contracts"] == 6 and status["batches"] == {"finalized": 1}
@@ -376,6 +404,7 @@ async def test_an_unreachable_chain_is_logged_once_and_retried(tmp_path):
     w = World(tmp_path)
     hub = FakeHub(w.store)
     key = str(Keypair().pubkey())
+    wallets.create(wallets.clearing_path(w.folder))  # on a cluster the operator makes it
     settings = check({**DEFAULTS, "backend": "http://127.0.0.1:9", "mint": key,
                       "wallets": str(w.folder), "poll_s": 0.05, "timeout_s": 0.5},
                      tmp_path, "w")  # fmt: skip
@@ -397,7 +426,7 @@ def test_the_settlement_schema_adopts_a_store_made_before_it_was_its_own(tmp_pat
     first step completes it and keeps its rows; on a fresh store it makes all four."""
     fresh = Store(tmp_path / "fresh.sqlite")
     assert not fresh.db["settlements"].exists()  # the market's tables only
-    assert settlement_schema.migrate(fresh.db) == 1
+    assert settlement_schema.migrate(fresh.db) == settlement_schema.CURRENT
     tables = {"settlements", "settlement_items", "settlement_parts", "settlement_txs"}
     assert tables <= set(fresh.db.table_names())
     old = Store(tmp_path / "old.sqlite")
@@ -405,8 +434,8 @@ def test_the_settlement_schema_adopts_a_store_made_before_it_was_its_own(tmp_pat
         conn.execute("CREATE TABLE settlements (id TEXT PRIMARY KEY, trade_ids TEXT NOT NULL, "
                      "tx_signature TEXT, status TEXT NOT NULL, at REAL NOT NULL)")  # fmt: skip
         conn.execute("INSERT INTO settlements VALUES ('b1', '[]', NULL, 'planned', 1.0)")
-    assert settlement_schema.migrate(old.db) == 1
-    assert settlement_schema.migrate(old.db) == 1  # applied once
+    assert settlement_schema.migrate(old.db) == settlement_schema.CURRENT
+    assert settlement_schema.migrate(old.db) == settlement_schema.CURRENT  # applied once
     assert [c.name for c in old.db["settlements"].columns] == [
         c.name for c in fresh.db["settlements"].columns]  # fmt: skip
     assert old.rows("SELECT id, status FROM settlements") == [{"id": "b1", "status": "planned"}]
