@@ -30,7 +30,7 @@ more until it deposits: that is what "unpaid" means here, and the reputation sho
 
 On LiteSVM (the demo, the tests) the chain runs in the hub's process, so the market also
 serves a faucet: an aggregator's own wallet gets SOL for fees and `fund_credits` credits,
-once per wallet, as a devnet faucet would. The faucet's wallets are kept (margin_faucet)
+once per aggregator, as a devnet faucet would. The faucet's wallets are kept (margin_faucet)
 and funded again when the chain is rebuilt at a start, before the journals replay.
 """
 
@@ -207,7 +207,8 @@ class Margin:
     # --- the faucet (LiteSVM) ----------------------------------------------------------
 
     async def faucet(self, key_id, wallet):
-        """Fund aggregator key_id's own wallet, once per wallet. -> base units given now"""
+        """Fund aggregator key_id's own wallet, once per aggregator and per wallet.
+        -> base units given now"""
         if self.faucet_fn is None:
             raise DepositError("this market's chain has no faucet: fund your wallet yourself")
         try:
@@ -215,8 +216,9 @@ class Margin:
         except ValueError:
             raise DepositError("wallet must be a base58 public key") from None
         conn = self.store.db.conn
-        if conn.execute("SELECT 1 FROM margin_faucet WHERE wallet = ?", (str(pubkey),)).fetchone():
-            return 0
+        if conn.execute("SELECT 1 FROM margin_faucet WHERE wallet = ? OR aggregator = ?",
+                        (str(pubkey), key_id)).fetchone():  # fmt: skip
+            return 0  # once per aggregator (else one could mint without end) and per wallet
         given = self.faucet_fn(pubkey)
         with self.store.transaction():
             conn.execute(

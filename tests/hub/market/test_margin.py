@@ -78,6 +78,9 @@ def test_a_bid_needs_margin_and_a_deposit_is_credited_once(world):
     answer = ask(w.exchange, one, got, {"type": "faucet", "ref": 2,
                                         "wallet": str(w.payers[1].pubkey)})  # fmt: skip
     assert answer["given"] == 1_000_000 * CREDIT
+    other = ask(w.exchange, one, got, {"type": "faucet", "ref": 20,
+                                       "wallet": str(w.payers[2].pubkey)})  # fmt: skip
+    assert other["given"] == 0  # once per aggregator: no minting without end
     tx = deposit_tx(w, one, got, 1, 0.15)
     answer = ask(w.exchange, one, got, {"type": "deposit", "ref": 3, "tx": tx})
     assert answer["status"] == "finalized" and answer["account"]["free"] == 150_000
