@@ -37,7 +37,7 @@ class MarginKeeper:
         market, scale = link.market, 10 ** terms["decimals"]
         try:
             for signature, raw in self.store.unanswered(market) if self.store else ():
-                await self._send(tell, link, signature, raw)  # a restart: the same bytes
+                await self._resend(tell, link, signature, raw)  # a restart: the same bytes
             account = await self._ask(tell, link, {"type": "margin"})
             target = int(self.credits * scale)
             want = target - account["account"]["free"]
@@ -56,6 +56,18 @@ class MarginKeeper:
                      answer["account"]["free"] / scale)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("%s: margin in market %s not topped up: %s", self.name, market, exc)
+
+    async def _resend(self, tell, link, signature, raw):
+        """A deposit kept from before: sent again; refused for good (the market's terms
+        changed, it expired), it is marked failed, so it never blocks the next ones."""
+        try:
+            await self._send(tell, link, signature, raw)
+        except ValueError as exc:
+            if "unreachable" in str(exc) or "on their way" in str(exc):
+                raise  # the market will know later: try again next round
+            self.store.deposited(signature, "failed")
+            log.warning("%s: deposit %s refused by market %s: %s", self.name, signature[:16],
+                        link.market, exc)  # fmt: skip
 
     async def _send(self, tell, link, signature, raw):
         try:

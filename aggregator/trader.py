@@ -29,6 +29,7 @@ from transport.links import DeviceLink, QueueFull, now_ms
 log = logging.getLogger(__name__)
 OUTCOMES = {code: contract.STATE_NAMES[state] for state, code in contract.OUTCOME_CODES.items()}
 REPLY_S = 5.0  # the market maker's answer to a contract report
+REPORTS_PER_MESSAGE = 1000  # the most the market takes in one `contracts` message
 KEEP_SLOTS = 16  # slots whose bids wait for their clearing, per trader
 KEEP_CONTRACTS = 100_000  # contracts whose outcome is awaited (for reputation)
 MARGIN_ANSWERS = ("margin", "faucet", "blockhash", "deposit")  # hub/market/funding.py
@@ -53,6 +54,7 @@ class Trader:
         self.terms = {}  # market name -> its margin terms (None: it does not settle)
         self._waiting = {}  # our ETP message id -> Future of the battery's answer
         self._replies = {}  # market ref -> Future of the market maker's answer
+        self._reports = {}  # market name -> contract reports waiting for this loop turn
         self._refs = itertools.count(1)
         self._layer_ids = itertools.count(1)
         if store is not None:  # what it learned before a restart
@@ -91,6 +93,11 @@ class Trader:
         elif kind == "clearing":
             self._learn(market, msg)
             self._keep_margin(market)
+        elif kind == "contract_results":
+            for result in msg.get("results") or ():
+                waiter = self._replies.pop(result.get("ref"), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(result)
         elif kind in ("contract_result", "error", "bid_result") + MARGIN_ANSWERS:
             waiter = self._replies.pop(msg.get("ref"), None)
             if waiter is not None and not waiter.done():
@@ -217,7 +224,7 @@ class Trader:
         got = answer.message
         report = {"type": "contract", "slot": slot, "device": device, "bid_id": bid.message_id,
                   "price": got.sale_price, "kwh": got.required_energy_amount, "kw": kw}  # fmt: skip
-        said = await self.tell(market, dict(report, state="Received"))
+        said = await self.report(market, dict(report, state="Received"))
         if said.get("type") != "contract_result":
             return None, "the market maker did not take it: %s" % said.get("why")
         link = self.links[device]
@@ -225,11 +232,11 @@ class Trader:
             self.ids.next(), device, got.sale_price, got.required_energy_amount, kw
         )
         if not link.connected.is_set():
-            said = await self.tell(market, dict(report, state="Withdrawn", why="link down"))
+            said = await self.report(market, dict(report, state="Withdrawn", why="link down"))
             self._keep(said, market, slot, report, None, "Withdrawn")
             return "TerminatedByAtn", "the link to battery %d is down" % device
-        said = await self.tell(market, dict(report, state="Confirmed",
-                                            confirm_id=confirm.message_id))  # fmt: skip
+        said = await self.report(market, dict(report, state="Confirmed",
+                                              confirm_id=confirm.message_id))  # fmt: skip
         if said.get("type") != "contract_result":  # not held by the hub: never confirmed
             return None, "the market maker did not take the confirm: %s" % said.get("why")
         self.contracts[confirm.message_id] = (device, got.required_energy_amount)
@@ -248,18 +255,47 @@ class Trader:
                                 report["bid_id"], confirm_id, report["price"], report["kwh"],
                                 report["kw"], state)  # fmt: skip
 
-    async def tell(self, market, report):
-        """A contract report to the market maker -> its answer ({"type": "error", ...}
-        when refused, unreachable or silent)."""
+    async def tell(self, market, request):
+        """A request to the market maker -> its answer ({"type": "error", ...} when
+        refused, unreachable or silent)."""
         ref = next(self._refs)
         waiter = self._replies[ref] = asyncio.get_running_loop().create_future()
         try:
-            market.send(dict(report, ref=ref))
+            market.send(dict(request, ref=ref))
             return await asyncio.wait_for(waiter, REPLY_S)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             return {"type": "error", "why": str(exc) or "no answer"}
         finally:
             self._replies.pop(ref, None)
+
+    async def report(self, market, report):
+        """A contract report -> the market maker's answer to it, as tell(). The reports
+        made in one turn of the loop leave in one `contracts` message (one commit at the
+        hub: after a gate the reports of hundreds of batteries come at once)."""
+        ref = next(self._refs)
+        waiter = self._replies[ref] = asyncio.get_running_loop().create_future()
+        queue = self._reports.setdefault(market.market, [])
+        queue.append(dict(report, ref=ref))
+        if len(queue) == 1:
+            asyncio.get_running_loop().call_soon(self._send_reports, market)
+        try:
+            return await asyncio.wait_for(waiter, REPLY_S)
+        except asyncio.TimeoutError:
+            return {"type": "error", "why": "no answer"}
+        finally:
+            self._replies.pop(ref, None)
+
+    def _send_reports(self, market):
+        reports = self._reports.pop(market.market, [])
+        for start in range(0, len(reports), REPORTS_PER_MESSAGE):
+            chunk = reports[start : start + REPORTS_PER_MESSAGE]
+            try:
+                market.send({"type": "contracts", "ref": next(self._refs), "reports": chunk})
+            except ConnectionError as exc:
+                for sent in chunk:
+                    waiter = self._replies.get(sent["ref"])
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result({"type": "error", "why": str(exc)})
 
     async def ask(self, device_id, msg, timeout_s, reply_to=0):
         """Send msg to the battery and wait for the frame that answers it (or None)."""

@@ -79,9 +79,12 @@ class Measured(Exchange):
             cpu = time.process_time()
             super().received(participant, msg)
             self.contract_cpu_s += time.process_time() - cpu
-            self.reports += 1
-            if msg.get("type") == "contract" and msg.get("state") == "Confirmed":
-                self.confirmed.setdefault(msg.get("slot"), []).append(time.time())
+            reports = msg.get("reports") if msg.get("type") == "contracts" else [msg]
+            reports = [r for r in reports or () if isinstance(r, dict)]
+            self.reports += len(reports)
+            for report in reports:  # answered (committed) now
+                if report.get("state") == "Confirmed":
+                    self.confirmed.setdefault(report.get("slot"), []).append(time.time())
             return
         cpu, wall = time.process_time(), time.perf_counter()
         super().received(participant, msg)
@@ -183,9 +186,10 @@ async def one_slot(exchange, maker, ledger, devices, aggs):
     exchange.open_slot(name, start, start - GATE_S, offers, 18.0)
     await asyncio.sleep(max(0.0, start - GATE_S - time.time()))
     gate = time.time()
-    result, trades = maker.close(name, int(gate) + 1)
+    result, trades = maker.clear(name, int(gate) + 1)
     deadline = time.monotonic() + 4.0
-    exchange.close_slot(name, start, result, trades, ledger.bound(name))
+    exchange.close_slot(name, start, result, trades, ledger.bound(name))  # as Hub.settle:
+    maker.record(name, result)  # fills out, then the trades recorded
     while not exchange.settled(name) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     contracts = exchange.finish(name)

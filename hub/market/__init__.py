@@ -15,3 +15,14 @@ def finite(name, value):
     if not math.isfinite(value):
         raise ValueError("%s must be finite, not %r" % (name, value))
     return value
+
+
+def within(value, high):
+    """A finite number in 0..high (bools are not numbers): a message's field."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and 0 <= value <= high)  # fmt: skip
+
+
+def whole(value, high):
+    """A whole number in 0..high (bools are not numbers): a message's id or count."""
+    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= high

@@ -11,9 +11,10 @@ Per slot:
    never replaced. Sealed: no other aggregator sees them before the gate.
 3. At the gate: `fills` to each buyer (its own trades only), then `clearing` to all
    (the price and volume; the book is on the hub's REST API for audit).
-4. `contract` (from the buyer): Received when the battery accepted its Bid; Confirmed
-   before its BidConfirm leaves (write-ahead: the buyer sends it only once the hub has
-   it, so the hub never misses a contract a battery holds); Withdrawn. A fill with no
+4. `contract` (from the buyer; or `contracts`, several in one message and one commit):
+   Received when the battery accepted its Bid; Confirmed before its BidConfirm leaves
+   (write-ahead: the buyer sends it only once the hub's answer says it is committed, so
+   the hub never misses a contract a battery holds); Withdrawn. A fill with no
    Confirmed by the deadline is withdrawn (no orphan contract: the battery's accept
    lapses unconfirmed too).
 
@@ -25,9 +26,10 @@ late: from then on its bids and contracts are refused and new sessions too.
 """
 
 import logging
-import math
 import time
 
+from hub.market import whole, within
+from hub.market.cleared import Cleared
 from hub.market.clearing import BID
 from hub.market.funding import KINDS as FUNDING
 from hub.market.funding import Funding
@@ -36,9 +38,6 @@ from hub.store import views
 from protocol import message
 
 log = logging.getLogger(__name__)
-
-CONTRACT_STATES = ("Received", "Confirmed", "Withdrawn")
-MAX_ID = 2**63 - 1  # ETP message ids as the store keeps them (SQLite's integers)
 
 
 class Participant:
@@ -61,15 +60,6 @@ class OpenSlot:
         self.offers = offers  # device -> the offer as sent ({"device", "kwh", ...})
         self.layers = {}  # aggregator -> layers it added
         self.spent = {}  # aggregator -> what its layers may cost (base units; margin)
-
-
-class Cleared:
-    """A cleared slot while its buyers buy: the fills, and what each buyer reported."""
-
-    def __init__(self, name, start, price, fills):
-        self.name, self.start, self.price = name, start, price
-        self.fills = fills  # (buyer, device) -> kWh
-        self.contracts = {}  # (buyer, device) -> (contract id, state)
 
 
 class Exchange:
@@ -148,8 +138,11 @@ class Exchange:
             elif kind == "bid":
                 self._bid(participant, msg)
             elif kind == "contract":
-                with self.store.transaction():  # the report's states: one commit
-                    self._contract(participant, msg)
+                with self.store.transaction():  # the report's states: one commit, then
+                    answer = self._contract(participant, msg)  # the answer
+                participant.send(answer)
+            elif kind == "contracts":
+                self._contracts(participant, msg)
             elif kind in FUNDING:
                 if self.funding is None:
                     raise Refused("market %s does not settle on chain: no margin to keep"
@@ -184,6 +177,13 @@ class Exchange:
             for o in offers
         }  # fmt: skip
         self.open = OpenSlot(name, start, gate_at, listed, signal)
+        # A restarted hub reopens a slot with the layers its predecessor took: they count
+        # against the limits and the margin as they did before.
+        for layer in self.market.book(name).bids:
+            self.open.layers[layer.owner] = self.open.layers.get(layer.owner, 0) + 1
+            if self.funding is not None:
+                cost = self.funding.margin.cost(layer.price, layer.quantity)
+                self.open.spent[layer.owner] = self.open.spent.get(layer.owner, 0) + cost
         self._broadcast(self._slot_message(self.open))
 
     def _slot_message(self, slot):
@@ -272,76 +272,50 @@ class Exchange:
     def settled(self, name):
         """Every fill of the slot reported Confirmed or Withdrawn (the buyers are done)."""
         cleared = self.cleared.get(name)
-        if cleared is None:
-            return True
-        done = {k for k, (_c, state) in cleared.contracts.items() if state != "Received"}
-        return done >= set(cleared.fills)
+        return cleared is None or cleared.settled()
 
     def finish(self, name):
-        """The slot's deadline passed: a contract still Received is withdrawn (its
-        battery's accept lapses unconfirmed). -> {(buyer, device): (id, state)}."""
+        """The slot's deadline passed (Cleared.finish). -> {(buyer, device): (id, state)}."""
         cleared = self.cleared.pop(name, None)
-        if cleared is None:
-            return {}
-        for key, (contract_id, state) in list(cleared.contracts.items()):
-            if state == "Received":
-                self.ledger.withdrawn(contract_id, "not confirmed by aggregator %d in time"
-                                      % key[0])  # fmt: skip
-                cleared.contracts[key] = (contract_id, "TerminatedByAtn")
-        for key in set(cleared.fills) - set(cleared.contracts):
-            cleared.contracts[key] = (None, "no contract")
-        return cleared.contracts
+        return {} if cleared is None else cleared.finish(self.ledger)
 
     # --- contracts -------------------------------------------------------------------
+
+    def _contracts(self, participant, msg):
+        """Contract reports in one message (the buyer's reports of one moment): one
+        commit for all, then one answer with each report's, in order (an error for a
+        refused one). Each report costs a token, as a message of its own would."""
+        reports = msg.get("reports")
+        if not isinstance(reports, list) or not reports:
+            raise Refused("reports must be a non-empty list")
+        if len(reports) > LIMITS["reports_per_message"]:
+            raise Refused("%d reports in one message (the limit is %d)"
+                          % (len(reports), LIMITS["reports_per_message"]))  # fmt: skip
+        if not participant.standing.take(len(reports) - 1):
+            raise Refused("over the rate limit (%g reports/s)" % LIMITS["rate"])
+        answers, refused = [], []
+        with self.store.transaction():  # every report's states: one commit
+            for report in reports:
+                ref = report.get("ref") if isinstance(report, dict) else None
+                try:
+                    if not isinstance(report, dict):
+                        raise Refused("a report is an object")
+                    answers.append(self._contract(participant, report))
+                except Refused as exc:
+                    answers.append({"type": "error", "ref": ref, "what": "contract",
+                                    "why": str(exc)[:300]})  # fmt: skip
+                    refused.append((str(exc), report))
+        participant.send({"type": "contract_results", "ref": msg.get("ref"), "results": answers})
+        for why, report in refused[:3]:
+            slot = report.get("slot") if isinstance(report, dict) else None
+            self._refuse(participant, "contract", why, slot, None, answer=False)
 
     def _contract(self, participant, msg):
         slot = msg.get("slot")
         cleared = self.cleared.get(slot) if isinstance(slot, str) else None
         if cleared is None:
             raise Refused("slot %r is not being bought" % (str(slot)[:100],))
-        device, state = msg.get("device"), msg.get("state")
-        if not _whole(device, 2**32 - 1):
-            raise Refused("device must be a battery's id")
-        key = (participant.key_id, device)
-        if key not in cleared.fills:
-            raise Refused("no fill of battery %r for you in slot %s" % (device, cleared.name))
-        if state not in CONTRACT_STATES:
-            raise Refused("state must be one of %s" % (CONTRACT_STATES,))
-        held = cleared.contracts.get(key)
-        if state == "Received":
-            if held is not None:
-                raise Refused("battery %d's contract of slot %s is already reported"
-                              % (device, cleared.name))  # fmt: skip
-            bid_id, kwh, kw, price = (msg.get(k) for k in ("bid_id", "kwh", "kw", "price"))
-            if not _whole(bid_id, MAX_ID) or not _number(kw, 1000.0) or kw <= 0:
-                raise Refused("bid_id must be a message id below 2^63 and kw a power in kW")
-            if not _number(kwh, cleared.fills[key] + 1e-6) or kwh <= 0:
-                raise Refused("kwh must be within the fill's %.6f" % cleared.fills[key])
-            if not _number(price, message.MAX_PRICE) or abs(price - cleared.price) > 1e-6:
-                raise Refused("price must be the clearing price %s" % cleared.price)
-            deal = self.ledger.accepted(device, participant.key_id, bid_id, price, kwh, kw,
-                                        cleared.start)  # fmt: skip
-            cleared.contracts[key] = (deal.contract_id, "Received")
-        elif held is None or held[1] != "Received":
-            raise Refused("battery %d's contract of slot %s is not Received"
-                          % (device, cleared.name))  # fmt: skip
-        elif state == "Confirmed":
-            confirm_id = msg.get("confirm_id")
-            if not _whole(confirm_id, MAX_ID):
-                raise Refused("confirm_id must be a message id below 2^63")
-            # The battery's receipt names it and the confirm it answers: an id another
-            # contract of this battery holds would take that contract's receipt.
-            if self.store.contract_by_confirm(None, confirm_id, device=device) is not None:
-                raise Refused("confirm_id %d is another contract's of battery %d"
-                              % (confirm_id, device))  # fmt: skip
-            self.ledger.confirming(held[0], confirm_id)
-            cleared.contracts[key] = (held[0], "Confirmed")
-        else:
-            self.ledger.withdrawn(held[0], str(msg.get("why", "by the buyer"))[:100])
-            cleared.contracts[key] = (held[0], "TerminatedByAtn")
-        participant.send({"type": "contract_result", "ref": msg.get("ref"), "slot": cleared.name,
-                          "device": device, "contract": cleared.contracts[key][0],
-                          "state": cleared.contracts[key][1]})  # fmt: skip
+        return cleared.report(participant.key_id, msg, self.ledger, self.store)
 
     # --- refusals and broadcasts -------------------------------------------------------
 
@@ -398,20 +372,11 @@ def _layer(slot, layer, index):
         raise Refused(
             "layer %d: battery %r offered nothing in slot %s" % (index, device, slot.name)
         )
-    if not _number(price, message.MAX_PRICE) or price <= 0:
+    if not within(price, message.MAX_PRICE) or price <= 0:
         raise Refused("layer %d: price must be a positive c/kWh" % index)
-    if not _number(kwh, offer["kwh"] + 1e-9) or kwh <= 0:
+    if not within(kwh, offer["kwh"] + 1e-9) or kwh <= 0:
         raise Refused("layer %d: kwh must be within the %.4f kWh offered" % (index, offer["kwh"]))
-    if not _whole(layer_id, 2**53):
+    if not whole(layer_id, 2**53):
         raise Refused("layer %d: id must be a whole number (yours, unique in the slot)"
                       % index)  # fmt: skip
     return device, float(price), float(kwh), layer_id
-
-
-def _number(value, high):
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value) and 0 <= value <= high)  # fmt: skip
-
-
-def _whole(value, high):
-    return not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= high

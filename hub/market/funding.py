@@ -58,6 +58,9 @@ class Funding:
             participant.send({"type": kind, "ref": ref, **answer})
         except ValueError as exc:  # margin.DepositError: refused, failed, or no chain
             self._refuse(participant, kind, str(exc), None, ref)
+        except Exception:  # a bug must show, and the aggregator still gets its answer
+            log.exception("market: %s of aggregator %d failed", kind, key_id)
+            self._refuse(participant, kind, "the market could not handle it", None, ref)
         finally:
             self._busy.discard(key_id)
 

@@ -117,14 +117,24 @@ class MarketMaker:
         return price, demand, supply
 
     def close(self, slot_name, now_s, at=None):
-        """Clear the slot once its gate closed -> (Clearing, [Trade])."""
+        """Clear the slot once its gate closed, and record its trades -> (Clearing, [Trade])."""
+        result, trades = self.clear(slot_name, now_s)
+        self.record(slot_name, result, at)
+        return result, trades
+
+    def clear(self, slot_name, now_s):
+        """The clearing of a slot whose gate closed, not recorded yet: a pure function of
+        its recorded book, so a restarted hub clears it the same. -> (Clearing, [Trade])"""
         if not self.gate_closed(slot_name, now_s):
             raise GateOpen("slot %s: the gate is still open at %d" % (slot_name, now_s))
         book = self.book(slot_name)
         result = book.clear()
+        return result, pair(slot_name, book, result)
+
+    def record(self, slot_name, result, at=None):
+        """Record a clearing's trades (idempotent: store.record_trades)."""
         if result.volume_kwh > 0:
             self.store.record_trades(slot_name, slot_name, result.fills, result.price, at=at)
-        return result, pair(slot_name, book, result)
 
 
 def pair(slot_name, book, result):

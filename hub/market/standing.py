@@ -10,6 +10,7 @@ LIMITS = {
     "rate": 1000.0,
     "burst": 4000,
     "layers_per_message": 1000,
+    "reports_per_message": 1000,  # contract reports in one `contracts` message (a token each)
     "layers_per_slot": 20000,  # bid layers one aggregator may add to a slot
     "refusal_rows_per_s": 20,  # audit rows per aggregator per second; more are counted
 }

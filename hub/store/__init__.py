@@ -119,6 +119,13 @@ class Store:
         """A read of the caller's own tables -> [dict] (see transaction())."""
         return list(self.db.query(sql, params))
 
+    def _first(self, sql, params):
+        """The first row of a one-table read as a dict, or None: the hot paths' read
+        (a contract report reads two), at a quarter of sqlite-utils' query()."""
+        cursor = self.db.conn.execute(sql, params)
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c[0] for c in cursor.description], row))
+
     # --- devices ---------------------------------------------------------------------
 
     def add_device(self, device_id, key_id, address, at=None):
@@ -243,25 +250,30 @@ class Store:
                         "clearing %r is already recorded with other fills" % clearing_id
                     )
                 return [by_order[row[0]][6] for row in rows]
-            ids = []
+            # The slot's layers in one read and the fills in one executemany: a clearing
+            # of 1,000 batteries was 4,000 statements, most of gate -> fills.
+            layers = {
+                order_id: (owner, side, kwh)
+                for order_id, owner, side, kwh in conn.execute(
+                    "SELECT order_id, owner, side, kwh FROM bids WHERE slot = ?", (slot,)
+                )
+            }
             for order_id, owner, side, kwh in rows:
-                layer = conn.execute(
-                    "SELECT owner, side, kwh FROM bids WHERE slot = ? AND order_id = ?",
-                    (slot, order_id),
-                ).fetchone()
+                layer = layers.get(order_id)
                 if layer is None or layer[:2] != (owner, side) or kwh > layer[2] + 1e-9:
                     raise ValueError(
                         "fill of order %d (%s of %r, %r kWh): %s has no such layer (found %r)"
                         % (order_id, side, owner, kwh, slot, layer)
                     )
-                ids.append(
-                    conn.execute(
-                        "INSERT INTO trades (clearing_id, slot, order_id, side, owner, kwh, "
-                        "price, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (clearing_id, slot, order_id, side, owner, kwh, price, at),
-                    ).lastrowid
-                )
-            return ids
+            conn.executemany(
+                "INSERT INTO trades (clearing_id, slot, order_id, side, owner, kwh, price, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(clearing_id, slot, o, side, owner, kwh, price, at)
+                 for o, owner, side, kwh in rows],
+            )  # fmt: skip
+            sql = "SELECT order_id, id FROM trades WHERE clearing_id = ?"
+            made = dict(conn.execute(sql, (clearing_id,)))
+            return [made[row[0]] for row in rows]
 
     def trades(self, slot=None, limit=100, offset=0):
         """Trades, newest first, with buyer and seller: the market maker is the
@@ -452,8 +464,7 @@ class Store:
             sql, params = "device = ? AND confirm_id = ? ORDER BY start DESC", (device, confirm_id)
         else:
             sql, params = "buyer = ? AND confirm_id = ?", (buyer, confirm_id)
-        rows = self.rows("SELECT * FROM contracts WHERE " + sql, params)
-        return rows[0] if rows else None
+        return self._first("SELECT * FROM contracts WHERE " + sql, params)
 
     def contract_history(self, contract_id):
         """Every state the contract went through, oldest first (from_state None = recorded)."""
@@ -465,10 +476,10 @@ class Store:
         )
 
     def _contract_row(self, contract_id):
-        rows = self.rows("SELECT * FROM contracts WHERE id = ?", (contract_id,))
-        if not rows:
+        row = self._first("SELECT * FROM contracts WHERE id = ?", (contract_id,))
+        if row is None:
             raise ValueError("unknown contract id %r" % (contract_id,))
-        return rows[0]
+        return row
 
     # --- telemetry -------------------------------------------------------------------
 

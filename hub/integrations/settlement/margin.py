@@ -7,10 +7,12 @@ transfer of the stable credit to the market's clearing account, memo
     gridbid-margin:<market>:<aggregator id>
 
 and hands the signed bytes to the market (the market API's `deposit`). Before they go
-near the chain the market checks what they do: one transfer_checked of this mint to
+near the chain the market checks what they do: their signatures verify (a deposit is
+filed under its first), one transfer_checked of the signer's own tokens of this mint to
 the clearing account, the memo naming the aggregator whose session sent them, nothing
-else. They are journaled (margin_deposits: signature, bytes) before they are sent, and
-credited once per signature, once the chain has them without error. The clearing
+else, at most MAX_PENDING of its deposits on their way. They are journaled
+(margin_deposits: signature, bytes) before they are sent, and credited once per
+signature, once the chain has them finalized without error. The clearing
 account's key (<wallets>/clearing.json) is the operator's, and signs only the market's
 own payments: every final contract's, in the uploader's batches (uploader.py, exactly
 once, unchanged), whoever bought it.
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 MEMO = "gridbid-margin:%s:%d"
 EXPIRE_S = 180.0  # a deposit the chain has not seen this long after it was sent is dead
+MAX_PENDING = 4  # deposits per aggregator sent and not yet settled (a journal row each)
 _TRANSFER_CHECKED = 12
 
 
@@ -75,6 +78,17 @@ def read_deposit(raw, mint, clearing, decimals, memo):
         raise DepositError("not a signed Solana transaction") from None
     if not tx.signatures or not tx.message.account_keys:
         raise DepositError("not a signed Solana transaction")
+    try:  # its signatures first: the credit is filed under the first, which must be its own
+        tx.verify()
+    except Exception:  # solders raises its own errors: any failure is a refusal
+        raise DepositError("its signatures do not verify") from None
+    try:
+        return _transfer(tx, mint, clearing, decimals, memo)
+    except (IndexError, OverflowError, struct.error):
+        raise DepositError("not a well-formed transfer") from None
+
+
+def _transfer(tx, mint, clearing, decimals, memo):
     keys = tx.message.account_keys
     if memos(tx) != [memo]:
         raise DepositError("its memo must be exactly %r" % memo)
@@ -95,10 +109,12 @@ def read_deposit(raw, mint, clearing, decimals, memo):
         raise DepositError("it does not move this market's credit (mint %s)" % mint)
     if accounts[2] != ata(clearing, mint):
         raise DepositError("it does not pay the clearing account %s" % ata(clearing, mint))
-    if amount <= 0:
-        raise DepositError("its amount must be above 0")
+    if not 0 < amount < 2**63:
+        raise DepositError("its amount must be above 0 and below 2^63")
     if not tx.message.is_signer(ix.accounts[3]):
         raise DepositError("the tokens' owner did not sign it")
+    if accounts[0] != ata(accounts[3], mint):  # not a delegate moving another's tokens
+        raise DepositError("it must move the signer's own tokens (its associated account)")
     return str(tx.signatures[0]), amount, str(accounts[3])
 
 
@@ -112,6 +128,13 @@ class Margin:
         self.decimals, self.per_cent = decimals, per_cent
         self.faucet_fn = faucet  # LiteSVM: fund(pubkey) -> base units minted, else None
         self.clock = clock
+        # What a bid's check reads, kept up to date from the rows added since (a scan of
+        # every contract per bid message would grow with the market's history):
+        self._contracts_read = 0  # the contracts' rowid read up to
+        self._promised = {}  # buyer -> cents promised over all its contracts
+        self._batches_read = set()  # finalized batches counted
+        self._batch_mark = 0.0  # their newest updated_at
+        self._paid = {}  # buyer -> [base units paid, cents promised, contracts] (finalized)
 
     def memo(self, key_id):
         return MEMO % (self.market, key_id)
@@ -150,6 +173,11 @@ class Margin:
         row = conn.execute("SELECT aggregator, status, error FROM margin_deposits "
                            "WHERE signature = ?", (signature,)).fetchone()  # fmt: skip
         if row is None:
+            pending = conn.execute("SELECT count(*) FROM margin_deposits WHERE aggregator = ? "
+                                   "AND status = 'sent'", (key_id,)).fetchone()[0]  # fmt: skip
+            if pending >= MAX_PENDING:
+                raise DepositError("%d deposits of yours are still on their way: wait for them"
+                                   % pending)  # fmt: skip
             with self.store.transaction():  # journaled before it is sent
                 conn.execute(
                     "INSERT INTO margin_deposits (signature, aggregator, amount, payer, clearing, "
@@ -194,8 +222,12 @@ class Margin:
             if self.clock() - sent_at < EXPIRE_S:
                 return "sent"
             new, error = "failed", "never landed (expired)"
+        elif status.err is not None:  # landed with an error: atomic, nothing moved
+            new, error = "failed", status.err
+        elif not status.finalized:  # confirmed only: a fork could still drop it
+            return "sent"
         else:
-            new, error = ("finalized", None) if status.err is None else ("failed", status.err)
+            new, error = "finalized", None
         with self.store.transaction():
             self.store.db.conn.execute(
                 "UPDATE margin_deposits SET status = ?, error = ?, updated_at = ? "
@@ -230,11 +262,45 @@ class Margin:
     # --- accounts ----------------------------------------------------------------------
 
     def account(self, key_id):
-        """{"deposited", "paid", "owed", "free"} in base units, and "paid_contracts"."""
-        return self.accounts([key_id]).get(key_id) or _empty()
+        """{"deposited", "paid", "owed", "free"} in base units, and "paid_contracts"
+        (what accounts() gives, from running totals: a few indexed reads)."""
+        self._catch_up()
+        conn = self.store.db.conn
+        (deposited,) = conn.execute(
+            "SELECT coalesce(sum(amount), 0) FROM margin_deposits WHERE aggregator = ? "
+            "AND status = 'finalized'", (key_id,)).fetchone()  # fmt: skip
+        paid, paid_cents, count = self._paid.get(key_id, (0, 0.0, 0))
+        owed = math.ceil(max(0.0, self._promised.get(key_id, 0.0) - paid_cents) * self.per_cent)
+        return {"deposited": deposited, "paid": paid, "owed": owed,
+                "free": deposited - paid - owed, "paid_contracts": count}  # fmt: skip
 
     def free(self, key_id):
         return self.account(key_id)["free"]
+
+    def _catch_up(self):
+        conn = self.store.db.conn
+        for rowid, buyer, cents in conn.execute(
+            "SELECT rowid, buyer, price * ABS(avg_watts) * duration_s / 3600000.0 "
+            "FROM contracts WHERE rowid > ? ORDER BY rowid", (self._contracts_read,)):  # fmt: skip
+            self._promised[buyer] = self._promised.get(buyer, 0.0) + cents
+            self._contracts_read = rowid
+        # A batch is finalized once; its updated_at says when (5 s of overlap: clocks).
+        for batch, at in conn.execute(
+            "SELECT id, coalesce(updated_at, at) FROM settlements WHERE status = 'finalized' "
+            "AND coalesce(updated_at, at) >= ?", (self._batch_mark - 5.0,)).fetchall():  # fmt: skip
+            if batch in self._batches_read:
+                continue
+            self._batches_read.add(batch)
+            self._batch_mark = max(self._batch_mark, at)
+            for buyer, amount, cents, count in conn.execute(
+                "SELECT c.buyer, sum(i.amount), "
+                "sum(c.price * ABS(c.avg_watts) * c.duration_s / 3600000.0), count(*) "
+                "FROM settlement_items i JOIN contracts c ON c.id = i.contract "
+                "WHERE i.batch = ? GROUP BY c.buyer", (batch,)):  # fmt: skip
+                total = self._paid.setdefault(buyer, [0, 0.0, 0])
+                total[0] += amount
+                total[1] += cents
+                total[2] += count
 
     def accounts(self, key_ids=None):
         """{aggregator id: account} for every aggregator with deposits or contracts."""

@@ -204,6 +204,38 @@ def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market
     assert states == {1001: "Confirmed", 1002: "TerminatedByAtn"}
 
 
+def test_reports_in_one_message_are_answered_each_in_order_after_one_commit(market):
+    slot = Slot()
+    one, got = joined(market, 1)
+    opened(market, slot)
+    layers = [layer(1001, 20.0), layer(1002, 20.0, layer_id=2)]
+    market.received(one, {"type": "bid", "slot": slot.name, "ref": 1, "layers": layers})
+    result, trades = market.market.close(slot.name, slot.gate)
+    market.close_slot(slot.name, slot.start, result, trades, set())
+    report = {"slot": slot.name, "price": result.price, "kwh": 1.0, "kw": 5.0}
+    reports = [
+        {**report, "device": 1001, "bid_id": 77, "state": "Received", "ref": 11},
+        {**report, "device": 1003, "bid_id": 78, "state": "Received", "ref": 12},  # no fill
+        {**report, "device": 1002, "bid_id": 79, "state": "Received", "ref": 13},
+        {**report, "device": 1001, "state": "Confirmed", "confirm_id": 901, "ref": 14},
+        "not a report",
+    ]
+    market.received(one, {"type": "contracts", "ref": 5, "reports": reports})
+    answer = got[-1]
+    assert answer["type"] == "contract_results" and answer["ref"] == 5
+    assert [(r["type"], r.get("ref"), r.get("state")) for r in answer["results"]] == [
+        ("contract_result", 11, "Received"), ("error", 12, None),
+        ("contract_result", 13, "Received"), ("contract_result", 14, "Confirmed"),
+        ("error", None, None)]  # fmt: skip
+    assert "no fill of battery 1003" in answer["results"][1]["why"]
+    states = {r["device"]: r["state"] for r in market.store.contracts_of_slot(slot.name)}
+    assert states == {1001: "Confirmed", 1002: "Received"}  # committed, then answered
+    assert len(market.store.rows("SELECT * FROM market_refusals")) == 2  # each audited
+    for bad, why in (([], "non-empty list"), ([{}] * 1001, "1001 reports in one message")):
+        market.received(one, {"type": "contracts", "ref": 6, "reports": bad})
+        assert got[-1]["type"] == "error" and why in got[-1]["why"]
+
+
 def test_a_buyer_that_leaves_its_fills_unconfirmed_is_refused_below_the_threshold(market):
     """Reputation in the market: of the fills an aggregator was given, the share it
     confirmed (a prior of 5 kept). Aggregator 1 left 6 unconfirmed: (0 + 5) / (6 + 5) =

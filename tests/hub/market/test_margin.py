@@ -6,33 +6,12 @@ LiteSVM chain (the SPL Token and Memo programs), and the aggregator's own Wallet
 import asyncio
 import base64
 
-import pytest
-from helpers.settlement import CREDIT, World
-from test_exchange import DEVICES, Slot, joined, layer, opened
+from helpers.settlement import CREDIT
+from test_exchange import Slot, joined, layer, opened
 
 from aggregator.wallet import Wallet
-from hub import controls as hub_controls
-from hub.events import Events
-from hub.ledger import Ledger
-from hub.market.exchange import Exchange
-from hub.market.maker import MarketMaker
 
 SLOT_S, GATE_S = 60, 20
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path, faucet=True)
-    for device in DEVICES:
-        w.store.add_device(device, device, "127.0.0.%d" % (device - 980))
-    maker = MarketMaker(w.store, "hub", SLOT_S, GATE_S)
-    ledger = Ledger(w.store, SLOT_S, GATE_S, "hub")
-    controls = hub_controls.Controls(w.store, Events())
-    w.exchange = Exchange(maker, ledger, w.store, controls, "hub", {1: "one", 2: "two"}, 47401)
-    w.m = w.margin()
-    w.exchange.use_margin(w.m)
-    yield w
-    w.store.close()
 
 
 def ask(ex, participant, got, msg):
@@ -48,14 +27,6 @@ def ask(ex, participant, got, msg):
         raise AssertionError("no answer to %r" % msg)
 
     return asyncio.get_event_loop().run_until_complete(settle())
-
-
-@pytest.fixture(autouse=True)
-def loop():
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    yield loop
-    loop.close()
 
 
 def deposit_tx(w, participant, got, key_id, credits, memo=None, ref=100):
