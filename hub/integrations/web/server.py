@@ -95,6 +95,12 @@ class WebServer:
         self._unsubscribe = []
         self.fanout.close()
         if self._task is not None:
+            # Each client's handler closes it with 1001 first (going away: the page comes
+            # back later); the server's own shutdown would close the rest with 1012.
+            for _ in range(50):
+                if not self.fanout.serving:
+                    break
+                await asyncio.sleep(0.01)
             self._server.should_exit = True
             done, _ = await asyncio.wait({self._task}, timeout=1.5)
             if not done:

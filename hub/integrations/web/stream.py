@@ -75,6 +75,7 @@ class Fanout:
         self.dropped = 0  # clients dropped for being too slow, since start
         self.sent = 0  # events published
         self.closed = False
+        self.serving = 0  # handlers not yet done (their close frame not yet sent)
 
     def publish(self, event):
         """The hub.events listener: quick, never blocks."""
@@ -97,6 +98,13 @@ class Fanout:
 
     async def serve(self, websocket):
         """The /ws endpoint: until the client leaves, is dropped, or the hub stops."""
+        self.serving += 1
+        try:
+            await self._serve(websocket)
+        finally:
+            self.serving -= 1
+
+    async def _serve(self, websocket):
         try:
             await websocket.accept()
         except GONE:
