@@ -63,6 +63,11 @@ def test_the_hub_trades_every_slot_and_competition_pays_more_than_the_reserve():
     assert int(settled[1]) == made and int(settled[2]) >= 1 and int(settled[4]) == 0
     owners = [float(c) for c in re.findall(r"owner of battery \d+ received ([\d.]+) cents", out)]
     assert owners and abs(sum(owners) - float(settled[3])) < 1e-3 * len(owners)
+    # Paid from the margin each aggregator deposited from its own wallet.
+    margins = re.findall(r"(agg\d)'s margin: ([\d.]+) credits deposited, ([\d.]+) cents paid "
+                         r"from it, ([\d.-]+) free", out)  # fmt: skip
+    assert len(margins) == 3 and all(float(d) > 0 for _a, d, _p, _f in margins), out
+    assert abs(sum(float(p) for _a, _d, p, _f in margins) - float(settled[3])) < 1e-3 * 3
     assert "Traceback" not in out and "CONFIG ERROR" not in out and "MISMATCH" not in out
     # Every line is the demo's: "who | what" (no library's log lines, e.g. pymodbus').
     lines = (result.stdout + result.stderr).splitlines()

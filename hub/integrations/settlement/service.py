@@ -46,7 +46,6 @@ class Settlement:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The market as clearing house (margin.py): its own wallet pays every owner, from
         # the margins aggregators deposit with theirs. The hub holds no aggregator's wallet.
-        self.names = hub.aggregators()
         clearing = wallets.read_or_create(wallets.clearing_path(folder), litesvm)
         payers = {CLEARING: clearing}
         owners = wallets.Owners(
@@ -171,8 +170,9 @@ class Settlement:
         margin account, in credits}, "owners": {device: credits}}."""
         up = self.uploader
         scale = 10**up.decimals
+        names = self.hub.aggregators()  # admitted since it started too
         margins = {
-            self.names.get(k, "aggregator-%d" % k): {n: v / scale for n, v in a.items()
+            names.get(k, "aggregator-%d" % k): {n: v / scale for n, v in a.items()
                                                     if n != "paid_contracts"}
             for k, a in self.margin.accounts().items()
         }  # fmt: skip

@@ -274,7 +274,7 @@ def test_a_store_without_the_platform_says_disabled(tmp_path):
             schema.migrate(store.db, target=1)
             store.close()
             shown = lambda: (body := get(web, "/api/platform"))["enabled"] and body  # noqa: E731
-            s = until(shown, 5, "the platform tables to show")  # answers are kept 2 s
+            s = until(shown, 10, "the platform tables to show")  # answers are kept 2 s
             assert s["schema_version"] == 1
             assert s["certificates"]["total"] == 0 and "proposals" not in s
             assert s["credit"] == {"rate": None, "supply_units": 0, "accounts": 0}
