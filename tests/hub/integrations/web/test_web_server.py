@@ -235,3 +235,40 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
     assert str(error.value).startswith("[web] cannot start: web: cannot listen on 127.0.0.1:%d: "
                                        % port)  # fmt: skip
     assert "in use" in str(error.value)
+
+
+def test_aggregators_show_their_margin_when_the_hub_settles(tmp_path):
+    """/api/aggregators with [settlement]: each aggregator's margin account in credits
+    (hub/integrations/settlement/margin.py), here after aggregator 1 deposited 2 credits
+    from its own wallet (the real LiteSVM chain and its faucet)."""
+    import base64
+
+    from aggregator.wallet import create
+
+    data = {
+        "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json", "slot_s": 10, "gate_s": 4},
+        "aggregator": [{"key_id": 1, "name": "a"}, {"key_id": 2, "name": "b"}],
+        "web": {"port": 0}, "settlement": {"wallets": "wallets"},
+    }  # fmt: skip
+    write_keys(tmp_path / "hub-keys.json", [1, 2])
+
+    async def main():
+        hub = Hub(hub_toml.check(data, base=tmp_path))
+        await hub.start_integrations()
+        try:
+            margin = hub.integrations["settlement"].margin
+            await hub.integrations["settlement"].round()  # its start-up hold first
+            wallet = create(tmp_path / "own-wallet.json")
+            await margin.faucet(1, wallet.pubkey)
+            tx = wallet.deposit(margin.terms(1), 2 * 10**6, await margin.blockhash())
+            await margin.deposit(1, base64.b64encode(bytes(tx)).decode())
+            async with httpx.AsyncClient() as client:
+                answer = await client.get(hub.integrations["web"].url + "api/aggregators")
+            return {row["name"]: row["margin"] for row in answer.json()["items"]}
+        finally:
+            await hub.close()
+
+    shown = asyncio.run(main())
+    assert shown["a"] == {"deposited": 2.0, "paid": 0.0, "owed": 0.0, "free": 2.0,
+                          "paid_contracts": 0, "unpaid": 0.0}  # fmt: skip
+    assert shown["b"]["deposited"] == 0.0 and shown["b"]["free"] == 0.0
