@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import config as firmware_config  # firmware/config.py (conftest puts firmware/ on the path)
+from solders.keypair import Keypair
 
 from protocol import auth, pairing
 
@@ -41,11 +42,16 @@ def test_an_owner_trusts_and_revokes_an_aggregator_and_no_secret_is_printed(tmp_
     agg, owner = tmp_path / "acme", tmp_path / "owner"
     agg.mkdir(), owner.mkdir()
     code, out = gridbid("aggregator", "new", "--id", 2, "--name", "acme", "--out",
-                        "acme.json", cwd=agg)  # fmt: skip
+                        "acme.json", "--wallet", "acme-wallet.json", cwd=agg)  # fmt: skip
     assert code == 0 and "aggregator 2 (acme)" in out, out
     said = [out]
     identity = json.loads((agg / "acme.json").read_text())
     assert stat.S_IMODE((agg / "acme.json").stat().st_mode) == 0o600
+    wallet = json.loads((agg / "acme-wallet.json").read_text())  # its own, solana-keygen's
+    assert stat.S_IMODE((agg / "acme-wallet.json").stat().st_mode) == 0o600 and len(wallet) == 64
+    secret = str(Keypair.from_bytes(bytes(wallet)))  # solders shows a keypair's secret
+    assert "its wallet" in out and secret not in out and bytes(wallet[:32]).hex() not in out
+    assert str(Keypair.from_bytes(bytes(wallet)).pubkey()) in out  # its public key only
     code, out = gridbid("aggregator", "new", "--id", 2, "--name", "acme", "--out",
                         "acme.json", cwd=agg)  # fmt: skip
     assert code == 2 and "exists" in out, "an identity is never made over another"
