@@ -134,7 +134,10 @@ class Hub:
         for key_id, trader in self.traders.items():
             if settlement is not None and trader.keeper is None:
                 # Hosted aggregators are the operator's own: their wallets are its too.
-                trader.use_wallet(settlement.hosted_wallet(key_id, trader.name))
+                try:
+                    trader.use_wallet(settlement.hosted_wallet(key_id, trader.name))
+                except ValueError as exc:  # no wallet file (a cluster), or one others read
+                    raise StartError("settlement", exc) from None
             if not trader.markets:
                 trader.trade_in(LocalLink(self.exchange, key_id, trader.on_message))
 

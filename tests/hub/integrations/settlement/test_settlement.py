@@ -440,3 +440,31 @@ def test_the_settlement_schema_adopts_a_store_made_before_it_was_its_own(tmp_pat
         c.name for c in fresh.db["settlements"].columns]  # fmt: skip
     assert old.rows("SELECT id, status FROM settlements") == [{"id": "b1", "status": "planned"}]
     assert tables <= set(old.db.table_names())
+
+
+@sync
+async def test_a_hosted_aggregator_without_its_wallet_stops_the_start_in_one_line(tmp_path):
+    """On a cluster the operator makes its hosted aggregators' wallets: a missing one is
+    one line at start-up (StartError), not a traceback."""
+    from helpers.hub_site import write_keys
+
+    from hub.service import Hub, StartError
+
+    write_keys(tmp_path / "hub-keys.json", [1])
+    folder = tmp_path / "wallets"
+    folder.mkdir(mode=0o700)
+    wallets.create(wallets.clearing_path(folder))
+    cfg = hub_toml.check({
+        "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json", "slot_s": 10, "gate_s": 4},
+        "aggregator": [{"key_id": 1, "name": "a"}],
+        "settlement": {"backend": "http://127.0.0.1:9", "mint": str(Keypair().pubkey()),
+                       "wallets": "wallets", "timeout_s": 0.5},
+    }, base=tmp_path)  # fmt: skip
+    hub = Hub(cfg)
+    try:
+        await hub.start_integrations()
+        with pytest.raises(StartError, match=r"\[settlement\] cannot start: no wallet file .*"
+                                             r"aggregator-1.json"):  # fmt: skip
+            await hub.start_market()
+    finally:
+        await hub.close()
