@@ -255,14 +255,15 @@ class Hub:
         # The buyers' contracts must be made before the slot starts.
         wait_s = min(self.cfg["bind_timeout_s"] + 1.0, max(0.1, start - time.time() - 0.1))
         deadline = time.monotonic() + wait_s
-        # Fills first, then the record, in one turn of the loop: no report is read before
-        # the trades are committed, and the buyers start buying ~25 ms sooner (a crash in
-        # between loses nothing: the restarted hub clears the recorded book the same).
+        # Fills first, the trades recorded last, all in one turn of the loop: no report is
+        # read before the trades are committed, and the buyers start buying ~25 ms sooner
+        # (a crash in between loses nothing: the restarted hub clears the recorded book
+        # the same). The record is the gate's last write.
         self.exchange.close_slot(name, start, result, trades, self.ledger.bound(name))
-        self.market.record(name, result)
         self._publish_book(name)
         self.signal, demand, supply = self.market.price_signal(name)
         self.events.emit("price", slot=name, price=self.signal, demand=demand, supply=supply)
+        self.market.record(name, result)
         while not self.exchange.settled(name) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         contracts = self.exchange.finish(name)
