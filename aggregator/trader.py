@@ -258,26 +258,32 @@ class Trader:
     async def tell(self, market, request):
         """A request to the market maker -> its answer ({"type": "error", ...} when
         refused, unreachable or silent)."""
-        ref = next(self._refs)
-        waiter = self._replies[ref] = asyncio.get_running_loop().create_future()
+        ref, waiter = self._waiter()
         try:
             market.send(dict(request, ref=ref))
-            return await asyncio.wait_for(waiter, REPLY_S)
-        except (ConnectionError, asyncio.TimeoutError) as exc:
-            return {"type": "error", "why": str(exc) or "no answer"}
-        finally:
+        except ConnectionError as exc:
             self._replies.pop(ref, None)
+            return {"type": "error", "why": str(exc)}
+        return await self._answer(ref, waiter)
 
     async def report(self, market, report):
         """A contract report -> the market maker's answer to it, as tell(). The reports
         made in one turn of the loop leave in one `contracts` message (one commit at the
         hub: after a gate the reports of hundreds of batteries come at once)."""
-        ref = next(self._refs)
-        waiter = self._replies[ref] = asyncio.get_running_loop().create_future()
+        ref, waiter = self._waiter()
         queue = self._reports.setdefault(market.market, [])
         queue.append(dict(report, ref=ref))
         if len(queue) == 1:
             asyncio.get_running_loop().call_soon(self._send_reports, market)
+        return await self._answer(ref, waiter)
+
+    def _waiter(self):
+        """A new market ref, and the Future its answer will settle (on_message)."""
+        ref = next(self._refs)
+        self._replies[ref] = asyncio.get_running_loop().create_future()
+        return ref, self._replies[ref]
+
+    async def _answer(self, ref, waiter):
         try:
             return await asyncio.wait_for(waiter, REPLY_S)
         except asyncio.TimeoutError:

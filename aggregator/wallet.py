@@ -11,8 +11,6 @@ wallet's token account to the market's clearing account, with the memo the marke
 
 import json
 import os
-import stat
-from pathlib import Path
 
 from solders.hash import Hash
 from solders.instruction import AccountMeta, Instruction
@@ -21,6 +19,8 @@ from solders.pubkey import Pubkey
 from solders.transaction import Transaction
 from spl.token.instructions import get_associated_token_address, transfer_checked
 from spl.token.models import TransferCheckedParams
+
+from transport import secret_files
 
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
@@ -56,18 +56,15 @@ class Wallet:
 
 
 def read(path):
-    """The Wallet in a keypair file; WalletError unless it is mode 0600 and well formed."""
+    """The Wallet in a keypair file; WalletError unless it is mode 0600 and well formed
+    (the rules of every secret file: transport/secret_files.py)."""
     try:
-        mode = os.stat(path).st_mode
-        data = json.loads(Path(path).read_text())
-        keypair = Keypair.from_bytes(bytes(data))
-    except FileNotFoundError:
-        raise WalletError("no wallet file %s (gridbid aggregator new makes one)" % path) from None
-    except (OSError, ValueError, TypeError):
+        data = secret_files.read(path, "wallet file", kind=None)
+        return Wallet(Keypair.from_bytes(bytes(data)))
+    except secret_files.SecretFileError as exc:
+        raise WalletError(str(exc)) from None
+    except (TypeError, ValueError):
         raise WalletError("%s is not a solana-keygen keypair file" % path) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise WalletError("the wallet file %s is readable by others: chmod 600 it" % path)
-    return Wallet(keypair)
 
 
 def create(path):

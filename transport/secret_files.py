@@ -18,9 +18,10 @@ class SecretFileError(ValueError):
     pass
 
 
-def read(path, what="the file"):
-    """The JSON object in path; SecretFileError when it is missing, unreadable, not
-    JSON, not an object, or readable by others."""
+def read(path, what="the file", kind=dict):
+    """The JSON object in path (kind None: any JSON value, e.g. a wallet's array);
+    SecretFileError when it is missing, unreadable, not JSON, not of its kind, or
+    readable by others."""
     try:
         mode = os.stat(path).st_mode
         with open(path) as f:
@@ -33,7 +34,7 @@ def read(path, what="the file"):
         raise SecretFileError("%s %s is not valid JSON" % (what, path)) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretFileError("%s %s is readable by others: chmod 600 it" % (what, path))
-    if not isinstance(data, dict):
+    if kind is not None and not isinstance(data, kind):
         raise SecretFileError("%s %s must hold a JSON object" % (what, path))
     return data
 

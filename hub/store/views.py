@@ -220,7 +220,7 @@ def aggregator_reputation(store):
     given, how many it confirmed and how many it left unconfirmed (withdrawn at the
     deadline, or by it); reputation = (confirmed + PRIOR_CONTRACTS) / (confirmed +
     withdrawn + PRIOR_CONTRACTS).
-    Payment is the margin's (hub/integrations/settlement/margin.py accounts(): contracts
+    Payment is the margin's (hub/integrations/settlement/margin.py Margin.account: contracts
     paid from it, credits owed beyond it), shown beside it on /api/aggregators."""
     found = {}
     for row in store.rows(

@@ -10,7 +10,7 @@ from fractions import Fraction
 from hub.integrations.settlement import records, wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.chain import Chain
-from hub.integrations.settlement.provision import fund, provision
+from hub.integrations.settlement.provision import fund, mint_wallets, provision
 from hub.integrations.settlement.uploader import Uploader
 from hub.store import Store
 from protocol import contract
@@ -121,8 +121,10 @@ class World:
         clearing = wallets.read_or_create(wallets.clearing_path(self.folder), True)
         provision(self.chain, self.folder, {0: clearing}, 0, 6)
 
+        authority, mint = mint_wallets(self.folder)
+
         def faucet(owner):
-            return fund(self.chain, self.folder, owner, FUND * CREDIT, 6)
+            return fund(self.chain, authority, mint, owner, FUND * CREDIT, 6)
 
         return Margin(self.store, LiteSVMBackend(self.chain), self.mint, clearing.pubkey, "hub",
                       6, 10_000, faucet=faucet if self.faucet else None)  # fmt: skip

@@ -52,6 +52,7 @@ from hub.integrations.settlement.transactions import (
     MEMO_PROGRAM,
     PACKET_BYTES,
     TOKEN_PROGRAM,
+    TRANSFER_CHECKED,
     ata,
     memos,
 )
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 MEMO = "gridbid-margin:%s:%d"
 EXPIRE_S = 180.0  # a deposit the chain has not seen this long after it was sent is dead
 MAX_PENDING = 4  # deposits per aggregator sent and not yet settled (a journal row each)
-_TRANSFER_CHECKED = 12
 
 
 class DepositError(ValueError):
@@ -97,7 +97,7 @@ def _transfer(tx, mint, clearing, decimals, memo):
         program, data = keys[ix.program_id_index], bytes(ix.data)
         if program == MEMO_PROGRAM:
             continue
-        if program != TOKEN_PROGRAM or data[:1] != bytes([_TRANSFER_CHECKED]) or len(data) != 10:
+        if program != TOKEN_PROGRAM or data[:1] != bytes([TRANSFER_CHECKED]) or len(data) != 10:
             raise DepositError("a deposit holds a memo and one transfer_checked, nothing else")
         transfers.append((ix, data))
     if len(transfers) != 1:
@@ -263,7 +263,7 @@ class Margin:
 
     def account(self, key_id):
         """{"deposited", "paid", "owed", "free"} in base units, and "paid_contracts"
-        (what accounts() gives, from running totals: a few indexed reads)."""
+        (kept as running totals: a few indexed reads, however long the history)."""
         self._catch_up()
         conn = self.store.db.conn
         (deposited,) = conn.execute(
@@ -303,51 +303,30 @@ class Margin:
                 total[2] += count
 
     def accounts(self, key_ids=None):
-        """{aggregator id: account} for every aggregator with deposits or contracts."""
-        return accounts(self.store, self.per_cent, key_ids)
+        """{aggregator id: account} of key_ids (None: every one with deposits or contracts)."""
+        if key_ids is None:
+            self._catch_up()
+            key_ids = set(self._promised) | {k for (k,) in self.store.db.conn.execute(
+                "SELECT DISTINCT aggregator FROM margin_deposits")}  # fmt: skip
+        return {k: self.account(k) for k in sorted(key_ids)}
+
+    def in_credits(self, account):
+        """An account as people read it: credits, with "unpaid" (owed beyond its margin)."""
+        scale = 10**self.decimals
+        shown = {name: account[name] / scale for name in ("deposited", "paid", "owed", "free")}
+        shown["unpaid"] = max(0, -account["free"]) / scale
+        shown["paid_contracts"] = account["paid_contracts"]
+        return shown
 
 
-def accounts(store, per_cent, key_ids=None):
-    """{aggregator id: {"deposited", "paid", "owed", "free", "paid_contracts"}} in base
-    units, on any store (the hub's, or the status page's read-only one)."""
-    conn, out = store.db.conn, {}
-    if not _has_faucet(conn):  # settlement never ran on this file
-        return out
-    for key_id, amount in conn.execute(
-        "SELECT aggregator, SUM(amount) FROM margin_deposits WHERE status = 'finalized' "
-        "GROUP BY aggregator"
-    ):
-        out.setdefault(key_id, _empty())["deposited"] = amount
-    for key_id, amount, count in conn.execute(
-        "SELECT c.buyer, SUM(i.amount), COUNT(*) FROM settlement_items i "
-        "JOIN settlements s ON s.id = i.batch AND s.status = 'finalized' "
-        "JOIN contracts c ON c.id = i.contract GROUP BY c.buyer"
-    ):
-        account = out.setdefault(key_id, _empty())
-        account["paid"], account["paid_contracts"] = amount, count
-    # Not paid yet: in no batch, or in one not finalized. Bounded by the promise.
-    for key_id, cents in conn.execute(
-        "SELECT c.buyer, SUM(c.price * ABS(c.avg_watts) * c.duration_s / 3600000.0) "
-        "FROM contracts c LEFT JOIN settlement_items i ON i.contract = c.id "
-        "LEFT JOIN settlements s ON s.id = i.batch "
-        "WHERE s.status IS NULL OR s.status != 'finalized' GROUP BY c.buyer"
-    ):
-        out.setdefault(key_id, _empty())["owed"] = math.ceil((cents or 0) * per_cent)
-    for account in out.values():
-        account["free"] = account["deposited"] - account["paid"] - account["owed"]
-    if key_ids is not None:
-        out = {k: v for k, v in out.items() if k in key_ids}
-    return out
-
-
-def _has_faucet(conn):
+def _has_margin_tables(conn):
     return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'margin_faucet'").fetchone()
 
 
 def faucet_wallets(conn):
     """[(Pubkey, base units)] the faucet funded, oldest first (a LiteSVM rebuild funds
     them again before the journals replay: rebuild.py)."""
-    if not _has_faucet(conn):
+    if not _has_margin_tables(conn):
         return []
     rows = conn.execute("SELECT wallet, amount FROM margin_faucet ORDER BY at, rowid")
     return [(Pubkey.from_string(w), amount) for w, amount in rows]
@@ -356,7 +335,7 @@ def faucet_wallets(conn):
 def faucet_funded(conn):
     """{wallet base58: base units the faucet gave it} (the platform's credit ledger opens
     each with them: Credit.open_funded)."""
-    if not _has_faucet(conn):
+    if not _has_margin_tables(conn):
         return {}
     return dict(conn.execute("SELECT wallet, amount FROM margin_faucet"))
 
@@ -364,12 +343,8 @@ def faucet_funded(conn):
 def finalized_deposits(conn):
     """[(payer, clearing, amount)] of the deposits the chain holds (the platform's credit
     ledger moves them, as it moves settlement's payments)."""
-    if not _has_faucet(conn):
+    if not _has_margin_tables(conn):
         return []
     return conn.execute(
         "SELECT payer, clearing, amount FROM margin_deposits WHERE status = 'finalized'"
     ).fetchall()
-
-
-def _empty():
-    return {"deposited": 0, "paid": 0, "owed": 0, "free": 0, "paid_contracts": 0}

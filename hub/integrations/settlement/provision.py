@@ -52,9 +52,9 @@ def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL,
         ])  # fmt: skip
     units = fund_credits * 10**decimals
     for wallet in payers.values():
-        fund(chain, folder, wallet.pubkey, units, decimals, lamports)
+        fund(chain, authority, mint, wallet.pubkey, units, decimals, lamports)
     for owner, given in faucet:
-        fund(chain, folder, owner, given, decimals, lamports)
+        fund(chain, authority, mint, owner, given, decimals, lamports)
     for key_id, nonce in (nonces or {}).items():
         wallet = payers[key_id]
         if chain.account_data(nonce.pubkey) is None:
@@ -66,11 +66,10 @@ def provision(chain, folder, payers, fund_credits, decimals, lamports=100 * SOL,
     return mint.pubkey
 
 
-def fund(chain, folder, owner, units, decimals, lamports=100 * SOL):
+def fund(chain, authority, mint, owner, units, decimals, lamports=100 * SOL):
     """`owner` (a Pubkey) gets SOL, its token account, and `units` of the mint in it, once:
-    when that account does not exist yet. -> the units minted now (0: it had its account)."""
-    mint = wallets.read(Path(folder) / "mint.json")
-    authority = wallets.read(Path(folder) / "mint-authority.json")
+    when that account does not exist yet (authority and mint: their Wallets, read once).
+    -> the units minted now (0: it had its account)."""
     chain.airdrop(owner, lamports)
     account = ata(owner, mint.pubkey)
     if chain.account_data(account) is not None:
@@ -83,6 +82,12 @@ def fund(chain, folder, owner, units, decimals, lamports=100 * SOL):
             mint_authority=authority.pubkey, amount=units, decimals=decimals)))  # fmt: skip
     _send(chain, authority, [], ixs)
     return units
+
+
+def mint_wallets(folder):
+    """(mint authority, mint): the Wallets provision() made in `folder`."""
+    folder = Path(folder)
+    return wallets.read(folder / "mint-authority.json"), wallets.read(folder / "mint.json")
 
 
 def nonce_wallets(folder, key_ids):

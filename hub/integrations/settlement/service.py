@@ -58,9 +58,11 @@ class Settlement:
         if litesvm:
             mint, backend = self._rebuild(folder, payers, nonces)
             units = s["fund_credits"] * 10 ** s["decimals"]
+            authority, mint_wallet = provision.mint_wallets(folder)
 
             def faucet(owner):
-                return provision.fund(self.chain, folder, owner, units, s["decimals"])
+                return provision.fund(self.chain, authority, mint_wallet, owner, units,
+                                      s["decimals"])  # fmt: skip
         else:
             from hub.integrations.settlement.rpc_backend import RpcBackend
 
@@ -171,11 +173,8 @@ class Settlement:
         up = self.uploader
         scale = 10**up.decimals
         names = self.hub.aggregators()  # admitted since it started too
-        margins = {
-            names.get(k, "aggregator-%d" % k): {n: v / scale for n, v in a.items()
-                                                    if n != "paid_contracts"}
-            for k, a in self.margin.accounts().items()
-        }  # fmt: skip
+        margins = {names.get(k, "aggregator-%d" % k): self.margin.in_credits(a)
+                   for k, a in self.margin.accounts().items()}  # fmt: skip
         owners = {d: await up.balance(key) / scale for d, key in sorted(up.owners.known.items())}
         clearing = await up.balance(up.payers[CLEARING].pubkey) / scale
         return {"clearing": clearing, "aggregators": margins, "owners": owners}

@@ -32,7 +32,7 @@ ATA_PROGRAM = Pubkey.from_string("ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL")
 MEMO_PROGRAM = Pubkey.from_string("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr")
 PACKET_BYTES = 1232  # the most a transaction may take on the wire
 NONCE_BYTES = 80  # a system nonce account: version u32, state u32, authority, nonce, fee
-_TRANSFER_CHECKED = 12  # spl-token instruction index
+TRANSFER_CHECKED = 12  # spl-token instruction index
 
 
 class TooLarge(ValueError):
@@ -67,7 +67,7 @@ def create_ata_ix(payer, owner, mint):
 def transfer_ix(payer, owner, mint, amount, decimals):
     return Instruction(
         TOKEN_PROGRAM,
-        struct.pack("<BQB", _TRANSFER_CHECKED, amount, decimals),
+        struct.pack("<BQB", TRANSFER_CHECKED, amount, decimals),
         [
             AccountMeta(ata(payer, mint), False, True),
             AccountMeta(mint, False, False),

@@ -62,21 +62,13 @@ HEADERS = [
 
 
 def _margins(settlement, key_ids):
-    """{aggregator id: its margin account in credits, with "paid_contracts" (contracts the
-    clearing house paid) and "unpaid" (credits it owes beyond its margin)}; {} when the hub
-    does not settle. From the margin's running totals (hub/integrations/settlement/
-    margin.py, the bid path's read), in the hub's loop: a few indexed reads."""
+    """{aggregator id: its margin account in credits (Margin.in_credits: with
+    "paid_contracts" and "unpaid")}; {} when the hub does not settle. From the margin's
+    running totals (the bid path's read), in the hub's loop: a few indexed reads."""
     if settlement is None or settlement.margin is None:
         return {}
-    margin, out = settlement.margin, {}
-    scale = 10**margin.decimals
-    for key_id in key_ids:
-        a = margin.account(key_id)
-        out[key_id] = {"deposited": a["deposited"] / scale, "paid": a["paid"] / scale,
-                       "owed": a["owed"] / scale, "free": a["free"] / scale,
-                       "paid_contracts": a["paid_contracts"],
-                       "unpaid": max(0, -a["free"]) / scale}  # fmt: skip
-    return out
+    margin = settlement.margin
+    return {k: margin.in_credits(a) for k, a in margin.accounts(key_ids).items()}
 
 
 def _standing(reputations, key_id):

@@ -170,7 +170,9 @@ def test_a_flood_is_refused_at_the_rate_limit_and_its_audit_stays_bounded(market
     assert got_two[-1]["type"] == "bid_result" and got_two[-1]["accepted"] == 1
 
 
-def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market):
+def bought(market):
+    """Aggregator 1 won both batteries of a slot whose gate closed: it is buying them.
+    -> (slot, its participant, what it was sent, the clearing)"""
     slot = Slot()
     one, got = joined(market, 1)
     opened(market, slot)
@@ -178,6 +180,11 @@ def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market
     market.received(one, {"type": "bid", "slot": slot.name, "ref": 1, "layers": layers})
     result, trades = market.market.close(slot.name, slot.gate)
     market.close_slot(slot.name, slot.start, result, trades, set())
+    return slot, one, got, result
+
+
+def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market):
+    slot, one, got, result = bought(market)
     report = {"type": "contract", "slot": slot.name, "bid_id": 77, "price": result.price,
               "kwh": 1.0, "kw": 5.0}  # fmt: skip
     for bad, why in (
@@ -205,13 +212,7 @@ def test_reports_must_fit_a_fill_and_an_unconfirmed_contract_is_withdrawn(market
 
 
 def test_reports_in_one_message_are_answered_each_in_order_after_one_commit(market):
-    slot = Slot()
-    one, got = joined(market, 1)
-    opened(market, slot)
-    layers = [layer(1001, 20.0), layer(1002, 20.0, layer_id=2)]
-    market.received(one, {"type": "bid", "slot": slot.name, "ref": 1, "layers": layers})
-    result, trades = market.market.close(slot.name, slot.gate)
-    market.close_slot(slot.name, slot.start, result, trades, set())
+    slot, one, got, result = bought(market)
     report = {"slot": slot.name, "price": result.price, "kwh": 1.0, "kw": 5.0}
     reports = [
         {**report, "device": 1001, "bid_id": 77, "state": "Received", "ref": 11},

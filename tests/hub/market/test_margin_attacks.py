@@ -5,6 +5,7 @@ of unsigned deposits, out-of-range amounts, and the bid path's cost over a long 
 Real Exchange, store and LiteSVM chain, as tests/hub/market/test_margin.py."""
 
 import base64
+import math
 import os
 import time
 
@@ -23,7 +24,6 @@ from hub import controls as hub_controls
 from hub.events import Events
 from hub.integrations.settlement import schema
 from hub.integrations.settlement.backends import LiteSVMBackend, Status
-from hub.integrations.settlement.margin import accounts
 from hub.integrations.settlement.transactions import ata
 from hub.ledger import Ledger
 from hub.market.exchange import Exchange
@@ -176,6 +176,41 @@ def test_an_amount_beyond_sqlite_integers_is_answered(world):
     text = base64.b64encode(bytes(big)).decode()
     answer = ask(w.exchange, one, got, {"type": "deposit", "ref": 3, "tx": text})
     assert answer["type"] == "error" and "below 2^63" in answer["why"]
+
+
+def empty():
+    return {"deposited": 0, "paid": 0, "owed": 0, "free": 0, "paid_contracts": 0}
+
+
+def accounts(store, per_cent, key_ids=None):
+    """The margin accounts read from the whole history, as a reference for the running
+    totals Margin.account keeps: {aggregator id: account}."""
+    conn, out = store.db.conn, {}
+    for key_id, amount in conn.execute(
+        "SELECT aggregator, SUM(amount) FROM margin_deposits WHERE status = 'finalized' "
+        "GROUP BY aggregator"
+    ):
+        out.setdefault(key_id, empty())["deposited"] = amount
+    for key_id, amount, count in conn.execute(
+        "SELECT c.buyer, SUM(i.amount), COUNT(*) FROM settlement_items i "
+        "JOIN settlements s ON s.id = i.batch AND s.status = 'finalized' "
+        "JOIN contracts c ON c.id = i.contract GROUP BY c.buyer"
+    ):
+        account = out.setdefault(key_id, empty())
+        account["paid"], account["paid_contracts"] = amount, count
+    # Not paid yet: in no batch, or in one not finalized. Bounded by the promise.
+    for key_id, cents in conn.execute(
+        "SELECT c.buyer, SUM(c.price * ABS(c.avg_watts) * c.duration_s / 3600000.0) "
+        "FROM contracts c LEFT JOIN settlement_items i ON i.contract = c.id "
+        "LEFT JOIN settlements s ON s.id = i.batch "
+        "WHERE s.status IS NULL OR s.status != 'finalized' GROUP BY c.buyer"
+    ):
+        out.setdefault(key_id, empty())["owed"] = math.ceil((cents or 0) * per_cent)
+    for account in out.values():
+        account["free"] = account["deposited"] - account["paid"] - account["owed"]
+    if key_ids is not None:
+        out = {k: v for k, v in out.items() if k in key_ids}
+    return out
 
 
 def test_the_bid_paths_margin_read_stays_cheap_over_a_day_of_history(tmp_path):
