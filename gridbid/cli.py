@@ -19,6 +19,7 @@ COMMANDS = {
     "credit": ("gridbid.credit", "stable credit: rate, purchases, redemptions, reconcile"),
     "rec": ("gridbid.rec", "renewable energy certificates: mint, list, buy, retire"),
     "gov": ("gridbid.gov", "NRG governance: stake, propose, vote; incentive rewards"),
+    "wallet": ("gridbid.wallet", "your own wallet: make one; sign and submit platform commands"),
     "etp": ("gridbid.etp", "decode and encode ETP frames (for debugging captures)"),
     "demo": ("simulator.demo", "run the local demo: the hub, aggregators and batteries on the VM"),
     "experiment": (

@@ -2,14 +2,15 @@
 
 gridbid credit rate 3500 --currency THB --id r-2026-11   operator sets the rate
 gridbid credit buy aggregator-1 100000 --id pay-0042     100000 fiat minor units in
-gridbid credit redeem owner-101 5000000 --id out-0007    base units out
+gridbid credit redeem owner-101 5000000 --id out-0007 --wallet owner-101.json
+                                                         base units out: the holder signs
 gridbid credit opening aggregator-1 0 --id open-1        credits held before the ledger
 gridbid credit balances | reconcile                      reads: they make nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id, read
+from gridbid.platform_cli import add_common, execute, need_id, own_wallet, read
 
-ACCOUNT = "the account's wallet name (e.g. aggregator-1, owner-101)"
+ACCOUNT = "the account: its public key, or its name in <keys>/accounts.json or owner-<device>"
 
 
 def add_arguments(parser):
@@ -29,7 +30,8 @@ def add_arguments(parser):
     sub.add_parser("balances", help="what the store says each account holds")
     sub.add_parser("reconcile", help="compare the store with the chain (exit 1 if not equal)")
     for name, p in sub.choices.items():
-        add_common(p, chain=name != "balances", command_id=name not in ("balances", "reconcile"))
+        add_common(p, chain=name != "balances", command_id=name not in ("balances", "reconcile"),
+                   participant=name == "redeem")  # fmt: skip
 
 
 def run(args):
@@ -44,7 +46,7 @@ def run(args):
         if args.action == "buy":
             return await c.purchase(need_id(args), args.account, args.fiat)
         if args.action == "redeem":
-            return await c.redeem(need_id(args), args.account, args.units)
+            return await c.redeem(need_id(args), args.account, args.units, own_wallet(args))
         if args.action == "opening":
             return await c.opening(need_id(args), args.account, args.units)
         return await reconciled(platform)

@@ -5,14 +5,17 @@ gridbid gov grant alice 1000 --id g-1                  treasury -> alice
 gridbid gov stake alice 500 --lock-s 2592000 --id s-1
 gridbid gov unstake alice s-1 --id u-1                 after the lock-up
 gridbid gov propose alice p_con 5.0 --voting-s 86400 --effective-s 172800 --id prop-1
-gridbid gov vote bob prop-1 yes --id v-1
+gridbid gov vote bob prop-1 yes --id v-1 --wallet bob.json
+stake, unstake, propose and vote are the participant's own: --wallet signs here, or
+without it a signing request is printed (`gridbid wallet sign`, `gridbid wallet submit`)
 gridbid gov tick                                       decide and execute what is due
 gridbid gov proposals | rewards [--epoch E]             reads: they make nothing
 """
 
-from gridbid.platform_cli import add_common, execute, need_id, read
+from gridbid.platform_cli import add_common, execute, need_id, own_wallet, read
 
-ACCOUNT = "the account's wallet name (e.g. alice)"
+ACCOUNT = "the account: its public key, or its name in <keys>/accounts.json"
+PARTICIPANT = ("stake", "unstake", "propose", "vote")  # signed by the account's own wallet
 READS = ("proposals", "rewards")  # the store only: no wallet, no chain
 NO_ID = ("genesis", "tick", "reward")  # ids of their own (genesis, the epoch's), or none
 
@@ -48,7 +51,8 @@ def add_arguments(parser):
     p = sub.add_parser("rewards", help="the incentive rewards recorded")
     p.add_argument("--epoch", type=int, help="only this epoch (its start, unix time)")
     for name, p in sub.choices.items():
-        add_common(p, chain=name not in READS, command_id=name not in READS + NO_ID)
+        add_common(p, chain=name not in READS, command_id=name not in READS + NO_ID,
+                   participant=name in PARTICIPANT)  # fmt: skip
 
 
 def run(args):
@@ -63,16 +67,18 @@ def run(args):
             return await g.genesis()
         if args.action == "grant":
             return await g.grant(need_id(args), args.account, args.amount)
+        wallet = own_wallet(args)
         if args.action == "stake":
-            return await g.stake(need_id(args), args.account, args.amount, args.lock_s)
+            return await g.stake(need_id(args), args.account, args.amount, args.lock_s, wallet)
         if args.action == "unstake":
-            return await g.unstake(need_id(args), args.account, args.stake)
+            return await g.unstake(need_id(args), args.account, args.stake, wallet)
         if args.action == "propose":
             value = int(args.value) if args.param == "slot_s" else args.value
             return await g.propose(need_id(args), args.account, args.param, value,
-                                   args.voting_s, args.effective_s)  # fmt: skip
+                                   args.voting_s, args.effective_s, wallet)  # fmt: skip
         if args.action == "vote":
-            return await g.vote(need_id(args), args.account, args.proposal, args.choice == "yes")
+            yes = args.choice == "yes"
+            return await g.vote(need_id(args), args.account, args.proposal, yes, wallet)
         if args.action == "tick":
             return g.tick()
         return await platform.incentives.pay(args.epoch)

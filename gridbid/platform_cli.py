@@ -44,10 +44,11 @@ from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 SOL = 10**9
 
 
-def add_common(parser, chain=True, command_id=False, source=False):
+def add_common(parser, chain=True, command_id=False, source=False, participant=False):
     """The options of one action: the store's always; the chain's (wallets, backend)
-    unless it only reads the store; --id for a command that changes state."""
-    parser.set_defaults(keys=None, backend=None, source=[], command_id=None)
+    unless it only reads the store; --id for a command that changes state; --wallet for
+    a participant's own command."""
+    parser.set_defaults(keys=None, backend=None, source=[], command_id=None, wallet=None)
     parser.add_argument("--config", help="hub.toml ([hub], [settlement], [platform])")
     parser.add_argument("--db", help="the hub's SQLite store (default: [hub] store)")
     if chain:
@@ -58,6 +59,22 @@ def add_common(parser, chain=True, command_id=False, source=False):
                             help="a device's source (solar, wind, grid); repeatable")  # fmt: skip
     if command_id:
         parser.add_argument("--id", dest="command_id", help="the command's id (a retry reuses it)")
+    if participant:
+        parser.add_argument("--wallet", help="the participant's own wallet file (0600): sign "
+                            "here; without it a signing request is printed for `gridbid "
+                            "wallet sign` where the key lives")  # fmt: skip
+
+
+def own_wallet(args):
+    """The participant's wallet named by --wallet (read by this process only), or None."""
+    from hub.integrations.settlement import wallets
+
+    if not args.wallet:
+        return None
+    try:
+        return wallets.read(args.wallet)
+    except wallets.WalletError as exc:
+        raise PlatformError(str(exc)) from None
 
 
 def settings_from(args):

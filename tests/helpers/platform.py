@@ -6,8 +6,9 @@ with metered energy driven through the store's real contract rules."""
 import asyncio
 from fractions import Fraction
 
-from hub.integrations.platform.chain_ops import Keys
+from hub.integrations.platform.chain_ops import RESERVED, Keys
 from hub.integrations.platform.layer import Platform
+from hub.integrations.settlement import wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.chain import Chain
 from hub.integrations.settlement.provision import SOL, provision
@@ -17,6 +18,9 @@ from protocol import contract
 SLOT_S, GATE_S = 60, 20
 BASE = 1_700_000_100  # 2023-11-14 UTC
 SOURCES = {101: "solar", 102: "wind", 103: "grid", 104: "solar"}
+PARTICIPANTS = ("alice", "bob", "carol", "dave", "aggregator-1") + tuple(
+    "owner-%d" % d for d in SOURCES
+)
 
 
 class World:
@@ -29,12 +33,30 @@ class World:
         self.mint = provision(self.chain, tmp / "wallets", {}, 0, 6)
         self.chain.airdrop(self.keys.authority.pubkey, 1000 * SOL)
         self.backend = LiteSVMBackend(self.chain)
+        # The participants' own wallets, on their own machines (here: a folder the
+        # platform never reads); the operator's address book holds their public keys.
+        self.participants = tmp / "participants"
+        self.participants.mkdir(exist_ok=True)
+        for name in PARTICIPANTS:
+            self.signer(name)
         self.settings = settings = {"sources": sources, "kwh_per_certificate": kwh_per_certificate,
                     "gov_supply": gov_supply, "gov_quorum": 10}  # fmt: skip
         self.now = BASE + 10**7  # the governance clock, moved by the tests
         self.platform = Platform(self.store, self.backend, self.keys, self.mint, settings,
                                  clock=lambda: self.now)  # fmt: skip
         self.seq = 0
+
+    def signer(self, name):
+        """Participant `name`'s own wallet (made on first use, named in the address book)."""
+        path = self.participants / ("%s.json" % name)
+        wallet = wallets.read(path) if path.exists() else wallets.create(path)
+        self.keys.add(name, wallet.pubkey)
+        return wallet
+
+    def key(self, name):
+        """The public key of one of the platform's own wallets or of an account."""
+        own = name.startswith(RESERVED)
+        return self.keys.pubkey(name) if own else self.keys.account(name)
 
     def platform_over(self, backend, store=None):
         """Another Platform over `backend` (e.g. RPC) and `store` (default: this one's)."""

@@ -7,15 +7,21 @@ burning, and dropping a mint's authority (a fixed supply). Every transaction is 
 by the platform authority as fee payer (it pays fees and new accounts' rent), plus each
 token owner whose tokens move.
 
-Keys (Keys): solana-keygen files, mode 0600 (hub/integrations/settlement/wallets.py), in one folder:
+Keys (Keys): the platform's OWN wallets, solana-keygen files, mode 0600
+(hub/integrations/settlement/wallets.py), in one folder:
   platform-authority.json     fee payer; mint authority of the REC mints; escrow owner
   mint.json, mint-authority.json   the stable-credit mint (made by settlement's provision)
   rec-<vintage>.json          the mint of one vintage's certificates
-  <account>.json or owners/<account>.json   a participant's wallet (aggregator-<k>,
-                              owner-<device> as settlement names them, or any name)
-The hub holds the participants' keys: one community, one Pi, custodial by design.
+  nrg-mint.json, nrg-stake.json    governance's mint and its stakes' escrow
+and the participants' PUBLIC keys: an account is named by its base58 public key, or by a
+name in the operator's address book <folder>/accounts.json ({"alice": "<base58>"}), or
+as owner-<device> by settlement's owners.json (on LiteSVM a battery with no registered
+owner gets a made-up one, as settlement's Owners does). The platform holds no
+participant's secret: a participant signs its own commands (engine.py, "Who signs").
 """
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -44,6 +50,7 @@ MINT_BYTES = 82
 SOL = 10**9
 RESERVED = ("platform-", "mint", "rec-", "nrg-", "nonce-")
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+OWNER = re.compile(r"^owner-[0-9]{1,9}$")
 
 
 class KeysError(PlatformError):
@@ -51,7 +58,8 @@ class KeysError(PlatformError):
 
 
 class Keys:
-    """Named wallets in `folder`; with make=True (LiteSVM) a missing one is created."""
+    """The platform's own wallets in `folder` (with make=True, LiteSVM, a missing one is
+    created) and the address book of participants' public keys."""
 
     def __init__(self, folder, make=False):
         self.folder, self.make = Path(folder), make
@@ -59,14 +67,16 @@ class Keys:
         self._cache = {}
 
     def wallet(self, name):
+        """One of the platform's own keys (RESERVED names): never a participant's."""
         if not NAME.match(name or ""):
             raise KeysError("%r is not an account name (letters, digits, _ . -)" % (name,))
+        if not name.startswith(RESERVED):
+            raise KeysError("the platform holds no key of %r: a participant signs its own "
+                            "commands" % name)  # fmt: skip
         if name not in self._cache:
-            path = self.folder / ("%s.json" % name)
-            if not path.exists() and (self.folder / "owners" / path.name).exists():
-                path = self.folder / "owners" / path.name
             try:
-                self._cache[name] = wallets.read_or_create(path, self.make)
+                self._cache[name] = wallets.read_or_create(self.folder / (name + ".json"),
+                                                           self.make)  # fmt: skip
             except wallets.WalletError as exc:
                 raise KeysError(str(exc)) from None
         return self._cache[name]
@@ -75,10 +85,50 @@ class Keys:
         return self.wallet(name).pubkey
 
     def account(self, name):
-        """A participant's public key: the platform's own keys are not accounts."""
-        if str(name).startswith(RESERVED):
+        """A participant's public key, by base58, address-book name or owner-<device>."""
+        name = str(name or "")
+        if 32 <= len(name) <= 44:
+            try:
+                return Pubkey.from_string(name)
+            except ValueError:
+                pass
+        if name.startswith(RESERVED):
             raise KeysError("%r is one of the platform's own keys, not an account" % (name,))
-        return self.pubkey(name)
+        if not NAME.match(name):
+            raise KeysError("%r is not an account name (letters, digits, _ . -)" % (name,))
+        key = self._book().get(name)
+        if key is None and OWNER.match(name):
+            owners = wallets.Owners(path=self.folder / "owners.json",
+                                    make=self.folder / "owners" if self.make else None)  # fmt: skip
+            key = owners.get(int(name[6:]))
+        if key is None:
+            raise KeysError("no account %r: give its public key, or add it to %s"
+                            % (name, self.folder / "accounts.json"))  # fmt: skip
+        return Pubkey.from_string(str(key))
+
+    def add(self, name, key):
+        """Name a participant's public key in the address book (the operator's)."""
+        self.account(str(key))  # a public key, or KeysError
+        if not NAME.match(name) or name.startswith(RESERVED):
+            raise KeysError("%r cannot name an account" % (name,))
+        book = self._book()
+        book[name] = str(key)
+        path = self.folder / "accounts.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(book, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # write-then-rename: a crash leaves the old or the new
+
+    def _book(self):
+        path = self.folder / "accounts.json"
+        try:
+            book = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise KeysError("cannot read %s: %s" % (path, exc)) from None
+        if not isinstance(book, dict) or not all(isinstance(v, str) for v in book.values()):
+            raise KeysError("%s must map names to base58 public keys" % path)
+        return book
 
     @property
     def authority(self):

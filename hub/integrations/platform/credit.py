@@ -10,7 +10,8 @@ one credit is 10**decimals base units of the mint (settlement's `decimals`).
 
 Each is a credit_moves row (append-only) and one transaction: the memo
 gridbid-credit:<kind>:<command>:<account>:<units> plus mint_to (signed by the mint authority) or
-burn (signed by the holder). The mint is settlement's (hub/integrations/settlement/provision.py
+burn (a redemption is the holder's own command: the holder signs the burn and the memo;
+engine.py "Who signs"). The mint is settlement's (hub/integrations/settlement/provision.py
 makes it on LiteSVM: <keys>/mint.json, mint-authority.json); on a cluster it must be a
 mint whose authority the operator holds (USDC cannot be minted by us).
 
@@ -134,15 +135,12 @@ class Redeem(Operation):
                                 % (args["account"], held, units))  # fmt: skip
         fiat = units * rate // 10**self.credit.decimals
         return {"account": args["account"], "owner": owner, "fiat": fiat, "rate": rate,
-                "currency": currency, "units": units}  # fmt: skip
+                "currency": currency, "units": units, "signer": owner}  # fmt: skip
 
     def instructions(self, p):
-        c, authority = self.credit, self.credit.keys.authority.pubkey
-        holder = c.keys.wallet(p["account"])
+        c, holder = self.credit, pk(p["owner"])
         text = "gridbid-credit:redemption:%s:%s:%d" % (p["command"], p["account"], p["units"])
-        return [memo(text, authority), burn_ix(c.mint, holder.pubkey, p["units"], c.decimals)], [
-            holder
-        ]
+        return [memo(text, holder), burn_ix(c.mint, holder, p["units"], c.decimals)], []
 
     def apply(self, conn, command, p, at):
         conn.execute(
@@ -195,8 +193,9 @@ class Credit:
     async def purchase(self, command, account, fiat):
         return await self.engine.run(command, Purchase.kind, {"account": account, "fiat": fiat})
 
-    async def redeem(self, command, account, units):
-        return await self.engine.run(command, Redeem.kind, {"account": account, "units": units})
+    async def redeem(self, command, account, units, wallet=None):
+        args = {"account": account, "units": units}
+        return await self.engine.run(command, Redeem.kind, args, wallet)
 
     async def opening(self, command, account, units, owner=None):
         args = {"account": account, "units": units, "owner": owner}

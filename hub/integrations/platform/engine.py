@@ -32,6 +32,14 @@ once the previous one is provably dead.
 
 The same id again is refused (Replayed, with the first result), whatever its
 arguments: a retried CLI call can never act twice.
+
+Who signs (signing.py): the platform's keys sign the operator's commands; a participant's
+command carries the participant's own signature, given as its wallet to run() or later
+to submit() for the signing request run() returned.
+
+Holds. plan() may name what the command takes (operation.holds: a certificate, a stake,
+a vote); a second command on one of them is refused until the first is done or failed,
+so a command waiting for a signature cannot be overtaken by another on the same thing.
 """
 
 import asyncio
@@ -40,40 +48,25 @@ import json
 import time
 
 from solders.signature import Signature
-from solders.transaction import Transaction
 
-from hub.integrations.platform import schema
+from hub.integrations.platform import schema, signing
+from hub.integrations.platform.errors import Pending, PlatformError, Replayed
 from hub.integrations.settlement import schema as settlement_schema
 from hub.integrations.settlement.backends import BackendError, SendError
 
 
-class PlatformError(ValueError):
-    """A command refused: the message says why (nothing was done)."""
-
-
-class Replayed(PlatformError):
-    def __init__(self, command, status, result, error):
-        self.command, self.status, self.result = command, status, result
-        if status == "done":
-            text = "command %r was already applied; its result: %s" % (command, result)
-        elif status == "failed":
-            text = "command %r already failed: %s" % (command, error)
-        else:
-            text = "command %r is still pending on chain: run it later (resume)" % command
-        super().__init__(text)
-
-
-class Pending(PlatformError):
-    """Sent, not final yet (an RPC cluster): resume() finishes it."""
-
-
 class Operation:
     """What a kind of command does. plan() runs inside the plan transaction and returns
-    the payload (JSON-able); instructions() turns a payload into (instructions, extra
-    signer Wallets) or None when there is nothing to send; apply() writes the effects
-    and returns the result; release() undoes plan()'s reservations after a failure."""
+    the payload (JSON-able; a participant's command sets payload["signer"], the base58
+    key that must sign it); instructions() turns a payload into (instructions, the
+    platform's own signer Wallets) or None when there is nothing to send; holds() names
+    what it takes until it ends; apply() writes the effects and returns the result;
+    release() undoes plan()'s reservations after a failure."""
 
     kind = ""
+
+    def holds(self, payload):
+        return ()
 
     def plan(self, conn, args, command):
         raise NotImplementedError
@@ -96,6 +89,9 @@ class Engine:
         schema.migrate(self.db)
         self.operations = {}
         self.recovered = False  # recovery.recover() ran (its hold passed) in this process
+        # Participants' wallets given to run() in this process ({base58: Wallet}): their
+        # own processes (a CLI run with --wallet), never the hub's.
+        self._wallets = {}
 
     def register(self, operation):
         self.operations[operation.kind] = operation
@@ -118,8 +114,10 @@ class Engine:
 
     # --- the three steps ----------------------------------------------------------------
 
-    async def run(self, command, kind, args):
-        """Run one command to the end. -> its result; PlatformError if refused."""
+    async def run(self, command, kind, args, wallet=None):
+        """Run one command to the end. -> its result, or a participant's command without
+        its `wallet`: the signing request (submit() takes its signature); PlatformError
+        if refused."""
         if not isinstance(command, str) or not command or len(command) > 128:
             raise PlatformError("a command needs an id (1..128 characters)")
         await self.resume()
@@ -158,10 +156,82 @@ class Engine:
                 "UPDATE platform_commands SET payload = ? WHERE id = ?",
                 (json.dumps(payload), command),
             )
+            self._hold(conn, command, operation.holds(payload))
+            signer = payload.get("signer")
+            if wallet is not None:
+                if signer is None:
+                    raise PlatformError("%s is the operator's command: no participant "
+                                        "signs it" % kind)  # fmt: skip
+                if str(wallet.pubkey) != signer:
+                    given = wallet.pubkey
+                    raise PlatformError("command %r must be signed by %s, not by the wallet "
+                                        "given (%s)" % (command, signer, given))  # fmt: skip
+                self._wallets[signer] = wallet
+            if signer is not None and signer not in self._wallets and blockhash is not None:
+                raw = bytes(self._message(operation, payload, blockhash))
+                conn.execute(
+                    "INSERT INTO platform_requests VALUES (?, ?, ?, ?, ?)",
+                    (command, signer, raw, last_valid, now),
+                )
+                return signing.request(command, signer, raw, now)
             tx = self._sign(operation, payload, blockhash)
             if tx is not None:
                 self._journal(conn, command, tx, last_valid, now)
         return await self._finish(command)
+
+    async def submit(self, command, signature):
+        """A participant's signature (base58) of its command's request: checked over the
+        request's message, the platform's own signatures added, journaled, sent.
+        -> the command's result"""
+        row = self.conn.execute(
+            "SELECT signer, message, last_valid, created_at FROM platform_requests "
+            "WHERE command = ?", (command,),
+        ).fetchone()  # fmt: skip
+        if row is None:
+            old = self.conn.execute(
+                "SELECT status, result, error FROM platform_commands WHERE id = ?", (command,)
+            ).fetchone()
+            if old is None:
+                raise PlatformError("there is no command %r" % (command,))
+            if old[0] == "pending":
+                raise PlatformError("command %r is signed already: it is on its way" % command)
+            raise Replayed(command, *old)
+        signer, raw, last_valid, created_at = row
+        given = {signer: signing.check(command, signer, raw, signature)}
+        kind, payload = self._planned(command)
+        operation = self.operations[kind]
+        if time.time() > created_at + signing.REQUEST_S:
+            return await self._finish(command)  # too late: it fails, nothing sent
+        message = signing.Message.from_bytes(raw)
+        tx = signing.assemble(message, self._keypairs(operation, payload), given)
+        with self.write() as conn:
+            # Two submits at once: the first one's row goes, the second journals nothing.
+            if conn.execute("DELETE FROM platform_requests WHERE command = ?",
+                            (command,)).rowcount:  # fmt: skip
+                self._journal(conn, command, tx, last_valid, time.time())
+        return await self._finish(command)
+
+    def requests(self):
+        """The commands waiting for their participant's signature (signing requests)."""
+        rows = self.rows("SELECT * FROM platform_requests ORDER BY created_at")
+        return [signing.request(r["command"], r["signer"], r["message"], r["created_at"])
+                for r in rows]  # fmt: skip
+
+    def _hold(self, conn, command, subjects):
+        for subject in subjects:
+            held = conn.execute(
+                "SELECT command FROM platform_holds WHERE subject = ?", (subject,)
+            ).fetchone()
+            if held:
+                raise PlatformError("%s is taken by command %r, not finished yet (it may wait "
+                                    "for a signature)" % (subject, held[0]))  # fmt: skip
+            conn.execute("INSERT INTO platform_holds VALUES (?, ?)", (subject, command))
+
+    def _planned(self, command):
+        ((kind, payload),) = self.conn.execute(
+            "SELECT kind, payload FROM platform_commands WHERE id = ?", (command,)
+        ).fetchall()
+        return kind, json.loads(payload)
 
     async def resume(self):
         """Finish every pending command (after a crash, or one an RPC left pending)."""
@@ -172,17 +242,23 @@ class Engine:
                 pass  # still pending, or now failed (recorded): not this caller's error
 
     async def _finish(self, command):
-        ((kind, payload_text),) = self.conn.execute(
-            "SELECT kind, payload FROM platform_commands WHERE id = ?", (command,)
-        ).fetchall()
-        operation, payload = self.operations[kind], json.loads(payload_text)
+        kind, payload = self._planned(command)
+        operation = self.operations[kind]
         txs = self.rows(
             "SELECT signature, raw, last_valid, status FROM platform_txs WHERE command = ? "
             "ORDER BY created_at, rowid",
             (command,),
         )
+        waiting = self.conn.execute(
+            "SELECT signer, created_at FROM platform_requests WHERE command = ?", (command,)
+        ).fetchone()
         if txs:
             await self._settle_chain(command, operation, payload, txs[-1])
+        elif waiting:
+            if time.time() > waiting[1] + signing.REQUEST_S:
+                self._fail(command, operation, payload, "%s did not sign it within %.0f s: "
+                           "nothing was sent" % (waiting[0], signing.REQUEST_S))  # fmt: skip
+            raise Pending("command %r waits for %s's signature" % (command, waiting[0]))
         elif operation.instructions(payload) is not None:
             # Its journal rows were lost (planned with a transaction, none journaled now).
             if not self.recovered:
@@ -199,6 +275,7 @@ class Engine:
             if status[0] == "failed":
                 raise PlatformError("command %r failed: %s" % (command, status[2]))
             result = operation.apply(conn, command, payload, time.time())
+            conn.execute("DELETE FROM platform_holds WHERE command = ?", (command,))
             conn.execute(
                 "UPDATE platform_commands SET status = 'done', result = ?, updated_at = ? "
                 "WHERE id = ?",
@@ -257,9 +334,16 @@ class Engine:
             ).rowcount
             if failed:  # another process may have got here first: release once
                 operation.release(conn, command, payload)
+                conn.execute("DELETE FROM platform_requests WHERE command = ?", (command,))
+                conn.execute("DELETE FROM platform_holds WHERE command = ?", (command,))
         raise PlatformError("command %r failed: %s" % (command, error))
 
     async def _resign(self, command, operation, payload, expired):
+        signer = payload.get("signer")
+        if signer is not None and signer not in self._wallets:
+            # Its participant's key is not here: the command ends, provably unmoved.
+            text = "its transaction expired before it landed (nothing moved): %s signs it "
+            self._fail(command, operation, payload, (text + "again, under a new id") % signer)
         blockhash, last_valid = await self.backend.latest_blockhash()
         tx = self._sign(operation, payload, blockhash)
         with self.write() as conn:
@@ -276,18 +360,23 @@ class Engine:
         return {"signature": str(tx.signatures[0]), "raw": bytes(tx), "last_valid": last_valid,
                 "status": "sent"}  # fmt: skip
 
+    def _message(self, operation, payload, blockhash):
+        ixs, _signers = operation.instructions(payload)
+        return signing.message(ixs, self.keys.authority.pubkey, blockhash)
+
     def _sign(self, operation, payload, blockhash):
-        built = operation.instructions(payload)
-        if built is None:
+        if operation.instructions(payload) is None:
             return None
-        ixs, signers = built
-        payer = self.keys.authority
-        keypairs, seen = [payer.keypair], {payer.pubkey}
-        for wallet in signers:
-            if wallet.pubkey not in seen:
-                seen.add(wallet.pubkey)
-                keypairs.append(wallet.keypair)
-        return Transaction.new_signed_with_payer(ixs, payer.pubkey, keypairs, blockhash)
+        message = self._message(operation, payload, blockhash)
+        return signing.assemble(message, self._keypairs(operation, payload), {})
+
+    def _keypairs(self, operation, payload):
+        """{base58: Keypair}: the platform's own (the fee payer, the operation's) and the
+        participants' wallets given in this process."""
+        _ixs, signers = operation.instructions(payload)
+        keys = {str(w.pubkey): w.keypair for w in [self.keys.authority, *signers]}
+        keys.update({k: w.keypair for k, w in self._wallets.items()})
+        return keys
 
     def _journal(self, conn, command, tx, last_valid, now):
         conn.execute(

@@ -14,6 +14,10 @@
               (a stake that could be withdrawn before the count does not vote); one
               vote per account; refused with no such stake and after the voting end.
               On chain: a memo signed by the voter's own key
+    Stake, unstake, propose and vote are the participant's own commands: each is a
+    transaction whose memo (and any transfer from its account) the participant signs
+    (engine.py "Who signs"); the platform's keys sign only genesis, grants and, as the
+    escrow's owner, an unstake the staker's memo asks for.
     tick(now) decides proposals whose voting ended (passed: yes > no and
               yes + no >= quorum, the setting gov_quorum) and, at their effective time,
               writes the passed value to the hub's controls table (hub/store/schema.py
@@ -102,21 +106,24 @@ class Gov:
     async def grant(self, command, account, amount):
         return await self.engine.run(command, Grant.kind, {"account": account, "amount": amount})
 
-    async def stake(self, command, account, amount, lock_s):
+    # A participant's commands: `wallet` is its own (else the result is a signing request).
+
+    async def stake(self, command, account, amount, lock_s, wallet=None):
         args = {"account": account, "amount": amount, "lock_s": lock_s}
-        return await self.engine.run(command, Stake.kind, args)
+        return await self.engine.run(command, Stake.kind, args, wallet)
 
-    async def unstake(self, command, account, stake):
-        return await self.engine.run(command, Unstake.kind, {"account": account, "stake": stake})
+    async def unstake(self, command, account, stake, wallet=None):
+        args = {"account": account, "stake": stake}
+        return await self.engine.run(command, Unstake.kind, args, wallet)
 
-    async def propose(self, command, account, param, value, voting_s, effective_s):
+    async def propose(self, command, account, param, value, voting_s, effective_s, wallet=None):
         args = {"account": account, "param": param, "value": value, "voting_s": voting_s,
                 "effective_s": effective_s}  # fmt: skip
-        return await self.engine.run(command, Propose.kind, args)
+        return await self.engine.run(command, Propose.kind, args, wallet)
 
-    async def vote(self, command, account, proposal, yes):
+    async def vote(self, command, account, proposal, yes, wallet=None):
         args = {"account": account, "proposal": proposal, "yes": bool(yes)}
-        return await self.engine.run(command, Vote.kind, args)
+        return await self.engine.run(command, Vote.kind, args, wallet)
 
     def tick(self, now=None):
         """Decide ended votes and execute passed proposals that are due. -> [changes]."""
@@ -243,13 +250,13 @@ class Stake(_GovOp):
             raise PlatformError("%s holds %d NRG, cannot stake %d" % (args["account"], held,
                                                                        amount))  # fmt: skip
         return {"account": args["account"], "owner": owner, "amount": amount,
-                "locked_until": self.gov.clock() + lock_s}  # fmt: skip
+                "locked_until": self.gov.clock() + lock_s, "signer": owner}  # fmt: skip
 
     def instructions(self, p):
-        authority, holder = self.gov.keys.authority.pubkey, self.gov.keys.wallet(p["account"])
-        return [memo("gridbid-gov:stake:%s:%d" % (p["command"], p["amount"]), authority)] + (
-            transfer_ixs(authority, holder.pubkey, self.gov.escrow, self.gov.mint, p["amount"], 0)
-        ), [holder]
+        authority, holder = self.gov.keys.authority.pubkey, pk(p["owner"])
+        return [memo("gridbid-gov:stake:%s:%d" % (p["command"], p["amount"]), holder)] + (
+            transfer_ixs(authority, holder, self.gov.escrow, self.gov.mint, p["amount"], 0)
+        ), []
 
     def apply(self, conn, command, p, at):
         self._move(conn, command, p["owner"], str(self.gov.escrow), p["amount"], "stake")
@@ -276,11 +283,15 @@ class Unstake(_GovOp):
         if self.gov.clock() < row[2]:
             raise PlatformError("stake %r is locked until %.0f" % (args["stake"], row[2]))
         return {"account": args["account"], "owner": owner, "amount": row[1],
-                "stake": args["stake"]}  # fmt: skip
+                "stake": args["stake"], "signer": owner}  # fmt: skip
+
+    def holds(self, p):
+        return ["stake %s" % p["stake"]]
 
     def instructions(self, p):
+        # The escrow pays it back; the staker's signed memo asks for it.
         authority, escrow = self.gov.keys.authority.pubkey, self.gov.keys.wallet("nrg-stake")
-        return [memo("gridbid-gov:unstake:%s:%d" % (p["command"], p["amount"]), authority)] + (
+        return [memo("gridbid-gov:unstake:%s:%d" % (p["command"], p["amount"]), pk(p["owner"]))] + (
             transfer_ixs(authority, escrow.pubkey, pk(p["owner"]), self.gov.mint, p["amount"], 0)
         ), [escrow]
 
@@ -317,7 +328,11 @@ class Propose(_GovOp):
             raise PlatformError("%s has no stake: only stakers propose" % args["account"])
         return {"account": args["account"], "owner": owner, "param": param,
                 "value": kind(value), "voting_ends": now + voting_s,
-                "effective_at": now + effective_s, "created_at": now}  # fmt: skip
+                "effective_at": now + effective_s, "created_at": now, "signer": owner}  # fmt: skip
+
+    def instructions(self, p):
+        text = "gridbid-gov:propose:%s:%s:%s" % (p["command"], p["param"], p["value"])
+        return [memo(text, pk(p["owner"]))], []
 
     def apply(self, conn, command, p, at):
         conn.execute(
@@ -349,13 +364,15 @@ class Vote(_GovOp):
             raise PlatformError("%s has no stake locked past the vote's end: no vote"
                                 % args["account"])  # fmt: skip
         return {"account": args["account"], "owner": owner, "proposal": pid,
-                "yes": bool(args["yes"]), "weight": weight}  # fmt: skip
+                "yes": bool(args["yes"]), "weight": weight, "signer": owner}  # fmt: skip
+
+    def holds(self, p):
+        return ["%s's vote on proposal %s" % (p["owner"], p["proposal"])]
 
     def instructions(self, p):
-        voter = self.gov.keys.wallet(p["account"])
         choice = "yes" if p["yes"] else "no"
         text = "gridbid-gov:vote:%s:%s:%s:%d" % (p["command"], p["proposal"], choice, p["weight"])
-        return [memo(text, voter.pubkey)], [voter]
+        return [memo(text, pk(p["owner"]))], []
 
     def apply(self, conn, command, p, at):
         conn.execute(

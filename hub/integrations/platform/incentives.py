@@ -26,24 +26,28 @@ account and epoch):
                    counted only within `band` (fraction) of the slot's clearing price
                    (else its price signal), so far-off prices earn nothing
                    reward   = rate x sum resting kWh
-                 bid owners are aggregators (account aggregator-<key id>), ask owners
-                 batteries (owner-<device>)
+                 bid owners are aggregators (account aggregator-<key id>, paid to the
+                 address book's key or else the wallet it deposits its margin from),
+                 ask owners batteries (owner-<device>)
 
 Every reward = min(cap, floor(rate x basis)); then, if the epoch's total exceeds
 `budget`, each is scaled by budget / total and floored (never more than the budget),
 and never more than the treasury holds.
 
 Paying: command "reward-<epoch start>" computes and records the rewards (a store-only
-command: its id makes an epoch computed once, ever); "reward-<epoch start>.<k>" pays
-accounts k*6 .. k*6+5 (sorted) in one transaction from the treasury, with the memo
-gridbid-reward:<epoch>:<k>. An unpaid part is paid by calling pay() again.
+command: its id makes an epoch computed once, ever); "reward-<epoch start>.<n>" (n the
+next free number) pays up to 6 unpaid accounts whose public key is known in one
+transaction from the treasury, with the memo gridbid-reward:<epoch>:<n>, holding their
+rewards until it ends. What is still unpaid (a failed part, an account named later) is
+paid by calling pay() again.
 """
 
 from collections import defaultdict
 from fractions import Fraction
 
-from hub.integrations.platform.chain_ops import memo, pk, transfer_ixs
+from hub.integrations.platform.chain_ops import KeysError, memo, pk, transfer_ixs
 from hub.integrations.platform.engine import Operation, PlatformError
+from hub.integrations.settlement.margin import aggregator_wallet
 from hub.integrations.settlement.records import promised_kwh
 from hub.store import views
 from protocol.contract import parse_slot_name
@@ -175,13 +179,16 @@ class Incentives:
         command = "reward-%d" % epoch_start
         if self.engine.command(command) is None:
             await self.engine.run(command, Compute.kind, {"epoch": epoch_start})
-        accounts = sorted({r["account"] for r in self.rewards(epoch_start)})
+        conn, keys = self.engine.conn, self.gov.keys
+        unpaid = {r["account"] for r in self.rewards(epoch_start) if r["paid_by"] is None}
+        payable = sorted(a for a in unpaid if _wallet(conn, keys, a) is not None)
+        parts = conn.execute("SELECT count(*) FROM platform_commands WHERE id LIKE ?",
+                             (command + ".%",)).fetchone()[0]  # fmt: skip
         paid = []
-        for k in range(0, len(accounts), PER_TX):
-            sub = "%s.%d" % (command, k // PER_TX)
-            if self.engine.command(sub) is None:
-                args = {"epoch": epoch_start, "accounts": accounts[k : k + PER_TX]}
-                paid.append(await self.engine.run(sub, Pay.kind, args))
+        for k in range(0, len(payable), PER_TX):
+            sub, parts = "%s.%d" % (command, parts), parts + 1
+            args = {"epoch": epoch_start, "accounts": payable[k : k + PER_TX]}
+            paid.append(await self.engine.run(sub, Pay.kind, args))
         return {"rewards": len(self.rewards(epoch_start)), "paid": paid}
 
     def rewards(self, epoch=None):
@@ -224,11 +231,18 @@ class Pay(Operation):
         ).fetchall():
             if account in args["accounts"]:
                 amounts[account] = amount
-        owners = {a: str(gov.keys.pubkey(a)) for a in amounts}
+        owners = {a: _wallet(conn, gov.keys, a) for a in amounts}
+        # An account with no public key known stays unpaid (paid once it is named).
+        unknown = sorted(a for a, key in owners.items() if key is None)
+        amounts = {a: n for a, n in amounts.items() if owners[a] is not None}
         treasury = str(gov.keys.authority.pubkey)
         if gov.balances(conn).get(treasury, 0) < sum(amounts.values()):
             raise PlatformError("the treasury cannot pay %d NRG of rewards" % sum(amounts.values()))
-        return {"epoch": args["epoch"], "amounts": sorted(amounts.items()), "owners": owners}
+        return {"epoch": args["epoch"], "amounts": sorted(amounts.items()), "owners": owners,
+                "unknown": unknown}  # fmt: skip
+
+    def holds(self, p):
+        return ["reward %d %s" % (p["epoch"], a) for a, _n in p["amounts"]]
 
     def instructions(self, p):
         if not p["amounts"]:
@@ -253,3 +267,14 @@ class Pay(Operation):
                 (command, p["epoch"], account),
             )
         return {"epoch": p["epoch"], "paid": p["amounts"]}
+
+
+def _wallet(conn, keys, account):
+    """An account's base58 key: the address book's, or for aggregator-<k> the wallet it
+    deposits its margin from; None if unknown."""
+    try:
+        return str(keys.account(account))
+    except KeysError:
+        if account.startswith("aggregator-") and account[11:].isdigit():
+            return aggregator_wallet(conn, int(account[11:]))
+        return None

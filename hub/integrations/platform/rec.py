@@ -102,20 +102,23 @@ class Rec:
                 results.append(await self.engine.run(sub, MintRec.kind, args))
         return results
 
-    async def list(self, command, account, serials, price):
+    # A participant's commands: `wallet` is its own (else the result is a signing request).
+
+    async def list(self, command, account, serials, price, wallet=None):
         args = {"account": account, "serials": serials, "price": price}
-        return await self.engine.run(command, ListRec.kind, args)
+        return await self.engine.run(command, ListRec.kind, args, wallet)
 
-    async def unlist(self, command, account, serials):
-        return await self.engine.run(command, UnlistRec.kind, {"account": account,
-                                                               "serials": serials})  # fmt: skip
+    async def unlist(self, command, account, serials, wallet=None):
+        args = {"account": account, "serials": serials}
+        return await self.engine.run(command, UnlistRec.kind, args, wallet)
 
-    async def buy(self, command, account, serials):
-        return await self.engine.run(command, BuyRec.kind, {"account": account, "serials": serials})
+    async def buy(self, command, account, serials, wallet=None):
+        args = {"account": account, "serials": serials}
+        return await self.engine.run(command, BuyRec.kind, args, wallet)
 
-    async def retire(self, command, account, serials, reason):
+    async def retire(self, command, account, serials, reason, wallet=None):
         args = {"account": account, "serials": serials, "reason": reason}
-        return await self.engine.run(command, RetireRec.kind, args)
+        return await self.engine.run(command, RetireRec.kind, args, wallet)
 
     # --- views -------------------------------------------------------------------------
 
@@ -202,7 +205,7 @@ class MintRec(_RecOp):
             new = int(total / self.rec.unit) - minted
             if new > 0:
                 counts[str(device)] = new
-        owners = {d: str(self.rec.keys.pubkey("owner-%s" % d)) for d in counts}
+        owners = {d: str(self.rec.keys.account("owner-%s" % d)) for d in counts}
         return {"vintage": vintage, "counts": counts, "owners": owners,
                 "contracts": [e[0] for e in energy]}  # fmt: skip
 

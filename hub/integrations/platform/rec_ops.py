@@ -1,6 +1,10 @@
 """The certificate commands that move existing certificates: list, unlist, buy, retire
 (hub/integrations/platform/rec.py documents the model). Each checks the store first and refuses with
-a clear error; the chain's own checks (balances, signatures) back it up."""
+a clear error; the chain's own checks (balances, signatures) back it up.
+
+Each is its participant's own command: the owner (the buyer for a purchase) signs its
+transaction and its memo (engine.py "Who signs"), and the certificates it names are held
+until it ends, so a command waiting for a signature is not overtaken on them."""
 
 from collections import defaultdict
 
@@ -26,6 +30,9 @@ def _serials(args):
 class _RecOp(Operation):
     def __init__(self, rec):
         self.rec = rec
+
+    def holds(self, p):  # the certificates a command moves (minting names none yet)
+        return ["certificate %d" % s for s in p.get("serials", ())]
 
     def _states(self, conn, serials):
         rows = {
@@ -67,14 +74,13 @@ class ListRec(_RecOp):
             if holder != owner or status != "held":
                 raise PlatformError("certificate %d is not held by %s" % (s, args["account"]))
         return {"account": args["account"], "owner": owner, "serials": serials,
-                "price": price, "vintage": vintage}  # fmt: skip
+                "price": price, "vintage": vintage, "signer": owner}  # fmt: skip
 
     def instructions(self, p):
-        authority, seller = self.rec.keys.authority.pubkey, self.rec.keys.wallet(p["account"])
+        authority, seller = self.rec.keys.authority.pubkey, pk(p["owner"])
         mint, n = self.rec.mint_of(p["vintage"]), len(p["serials"])
         text = "gridbid-rec:list:%s:%d:%d@%d" % (p["command"], p["vintage"], n, p["price"])
-        return [memo(text, authority)] + transfer_ixs(authority, seller.pubkey, authority,
-                                                      mint, n, 0), [seller]  # fmt: skip
+        return [memo(text, seller)] + transfer_ixs(authority, seller, authority, mint, n, 0), []
 
     def apply(self, conn, command, p, at):
         conn.executemany(
@@ -95,14 +101,15 @@ class UnlistRec(_RecOp):
             if holder != owner or status != "listed":
                 raise PlatformError("certificate %d is not listed by %s" % (s, args["account"]))
         return {"account": args["account"], "owner": owner, "serials": serials,
-                "vintage": vintage}  # fmt: skip
+                "vintage": vintage, "signer": owner}  # fmt: skip
 
     def instructions(self, p):
+        # The escrow (the authority) gives them back; the owner's signed memo asks for it.
         authority = self.rec.keys.authority.pubkey
         mint, n = self.rec.mint_of(p["vintage"]), len(p["serials"])
         text = "gridbid-rec:unlist:%s:%d:%d" % (p["command"], p["vintage"], n)
         ixs = transfer_ixs(authority, authority, pk(p["owner"]), mint, n, 0)
-        return [memo(text, authority)] + ixs, []
+        return [memo(text, pk(p["owner"]))] + ixs, []
 
     def apply(self, conn, command, p, at):
         conn.executemany(
@@ -131,22 +138,18 @@ class BuyRec(_RecOp):
             raise PlatformError("%s holds %d credit base units, the certificates cost %d"
                                 % (args["account"], held, sum(pay.values())))  # fmt: skip
         return {"account": args["account"], "buyer": buyer, "serials": serials,
-                "vintage": vintage, "pay": sorted(pay.items())}  # fmt: skip
+                "vintage": vintage, "pay": sorted(pay.items()), "signer": buyer}  # fmt: skip
 
     def instructions(self, p):
-        authority, buyer = self.rec.keys.authority.pubkey, self.rec.keys.wallet(p["account"])
+        authority, buyer = self.rec.keys.authority.pubkey, pk(p["buyer"])
         credit, mint = self.rec.credit, self.rec.mint_of(p["vintage"])
-        ixs = [
-            memo(
-                "gridbid-rec:buy:%s:%d:%d" % (p["command"], p["vintage"], len(p["serials"])),
-                authority,
-            )
-        ]
+        text = "gridbid-rec:buy:%s:%d:%d" % (p["command"], p["vintage"], len(p["serials"]))
+        ixs = [memo(text, buyer)]
         for seller, amount in p["pay"]:
-            ixs += transfer_ixs(authority, buyer.pubkey, pk(seller), credit.mint, amount,
+            ixs += transfer_ixs(authority, buyer, pk(seller), credit.mint, amount,
                                 credit.decimals)  # fmt: skip
-        ixs += transfer_ixs(authority, authority, buyer.pubkey, mint, len(p["serials"]), 0)
-        return ixs, [buyer]
+        ixs += transfer_ixs(authority, authority, buyer, mint, len(p["serials"]), 0)
+        return ixs, []
 
     def apply(self, conn, command, p, at):
         conn.executemany(
@@ -184,14 +187,11 @@ class RetireRec(_RecOp):
             reason,
         )
         return {"account": args["account"], "owner": owner, "serials": serials,
-                "vintage": vintage, "memo": text}  # fmt: skip
+                "vintage": vintage, "memo": text, "signer": owner}  # fmt: skip
 
     def instructions(self, p):
-        authority, holder = self.rec.keys.authority.pubkey, self.rec.keys.wallet(p["account"])
-        mint = self.rec.mint_of(p["vintage"])
-        return [memo(p["memo"], authority), burn_ix(mint, holder.pubkey, len(p["serials"]), 0)], [
-            holder
-        ]
+        holder, mint = pk(p["owner"]), self.rec.mint_of(p["vintage"])
+        return [memo(p["memo"], holder), burn_ix(mint, holder, len(p["serials"]), 0)], []
 
     def apply(self, conn, command, p, at):
         conn.executemany("UPDATE rec_state SET status = 'retired' WHERE serial = ?",

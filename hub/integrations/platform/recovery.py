@@ -55,6 +55,7 @@ FORMATS = {
     "gridbid-gov:grant:": (1, False),
     "gridbid-gov:stake:": (1, False),
     "gridbid-gov:unstake:": (1, False),
+    "gridbid-gov:propose:": (2, False),  # param:value
     "gridbid-gov:vote:": (3, True),  # proposal:choice:weight
     "gridbid-reward:": (1, False),
 }

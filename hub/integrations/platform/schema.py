@@ -42,6 +42,14 @@ Version 3 (incentives, incentives.py):
 
 Version 4 (recovery.py): platform_landed(signature, command, memo, found_at): a landed
   platform transaction whose command the store has no row for (a lost store/journal)
+
+Version 5 (participants sign their own commands, engine.py):
+  platform_requests(command PK, signer base58, message bytes, last_valid height,
+          created_at) -- a participant's command planned and waiting for the
+          participant's signature (nothing sendable yet); removed once signed
+  platform_holds(subject PK, command) -- what a command not finished yet has taken
+          (a certificate, a stake, a vote): a second command on it is refused until the
+          first is done or failed
 """
 
 from hub.store.schema import append_only, apply, table_version
@@ -220,11 +228,29 @@ CREATE TABLE platform_landed (
 CREATE INDEX platform_landed_command ON platform_landed (command);
 """
 
+# Participants' signatures (engine.py): a request waits for its signer; holds keep two
+# unfinished commands off one certificate, stake or vote.
+V5 = """
+CREATE TABLE platform_requests (
+    command TEXT PRIMARY KEY REFERENCES platform_commands(id),
+    signer TEXT NOT NULL,
+    message BLOB NOT NULL,
+    last_valid INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE platform_holds (
+    subject TEXT PRIMARY KEY,
+    command TEXT NOT NULL REFERENCES platform_commands(id)
+);
+CREATE INDEX platform_holds_command ON platform_holds (command);
+"""
+
 MIGRATIONS = (
     ("commands, journal, stable credit and certificates", V1),
     ("governance: NRG, stakes, proposals and votes", V2),
     ("incentive rewards per epoch", V3),
     ("platform transactions found on chain with no command in the store", V4),
+    ("participants' signing requests and the holds of unfinished commands", V5),
 )
 
 

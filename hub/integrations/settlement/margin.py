@@ -340,6 +340,18 @@ def faucet_funded(conn):
     return dict(conn.execute("SELECT wallet, amount FROM margin_faucet"))
 
 
+def aggregator_wallet(conn, key_id):
+    """The base58 wallet aggregator `key_id` last deposited margin from (its own), or None."""
+    if not _has_margin_tables(conn):
+        return None
+    row = conn.execute(
+        "SELECT payer FROM margin_deposits WHERE aggregator = ? AND status = 'finalized' "
+        "ORDER BY created_at DESC LIMIT 1",
+        (key_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def finalized_deposits(conn):
     """[(payer, clearing, amount)] of the deposits the chain holds (the platform's credit
     ledger moves them, as it moves settlement's payments)."""

@@ -6,8 +6,7 @@ mode 0600: a file others can read is refused, not used. The folder (settings `wa
 holds the clearing house's, clearing.json: the payer of every contract, from the margin
 aggregators deposit with their own wallets (margin.py; the hub holds none of theirs);
 with the LiteSVM backend also the mint's keys and made-up owners' keys (provision.py).
-(aggregator-<key_id>.json: a payer per aggregator, as the uploader can also run, and
-the platform's custodial accounts.)
+(aggregator-<key_id>.json: a payer per aggregator, as the uploader can also run.)
 
 A Wallet never shows its secret: repr() and str() give the public key only, so a log
 line or a traceback cannot leak it (solders' Keypair prints its secret as base58).

@@ -26,7 +26,7 @@ def w(tmp_path):
 
 
 def balance(w, name, mint):
-    return w.chain.token_balance(ata(w.keys.pubkey(name), mint)) or 0
+    return w.chain.token_balance(ata(w.key(name), mint)) or 0
 
 
 # --- schema ----------------------------------------------------------------------------
@@ -62,11 +62,11 @@ def test_purchase_and_redemption_at_the_operator_rate(w):
     got = w.run(c.purchase("p1", "alice", 10_000))  # 100 THB -> 2.857142 credits
     assert got["units"] == 2_857_142 == 10_000 * 10**6 // 3500
     assert balance(w, "alice", w.mint) == 2_857_142
-    out = w.run(c.redeem("d1", "alice", 1_000_000))  # one credit back
+    out = w.run(c.redeem("d1", "alice", 1_000_000, wallet=w.signer("alice")))  # one credit back
     assert out["fiat"] == 3500
     assert balance(w, "alice", w.mint) == 1_857_142
     with pytest.raises(PlatformError, match="cannot redeem"):
-        w.run(c.redeem("d2", "alice", 1_857_143))
+        w.run(c.redeem("d2", "alice", 1_857_143, wallet=w.signer("alice")))
     assert w.run(w.platform.reconcile()) == []
 
 
@@ -86,7 +86,7 @@ def test_reconcile_sees_credits_moved_behind_the_ledger(w):
     c = w.platform.credit
     w.run(c.set_rate("r1", 100))
     w.run(c.purchase("p1", "alice", 700))
-    alice, bob = w.keys.wallet("alice"), w.keys.wallet("bob")
+    alice, bob = w.signer("alice"), w.signer("bob")
     ixs = transfer_ixs(alice.pubkey, alice.pubkey, bob.pubkey, w.mint, 5, 6)
     w.chain.airdrop(alice.pubkey, 10**9)
     tx = Transaction.new_signed_with_payer(ixs, alice.pubkey, [alice.keypair],
@@ -131,33 +131,34 @@ def test_list_buy_retire_and_what_is_refused(w):
     w.run(p.credit.set_rate("r", 100))
     w.run(p.credit.purchase("c", "carol", 100))  # 1 credit = 1,000,000 units
     with pytest.raises(PlatformError, match="not held by carol"):
-        w.run(r.list("l0", "carol", [1], 10))
-    w.run(r.list("l1", "owner-101", [1, 2], 400_000))
+        w.run(r.list("l0", "carol", [1], 10, wallet=w.signer("carol")))
+    w.run(r.list("l1", "owner-101", [1, 2], 400_000, wallet=w.signer("owner-101")))
     with pytest.raises(PlatformError, match="listed: unlist it first"):
-        w.run(r.retire("x0", "owner-101", [1], "no"))
+        w.run(r.retire("x0", "owner-101", [1], "no", wallet=w.signer("owner-101")))
     with pytest.raises(PlatformError, match="cost 800000"):
-        w.run(r.buy("b0", "dave", [1, 2]))
-    w.run(r.buy("b1", "carol", [1]))
+        w.run(r.buy("b0", "dave", [1, 2], wallet=w.signer("dave")))
+    w.run(r.buy("b1", "carol", [1], wallet=w.signer("carol")))
     assert balance(w, "owner-101", w.mint) == 400_000
     assert balance(w, "carol", w.mint) == 600_000
     vintage_mint = r.mint_of(2023)
     assert balance(w, "carol", vintage_mint) == 1
-    retired = w.run(r.retire("x1", "carol", [1], "scope 2 2023"))
+    retired = w.run(r.retire("x1", "carol", [1], "scope 2 2023", wallet=w.signer("carol")))
     assert retired["memo"] == "gridbid-rec:retire:x1:2023:1:scope 2 2023"
-    memos = [x.memo for x in w.chain.signatures_for_address(w.keys.pubkey("carol"))]
+    memos = [x.memo for x in w.chain.signatures_for_address(w.keys.account("carol"))]
     assert any("gridbid-rec:retire:x1:2023:1:scope 2 2023" in (m or "") for m in memos)
+    carol = w.signer("carol")
     for attempt, message in (
-        (r.retire("x2", "carol", [1], "again"), "certificate 1 is retired"),
-        (r.list("l2", "carol", [1], 1), "certificate 1 is retired"),
-        (r.buy("b2", "dave", [1]), "certificate 1 is retired"),
-        (r.retire("x1", "carol", [1], "scope 2 2023"), "already applied"),
+        (r.retire("x2", "carol", [1], "again", wallet=carol), "certificate 1 is retired"),
+        (r.list("l2", "carol", [1], 1, wallet=w.signer("carol")), "certificate 1 is retired"),
+        (r.buy("b2", "dave", [1], wallet=w.signer("dave")), "certificate 1 is retired"),
+        (r.retire("x1", "carol", [1], "scope 2 2023", wallet=w.signer("carol")), "already applied"),
     ):
         with pytest.raises(PlatformError, match=message):
             w.run(attempt)
     with pytest.raises(sqlite3.IntegrityError, match="retired certificate never changes"):
         w.store.db.conn.execute("UPDATE rec_state SET status = 'held' WHERE serial = 1")
     w.store.db.conn.rollback()
-    w.run(r.unlist("u1", "owner-101", [2]))
+    w.run(r.unlist("u1", "owner-101", [2], wallet=w.signer("owner-101")))
     assert w.run(p.reconcile()) == []
     assert balance(w, "carol", vintage_mint) == 0  # burned
     assert w.chain.token_balance(ata(w.keys.authority.pubkey, vintage_mint)) == 0
@@ -200,8 +201,8 @@ def test_random_sequences_reconcile_exactly(tmp_path_factory, ops):
     w.run(r.mint("seed-mint"))
     for account in ACCOUNTS:
         w.run(c.purchase("seed-" + account, account, 100))  # 1,000,000 units each
-    w.run(r.list("seed-list-1", "owner-101", [1, 2], 300_000))
-    w.run(r.list("seed-list-2", "owner-102", [5], 900_000))
+    w.run(r.list("seed-list-1", "owner-101", [1, 2], 300_000, wallet=w.signer("owner-101")))
+    w.run(r.list("seed-list-2", "owner-102", [5], 900_000, wallet=w.signer("owner-102")))
     done = []
     try:
         for k, (kind, *a) in enumerate(ops):
@@ -212,7 +213,7 @@ def test_random_sequences_reconcile_exactly(tmp_path_factory, ops):
                 elif kind == "buy_credit":
                     w.run(c.purchase(cmd, a[0], a[1]))
                 elif kind == "redeem":
-                    w.run(c.redeem(cmd, a[0], a[1]))
+                    w.run(c.redeem(cmd, a[0], a[1], wallet=w.signer(a[0])))
                 elif kind == "energy":
                     w.contract(a[0], BASE + 60 * k, 3.0, a[1])
                     if a[0] in energy and a[1] is not None:
@@ -221,13 +222,13 @@ def test_random_sequences_reconcile_exactly(tmp_path_factory, ops):
                 elif kind == "mint":
                     w.run(r.mint(cmd))
                 elif kind == "list":
-                    w.run(r.list(cmd, a[0], [a[1]], a[2]))
+                    w.run(r.list(cmd, a[0], [a[1]], a[2], wallet=w.signer(a[0])))
                 elif kind == "unlist":
-                    w.run(r.unlist(cmd, a[0], [a[1]]))
+                    w.run(r.unlist(cmd, a[0], [a[1]], wallet=w.signer(a[0])))
                 elif kind == "buy_rec":
-                    w.run(r.buy(cmd, a[0], [a[1]]))
+                    w.run(r.buy(cmd, a[0], [a[1]], wallet=w.signer(a[0])))
                 elif kind == "retire":
-                    w.run(r.retire(cmd, a[0], [a[1]], "t"))
+                    w.run(r.retire(cmd, a[0], [a[1]], "t", wallet=w.signer(a[0])))
                 elif kind == "replay":
                     if done:  # the last applied command, again (other arguments even)
                         with pytest.raises(Replayed):

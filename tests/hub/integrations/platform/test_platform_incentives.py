@@ -54,7 +54,7 @@ def test_rewards_are_paid_once_in_nrg(tmp_path):
     for (account, _rule), n in expected().items():
         per_account[account] = per_account.get(account, 0) + n
     for account, n in per_account.items():
-        assert w.chain.token_balance(ata(w.keys.pubkey(account), p.gov.mint)) == n
+        assert w.chain.token_balance(ata(w.keys.account(account), p.gov.mint)) == n
     assert all(r["paid_by"] == "reward-%d.0" % EPOCH for r in p.incentives.rewards(EPOCH))
     treasury = w.chain.token_balance(ata(w.keys.authority.pubkey, p.gov.mint))
     assert treasury == 1_000_000 - sum(per_account.values())

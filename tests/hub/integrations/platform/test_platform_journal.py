@@ -21,7 +21,7 @@ def w(tmp_path):
 
 
 def balance(w, name, mint):
-    return w.chain.token_balance(ata(w.keys.pubkey(name), mint)) or 0
+    return w.chain.token_balance(ata(w.key(name), mint)) or 0
 
 
 def test_a_crash_after_journaling_is_resumed_without_a_double_mint(w):
@@ -61,7 +61,7 @@ def test_a_transaction_refused_on_chain_fails_the_command_and_releases_it(w):
     w.run(r.mint("m1"))
     w.run(p.credit.set_rate("r", 100))
     w.run(p.credit.purchase("p1", "owner-101", 100))
-    owner, bob = w.keys.wallet("owner-101"), w.keys.wallet("bob")
+    owner, bob = w.signer("owner-101"), w.signer("bob")
     w.chain.airdrop(owner.pubkey, 10**9)
     behind = transfer_ixs(owner.pubkey, owner.pubkey, bob.pubkey, w.mint, 1_000_000, 6)
     behind += transfer_ixs(owner.pubkey, owner.pubkey, bob.pubkey, r.mint_of(2023), 1, 0)
@@ -69,13 +69,14 @@ def test_a_transaction_refused_on_chain_fails_the_command_and_releases_it(w):
         behind, owner.pubkey, [owner.keypair], w.chain.latest_blockhash()[0]
     )
     assert w.chain.send(tx)[1] is None
-    for attempt in (p.credit.redeem("d1", "owner-101", 10), r.retire("x1", "owner-101", [1], "")):
+    for attempt in (p.credit.redeem("d1", "owner-101", 10, wallet=owner),
+                    r.retire("x1", "owner-101", [1], "", wallet=owner)):  # fmt: skip
         with pytest.raises(PlatformError, match="refused on chain"):
             w.run(attempt)
     assert p.engine.command("x1")["status"] == "failed"
     assert r.certificates()[0]["status"] == "held"  # not retired: the burn never happened
     with pytest.raises(Replayed, match="already failed"):
-        w.run(r.retire("x1", "owner-101", [1], ""))
+        w.run(r.retire("x1", "owner-101", [1], "", wallet=w.signer("owner-101")))
     moves = w.store.db.conn.execute("SELECT count(*) FROM credit_moves WHERE kind = 'redemption'")
     assert moves.fetchone()[0] == 0
 
@@ -89,7 +90,7 @@ def test_a_failed_mint_gives_its_energy_back(w):
 
     def broken(self, p):  # the mint plus a transfer the token program must refuse
         ixs, signers = real(self, p)
-        bob = w.keys.wallet("bob")
+        bob = w.signer("bob")
         return ixs + transfer_ixs(w.keys.authority.pubkey, bob.pubkey, bob.pubkey, w.mint, 1, 6), [
             bob
         ]

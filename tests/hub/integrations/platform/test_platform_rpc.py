@@ -22,7 +22,7 @@ def rpc_world(tmp_path):
 
 
 def balance(w, name, mint):
-    return w.chain.token_balance(ata(w.keys.pubkey(name), mint)) or 0
+    return w.chain.token_balance(ata(w.key(name), mint)) or 0
 
 
 def sends(w, command):
@@ -49,26 +49,27 @@ def test_every_command_over_json_rpc_with_lost_answers_and_requests(tmp_path):
             front.fault("sendTransaction", "lost_request")  # never reached the node
             await c.purchase("p2", "alice", 300)
             front.fault("sendTransaction", "lost_response")
-            await c.redeem("d1", "alice", 500_000)
+            await c.redeem("d1", "alice", 500_000, wallet=w.signer("alice"))
             front.fault("getSignatureStatuses", "lost_response")  # the status answer lost
             await r.mint("m1")
             front.fault("sendTransaction", "lost_request")
-            await r.list("l1", "owner-101", [1, 2], 400_000)
+            await r.list("l1", "owner-101", [1, 2], 400_000, wallet=w.signer("owner-101"))
             front.fault("sendTransaction", "lost_response")
-            await r.buy("b1", "carol", [1])
+            await r.buy("b1", "carol", [1], wallet=w.signer("carol"))
             front.fault("sendTransaction", "lost_request")
-            await r.retire("x1", "carol", [1], "scope 2")
+            await r.retire("x1", "carol", [1], "scope 2", wallet=w.signer("carol"))
             await g.genesis()
             await g.grant("g1", "alice", 500)
             front.fault("sendTransaction", "lost_response")
-            await g.stake("s1", "alice", 400, 3600)
-            await g.propose("q1", "alice", "p_con", 5.0, 600, 900)
+            await g.stake("s1", "alice", 400, 3600, wallet=w.signer("alice"))
+            await g.propose("q1", "alice", "p_con", 5.0, 600, 900, wallet=w.signer("alice"))
             front.fault("sendTransaction", "lost_request")
-            await g.vote("v1", "alice", "q1", True)
+            await g.vote("v1", "alice", "q1", True, wallet=w.signer("alice"))
             assert not front.faults  # every fault was hit
+            alice = w.signer("alice")
             for replay in (lambda: c.purchase("p1", "carol", 100),  # refused over RPC too
-                           lambda: r.buy("b1", "carol", [1]),
-                           lambda: g.vote("v1", "alice", "q1", True)):  # fmt: skip
+                           lambda: r.buy("b1", "carol", [1], wallet=w.signer("carol")),
+                           lambda: g.vote("v1", "alice", "q1", True, wallet=alice)):  # fmt: skip
                 with pytest.raises(Replayed, match="already applied"):
                     await replay()
             assert await p.reconcile() == []
@@ -122,10 +123,10 @@ def test_a_fresh_store_refuses_commands_that_landed(tmp_path):
             await p.credit.set_rate("r", 100)
             await p.credit.purchase("p1", "alice", 300)
             await p.rec.mint("m1")
-            await p.rec.retire("x:1", "owner-101", [1], reason)
+            await p.rec.retire("x:1", "owner-101", [1], reason, wallet=w.signer("owner-101"))
             await p.gov.genesis()
             await p.gov.grant("g1", "alice", 50)
-            await p.gov.stake("s1", "alice", 40, 3600)
+            await p.gov.stake("s1", "alice", 40, 3600, wallet=w.signer("alice"))
             fresh = Store(tmp_path / "fresh.sqlite", synchronous="NORMAL")
             q = w.platform_over(backend, fresh)
             sent = front.calls["sendTransaction"]
@@ -133,9 +134,10 @@ def test_a_fresh_store_refuses_commands_that_landed(tmp_path):
             assert {"p1", "x:1", "s1", "g1", "nrg-genesis"} <= set(found["unknown"])
             assert "m1.2023.0" in found["unknown"] and not found["adopted"]
             await q.credit.set_rate("r", 100)  # no chain part: a rate is the store's own
+            owner, alice = w.signer("owner-101"), w.signer("alice")
             for again in (lambda: q.credit.purchase("p1", "alice", 300),
-                          lambda: q.rec.retire("x:1", "owner-101", [1], reason),
-                          lambda: q.gov.stake("s1", "alice", 40, 3600)):  # fmt: skip
+                          lambda: q.rec.retire("x:1", "owner-101", [1], reason, wallet=owner),
+                          lambda: q.gov.stake("s1", "alice", 40, 3600, wallet=alice)):  # fmt: skip
                 with pytest.raises(PlatformError, match="already landed on chain"):
                     await again()
             assert front.calls["sendTransaction"] == sent  # nothing sent again

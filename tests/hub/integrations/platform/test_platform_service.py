@@ -41,7 +41,7 @@ def test_hub_round_mints_and_takes_in_the_cli_s_work(tmp_path):
     assert rebuild.rebuild(chain, store.db.conn)[1] == 0  # no journaled transaction failed
     asyncio.run(cli.credit.set_rate("r", 100))
     asyncio.run(cli.credit.purchase("b", "alice", 500))
-    asyncio.run(cli.rec.retire("x", "owner-101", [2], "cli"))
+    asyncio.run(cli.rec.retire("x", "owner-101", [2], "cli", wallet=w.signer("owner-101")))
     assert asyncio.run(cli.reconcile()) == []
     store.close()
     # The hub has not seen those transactions: its chain differs until the next round.
@@ -84,7 +84,7 @@ def test_a_hub_started_on_a_lost_store_reads_the_memos_first(tmp_path):
     asyncio.run(service.platform.credit.set_rate("r", 100))
     with pytest.raises(PlatformError, match="already landed on chain"):
         asyncio.run(service.platform.credit.purchase("p1", "alice", 500))
-    assert w.chain.token_balance(ata(w.keys.pubkey("alice"), w.mint)) == 5_000_000
+    assert w.chain.token_balance(ata(w.keys.account("alice"), w.mint)) == 5_000_000
     diffs = asyncio.run(service.platform.reconcile())
     assert any("command 'p1'" in d for d in diffs), diffs
     fresh.close()

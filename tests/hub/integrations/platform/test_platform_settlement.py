@@ -8,6 +8,7 @@ from helpers.settlement import AGGREGATORS, CREDIT, FUND, World, run_until_done
 
 from hub.integrations.platform.chain_ops import Keys
 from hub.integrations.platform.layer import Platform
+from hub.integrations.settlement import wallets
 from hub.integrations.settlement.backends import LiteSVMBackend
 from hub.integrations.settlement.provision import SOL
 from hub.integrations.settlement.transactions import ata
@@ -17,6 +18,8 @@ def test_ledger_and_settlement_payments_reconcile_with_the_chain(tmp_path):
     w = World(tmp_path)
     w.fill(windows=1, devices=4)
     keys = Keys(w.folder, make=True)  # settlement's folder: aggregator-<k>, owners/owner-<d>
+    for k in AGGREGATORS:  # the address book names the aggregators' payers by public key
+        keys.add("aggregator-%d" % k, wallets.read(wallets.aggregator_path(w.folder, k)).pubkey)
     w.chain.airdrop(keys.authority.pubkey, 100 * SOL)
     p = Platform(w.store, LiteSVMBackend(w.chain), keys, w.mint, {})
     run = asyncio.run
@@ -30,11 +33,13 @@ def test_ledger_and_settlement_payments_reconcile_with_the_chain(tmp_path):
     assert paid > 0
     assert run(p.reconcile()) == []  # the uploader's transfers are in the store's sums
     owner = "owner-101"
-    units = p.credit.balances()[str(keys.pubkey(owner))]
+    units = p.credit.balances()[str(keys.account(owner))]
     assert units == w.expected[101] > 0
-    out = run(p.credit.redeem("out-101", owner, units))
+    # The made-up owner's own wallet (LiteSVM's simulated owner) signs its redemption.
+    own = wallets.read(w.folder / "owners" / "owner-101.json")
+    out = run(p.credit.redeem("out-101", owner, units, wallet=own))
     assert out["fiat"] == units * 100 // CREDIT
-    assert w.chain.token_balance(ata(keys.pubkey(owner), w.mint)) == 0
+    assert w.chain.token_balance(ata(keys.account(owner), w.mint)) == 0
     assert run(p.reconcile()) == []
     supply = sum(p.credit.balances().values())
     assert supply == len(AGGREGATORS) * FUND * CREDIT + 50 * CREDIT - units

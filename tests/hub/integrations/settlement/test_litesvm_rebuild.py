@@ -61,6 +61,9 @@ def settled_world(tmp_path, clearing=False, **uploader_kw):
         run_(w.fund_margin(w.margin()))
     w.fill(windows=1, devices=4)
     keys = Keys(w.folder, make=True)  # settlement's folder: aggregator-<k>, owners/owner-<d>
+    for k, wallet in w.payers.items():  # the address book: the aggregators' public keys
+        keys.add("aggregator-%d" % k, wallet.pubkey)
+    keys.add("alice", Keypair().pubkey())
     w.chain.airdrop(keys.authority.pubkey, 100 * SOL)
     settings = {"sources": {101: "solar", 102: "wind"}, "gov_supply": 1000}
     p = Platform(w.store, LiteSVMBackend(w.chain), keys, w.mint, settings)
@@ -257,7 +260,8 @@ def test_a_new_site_reconciles_from_the_start(tmp_path, capsys):
     capsys.readouterr()
     assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out) == {"reconciled": True}
-    assert credit_cli("buy", "aggregator-1", "50", "--id", "b1", "--config", config) == 0
+    buyer = str(Keypair().pubkey())  # an account named by its public key
+    assert credit_cli("buy", buyer, "50", "--id", "b1", "--config", config) == 0
     capsys.readouterr()
     assert credit_cli("reconcile", "--config", config) == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out) == {"reconciled": True}

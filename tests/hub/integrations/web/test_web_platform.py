@@ -44,29 +44,29 @@ def build(folder):
         w.run(r.mint("m1"))
         w.run(p.credit.set_rate("rate-1", 3500, "THB"))
         w.run(p.credit.purchase("buy-credits", "carol", 100_000))
-        owner = str(w.keys.pubkey("owner-101"))
+        owner = str(w.keys.account("owner-101"))
         held = [c["serial"] for c in r.certificates() if c["owner"] == owner]
-        w.run(r.list("l1", "owner-101", held[:3], 400_000))
-        w.run(r.buy("b1", "carol", held[:1]))
-        w.run(r.retire("x1", "carol", held[:1], "scope 2 2023"))
+        w.run(r.list("l1", "owner-101", held[:3], 400_000, wallet=w.signer("owner-101")))
+        w.run(r.buy("b1", "carol", held[:1], wallet=w.signer("carol")))
+        w.run(r.retire("x1", "carol", held[:1], "scope 2 2023", wallet=w.signer("carol")))
         # governance: two stakers; p1 passes and is executed, p2 is rejected, p3 is open
         w.run(g.genesis())
         w.run(g.grant("g1", "alice", 500))
         w.run(g.grant("g2", "bob", 300))
-        w.run(g.stake("s1", "alice", 400, 7200))
-        w.run(g.stake("s2", "bob", 300, 7200))
-        w.run(g.propose("p1", "alice", "p_con", 5.0, 600, 900))
-        w.run(g.propose("p2", "bob", "k", 2.5, 600, 900))
-        w.run(g.vote("v1", "alice", "p1", True))
-        w.run(g.vote("v2", "bob", "p1", False))
-        w.run(g.vote("v3", "alice", "p2", False))
-        w.run(g.vote("v4", "bob", "p2", True))
+        w.run(g.stake("s1", "alice", 400, 7200, wallet=w.signer("alice")))
+        w.run(g.stake("s2", "bob", 300, 7200, wallet=w.signer("bob")))
+        w.run(g.propose("p1", "alice", "p_con", 5.0, 600, 900, wallet=w.signer("alice")))
+        w.run(g.propose("p2", "bob", "k", 2.5, 600, 900, wallet=w.signer("bob")))
+        w.run(g.vote("v1", "alice", "p1", True, wallet=w.signer("alice")))
+        w.run(g.vote("v2", "bob", "p1", False, wallet=w.signer("bob")))
+        w.run(g.vote("v3", "alice", "p2", False, wallet=w.signer("alice")))
+        w.run(g.vote("v4", "bob", "p2", True, wallet=w.signer("bob")))
         w.now += 600
         g.tick()
         w.now += 300
         g.tick()
-        w.run(g.propose("p3", "bob", "p_balance", 18.0, 600, 900))
-        w.run(g.vote("v5", "bob", "p3", True))
+        w.run(g.propose("p3", "bob", "p_balance", 18.0, 600, 900, wallet=w.signer("bob")))
+        w.run(g.vote("v5", "bob", "p3", True, wallet=w.signer("bob")))
         out = w.run(p.incentives.pay(EPOCH))
         assert out["rewards"] == len(expected())
         return {"listed": held[1:3], "retired": held[0], "owner": owner,
@@ -230,8 +230,11 @@ def test_no_wallet_secret_in_any_answer(hub):
     web, _db, _made, folder = hub
     from solders.keypair import Keypair
 
-    wallets = sorted((folder / "wallets").rglob("*.json"))
-    assert len(wallets) >= 6  # authority, escrow, owners, carol, alice, bob...
+    # The platform's own keys, and the participants' (on their own machines; here a
+    # folder beside): the address book and owners.json hold public keys only.
+    files = [*(folder / "wallets").rglob("*.json"), *(folder / "participants").glob("*.json")]
+    wallets = [p for p in files if isinstance(json.loads(p.read_text()), list)]
+    assert len(wallets) >= 6  # authority, escrow, carol, alice, bob...
     secrets = []
     for path in wallets:
         raw = path.read_text()
