@@ -1,10 +1,10 @@
 """`gridbid wallet ...`: a participant's own wallet, and its platform commands signed where
-it lives (hub/integrations/platform/engine.py, "Who signs").
+it lives (hub/integrations/platform/signing.py).
 
 On the participant's machine (no hub file is read):
     gridbid wallet new me.json                      a new 0600 wallet; prints its public key
     gridbid wallet sign request.json --wallet me.json > signed.json
-                                                    shows what it signs (its memos), signs
+                                                    shows every instruction it signs, signs
 On the hub's machine:
     gridbid rec buy <my public key> 1,2 --id b-1 > request.json   (no --wallet: a request)
     gridbid wallet submit signed.json               the signature checked, the command run
@@ -20,13 +20,6 @@ import sys
 from pathlib import Path
 
 from gridbid.platform_cli import add_common, execute
-
-PROGRAMS = {
-    "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA": "token",
-    "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL": "associated token account",
-    "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr": "memo",
-    "11111111111111111111111111111111": "system",
-}
 
 
 def add_arguments(parser):
@@ -75,36 +68,25 @@ async def _requests(platform):
 
 
 def sign(request, wallet):
-    """{"command", "signer", "signature"} of `request` signed with `wallet`; what it
-    signs is shown on stderr first. ValueError if it is not this wallet's to sign."""
+    """{"command", "signer", "signature"} of `request` signed with `wallet`, after what
+    it signs is shown on stderr (signing.describe). ValueError if it is not this
+    wallet's to sign, or not something the platform would ask."""
     from solders.message import Message
+
+    from hub.integrations.platform.signing import describe
 
     try:
         message = Message.from_bytes(base64.b64decode(request["message"], validate=True))
         command, signer = str(request["command"]), str(request["signer"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ValueError("not a signing request: %s" % exc) from None
-    signers = [str(k) for k in message.account_keys[: message.header.num_required_signatures]]
-    if signer != str(wallet.pubkey) or signer not in signers:
+    if signer != str(wallet.pubkey):
         raise ValueError("this request is for %s to sign, and the wallet is %s"
                          % (signer, wallet.pubkey))  # fmt: skip
-    for line in describe(message):
+    for line in describe(message, signer):
         print(line, file=sys.stderr)
     signature = wallet.keypair.sign_message(bytes(message))
     return {"command": command, "signer": signer, "signature": str(signature)}
-
-
-def describe(message):
-    """What a message does, a line per instruction (memos in full)."""
-    keys = [str(k) for k in message.account_keys]
-    lines = ["fee payer: %s" % keys[0]]
-    for ix in message.instructions:
-        program = PROGRAMS.get(keys[ix.program_id_index], keys[ix.program_id_index])
-        if program == "memo":
-            lines.append("memo: %s" % bytes(ix.data).decode("utf-8", "replace"))
-        else:
-            lines.append("%s instruction over %d accounts" % (program, len(ix.accounts)))
-    return lines
 
 
 def _load(name):

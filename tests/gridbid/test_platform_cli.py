@@ -2,6 +2,7 @@
 and, on LiteSVM, rebuilds the chain from the journal, so a clean reconcile after several
 calls proves the replay too."""
 
+import base64
 import json
 
 import pytest
@@ -171,3 +172,35 @@ def test_wallet_new_makes_a_0600_file_and_prints_its_public_key_only(tmp_path, c
     assert gridbid(["wallet", "new", str(path)]) == 2  # never replaced
     assert "never replaced" in capsys.readouterr().err
     assert Keypair.from_bytes(bytes(json.loads(path.read_text()))) == keypair
+
+
+def _raw(carol, kind):
+    """Hand-made messages (legacy wire form) a real request never is."""
+    key, zero = bytes(carol.pubkey()), b"\x00" * 32
+    if kind == "program index out of range":
+        return b"\x01\x00\x00" + b"\x01" + key + zero + b"\x01\x05\x00\x00"
+    if kind == "more signers than keys":
+        return b"\x05\x00\x00" + b"\x01" + key + zero + b"\x00"
+    # "account index out of range"
+    return b"\x01\x00\x00" + b"\x02" + key + zero + zero + b"\x01\x00\x01\x09\x00"
+
+
+@pytest.mark.parametrize("request_text", [
+    "not json", "[]", '{"message": 5, "command": "x", "signer": "y"}',
+    '{"message": "!!!", "command": "x", "signer": "y"}',
+    "program index out of range", "more signers than keys", "account index out of range",
+])  # fmt: skip
+def test_wallet_sign_refuses_what_is_not_a_request_in_one_line(tmp_path, capsys, request_text):
+    carol = Keypair()
+    wallet = tmp_path / "carol.json"
+    wallet.write_text(json.dumps(list(bytes(carol))))
+    wallet.chmod(0o600)
+    if not request_text.startswith(("{", "[", "not")):
+        message = base64.b64encode(_raw(carol, request_text)).decode()
+        request_text = json.dumps({"message": message, "command": "x",
+                                   "signer": str(carol.pubkey())})  # fmt: skip
+    (tmp_path / "request.json").write_text(request_text)
+    code = gridbid(["wallet", "sign", str(tmp_path / "request.json"), "--wallet", str(wallet)])
+    out = capsys.readouterr()
+    assert code == 2 and out.out == "" and out.err.count("\n") == 1, out
+    assert out.err.startswith("error: ")

@@ -10,6 +10,10 @@ Layout (one concern per module):
                    first send (platform_txs), sent, checked like the settlement uploader
                    (height, then status; re-send while valid; re-sign only once expired),
                    then applied; resume() finishes what a crash left pending
+    signing.py     who signs: the platform's keys its own commands; a participant its own,
+                   in its process (--wallet) or as a signing request signed where its key
+                   lives and submitted (what the request shows its signer: describe())
+    errors.py      PlatformError (a refusal, with why), Replayed, Pending
     chain_ops.py   keys (0600 wallet files) and instruction builders over
                    hub/integrations/settlement/transactions.py (memo, ATA, transfer_checked) and
                    spl.token (mint, burn, fixed supply)

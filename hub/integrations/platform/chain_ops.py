@@ -17,7 +17,7 @@ and the participants' PUBLIC keys: an account is named by its base58 public key,
 name in the operator's address book <folder>/accounts.json ({"alice": "<base58>"}), or
 as owner-<device> by settlement's owners.json (on LiteSVM a battery with no registered
 owner gets a made-up one, as settlement's Owners does). The platform holds no
-participant's secret: a participant signs its own commands (engine.py, "Who signs").
+participant's secret: a participant signs its own commands (signing.py).
 """
 
 import json

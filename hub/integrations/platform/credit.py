@@ -11,7 +11,7 @@ one credit is 10**decimals base units of the mint (settlement's `decimals`).
 Each is a credit_moves row (append-only) and one transaction: the memo
 gridbid-credit:<kind>:<command>:<account>:<units> plus mint_to (signed by the mint authority) or
 burn (a redemption is the holder's own command: the holder signs the burn and the memo;
-engine.py "Who signs"). The mint is settlement's (hub/integrations/settlement/provision.py
+signing.py). The mint is settlement's (hub/integrations/settlement/provision.py
 makes it on LiteSVM: <keys>/mint.json, mint-authority.json); on a cluster it must be a
 mint whose authority the operator holds (USDC cannot be minted by us).
 

@@ -54,6 +54,14 @@ from hub.integrations.platform.errors import Pending, PlatformError, Replayed
 from hub.integrations.settlement import schema as settlement_schema
 from hub.integrations.settlement.backends import BackendError, SendError
 
+# Command ids the platform makes itself: no other kind of command may take them.
+RESERVED_IDS = {
+    "reward-": ("reward.compute", "reward.pay"),
+    "rec-vintage-": ("rec.vintage",),
+    "nrg-genesis": ("gov.genesis",),
+    "litesvm-funding-": ("credit.opening",),
+}
+
 
 class Operation:
     """What a kind of command does. plan() runs inside the plan transaction and returns
@@ -89,8 +97,9 @@ class Engine:
         schema.migrate(self.db)
         self.operations = {}
         self.recovered = False  # recovery.recover() ran (its hold passed) in this process
-        # Participants' wallets given to run() in this process ({base58: Wallet}): their
-        # own processes (a CLI run with --wallet), never the hub's.
+        # Participants' wallets given to run() in this process, for that command only
+        # ({command: Wallet}, dropped when it ends): their own processes (a CLI run with
+        # --wallet), never the hub's.
         self._wallets = {}
 
     def register(self, operation):
@@ -120,6 +129,9 @@ class Engine:
         if refused."""
         if not isinstance(command, str) or not command or len(command) > 128:
             raise PlatformError("a command needs an id (1..128 characters)")
+        for prefix, kinds in RESERVED_IDS.items():
+            if command.startswith(prefix) and kind not in kinds:
+                raise PlatformError("ids starting %r are the platform's own" % prefix)
         await self.resume()
         operation = self.operations[kind]
         blockhash = last_valid = None
@@ -166,8 +178,8 @@ class Engine:
                     given = wallet.pubkey
                     raise PlatformError("command %r must be signed by %s, not by the wallet "
                                         "given (%s)" % (command, signer, given))  # fmt: skip
-                self._wallets[signer] = wallet
-            if signer is not None and signer not in self._wallets and blockhash is not None:
+                self._wallets[command] = wallet
+            if signer is not None and wallet is None and blockhash is not None:
                 raw = bytes(self._message(operation, payload, blockhash))
                 conn.execute(
                     "INSERT INTO platform_requests VALUES (?, ?, ?, ?, ?)",
@@ -196,18 +208,19 @@ class Engine:
             if old[0] == "pending":
                 raise PlatformError("command %r is signed already: it is on its way" % command)
             raise Replayed(command, *old)
-        signer, raw, last_valid, created_at = row
+        signer, raw, last_valid, _created_at = row
         given = {signer: signing.check(command, signer, raw, signature)}
         kind, payload = self._planned(command)
-        operation = self.operations[kind]
-        if time.time() > created_at + signing.REQUEST_S:
-            return await self._finish(command)  # too late: it fails, nothing sent
         message = signing.Message.from_bytes(raw)
-        tx = signing.assemble(message, self._keypairs(operation, payload), given)
+        tx = signing.assemble(message, self._keypairs(self.operations[kind], payload), given)
         with self.write() as conn:
-            # Two submits at once: the first one's row goes, the second journals nothing.
-            if conn.execute("DELETE FROM platform_requests WHERE command = ?",
-                            (command,)).rowcount:  # fmt: skip
+            # Taken once, in time: a second submit, or one after the request's time (the
+            # hub's resume() fails it meanwhile, and then sees no transaction), journals
+            # nothing. Checked in this transaction, so the two never both happen.
+            if conn.execute(
+                "DELETE FROM platform_requests WHERE command = ? AND created_at >= ?",
+                (command, time.time() - signing.REQUEST_S),
+            ).rowcount:
                 self._journal(conn, command, tx, last_valid, time.time())
         return await self._finish(command)
 
@@ -256,8 +269,9 @@ class Engine:
             await self._settle_chain(command, operation, payload, txs[-1])
         elif waiting:
             if time.time() > waiting[1] + signing.REQUEST_S:
-                self._fail(command, operation, payload, "%s did not sign it within %.0f s: "
-                           "nothing was sent" % (waiting[0], signing.REQUEST_S))  # fmt: skip
+                why = "%s did not sign it within %.0f s: nothing was sent"
+                why %= (waiting[0], signing.REQUEST_S)
+                self._fail(command, operation, payload, why, unsigned=True)
             raise Pending("command %r waits for %s's signature" % (command, waiting[0]))
         elif operation.instructions(payload) is not None:
             # Its journal rows were lost (planned with a transaction, none journaled now).
@@ -276,6 +290,7 @@ class Engine:
                 raise PlatformError("command %r failed: %s" % (command, status[2]))
             result = operation.apply(conn, command, payload, time.time())
             conn.execute("DELETE FROM platform_holds WHERE command = ?", (command,))
+            self._wallets.pop(command, None)
             conn.execute(
                 "UPDATE platform_commands SET status = 'done', result = ?, updated_at = ? "
                 "WHERE id = ?",
@@ -325,8 +340,15 @@ class Engine:
             raise Pending("command %r: the chain is unreachable: %s" % (command, unreachable))
         raise Pending("command %r is sent and not final yet" % command)
 
-    def _fail(self, command, operation, payload, error):
+    def _fail(self, command, operation, payload, error, unsigned=False):
         with self.write() as conn:
+            if (
+                unsigned
+                and not conn.execute(
+                    "DELETE FROM platform_requests WHERE command = ?", (command,)
+                ).rowcount
+            ):  # a submit took it first: its transaction is journaled
+                raise Pending("command %r was signed meanwhile" % command)
             failed = conn.execute(
                 "UPDATE platform_commands SET status = 'failed', error = ?, updated_at = ? "
                 "WHERE id = ? AND status = 'pending'",
@@ -336,11 +358,12 @@ class Engine:
                 operation.release(conn, command, payload)
                 conn.execute("DELETE FROM platform_requests WHERE command = ?", (command,))
                 conn.execute("DELETE FROM platform_holds WHERE command = ?", (command,))
+        self._wallets.pop(command, None)
         raise PlatformError("command %r failed: %s" % (command, error))
 
     async def _resign(self, command, operation, payload, expired):
         signer = payload.get("signer")
-        if signer is not None and signer not in self._wallets:
+        if signer is not None and command not in self._wallets:
             # Its participant's key is not here: the command ends, provably unmoved.
             text = "its transaction expired before it landed (nothing moved): %s signs it "
             self._fail(command, operation, payload, (text + "again, under a new id") % signer)
@@ -374,9 +397,10 @@ class Engine:
         """{base58: Keypair}: the platform's own (the fee payer, the operation's) and the
         participants' wallets given in this process."""
         _ixs, signers = operation.instructions(payload)
-        keys = {str(w.pubkey): w.keypair for w in [self.keys.authority, *signers]}
-        keys.update({k: w.keypair for k, w in self._wallets.items()})
-        return keys
+        own = [self.keys.authority, *signers]
+        if payload["command"] in self._wallets:
+            own.append(self._wallets[payload["command"]])
+        return {str(w.pubkey): w.keypair for w in own}
 
     def _journal(self, conn, command, tx, last_valid, now):
         conn.execute(

@@ -14,15 +14,18 @@
               (a stake that could be withdrawn before the count does not vote); one
               vote per account; refused with no such stake and after the voting end.
               On chain: a memo signed by the voter's own key
-    Stake, unstake, propose and vote are the participant's own commands: each is a
-    transaction whose memo (and any transfer from its account) the participant signs
-    (engine.py "Who signs"); the platform's keys sign only genesis, grants and, as the
-    escrow's owner, an unstake the staker's memo asks for.
     tick(now) decides proposals whose voting ended (passed: yes > no and
-              yes + no >= quorum, the setting gov_quorum) and, at their effective time,
+              yes + no >= quorum, the setting gov_quorum), once no vote cast in time
+              is still on its way (waiting for its signature or the chain), and, at
+              their effective time,
               writes the passed value to the hub's controls table (hub/store/schema.py
               V4: name "market.<param>", by "governance:<proposal>") - recorded in the
               same transaction that marks the proposal executed
+
+Stake, unstake, propose and vote are the participant's own commands: each is a
+transaction whose memo (and any transfer from its account) the participant signs
+(signing.py); the platform's keys sign only genesis, grants and, as the escrow's owner,
+an unstake the staker's memo asks for.
 
 NRG amounts move only through gov_moves (double entry: src -> dst), so every account's
 balance in the store is sum(in) - sum(out), which reconcile() compares with the chain.
@@ -129,10 +132,14 @@ class Gov:
         """Decide ended votes and execute passed proposals that are due. -> [changes]."""
         now, changes = self.clock() if now is None else now, []
         with self.engine.write() as conn:
+            voting = [s for (s,) in conn.execute(
+                "SELECT subject FROM platform_holds WHERE subject LIKE 'vote on %'")]  # fmt: skip
             for (pid,) in conn.execute(
                 "SELECT id FROM gov_proposals WHERE status = 'open' AND voting_ends <= ?",
                 (now,),
             ).fetchall():
+                if any(s.startswith("vote on %s by " % pid) for s in voting):
+                    continue  # a vote cast in time is still on its way: counted first
                 yes, no = conn.execute(
                     "SELECT coalesce(sum(CASE WHEN yes THEN weight END), 0), "
                     "coalesce(sum(CASE WHEN yes THEN 0 ELSE weight END), 0) "
@@ -366,8 +373,8 @@ class Vote(_GovOp):
         return {"account": args["account"], "owner": owner, "proposal": pid,
                 "yes": bool(args["yes"]), "weight": weight, "signer": owner}  # fmt: skip
 
-    def holds(self, p):
-        return ["%s's vote on proposal %s" % (p["owner"], p["proposal"])]
+    def holds(self, p):  # tick() counts no proposal while one of its votes is held
+        return ["vote on %s by %s" % (p["proposal"], p["owner"])]
 
     def instructions(self, p):
         choice = "yes" if p["yes"] else "no"

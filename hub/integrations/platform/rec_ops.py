@@ -3,7 +3,7 @@
 a clear error; the chain's own checks (balances, signatures) back it up.
 
 Each is its participant's own command: the owner (the buyer for a purchase) signs its
-transaction and its memo (engine.py "Who signs"), and the certificates it names are held
+transaction and its memo (signing.py), and the certificates it names are held
 until it ends, so a command waiting for a signature is not overtaken on them."""
 
 from collections import defaultdict

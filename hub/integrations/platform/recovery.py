@@ -15,8 +15,10 @@ start (service.py; Platform.recover()) and before anything new is signed:
          the signature is journaled as finalized: resume() then applies the command
          from its stored payload exactly as if the answer had come back (REBUILT);
      in the store, 'done': nothing to do;
-     in the store, 'failed' (its reservations released) yet landed: a conflict, kept
-         in platform_landed and reported by reconcile();
+     in the store, 'failed' (its reservations released) yet landed, or 'pending' and
+         still waiting for its participant's signature (so none of its transactions
+         exists: the memo is someone else's): a conflict, kept in platform_landed and
+         reported by reconcile(), never applied;
      not in the store (its rows lost, or a fresh store): kept in platform_landed; that
          command id is REFUSED from then on (engine.run), so it is never paid or minted
          twice, and reconcile() reports it.
@@ -125,7 +127,15 @@ async def recover(engine, since=0.0, hold=True):
                     journaled = conn.execute(
                         "SELECT 1 FROM platform_txs WHERE signature = ?", (signature,)
                     ).fetchone()
-                    if status == "pending" and not journaled:
+                    unsigned = conn.execute(
+                        "SELECT 1 FROM platform_requests WHERE command = ?", (command,)
+                    ).fetchone()
+                    if status == "pending" and unsigned:
+                        # Never signed by its participant, so nothing of it landed: this
+                        # memo is someone else's. Kept and reported, never applied.
+                        _landed(conn, signature, command, text, now)
+                        report["conflicts"].append(command)
+                    elif status == "pending" and not journaled:
                         conn.execute(
                             "INSERT INTO platform_txs VALUES (?, ?, ?, 0, 'finalized', ?, ?, ?)",
                             (signature, command, b"", "found by its memo (journal lost)",

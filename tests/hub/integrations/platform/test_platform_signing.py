@@ -6,7 +6,6 @@ import base64
 import time
 
 import pytest
-from helpers.platform import BASE, World
 from solders.message import Message
 from solders.transaction import Transaction
 
@@ -16,16 +15,8 @@ from hub.integrations.platform.engine import PlatformError
 
 
 @pytest.fixture
-def w(tmp_path):
-    world = World(tmp_path)
-    p = world.platform
-    for i in range(3):
-        world.contract(101, BASE + 60 * i, 1.0, 1.0)
-    world.run(p.rec.mint("m1"))  # certificates 1..3 held by owner-101
-    world.run(p.credit.set_rate("r", 100))
-    world.run(p.credit.purchase("c", "carol", 100))  # 1,000,000 units
-    yield world
-    world.close()
+def w(minted):  # conftest.py: certificates 1..3 minted, carol holding credits
+    return minted
 
 
 def landed(w, command):
