@@ -1,20 +1,25 @@
 """Keeping this aggregator's margin in a market that settles on chain.
 
 A market that settles (its welcome carries "margin" terms) takes a bid only when the
-aggregator's free margin covers it (hub/market/funding.py). The keeper tops the margin
-up with its own wallet (wallet.py) when the free margin falls below half of its target
-(aggregator.toml margin_credits): at every welcome and after every clearing.
+aggregator's free margin covers it (hub/market/funding.py). The keeper keeps the margin
+at its target (aggregator.toml margin_credits), at every welcome and after every
+clearing: it tops it up with its own wallet (wallet.py) when the free margin falls below
+half of the target, and asks for the excess back when the free margin is more than half
+again above it (margin_credits = 0: everything free comes back to the wallet it was
+deposited from, e.g. before leaving a market).
 
     margin      how much is free
     faucet      (a test chain only: LiteSVM in the hub) credits for this wallet, once
     blockhash   to sign with
     deposit     the signed transfer: journaled here first (the store's deposits), so a
                 restart sends the same bytes again and the market credits them once
+    withdraw    the excess back (an id of its own: a retry is the same withdrawal)
 """
 
 import asyncio
 import base64
 import logging
+import uuid
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class MarginKeeper:
             account = await self._ask(tell, link, {"type": "margin"})
             target = int(self.credits * scale)
             want = target - account["account"]["free"]
+            if -want > target // 2:
+                await self._withdraw(tell, link, -want, scale)
             if want <= target // 2:
                 return
             if terms.get("faucet"):
@@ -56,6 +63,16 @@ class MarginKeeper:
                      answer["account"]["free"] / scale)  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("%s: margin in market %s not topped up: %s", self.name, market, exc)
+
+    async def _withdraw(self, tell, link, amount, scale):
+        request = {"type": "withdraw", "id": "w-%s" % uuid.uuid4().hex[:16], "amount": amount}
+        try:
+            answer = await self._ask(tell, link, request)
+        except ValueError as exc:  # e.g. its open bids hold some of it: next round
+            log.warning("%s: margin in market %s not paid back: %s", self.name, link.market, exc)
+            return
+        log.info("%s: %.2f credits of margin paid back from market %s to %s (%s)", self.name,
+                 amount / scale, link.market, answer["wallet"], answer["status"])  # fmt: skip
 
     async def _resend(self, tell, link, signature, raw):
         """A deposit kept from before: sent again; refused for good (the market's terms

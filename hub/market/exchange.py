@@ -84,7 +84,7 @@ class Exchange:
     def use_margin(self, margin):
         """The hub settles as clearing house (hub/integrations/settlement/margin.py): from
         now on a bid must be covered by its aggregator's margin (hub/market/funding.py)."""
-        self.funding = Funding(margin, self._refuse)
+        self.funding = Funding(margin, self._refuse, lambda: (self.open, self.cleared))
 
     # --- sessions ------------------------------------------------------------------
 

@@ -8,6 +8,11 @@ Exchange uses this only when the hub settles (Exchange.use_margin).
     blockhash   -> {"type": "blockhash", "blockhash"}  (to sign a deposit with)
     deposit     {"tx": base64 of the signed transfer} -> {"type": "deposit", "signature",
                 "amount", "status", "account"}
+    withdraw    {"id": the aggregator's own, "amount": base units} -> {"type": "withdraw",
+                "id", "amount", "wallet", "status", "signature", "account"}: free margin
+                (less what its open layers and fills not contracted yet may cost) paid
+                back to the wallet it deposits from (withdrawals.py); the same id again
+                is the same withdrawal
 
 Each is answered with its `ref`, or refused with an `error` (and an audit row). The chain
 is asked outside the Exchange's call (a task per request, one at a time per aggregator),
@@ -21,13 +26,14 @@ from hub.market.standing import Refused
 
 log = logging.getLogger(__name__)
 
-KINDS = ("margin", "faucet", "blockhash", "deposit")
+KINDS = ("margin", "faucet", "blockhash", "deposit", "withdraw")
 
 
 class Funding:
-    def __init__(self, margin, refuse):
+    def __init__(self, margin, refuse, market):
         self.margin = margin
         self._refuse = refuse  # Exchange._refuse(participant, what, why, slot, ref)
+        self._market = market  # () -> (the open slot or None, {slot: Cleared}): the Exchange's
         self._busy = set()  # aggregator ids with a request in flight
         self._tasks = set()
 
@@ -52,6 +58,10 @@ class Funding:
                 answer = {"given": await self.margin.faucet(key_id, msg.get("wallet"))}
             elif kind == "blockhash":
                 answer = {"blockhash": await self.margin.blockhash()}
+            elif kind == "withdraw":
+                answer = await self.margin.withdraw(key_id, msg.get("id"), msg.get("amount"),
+                                                    lambda: self.committed(key_id))  # fmt: skip
+                answer["account"] = self.margin.account(key_id)
             else:
                 answer = await self.margin.deposit(key_id, msg.get("tx"))
                 answer["account"] = self.margin.account(key_id)
@@ -70,13 +80,7 @@ class Funding:
         (cleared: {slot: Cleared}), must be within its free margin; else Refused."""
         cost = sum(self.margin.cost(price, kwh) for _device, price, kwh, _id in layers)
         spent = slot.spent.get(key_id, 0)
-        pending = sum(
-            self.margin.cost(c.price, kwh)
-            for c in cleared.values()
-            for (buyer, device), kwh in c.fills.items()
-            if buyer == key_id and (buyer, device) not in c.contracts
-        )
-        free = self.margin.free(key_id) - spent - pending
+        free = self.margin.free(key_id) - spent - self._pending(key_id, cleared)
         if cost > free:
             scale = 10**self.margin.decimals
             raise Refused(
@@ -85,3 +89,19 @@ class Funding:
                 % (cost / scale, max(free, 0) / scale)
             )
         slot.spent[key_id] = spent + cost
+
+    def committed(self, key_id):
+        """What aggregator key_id's layers in the open slot and its fills not contracted yet
+        may cost (base units): margin a withdrawal cannot take."""
+        slot, cleared = self._market()
+        return (slot.spent.get(key_id, 0) if slot is not None else 0) + self._pending(
+            key_id, cleared
+        )
+
+    def _pending(self, key_id, cleared):
+        return sum(
+            self.margin.cost(c.price, kwh)
+            for c in cleared.values()
+            for (buyer, device), kwh in c.fills.items()
+            if buyer == key_id and (buyer, device) not in c.contracts
+        )

@@ -116,6 +116,7 @@ class World:
         it (its clearing account provisioned), for deposits before a Settlement runs."""
         from hub.integrations.settlement import schema
         from hub.integrations.settlement.margin import Margin
+        from hub.integrations.settlement.withdrawals import Withdrawals
 
         schema.migrate(self.store.db)
         clearing = wallets.read_or_create(wallets.clearing_path(self.folder), True)
@@ -126,8 +127,10 @@ class World:
         def faucet(owner):
             return fund(self.chain, authority, mint, owner, FUND * CREDIT, 6)
 
-        return Margin(self.store, LiteSVMBackend(self.chain), self.mint, clearing.pubkey, "hub",
-                      6, 10_000, faucet=faucet if self.faucet else None)  # fmt: skip
+        backend = LiteSVMBackend(self.chain)
+        paid_back = Withdrawals(self.store, backend, self.mint, clearing, "hub", 6)
+        return Margin(self.store, backend, self.mint, clearing.pubkey, "hub", 6, 10_000,
+                      faucet=faucet if self.faucet else None, withdrawals=paid_back)  # fmt: skip
 
     async def fund_margin(self, margin, credits=1000):
         """Each aggregator deposits `credits` of margin from its own wallet, as its process

@@ -33,6 +33,7 @@ from hub.integrations.platform.engine import Operation, PlatformError
 from hub.integrations.settlement import journal
 from hub.integrations.settlement.margin import finalized_deposits
 from hub.integrations.settlement.transactions import ata
+from hub.integrations.settlement.withdrawals import finalized as finalized_withdrawals
 
 MAX_UNITS = 2**63 - 1
 
@@ -66,6 +67,9 @@ def ledger_balances(conn):
     for payer, clearing, amount in finalized_deposits(conn):  # aggregators' margin
         out[payer] -= amount
         out[clearing] += amount
+    for clearing, wallet, amount in finalized_withdrawals(conn):  # margin paid back
+        out[clearing] -= amount
+        out[wallet] += amount
     return out
 
 

@@ -20,9 +20,10 @@ once, unchanged), whoever bought it.
 An aggregator's account (base units of the mint):
 
     deposited   its deposits the chain holds
+    withdrawn   what was paid back to its wallet, or is on its way (withdrawals.py)
     paid        what the clearing house paid owners for its contracts (finalized batches)
     owed        its contracts not paid yet, at their promise (price x promised kWh)
-    free        deposited - paid - owed
+    free        deposited - withdrawn - paid - owed
 
 A bid layer that could cost more than the free margin (its price x kWh, with the
 aggregator's other layers of the slot and its fills not yet contracted) is refused:
@@ -122,8 +123,9 @@ class Margin:
     """The clearing house's margin accounts; owns margin_deposits and margin_faucet."""
 
     def __init__(self, store, backend, mint, clearing, market, decimals, per_cent,
-                 faucet=None, clock=time.time):  # fmt: skip
+                 faucet=None, clock=time.time, withdrawals=None):  # fmt: skip
         self.store, self.backend, self.mint = store, backend, mint
+        self.withdrawals = withdrawals  # withdrawals.py: margin paid back (None: never)
         self.clearing, self.market = clearing, market  # the clearing wallet's Pubkey
         self.decimals, self.per_cent = decimals, per_cent
         self.faucet_fn = faucet  # LiteSVM: fund(pubkey) -> base units minted, else None
@@ -207,11 +209,12 @@ class Margin:
         return {"signature": signature, "amount": amount, "status": status}
 
     async def check(self):
-        """Deposits sent but not yet seen: the chain's answer, or expiry. -> how many left"""
+        """Deposits (and withdrawals) sent but not yet seen: the chain's answer, or
+        expiry. -> how many left"""
         rows = self.store.db.conn.execute(
             "SELECT signature, created_at FROM margin_deposits WHERE status = 'sent'"
         ).fetchall()
-        left = 0
+        left = await self.withdrawals.check() if self.withdrawals is not None else 0
         for signature, created_at in rows:
             left += await self._settle(signature, created_at) == "sent"
         return left
@@ -235,6 +238,18 @@ class Margin:
                 (new, error, self.clock(), signature),
             )
         return new
+
+    # --- paying margin back -------------------------------------------------------------
+
+    async def withdraw(self, key_id, request_id, amount, committed):
+        """Pay free margin back to the wallet aggregator key_id deposits from
+        (withdrawals.py); committed(): what its open layers and fills may cost now."""
+        if self.withdrawals is None:
+            raise DepositError("this market pays no margin back")
+        wallet = aggregator_wallet(self.store.db.conn, key_id)
+        return await self.withdrawals.withdraw(
+            key_id, request_id, amount, lambda: self.free(key_id) - committed(), wallet
+        )
 
     # --- the faucet (LiteSVM) ----------------------------------------------------------
 
@@ -262,8 +277,9 @@ class Margin:
     # --- accounts ----------------------------------------------------------------------
 
     def account(self, key_id):
-        """{"deposited", "paid", "owed", "free"} in base units, and "paid_contracts"
-        (kept as running totals: a few indexed reads, however long the history)."""
+        """{"deposited", "withdrawn", "paid", "owed", "free"} in base units, and
+        "paid_contracts" (kept as running totals: a few indexed reads, however long the
+        history). Withdrawn counts what is paid back or on its way."""
         self._catch_up()
         conn = self.store.db.conn
         (deposited,) = conn.execute(
@@ -271,8 +287,9 @@ class Margin:
             "AND status = 'finalized'", (key_id,)).fetchone()  # fmt: skip
         paid, paid_cents, count = self._paid.get(key_id, (0, 0.0, 0))
         owed = math.ceil(max(0.0, self._promised.get(key_id, 0.0) - paid_cents) * self.per_cent)
-        return {"deposited": deposited, "paid": paid, "owed": owed,
-                "free": deposited - paid - owed, "paid_contracts": count}  # fmt: skip
+        out = self.withdrawals.withdrawn(key_id) if self.withdrawals is not None else 0
+        return {"deposited": deposited, "withdrawn": out, "paid": paid, "owed": owed,
+                "free": deposited - out - paid - owed, "paid_contracts": count}  # fmt: skip
 
     def free(self, key_id):
         return self.account(key_id)["free"]
@@ -313,7 +330,8 @@ class Margin:
     def in_credits(self, account):
         """An account as people read it: credits, with "unpaid" (owed beyond its margin)."""
         scale = 10**self.decimals
-        shown = {name: account[name] / scale for name in ("deposited", "paid", "owed", "free")}
+        names = ("deposited", "withdrawn", "paid", "owed", "free")
+        shown = {name: account[name] / scale for name in names}
         shown["unpaid"] = max(0, -account["free"]) / scale
         shown["paid_contracts"] = account["paid_contracts"]
         return shown

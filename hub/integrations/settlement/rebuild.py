@@ -6,7 +6,8 @@ hub's Settlement.open, the platform CLI's open_platform):
    with durable nonces each aggregator's nonce account (made at a start, not journaled);
    and the wallets the margin faucet funded (margin_faucet, margin.py) funded again;
 2. every FINALIZED journaled transaction of the journals, settlement's (settlement_txs),
-   the aggregators' margin deposits (margin_deposits) and the platform's (platform_txs,
+   the aggregators' margin deposits (margin_deposits) and what was paid back of it
+   (margin_withdrawals), and the platform's (platform_txs,
    when the file has that table), re-executed by Chain.replay in the order they were made.
 
 Token balances (credits, certificates, NRG) come out as the hub left them; lamports do
@@ -36,7 +37,7 @@ from hub.integrations.settlement.provision import provision
 # Read by name: settlement does not import hub.integrations.platform; each journal exists
 # once its schema has been applied to this file (settlement's or the platform's).
 QUERY = "SELECT signature, raw, created_at, rowid FROM %s WHERE status = 'finalized'"
-JOURNALS = ("settlement_txs", "platform_txs", "margin_deposits")
+JOURNALS = ("settlement_txs", "platform_txs", "margin_deposits", "margin_withdrawals")
 
 
 def journaled(conn):

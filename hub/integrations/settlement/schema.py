@@ -23,6 +23,12 @@ Version 2 (the market as clearing house, margin.py):
           status 'sent'|'finalized'|'failed', error, created_at, updated_at)
           -- journaled before it is sent, credited once per signature
   margin_faucet(wallet, aggregator, amount, at)  -- LiteSVM: wallets the faucet funded
+
+Version 3 (margin paid back, withdrawals.py):
+  margin_withdrawals(aggregator, id (the aggregator's), amount, wallet (paid to), clearing
+          (paid from), signature, raw signed bytes, last_valid height,
+          status 'sent'|'finalized'|'failed', error, created_at, updated_at)
+          -- journaled before it is sent; never signed twice
 """
 
 from hub.store.schema import apply
@@ -110,10 +116,30 @@ CREATE TABLE margin_faucet (
 );
 """
 
+WITHDRAWALS = """
+CREATE TABLE margin_withdrawals (
+    aggregator INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    wallet TEXT NOT NULL,
+    clearing TEXT NOT NULL,
+    signature TEXT NOT NULL UNIQUE,
+    raw BLOB NOT NULL,
+    last_valid INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('sent', 'finalized', 'failed')),
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (aggregator, id)
+);
+CREATE INDEX margin_withdrawals_status ON margin_withdrawals (status);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("settlement batches, their parts and the journal of signed transactions", _adopt),
     ("aggregators' margin: deposits (journaled) and the LiteSVM faucet's wallets", MARGIN),
+    ("aggregators' margin paid back (journaled)", WITHDRAWALS),
 )
 CURRENT = len(MIGRATIONS)
 

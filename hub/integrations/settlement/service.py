@@ -21,6 +21,7 @@ from hub.integrations.settlement.backends import BackendError, LiteSVMBackend
 from hub.integrations.settlement.margin import Margin
 from hub.integrations.settlement.provision import nonce_wallets
 from hub.integrations.settlement.uploader import Uploader
+from hub.integrations.settlement.withdrawals import Withdrawals
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ class Settlement:
             reconcile_s=s["reconcile_days"] * 86400, resend_s=s["poll_s"],
             emit=lambda **fields: hub.events.emit("settlement", **fields),
         )  # fmt: skip
+        paid_back = Withdrawals(hub.store, backend, mint, clearing, hub.cfg["name"],
+                                s["decimals"])  # fmt: skip
         self.margin = Margin(hub.store, backend, mint, clearing.pubkey, hub.cfg["name"],
-                             s["decimals"], self.uploader.per_cent, faucet=faucet)  # fmt: skip
+                             s["decimals"], self.uploader.per_cent, faucet=faucet,
+                             withdrawals=paid_back)  # fmt: skip
         hub.exchange.use_margin(self.margin)
         self._unsubscribe = hub.events.subscribe(self._on_event)
         self._task = asyncio.create_task(self._run())

@@ -179,7 +179,7 @@ def test_an_amount_beyond_sqlite_integers_is_answered(world):
 
 
 def empty():
-    return {"deposited": 0, "paid": 0, "owed": 0, "free": 0, "paid_contracts": 0}
+    return {"deposited": 0, "withdrawn": 0, "paid": 0, "owed": 0, "free": 0, "paid_contracts": 0}
 
 
 def accounts(store, per_cent, key_ids=None):
@@ -206,8 +206,13 @@ def accounts(store, per_cent, key_ids=None):
         "WHERE s.status IS NULL OR s.status != 'finalized' GROUP BY c.buyer"
     ):
         out.setdefault(key_id, empty())["owed"] = math.ceil((cents or 0) * per_cent)
-    for account in out.values():
-        account["free"] = account["deposited"] - account["paid"] - account["owed"]
+    for key_id, amount in conn.execute(
+        "SELECT aggregator, SUM(amount) FROM margin_withdrawals WHERE status != 'failed' "
+        "GROUP BY aggregator"
+    ):
+        out.setdefault(key_id, empty())["withdrawn"] = amount
+    for a in out.values():
+        a["free"] = a["deposited"] - a["withdrawn"] - a["paid"] - a["owed"]
     if key_ids is not None:
         out = {k: v for k, v in out.items() if k in key_ids}
     return out

@@ -269,6 +269,6 @@ def test_aggregators_show_their_margin_when_the_hub_settles(tmp_path):
             await hub.close()
 
     shown = asyncio.run(main())
-    assert shown["a"] == {"deposited": 2.0, "paid": 0.0, "owed": 0.0, "free": 2.0,
+    assert shown["a"] == {"deposited": 2.0, "withdrawn": 0.0, "paid": 0.0, "owed": 0.0, "free": 2.0,
                           "paid_contracts": 0, "unpaid": 0.0}  # fmt: skip
     assert shown["b"]["deposited"] == 0.0 and shown["b"]["free"] == 0.0
