@@ -144,6 +144,7 @@ class Hub:
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
         await self.start_integrations()
+        self.exchange.paying_back = False  # until a gated book is cleared again (resume)
         await self.start_market()
         await self.discovery.start()
         # Every battery that answers within discovery_s (no count of them is known).
@@ -153,6 +154,7 @@ class Hub:
                  cfg["name"], len(found), cfg["group_addr"], cfg["group_port"])  # fmt: skip
         summaries = []
         resumed = await self.resume()  # a restart between a gate closure and its slot
+        self.exchange.paying_back = True
         if resumed is not None:
             summaries.append(resumed)
         while slots is None or len(summaries) < slots:

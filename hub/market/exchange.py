@@ -79,12 +79,18 @@ class Exchange:
         self.min_reputation = min_reputation
         self.reputation = {}  # key id -> its record, as of the open slot
         self.funding = None  # margin checks and requests, when the hub settles (use_margin)
+        # Margin is paid back only while every book that holds margin is known: a starting
+        # hub (hub/service.py) sets this False until it has resumed a gated slot.
+        self.paying_back = True
         self._read_at = 0.0
 
     def use_margin(self, margin):
         """The hub settles as clearing house (hub/integrations/settlement/margin.py): from
         now on a bid must be covered by its aggregator's margin (hub/market/funding.py)."""
-        self.funding = Funding(margin, self._refuse, lambda: (self.open, self.cleared))
+        self.funding = Funding(margin, self._refuse, self._committing)
+
+    def _committing(self):
+        return (self.open, self.cleared) if self.paying_back else None
 
     # --- sessions ------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ Exchange uses this only when the hub settles (Exchange.use_margin).
                 "id", "amount", "wallet", "status", "signature", "account"}: free margin
                 (less what its open layers and fills not contracted yet may cost) paid
                 back to the wallet it deposits from (withdrawals.py); the same id again
-                is the same withdrawal
+                is the same withdrawal, whatever its amount. Refused while the hub
+                starts (until it has resumed the slot a restart left gated)
 
 Each is answered with its `ref`, or refused with an `error` (and an audit row). The chain
 is asked outside the Exchange's call (a task per request, one at a time per aggregator),
@@ -33,7 +34,9 @@ class Funding:
     def __init__(self, margin, refuse, market):
         self.margin = margin
         self._refuse = refuse  # Exchange._refuse(participant, what, why, slot, ref)
-        self._market = market  # () -> (the open slot or None, {slot: Cleared}): the Exchange's
+        # () -> (the open slot or None, {slot: Cleared}), the Exchange's; None while the hub
+        # starts (a gated book not cleared again yet holds margin nobody counts)
+        self._market = market
         self._busy = set()  # aggregator ids with a request in flight
         self._tasks = set()
 
@@ -93,7 +96,10 @@ class Funding:
     def committed(self, key_id):
         """What aggregator key_id's layers in the open slot and its fills not contracted yet
         may cost (base units): margin a withdrawal cannot take."""
-        slot, cleared = self._market()
+        state = self._market()
+        if state is None:
+            raise ValueError("the market is starting: ask again in a moment")
+        slot, cleared = state
         return (slot.spent.get(key_id, 0) if slot is not None else 0) + self._pending(
             key_id, cleared
         )

@@ -175,6 +175,11 @@ class Margin:
         row = conn.execute("SELECT aggregator, status, error FROM margin_deposits "
                            "WHERE signature = ?", (signature,)).fetchone()  # fmt: skip
         if row is None:
+            bound = aggregator_wallet(conn, key_id, pending=True)
+            if bound is not None and bound != payer:
+                raise DepositError("this market takes your margin from wallet %s, the one your "
+                                   "first deposit came from (what is paid back goes there)"
+                                   % bound)  # fmt: skip
             pending = conn.execute("SELECT count(*) FROM margin_deposits WHERE aggregator = ? "
                                    "AND status = 'sent'", (key_id,)).fetchone()[0]  # fmt: skip
             if pending >= MAX_PENDING:
@@ -358,13 +363,17 @@ def faucet_funded(conn):
     return dict(conn.execute("SELECT wallet, amount FROM margin_faucet"))
 
 
-def aggregator_wallet(conn, key_id):
-    """The base58 wallet aggregator `key_id` last deposited margin from (its own), or None."""
+def aggregator_wallet(conn, key_id, pending=False):
+    """The base58 wallet aggregator `key_id` deposits its margin from: its first deposit's
+    (finalized; with pending, one on its way counts too), or None. Every later deposit
+    must come from it, and what is paid back goes to it, so a stolen market session
+    cannot redirect the margin to a wallet of its own."""
     if not _has_margin_tables(conn):
         return None
+    counted = "'finalized', 'sent'" if pending else "'finalized'"
     row = conn.execute(
-        "SELECT payer FROM margin_deposits WHERE aggregator = ? AND status = 'finalized' "
-        "ORDER BY created_at DESC LIMIT 1",
+        "SELECT payer FROM margin_deposits WHERE aggregator = ? AND status IN (%s) "
+        "ORDER BY created_at, rowid LIMIT 1" % counted,
         (key_id,),
     ).fetchone()
     return row[0] if row else None

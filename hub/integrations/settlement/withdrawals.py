@@ -4,8 +4,16 @@ An aggregator asks over its market session (hub/market/funding.py `withdraw`: an
 its own, so a retry is the same withdrawal, and an amount in base units). The clearing
 house (margin.py) checks it against the free margin less what the aggregator's open
 layers and fills not contracted yet may cost; from then on it counts as spent, until it
-fails. It is paid only to the wallet of the aggregator's newest finalized deposit: a
-stolen session cannot send the margin anywhere else.
+fails. It is paid only to the wallet the aggregator deposits from (margin.py binds it at
+the first deposit and refuses deposits from any other): a stolen session cannot send
+the margin anywhere else.
+
+What it costs the clearing account is bounded: at most MAX_PER_DAY withdrawals per
+aggregator in 24 hours, failed ones included; at least one credit each, unless it is all
+the free margin (to leave a market); and it is paid only into the wallet's existing token
+account of this mint, which must still belong to the wallet (the clearing account pays
+no rent for it, and a transfer refused for an account handed to another owner is
+refused here, before a fee is paid).
 
 Exactly once, as the uploader pays owners: the clearing account signs one transfer
 (memo gridbid-withdraw:<market>:<aggregator>:<id>) and it is journaled here
@@ -23,12 +31,13 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from hub.integrations.settlement.backends import BackendError, SendError
-from hub.integrations.settlement.transactions import create_ata_ix, memo_ix, transfer_ix
+from hub.integrations.settlement.transactions import ata, memo_ix, transfer_ix
 
 log = logging.getLogger(__name__)
 
 MEMO = "gridbid-withdraw:%s:%d:%s"
 MAX_PENDING = 4  # per aggregator, on their way
+MAX_PER_DAY = 12  # per aggregator, failed ones included (each costs the clearing a fee)
 MAX_UNITS = 2**63 - 1
 
 
@@ -43,13 +52,15 @@ class Withdrawals:
         self.store, self.backend, self.mint = store, backend, mint
         self.clearing, self.market, self.decimals = clearing, market, decimals  # a Wallet
         self.clock = clock
+        self._out = {}  # aggregator -> base units withdrawn (running totals: read per bid)
 
     def withdrawn(self, key_id):
         """Base units paid back or on their way (they are not free)."""
-        (units,) = self.store.db.conn.execute(
-            "SELECT coalesce(sum(amount), 0) FROM margin_withdrawals WHERE aggregator = ? "
-            "AND status != 'failed'", (key_id,)).fetchone()  # fmt: skip
-        return units
+        if key_id not in self._out:
+            (self._out[key_id],) = self.store.db.conn.execute(
+                "SELECT coalesce(sum(amount), 0) FROM margin_withdrawals WHERE aggregator = ? "
+                "AND status != 'failed'", (key_id,)).fetchone()  # fmt: skip
+        return self._out[key_id]
 
     async def withdraw(self, key_id, request_id, amount, free, wallet):
         """Pay `amount` back to `wallet` if free() (base units, less what the aggregator's
@@ -74,6 +85,7 @@ class Withdrawals:
             if wallet is None:
                 raise WithdrawalError("no deposit of yours is final yet: nothing to pay back")
             try:
+                await self._check_account(wallet)
                 blockhash, last_valid = await self.backend.latest_blockhash()
             except BackendError as exc:
                 raise WithdrawalError("the chain is unreachable, nothing sent: %s" % exc) from None
@@ -96,18 +108,25 @@ class Withdrawals:
         if conn.execute("SELECT 1 FROM margin_withdrawals WHERE aggregator = ? AND id = ?",
                         (key_id, request_id)).fetchone():  # fmt: skip
             raise WithdrawalError("withdrawal %s is asked already" % request_id)
-        pending = conn.execute("SELECT count(*) FROM margin_withdrawals WHERE aggregator = ? "
-                               "AND status = 'sent'", (key_id,)).fetchone()[0]  # fmt: skip
+        pending, today = conn.execute(
+            "SELECT coalesce(sum(status = 'sent'), 0), count(*) FROM margin_withdrawals "
+            "WHERE aggregator = ? AND created_at > ?", (key_id, self.clock() - 86400),
+        ).fetchone()  # fmt: skip
         if pending >= MAX_PENDING:
             raise WithdrawalError("%d withdrawals of yours are on their way: wait" % pending)
+        if today >= MAX_PER_DAY:
+            raise WithdrawalError("%d withdrawals in 24 hours, the most a market pays back: "
+                                  "ask again tomorrow" % today)  # fmt: skip
+        scale = 10**self.decimals
         if amount > free:
-            scale = 10**self.decimals
             raise WithdrawalError("your free margin is %.4f credits (less what your bids may "
                                   "cost): cannot pay back %.4f"
                                   % (max(free, 0) / scale, amount / scale))  # fmt: skip
+        if amount < scale and amount != free:
+            raise WithdrawalError("at least 1 credit is paid back at a time, or all of your "
+                                  "free margin (%.4f)" % (max(free, 0) / scale))  # fmt: skip
         owner, payer = Pubkey.from_string(wallet), self.clearing.pubkey
         ixs = [memo_ix(MEMO % (self.market, key_id, request_id), payer),
-               create_ata_ix(payer, owner, self.mint),
                transfer_ix(payer, owner, self.mint, amount, self.decimals)]  # fmt: skip
         tx = Transaction.new_signed_with_payer(ixs, payer, [self.clearing.keypair], blockhash)
         now = self.clock()
@@ -119,7 +138,29 @@ class Withdrawals:
                 (key_id, request_id, amount, wallet, str(payer), str(tx.signatures[0]),
                  bytes(tx), last_valid, now, now),
             )  # fmt: skip
+        self._out[key_id] = self.withdrawn(key_id) + amount
         return tx
+
+    async def _check_account(self, wallet):
+        """The wallet's token account of this mint exists and is still the wallet's."""
+        from solders.pubkey import Pubkey
+        from solders.token.state import TokenAccount, TokenAccountState
+
+        owner = Pubkey.from_string(wallet)
+        data = await self.backend.account_data(ata(owner, self.mint))
+        try:
+            account = TokenAccount.from_bytes(bytes(data)) if data else None
+        except ValueError:
+            account = None
+        if (
+            account is None
+            or account.mint != self.mint
+            or account.owner != owner
+            or (account.state != TokenAccountState.Initialized)
+        ):
+            raise WithdrawalError("your wallet's token account of this market's credit (%s) is "
+                                  "missing, frozen or not yours: nothing sent"
+                                  % ata(owner, self.mint))  # fmt: skip
 
     async def _answer(self, key_id, request_id):
         row = self.store.db.conn.execute(
@@ -165,10 +206,12 @@ class Withdrawals:
         else:
             new, error = "finalized", None
         with self.store.transaction():
-            self.store.db.conn.execute(
+            changed = self.store.db.conn.execute(
                 "UPDATE margin_withdrawals SET status = ?, error = ?, updated_at = ? "
                 "WHERE signature = ? AND status = 'sent'", (new, error, self.clock(), signature),
-            )  # fmt: skip
+            ).rowcount  # fmt: skip
+        if changed and new == "failed":
+            self._out.clear()  # read again from the table: the amount is free again
         if new == "finalized":
             log.info("margin: withdrawal %s paid back", signature)
         return new
