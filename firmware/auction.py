@@ -11,10 +11,23 @@ price, every buyer's share is accepted. Every other bid is rejected: outbid
 (nothing left for it), or below the reserve. One bid per aggregator counts, its
 latest, so an aggregator may raise its bid while the auction is open.
 
+Energy is counted in whole tenths of a Wh (UNITS per kWh, the resolution of an accepted
+share): in floats, 0.7497 - 0.7496 is a hair under 0.0001, and a market maker's last
+0.1 Wh share was once refused as outbid.
+
 Pure logic, no I/O: the node sends the answers close() returns.
 """
 
 from protocol import message
+from protocol.compat import const
+
+_UNITS = const(10000)  # per kWh: 0.1 Wh
+
+
+def units(kwh):
+    """kWh as whole tenths of a Wh (a bid for any energy asks for at least one)."""
+    n = int(kwh * _UNITS + 0.5)
+    return n if n > 0 or kwh <= 0 else 1
 
 
 class Bid:
@@ -50,15 +63,15 @@ class Auction:
     def close(self):
         """-> ([(Bid, kWh accepted)], [(Bid, reject reason)]) for every bid received."""
         ranked = sorted(self.bids.values(), key=lambda bid: (-bid.price, bid.at_ms))
-        winners, left = [], self.kwh
+        winners, left = [], units(self.kwh)
         rejects = [(b, message.REJECT_OUTBID) for b in self.replaced]
         for bid in ranked:
             if bid.price < self.reserve:
                 rejects.append((bid, message.REJECT_BELOW_RESERVE))
-            elif left < 0.0001:  # a sliver left over by rounding is nothing left
+            elif left <= 0:
                 rejects.append((bid, message.REJECT_OUTBID))
             else:
-                kwh = min(bid.kwh, left) if bid.kwh > 0 else left
-                winners.append((bid, round(kwh, 4)))
-                left -= kwh
+                share = min(units(bid.kwh), left) if bid.kwh > 0 else left
+                winners.append((bid, share / _UNITS))
+                left -= share
         return winners, rejects

@@ -87,3 +87,28 @@ def test_a_bid_for_more_than_is_left_gets_the_rest_and_zero_means_all():
     auction.add(Bid(2, 21, 15.0, 0.0, 20))
     winners, _rejects = auction.close()
     assert [(b.peer, kwh) for b, kwh in winners] == [(1, 0.7), (2, 0.3)]
+
+
+def test_a_last_tenth_of_a_wh_share_is_accepted_not_outbid():
+    """0.7497 - 0.7496 is a hair under 0.0001 in floats: counted in whole tenths of a Wh,
+    the market maker's last 0.1 Wh share is the one left, and it is accepted."""
+    auction = Auction(14.0, 0.7497, 300, 0)
+    auction.add(Bid(1, 11, 15.0, 0.7496, 10))
+    auction.add(Bid(2, 21, 15.0, 0.0001, 20))
+    winners, rejects = auction.close()
+    assert [(b.peer, kwh) for b, kwh in winners] == [(1, 0.7496), (2, 0.0001)]
+    assert rejects == []
+    # Many small shares add up exactly to the offer, and one more is outbid.
+    auction = Auction(14.0, 0.3, 300, 0)
+    for peer in range(1, 5):
+        auction.add(Bid(peer, peer, 15.0, 0.1 if peer < 4 else 0.0001, peer))
+    winners, rejects = auction.close()
+    assert [kwh for _b, kwh in winners] == [0.1, 0.1, 0.1]
+    assert [(b.peer, why) for b, why in rejects] == [(4, message.REJECT_OUTBID)]
+
+
+def test_a_bid_below_a_tenth_of_a_wh_asks_for_one_tenth():
+    auction = Auction(14.0, 1.0, 300, 0)
+    auction.add(Bid(1, 11, 15.0, 0.00003, 10))
+    winners, _rejects = auction.close()
+    assert [(b.peer, kwh) for b, kwh in winners] == [(1, 0.0001)]
