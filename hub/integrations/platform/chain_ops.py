@@ -21,7 +21,6 @@ participant's secret: a participant signs its own commands (signing.py).
 """
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from hub.integrations.settlement.transactions import (
     memo_ix,
     transfer_ix,
 )
+from transport import secret_files
 
 MINT_BYTES = 82
 SOL = 10**9
@@ -113,10 +113,7 @@ class Keys:
             raise KeysError("%r cannot name an account" % (name,))
         book = self._book()
         book[name] = str(key)
-        path = self.folder / "accounts.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(book, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # write-then-rename: a crash leaves the old or the new
+        secret_files.write(self.folder / "accounts.json", book)  # a crash leaves old or new
 
     def _book(self):
         path = self.folder / "accounts.json"

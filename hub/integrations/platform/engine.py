@@ -47,6 +47,7 @@ import contextlib
 import json
 import time
 
+from solders.message import Message
 from solders.signature import Signature
 
 from hub.integrations.platform import schema, signing
@@ -179,8 +180,9 @@ class Engine:
                     raise PlatformError("command %r must be signed by %s, not by the wallet "
                                         "given (%s)" % (command, signer, given))  # fmt: skip
                 self._wallets[command] = wallet
-            if signer is not None and wallet is None and blockhash is not None:
-                raw = bytes(self._message(operation, payload, blockhash))
+            if signer is not None and wallet is None:
+                ixs, _signers = operation.instructions(payload)
+                raw = bytes(signing.message(ixs, self.keys.authority.pubkey, blockhash))
                 conn.execute(
                     "INSERT INTO platform_requests VALUES (?, ?, ?, ?, ?)",
                     (command, signer, raw, last_valid, now),
@@ -211,8 +213,8 @@ class Engine:
         signer, raw, last_valid, _created_at = row
         given = {signer: signing.check(command, signer, raw, signature)}
         kind, payload = self._planned(command)
-        message = signing.Message.from_bytes(raw)
-        tx = signing.assemble(message, self._keypairs(self.operations[kind], payload), given)
+        _ixs, signers = self.operations[kind].instructions(payload)
+        tx = signing.assemble(Message.from_bytes(raw), self._keypairs(payload, signers), given)
         with self.write() as conn:
             # Taken once, in time: a second submit, or one after the request's time (the
             # hub's resume() fails it meanwhile, and then sees no transaction), journals
@@ -356,7 +358,6 @@ class Engine:
             ).rowcount
             if failed:  # another process may have got here first: release once
                 operation.release(conn, command, payload)
-                conn.execute("DELETE FROM platform_requests WHERE command = ?", (command,))
                 conn.execute("DELETE FROM platform_holds WHERE command = ?", (command,))
         self._wallets.pop(command, None)
         raise PlatformError("command %r failed: %s" % (command, error))
@@ -383,20 +384,17 @@ class Engine:
         return {"signature": str(tx.signatures[0]), "raw": bytes(tx), "last_valid": last_valid,
                 "status": "sent"}  # fmt: skip
 
-    def _message(self, operation, payload, blockhash):
-        ixs, _signers = operation.instructions(payload)
-        return signing.message(ixs, self.keys.authority.pubkey, blockhash)
-
     def _sign(self, operation, payload, blockhash):
-        if operation.instructions(payload) is None:
+        built = operation.instructions(payload)
+        if built is None:
             return None
-        message = self._message(operation, payload, blockhash)
-        return signing.assemble(message, self._keypairs(operation, payload), {})
+        ixs, signers = built
+        message = signing.message(ixs, self.keys.authority.pubkey, blockhash)
+        return signing.assemble(message, self._keypairs(payload, signers), {})
 
-    def _keypairs(self, operation, payload):
-        """{base58: Keypair}: the platform's own (the fee payer, the operation's) and the
-        participants' wallets given in this process."""
-        _ixs, signers = operation.instructions(payload)
+    def _keypairs(self, payload, signers):
+        """{base58: Keypair}: the platform's own (the fee payer, the operation's `signers`)
+        and the participant's wallet if it was given in this process."""
         own = [self.keys.authority, *signers]
         if payload["command"] in self._wallets:
             own.append(self._wallets[payload["command"]])

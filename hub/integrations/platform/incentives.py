@@ -233,13 +233,11 @@ class Pay(Operation):
                 amounts[account] = amount
         owners = {a: _wallet(conn, gov.keys, a) for a in amounts}
         # An account with no public key known stays unpaid (paid once it is named).
-        unknown = sorted(a for a, key in owners.items() if key is None)
         amounts = {a: n for a, n in amounts.items() if owners[a] is not None}
         treasury = str(gov.keys.authority.pubkey)
         if gov.balances(conn).get(treasury, 0) < sum(amounts.values()):
             raise PlatformError("the treasury cannot pay %d NRG of rewards" % sum(amounts.values()))
-        return {"epoch": args["epoch"], "amounts": sorted(amounts.items()), "owners": owners,
-                "unknown": unknown}  # fmt: skip
+        return {"epoch": args["epoch"], "amounts": sorted(amounts.items()), "owners": owners}
 
     def holds(self, p):
         return ["reward %d %s" % (p["epoch"], a) for a, _n in p["amounts"]]

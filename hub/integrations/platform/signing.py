@@ -34,8 +34,6 @@ from hub.integrations.platform.errors import PlatformError
 REQUEST_S = 60.0  # how long a request waits for its signature
 
 
-__all__ = ["Message", "REQUEST_S", "assemble", "check", "describe", "message", "request"]
-
 MEMO = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr"
 TOKEN = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 ATA = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"

@@ -27,6 +27,7 @@ signed again: the aggregator asks again under a new id.
 import logging
 import time
 
+from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.transaction import Transaction
 
@@ -102,8 +103,6 @@ class Withdrawals:
     def _journal(self, key_id, request_id, amount, free, wallet, blockhash, last_valid):
         """The checks and the journal row in one turn of the loop (no await): no bid is
         taken between reading `free` and counting the amount as spent."""
-        from solders.pubkey import Pubkey
-
         conn = self.store.db.conn
         if conn.execute("SELECT 1 FROM margin_withdrawals WHERE aggregator = ? AND id = ?",
                         (key_id, request_id)).fetchone():  # fmt: skip
@@ -143,7 +142,6 @@ class Withdrawals:
 
     async def _check_account(self, wallet):
         """The wallet's token account of this mint exists and is still the wallet's."""
-        from solders.pubkey import Pubkey
         from solders.token.state import TokenAccount, TokenAccountState
 
         owner = Pubkey.from_string(wallet)
