@@ -18,7 +18,7 @@ from aggregator import identity
 from transport import secret_files
 
 STRATEGY_DEFAULTS = {
-    "strategy": "value",  # value | adaptive | utility | "package.module:Class"
+    "strategy": "value",  # value | adaptive | truthful | utility | "package.module:Class"
     "value": 20.0,  # resale value, c/kWh (value and adaptive)
     "spread": 0.0,  # value is drawn per offer from [value, value + spread]
     "margin": 1.0,  # c/kWh kept
@@ -29,7 +29,7 @@ STRATEGY_DEFAULTS = {
     "max_kw": None,  # power asked of batteries (None: what each offers)
     "options": None,  # a strategy of your own ("module:Class"): its settings, a table
 }
-BUILT_IN = ("value", "adaptive", "utility")
+BUILT_IN = ("value", "adaptive", "truthful", "utility")
 AGGREGATOR_DEFAULTS = {
     "identity": "aggregator.json",  # its identity file (`gridbid aggregator new`)
     "store": "aggregator.sqlite",  # its own records: bids, fills, contracts, delivery

@@ -31,10 +31,19 @@ The strategies:
   shows it, a win bounds it) and bids its best response, bounded by its worth:
   losses shade it up, wins down; the price signal is its first guess. Its fixed
   point is the equilibrium above. Deterministic: it draws nothing but its values.
-- SingleUtility: the baseline's one buyer, a take-it-or-leave-it posted price. With
+- TruthfulBidder: bids its worth, the price-taker's strategy in a uniform-price
+  market such as the hub's, where a bid moves the price only when it is marginal.
+- Colluder: a cartel member; the cartel shares the batteries out and bids their
+  reserves, so N colluders act as one informed buyer.
+- SingleUtility: the baselines' one buyer, a take-it-or-leave-it posted price. With
   price=None it posts the reserve the battery announces (its QueryResponse carries
   it): the least a battery sells for, and all a sole buyer ever needs to pay. With
-  a fixed tariff it buys only where the tariff covers the reserve.
+  a fixed tariff it buys only where the tariff covers the reserve. posted_price is
+  the profit-maximising single price of a buyer that knows the slot's supply curve
+  but not which battery asks what.
+
+observe_clearing tells a buyer the outcome of a uniform-price clearing as the hub
+does (aggregator/trader.py and the experiment share it).
 """
 
 import math
@@ -45,7 +54,9 @@ from collections import namedtuple
 # the market's record of the battery: delivered / promised kWh (1.0: no record).
 Offer = namedtuple("Offer", "device_id kwh reserve slot signal reputation",
                    defaults=(0, 0.0, 1.0))  # fmt: skip
-Bid = namedtuple("Bid", "price kwh")
+# worth: the most the buyer would pay per kWh, when it has one (its surplus is measured
+# against it; None for a posted-price buyer without a value).
+Bid = namedtuple("Bid", "price kwh worth", defaults=(None,))
 # won: this buyer's bid won; price/kwh: what it bid and bought (kwh 0 when lost);
 # winning_price: the auction's price when published (None: unsold or unknown);
 # promised/delivered: kWh of the contract once it ran (delivered None: not yet known).
@@ -95,17 +106,6 @@ def theory(kind, spread, bidders):
     return lambda reserve, k: reserve
 
 
-def premium_values(spread, margin):
-    """Resale value model of the experiment: value = reserve + margin + U(0, spread),
-    so a fully reliable device's worth (value - margin) is uniform on [r, r + s]: the
-    gains from trade are the same whatever the battery's SoC and health."""
-
-    def draw(offer, rng):
-        return offer.reserve + margin + rng.uniform(0.0, spread)
-
-    return draw
-
-
 class Buyer:
     """Budget, capacity, reputation and the bid/observe cycle; subclasses set price()."""
 
@@ -118,6 +118,8 @@ class Buyer:
         self.slot = None
         self.spent = self.bought = 0.0  # this slot: cents paid, kWh bought
         self.holds = {}  # device_id -> Bid awaiting its outcome
+        self._held = [0.0, 0.0]  # the holds' cents and kWh, kept with them: left() is O(1)
+        self.last_worth = None  # the worth of the offer last priced (strategies with one)
         self.offers = {}  # device_id -> the latest Offer seen (bid or not)
         self.delivery = {}  # device_id -> [delivered kWh, promised kWh]
 
@@ -127,8 +129,7 @@ class Buyer:
 
     def left(self):
         """(cents, kWh) this buyer may still commit in the current slot."""
-        held_c = sum(b.price * b.kwh for b in self.holds.values())
-        held_kwh = sum(b.kwh for b in self.holds.values())
+        held_c, held_kwh = self._held
         money = math.inf if self.budget is None else self.budget - self.spent - held_c
         energy = math.inf if self.capacity is None else self.capacity - self.bought - held_kwh
         return max(0.0, money), max(0.0, energy)
@@ -137,12 +138,28 @@ class Buyer:
         if slot != self.slot:
             self.slot, self.spent, self.bought = slot, 0.0, 0.0
             self.holds.clear()  # auctions of a past slot are over
+            self._held = [0.0, 0.0]
+
+    def _hold(self, device_id, bid):
+        self._release(device_id)
+        if bid is not None:
+            self.holds[device_id] = bid
+            self._held[0] += bid.price * bid.kwh
+            self._held[1] += bid.kwh
+
+    def _release(self, device_id):
+        bid = self.holds.pop(device_id, None)
+        if bid is not None:
+            self._held[0] -= bid.price * bid.kwh
+            self._held[1] -= bid.kwh
+        return bid
 
     def bid(self, offer):
         """-> Bid(price, kwh) to send, or None to stay out of this auction."""
         self._roll(offer.slot)
-        self.holds.pop(offer.device_id, None)  # a new offer replaces an unanswered one
+        self._release(offer.device_id)  # a new offer replaces an unanswered one
         self.offers[offer.device_id] = offer
+        self.last_worth = None
         price = self.price(offer)
         if price is None or price < offer.reserve or offer.kwh <= 0:
             return None
@@ -152,12 +169,13 @@ class Buyer:
         kwh = math.floor(round(kwh * _STEPS, 6))  # 1.2345 kWh stays 1.2345
         if kwh <= 0:
             return None
-        self.holds[offer.device_id] = bid = Bid(price, kwh / _STEPS)
+        bid = Bid(price, kwh / _STEPS, self.last_worth)
+        self._hold(offer.device_id, bid)
         return bid
 
     def observe(self, outcome):
         """Learn from an auction's outcome (and, when known, the contract's delivery)."""
-        held = self.holds.pop(outcome.device_id, None)
+        held = self._release(outcome.device_id)
         if outcome.won and outcome.slot == self.slot:
             price = outcome.price if outcome.price is not None else held.price
             self.spent += price * outcome.kwh
@@ -193,7 +211,8 @@ class _Valuing(Buyer):
     def worth(self, offer):
         """The most this buyer pays per kWh promised by this device."""
         value = self.value(offer, self.rng) if callable(self.value) else self.value
-        return self.reputation(offer.device_id) * value - self.margin
+        self.last_worth = self.reputation(offer.device_id) * value - self.margin
+        return self.last_worth
 
 
 class ValueBidder(_Valuing):
@@ -268,45 +287,82 @@ class AdaptiveBidder(_Valuing):
         self.log_sum = max(1e-6, self.memory * self.log_sum - math.log(share))
 
 
-class SingleUtility(Buyer):
-    """A posted take-it-or-leave-it price: the reserve it is offered (price=None), or a tariff."""
+class TruthfulBidder(_Valuing):
+    """Bids its worth. In a uniform-price market (the hub's) a bid sets the price only
+    when it is the marginal one, so a small buyer gains little by shading: bidding the
+    worth is the price-taker's strategy, and the benchmark for the hub's theory."""
 
-    def __init__(self, name="utility", price=None, **limits):
-        super().__init__(name, **limits)
-        self.posted = price
+    def price(self, offer):
+        worth = self.worth(offer)
+        return worth if worth >= offer.reserve else None
+
+
+class Colluder(_Valuing):
+    """One of `members` aggregators in a cartel that shares the batteries out (by device
+    id) and bids each battery's reserve: together they act as one informed buyer."""
+
+    def __init__(self, name, value, margin=1.0, index=0, members=1, rng=None, **limits):
+        if not 0 <= index < members:
+            raise ValueError("index must be 0 <= index < members")
+        super().__init__(name, value, margin, rng, **limits)
+        self.index, self.members = index, members
+
+    def price(self, offer):
+        if offer.device_id % self.members != self.index:
+            return None
+        return offer.reserve if self.worth(offer) >= offer.reserve else None
+
+
+class SingleUtility(_Valuing):
+    """A posted take-it-or-leave-it price: the reserve it is offered (price=None), or a
+    tariff. With a value (as _Valuing's) it is a buyer that knows its worth: it takes
+    only offers worth their price, unless `must_buy` (a utility obliged to take all at
+    its tariff); without one it takes whatever accepts its price."""
+
+    def __init__(self, name="utility", price=None, value=None, margin=1.0, rng=None,
+                 must_buy=False, **limits):  # fmt: skip
+        super().__init__(name, value, margin, rng, **limits)
+        self.posted, self.must_buy = price, must_buy
 
     def price(self, offer):
         posted = offer.reserve if self.posted is None else self.posted
-        return posted if posted >= offer.reserve else None
+        if posted < offer.reserve:
+            return None
+        if self.value is not None and self.worth(offer) < posted and not self.must_buy:
+            return None
+        return posted
 
 
-STRATEGIES = ("value", "adaptive")
+def posted_price(asks, worth):
+    """The single price that maximises a buyer's profit (worth - p) x S(p) against a
+    supply curve S(p) = kWh of the asks [(reserve, kWh)] at or below p: a buyer that
+    knows the slot's supply and its own worth per kWh, not which battery asks what.
+    The profit falls between reserves and jumps at each, so the best price is a
+    reserve at or below the worth (None: every reserve is above it)."""
+    best, best_profit, supply = None, 0.0, 0.0
+    for reserve, kwh in sorted(asks):
+        if reserve > worth:
+            break
+        supply += kwh
+        profit = (worth - reserve) * supply
+        if best is None or profit >= best_profit:  # at equal profit, the higher price
+            best, best_profit = reserve, profit
+    return best
 
 
-def make_buyers(strategy, count, spread, margin, seed, budget=None, capacity=None):
-    """`count` competing aggregators of one strategy, each with its own seeded values.
-
-    Aggregator k draws from the same stream whatever `count` is, so runs with
-    different numbers of aggregators share their random numbers as far as they can.
-    """
-    values = premium_values(spread, margin)
-    buyers = []
-    for k in range(1, count + 1):
-        rng = random.Random("%s/aggregator/%d" % (seed, k))
-        limits = {"budget": budget, "capacity": capacity}
-        if strategy == "value":
-            buyer = ValueBidder(k, values, margin, bidders=count, rng=rng, **limits)
-        elif strategy == "adaptive":
-            buyer = AdaptiveBidder(k, values, margin, rng=rng, **limits)
-        else:
-            raise ValueError("unknown strategy %r (one of %s)" % (strategy, ", ".join(STRATEGIES)))
-        buyers.append(buyer)
-    return buyers
+def observe_clearing(buyer, bids, won, price):
+    """Tell a buyer how a uniform-price clearing went for each of its bids, as the hub
+    tells it: bids {device: (Offer, Bid)} it made for the slot, won {device: kWh} the
+    batteries it was filled by (a pooled book may fill a bid from another battery),
+    price the clearing price (None: nothing traded)."""
+    for device, (offer, bid) in bids.items():
+        got = won.get(device, 0.0) if price is not None else 0.0
+        buyer.observe(Outcome(device, offer.slot, got > 0, bid.price, got, price))
 
 
 def make_strategy(cfg, seed=None):
     """The strategy an aggregator's settings name (hub.toml's [[aggregator]] blocks and
-    aggregator.toml share them): value, adaptive, utility, or "package.module:Class",
+    aggregator.toml share them): value, adaptive, truthful, utility, or "package.module:Class",
     a Buyer subclass of the user's, made as Class(name, **its settings["options"])."""
     name, limits = cfg["key_id"], {"budget": cfg["budget"], "capacity": cfg["capacity"]}
     rng = random.Random("%s/aggregator/%d" % (seed, name))
@@ -316,6 +372,8 @@ def make_strategy(cfg, seed=None):
         return ValueBidder(name, value, cfg["margin"], bidders=cfg["bidders"], rng=rng, **limits)
     if kind == "adaptive":
         return AdaptiveBidder(name, value, cfg["margin"], rng=rng, **limits)
+    if kind == "truthful":
+        return TruthfulBidder(name, value, cfg["margin"], rng=rng, **limits)
     if kind == "utility":
         return SingleUtility(name, price=cfg["price"], **limits)
     return load_plugin(kind)(name, **dict(cfg.get("options") or {}, **limits))
@@ -327,7 +385,8 @@ def load_plugin(path):
 
     module_name, _, class_name = str(path).partition(":")
     if not module_name or not class_name:
-        raise ValueError('strategy %r: value, adaptive, utility or "module:Class"' % (path,))
+        raise ValueError('strategy %r: value, adaptive, truthful, utility or "module:Class"'
+                         % (path,))  # fmt: skip
     try:
         found = getattr(importlib.import_module(module_name), class_name)
     except ImportError as exc:

@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 
-from aggregator.strategies import Offer, Outcome
+from aggregator.strategies import Offer, observe_clearing
 from protocol import contract, frame, message
 from transport.links import DeviceLink, QueueFull, now_ms
 
@@ -180,11 +180,8 @@ class Trader:
 
     def _learn(self, market, msg):
         key = (market.market, msg["slot"])
-        won = self.won.pop(key, {})
-        for device, (offer, bid) in self.bids.pop(key, {}).items():
-            got = won.get(device, 0.0) if msg["price"] is not None else 0.0
-            self.strategy.observe(
-                Outcome(device, offer.slot, got > 0, bid.price, got, msg["price"]))  # fmt: skip
+        observe_clearing(self.strategy, self.bids.pop(key, {}), self.won.pop(key, {}),
+                         msg["price"])  # fmt: skip
 
     # --- buying -------------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ COMMANDS = {
     "etp": ("gridbid.etp", "decode and encode ETP frames (for debugging captures)"),
     "demo": ("simulator.demo", "run the local demo: the hub, aggregators and batteries on the VM"),
     "experiment": (
-        "simulator.experiment",
-        "measure what N competing aggregators pay owners vs one utility",
+        "simulator.experiment_cli",
+        "measure what N competing aggregators pay owners, against single-buyer baselines",
     ),
 }
 

@@ -14,8 +14,10 @@ meters counted. Keys are made for the run and never shown.
 Aggregators: 1 = the single utility (it posts each battery's reserve); 2 or
 more compete: value bidders (a resale value drawn per offer, less a margin)
 and, every second one, an adaptive bidder that learns from clearing prices.
-The improvement printed at the end is the market price over the reserve, which
-is all a single utility pays. While it runs, the hub's status page (hub/integrations/web) shows
+At the end it prints what sold and at what price, next to the mean reserve of what
+sold: what an informed single buyer posting reserves would have paid for the same
+kWh. That is a computed figure, not a run; `gridbid experiment` measures the
+baselines on the hub's market. While it runs, the hub's status page (hub/integrations/web) shows
 the auctions live on http://127.0.0.1:8080/ (--web-port; 0: none).
 """
 
@@ -305,6 +307,7 @@ class Demo:
         rows = hub.store.contracts(limit=10000)
         self.contracts["hub"] = {r["id"] for r in rows}
         sold = [(s["price"], s["volume_kwh"], s["reserve"]) for s in summaries if s["price"]]
+        offered = sum(s["offered_kwh"] for s in summaries)
         say(
             "demo",
             "--- %d slots, %d cleared, %d contracts ---" % (len(summaries), len(sold), len(rows)),
@@ -317,9 +320,15 @@ class Demo:
             kwh = sum(v for _p, v, _r in sold)
             price = sum(p * v for p, v, _r in sold) / kwh
             reserve = sum(r * v for _p, v, r in sold) / kwh
-            say("demo", "a single utility pays the reserve:  %.2f c/kWh on average" % reserve)
-            say("demo", "the market with %d aggregator(s):     %.2f c/kWh on average (%+.1f%%)"
-                % (self.args.aggregators, price, 100 * (price - reserve) / reserve))  # fmt: skip
+            say(
+                "demo",
+                "the market with %d aggregator(s): %.4f of %.4f kWh offered sold, at "
+                "%.2f c/kWh on average" % (self.args.aggregators, kwh, offered, price),
+            )
+            say("demo", "the reserves of what sold: %.2f c/kWh on average (the market paid "
+                "%+.1f%%): what an informed single buyer posting reserves would pay for the "
+                "same kWh, computed, not run; `gridbid experiment` measures the baselines"
+                % (reserve, 100 * (price - reserve) / reserve))  # fmt: skip
         ours, theirs = self.contracts["hub"], self.contracts["batteries"]
         if ours == theirs:
             say("demo", "batteries and hub hold the same %d contract ids" % len(ours))

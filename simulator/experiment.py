@@ -1,284 +1,319 @@
-"""`gridbid experiment`: how much more battery owners earn as aggregators compete.
+"""`gridbid experiment`: what battery owners earn as aggregators compete, on the
+market the hub runs.
 
-    gridbid experiment --aggregators 1,2,3,5,8 --devices 100 --slots 50 --seed 1
+    gridbid experiment --aggregators 1,2,3,5,8 --devices 100 --slots 50 --repeats 20
 
-For each N, every slot, each simulated battery offers energy at its reserve price
-and N aggregators (aggregator/strategies.py) bid. The battery's own code decides: its
-reserve is firmware/reserve.py's reserve_price and each auction is
-firmware/auction.py's Auction (sealed bids; the best bid at or above the reserve
-wins at its own price), loaded from the files the devices run. The baseline is
-the single-utility model: one SingleUtility buyer posting the battery's reserve.
+Each repeat draws a fleet and the aggregators' values from its own seed. Per N, N
+aggregators (aggregator/strategies.py, the strategies the aggregator package runs)
+bid for the batteries' offers slot by slot, in a market (simulator/markets.py):
+`--market hub` (the default) is the hub's market maker and uniform-price clearing,
+`--market bilateral` each battery's own sealed-bid auction (the first build's). The
+batteries are the firmware's reserve and offer rules (firmware/reserve.py); what
+they sell they deliver, and solar recharges them. Worths follow a value model
+(simulator/values.py). The baselines, on the same fleet and values:
 
-The model (the constants below, or options):
-- Batteries: 5, 10 or 13.5 kWh, SoC 40-95 %, SoH 50-100 % (the firmware's
-  thresholds make it good, degraded or poor). An offer is what lies above 20 %
-  SoC, at most 5 kW for a 30-min slot; sales discharge the battery and solar
-  recharges it by U(0, 2.5) kWh per slot. They deliver what they sell.
-- Price signal: the GridTokenX form p = (2/pi) p_con atan(k ln(D/S)) + p_balance
-  over a daily demand/supply cycle. Exogenous: with reserves >= 90 % of the signal
-  (reserve.py), a signal made of our own prices would ratchet reserves up.
-- Values: an aggregator's resale value per kWh is reserve + margin + U(0, spread),
-  drawn independently per aggregator and offer, so worths (value - margin) are
-  i.i.d. uniform on [r, r + s]: the textbook first-price auction.
-- Theory per auction, given its reserve r and the k aggregators that bid, is
-  strategies.theory (value: r + s (n-1)/n k/(k+1), = r + s (n-1)/(n+1) when all n
-  bid; adaptive: r + s (k-1)/(k+1); utility: r), averaged with the kWh sold as
-  weights, as the measured mean price (owners' revenue / kWh sold) is. Each
-  auction's winning price is published to all aggregators, as a market maker does.
+1. informed: one buyer that knows each battery's reserve and posts it (it buys
+   what is worth that to it): the most a monopsonist can take;
+2. uninformed: one buyer that knows the slot's supply curve and its own mean
+   worth, not who asks what, and posts the profit-maximising single price
+   (strategies.posted_price);
+3. tariff: a utility obliged to take all at a fixed feed-in tariff;
+4. the chosen market with one aggregator (the N = 1 run).
+
+Per run: mean price paid (owners' revenue / kWh sold), kWh offered and sold,
+owners' revenue and surplus (price - reserve), aggregators' surplus (worth -
+price), welfare (their sum), and the theory's price where the model has one; per
+N, the gain over each baseline in price and revenue, paired by repeat. Every
+figure is a mean over the repeats with its 95 % interval (Student's t).
 """
 
-import json
-import math
 import random
-import sys
-import time
-from pathlib import Path
+from collections import defaultdict
 
 from aggregator import strategies
-from simulator import lacks_sim_extra
-from simulator.model import FLOOR, MARGIN, SPREAD, Battery, Tally, firmware, price_signal
+from simulator import markets, stats
+from simulator.model import FLOOR, MARGIN, Battery, Tally
+from simulator.values import CORRELATION, LEVEL, NOISE, SPREAD, Values, spread_of
 
+MARKETS = ("hub", "bilateral")
+STRATEGIES = ("value", "adaptive", "truthful", "collusion")
+BASELINES = ("informed", "uninformed", "tariff", "one aggregator")
+TARIFF = 15.0  # c/kWh: the feed-in tariff baseline (--tariff)
+FIGURES = ("mean_price", "kwh_offered", "kwh_sold", "sold_share", "revenue_c",
+           "owners_surplus_c", "aggregators_surplus_c", "welfare_c", "mean_reserve",
+           "theory_price", "mean_bidders")  # fmt: skip
 LIVE_DEVICES, LIVE_SLOTS, LIVE_AGGREGATORS = 5, 3, 16  # 16: the firmware's max_peers bound
 
 
-def simulate(buyers, theory, devices, slots, seed, floor=FLOOR, progress=None):
-    """Every slot in process: offers, bids, the firmware's auction, delivery."""
-    auction_py = firmware("auction")
+def make_buyers(strategy, count, values, margin, seed, budget=None, capacity=None,
+                believed=None):  # fmt: skip
+    """`count` competing aggregators of one strategy, aggregator k drawing its values
+    from values.draw(k) with its own seeded stream (the same whatever `count` is).
+    believed: the number of bidders a value bidder shades for (default: the truth)."""
+    buyers = []
+    for k in range(1, count + 1):
+        rng = random.Random("%s/aggregator/%d" % (seed, k))
+        value, limits = values.draw(k, margin), {"budget": budget, "capacity": capacity}
+        if strategy == "value":
+            buyer = strategies.ValueBidder(k, value, margin, bidders=believed or count, rng=rng,
+                                           **limits)  # fmt: skip
+        elif strategy == "adaptive":
+            buyer = strategies.AdaptiveBidder(k, value, margin, rng=rng, **limits)
+        elif strategy == "truthful":
+            buyer = strategies.TruthfulBidder(k, value, margin, rng=rng, **limits)
+        elif strategy == "collusion":
+            buyer = strategies.Colluder(k, value, margin, index=k - 1, members=count, rng=rng,
+                                        **limits)  # fmt: skip
+        else:
+            raise ValueError("unknown strategy %r (one of %s)" % (strategy, ", ".join(STRATEGIES)))
+        buyers.append(buyer)
+    return buyers
+
+
+def run_market(market, buyers, devices, slots, seed, floor=FLOOR, tick=None):
+    """One run: `slots` slots of `devices` batteries offering in `market`. -> figures"""
     batteries = [Battery(1001 + i, seed, floor) for i in range(devices)]
-    market, tally, message_id = random.Random("%s/market" % seed), Tally(slots), 0
+    rng, tally, signal = random.Random("%s/market" % seed), Tally(), market.signal
     for slot in range(slots):
-        signal = price_signal(slot)
-        for battery in market.sample(batteries, len(batteries)):
-            offer = battery.offer(slot, signal)
-            if offer is None:
-                continue
-            now, bids = slot * 1_800_000, {}
-            auction = auction_py.Auction(offer.reserve, offer.kwh, 300, now)
-            for at, buyer in enumerate(market.sample(buyers, len(buyers))):  # arrival order
-                bid = bids[buyer.name] = buyer.bid(offer)
-                if bid is not None:
-                    message_id += 1
-                    auction.add(
-                        auction_py.Bid(buyer.name, message_id, bid.price, bid.kwh, now + at)
-                    )
-            winners, _rejects = auction.close()
-            sold = {bid.peer: (kwh, bid.price) for bid, kwh in winners}
-            top = winners[0][0].price if winners else None  # the published winning price
-            total = sum(kwh for kwh, _p in sold.values())
-            delivered = battery.deliver(total)
-            for buyer in buyers:
-                kwh, price = sold.get(buyer.name, (0.0, None))
-                mine = bids[buyer.name]
-                buyer.observe(strategies.Outcome(
-                    offer.device_id, slot, kwh > 0, mine and mine.price, kwh, top, kwh,
-                    delivered * kwh / total if kwh > 0 else None,
-                ))  # fmt: skip
-            bidders = sum(bid is not None for bid in bids.values())
-            tally.add(slot, offer, list(sold.values()), theory, bidders)
+        offers, costs = [], {}
         for battery in batteries:
-            battery.deliver(0.0, recharge=True)
-        if progress:
-            progress((slot + 1) / slots)
-    return tally.stats()
+            offer = battery.offer(slot, signal)
+            if offer is not None:
+                offers.append(offer)
+                costs[offer.device_id] = battery.cost
+        traded = market.trade(slot, offers, buyers, rng)
+        sold = defaultdict(float)
+        for device, kwh, _price, _theory in traded.sold:
+            sold[device] += kwh
+        for battery in batteries:
+            battery.deliver(sold.get(battery.device_id, 0.0), recharge=True)
+        tally.add(offers, traded, costs)
+        signal = traded.signal
+        if tick:
+            tick()
+    return tally.figures()
 
 
-def run_experiment(
-    aggregators=(1, 2, 3, 5, 8), devices=100, slots=50, seed=0, strategy="value",
-    spread=SPREAD, margin=MARGIN, budget=None, capacity=None, floor=FLOOR, live=False,
-    progress=None,
-):  # fmt: skip
-    """-> {"parameters", "model", "baseline", "runs": [stats per N]}; progress(label, 0..1)."""
-    aggregators = [int(n) for n in aggregators]
-    if not aggregators or min(aggregators) < 1:
+def _theory(market, strategy, values, n, spread, believed):
+    """The theory's expected price for a run's sales, where the model has one."""
+    if market == "hub":
+        if strategy not in ("value", "truthful", "collusion"):
+            return None
+        bidders = 1 if strategy == "collusion" else n
+        shade = {"truthful": 1.0, "collusion": 0.0}.get(strategy)
+        if shade is None:
+            b = believed or n
+            shade = (b - 1) / b
+
+        def hub(offers, _buyers):
+            asks = []
+            for o in offers:
+                form = values.uniform(o)
+                if form is None:
+                    return None
+                asks.append((o.reserve, o.kwh, form[0], form[1]))
+            return markets.uniform_theory(asks, bidders, shade)
+
+        return hub
+    if values.model != "premium" or strategy not in ("value", "adaptive") or believed:
+        return None
+    first_price = strategies.theory(strategy, spread, n)
+    return lambda reserve, bids: first_price(reserve, bids) if bids else None
+
+
+def run_repeat(seed, aggregators, devices, slots, market="hub", strategy="value",
+               values="private", level=LEVEL, spread=SPREAD, noise=NOISE,
+               correlation=CORRELATION, series=None, asymmetry=0.0, margin=MARGIN,
+               tariff=TARIFF, budget=None, capacity=None, floor=FLOOR, believed=None,
+               tick=None, runner=run_market):  # fmt: skip
+    """One repeat: the baselines and every N on one seed. -> {label: figures}
+    runner: run_market, or experiment_live's on the VM for the N runs."""
+    model = Values(values, seed, level, spread, noise, correlation, series, asymmetry)
+
+    def posted(name, post=None, **kw):
+        rng = random.Random("%s/aggregator/1" % seed)  # aggregator 1's values
+        buyer = strategies.SingleUtility(name, value=model.draw(1, margin), margin=margin,
+                                         rng=rng, **kw)  # fmt: skip
+        return run_market(markets.PostedMarket(post), [buyer], devices, slots, seed, floor, tick)
+
+    def uninformed(slot, offers):
+        kwh = sum(o.kwh for o in offers)
+        if not kwh:
+            return 0.0
+        worth = sum(model.expected(o) * o.kwh for o in offers) / kwh
+        best = strategies.posted_price([(o.reserve, o.kwh) for o in offers], worth)
+        return 0.0 if best is None else best
+
+    def mechanism(n):
+        theory = _theory(market, strategy, model, n, spread, believed)
+        if market == "hub":
+            return markets.HubMarket(theory=theory)
+        return markets.BilateralMarket(theory=theory)
+
+    runs = {
+        "informed": posted("informed"),
+        "uninformed": posted("uninformed", uninformed, price=0.0, must_buy=True),
+        "tariff": posted("tariff", price=tariff, must_buy=True),
+    }
+    for n in sorted(set(aggregators) | {1}):
+        buyers = make_buyers(strategy, n, model, margin, seed, budget, capacity, believed)
+        runs[n] = runner(mechanism(n), buyers, devices, slots, seed, floor, tick)
+    runs["one aggregator"] = runs[1]
+    return runs
+
+
+def summarise(repeats, aggregators):
+    """Per-repeat runs -> means and 95 % intervals, and each N's gains over the
+    baselines and the smaller Ns ("N=2"), paired by repeat: {"baselines": {name:
+    figures}, "runs": [figures of N]}."""
+
+    def figures(label):
+        out = {}
+        for name in FIGURES:
+            out[name], out[name + "_ci"] = stats.mean_ci([r[label][name] for r in repeats])
+        return out
+
+    def gains(label, base):
+        out = {}
+        for name, figure in (("price", "mean_price"), ("revenue", "revenue_c")):
+            pct = [stats.gain_pct(r[label][figure], r[base][figure]) for r in repeats]
+            out[name + "_pct"], out[name + "_pct_ci"] = stats.mean_ci(pct)
+        return out
+
+    runs = []
+    for n in aggregators:
+        run = {"aggregators": n, **figures(n)}
+        run["gain"] = {base: gains(n, base) for base in BASELINES}
+        run["gain"].update({"N=%d" % m: gains(n, m) for m in aggregators if m < n})
+        runs.append(run)
+    return {"baselines": {base: figures(base) for base in BASELINES}, "runs": runs}
+
+
+def run_experiment(aggregators=(1, 2, 3, 5, 8), devices=100, slots=50, seed=0, repeats=1,
+                   market="hub", strategy="value", values="private", level=LEVEL,
+                   spread=None, noise=NOISE, correlation=CORRELATION, prices=None,
+                   asymmetry=0.0, margin=MARGIN, tariff=TARIFF, budget=None, capacity=None,
+                   floor=FLOOR, believed=None, live=False, progress=None):  # fmt: skip
+    """-> {"parameters", "baselines", "runs"}; progress(fraction) as it goes. Repeat i
+    uses seed "<seed>/<i>" (repeat 0: the seed itself)."""
+    aggregators = sorted({int(n) for n in aggregators})
+    if not aggregators or aggregators[0] < 1:
         raise ValueError("aggregators must be whole numbers >= 1")
-    if strategy not in strategies.STRATEGIES:
-        raise ValueError("strategy must be one of %s" % ", ".join(strategies.STRATEGIES))
-    if devices < 1 or slots < 1 or not spread > 0 or not margin >= 0:
-        raise ValueError("devices and slots must be >= 1, spread > 0 and margin >= 0")
-    if live:
-        from simulator.experiment_live import live_simulate as engine
+    if market not in MARKETS or strategy not in STRATEGIES:
+        raise ValueError("market must be one of %s and strategy one of %s"
+                         % (", ".join(MARKETS), ", ".join(STRATEGIES)))  # fmt: skip
+    if devices < 1 or slots < 1 or repeats < 1 or not margin >= 0:
+        raise ValueError("devices, slots and repeats must be >= 1 and margin >= 0")
+    series = None
+    if prices:
+        from simulator.values import read_series
 
+        series = read_series(prices)
+        spread = spread if spread is not None else spread_of(series)
+    spread = SPREAD if spread is None else spread
+    settings = dict(market=market, strategy=strategy, values=values, level=level,
+                    spread=spread, noise=noise, correlation=correlation, series=series,
+                    asymmetry=asymmetry, margin=margin, tariff=tariff, budget=budget,
+                    capacity=capacity, floor=floor, believed=believed)  # fmt: skip
+    if live:
+        if market != "bilateral":
+            raise ValueError("--live runs the bilateral market only")
+        from simulator.experiment_live import run_market_live
+
+        settings["runner"] = run_market_live
         devices, slots = min(devices, LIVE_DEVICES), min(slots, LIVE_SLOTS)
         if max(aggregators) > LIVE_AGGREGATORS:
             raise ValueError("--live runs at most %d aggregators" % LIVE_AGGREGATORS)
-    else:
-        engine = simulate
+    work = repeats * (len(set(aggregators) | {1}) + 3) * slots
+    done = [0]
 
-    def run(label, buyers, theory):
-        report = (lambda fraction: progress(label, fraction)) if progress else None
-        return engine(buyers, theory, devices, slots, seed, floor, report)
+    def tick():
+        done[0] += 1
+        if progress and (done[0] % slots == 0 or done[0] == work):
+            progress(done[0] / work)
 
-    utility = strategies.SingleUtility("utility")
-    baseline = run("single utility", [utility], strategies.theory("utility", spread, 1))
-    runs = []
-    for n in aggregators:
-        buyers = strategies.make_buyers(strategy, n, spread, margin, seed, budget, capacity)
-        stats = run("N=%d" % n, buyers, strategies.theory(strategy, spread, n))
-        base, price = baseline["mean_price"], stats["mean_price"]
-        stats["vs_baseline_pct"] = 100 * (price - base) / base if price and base else None
-        runs.append({"aggregators": n, **stats})
-    parameters = {
-        "aggregators": aggregators, "devices": devices, "slots": slots, "seed": seed,
-        "strategy": strategy, "spread": spread, "margin": margin, "budget": budget,
-        "capacity": capacity, "floor": floor, "live": live,
-        "model": {
-            "worths": "i.i.d. uniform on [reserve, reserve + spread] per aggregator and offer",
-            "theory": " ".join(strategies.theory.__doc__.split("\n\n")[1].split()),
-            "baseline": "one buyer posting the battery's reserve (take it or leave it)",
-        },
-    }  # fmt: skip
-    return {"parameters": parameters, "baseline": baseline, "runs": runs}
+    per_repeat = []
+    for i in range(repeats):
+        seed_i = seed if i == 0 else "%s/%d" % (seed, i)
+        per_repeat.append(run_repeat(seed_i, aggregators, devices, slots, tick=tick, **settings))
+    parameters = {"aggregators": aggregators, "devices": devices, "slots": slots,
+                  "seed": seed, "repeats": repeats, "live": live, "prices": prices,
+                  **{k: v for k, v in settings.items()
+                     if k not in ("series", "runner")}}  # fmt: skip
+    return {"parameters": parameters, **summarise(per_repeat, aggregators)}
 
 
-# --- the command -----------------------------------------------------------------------
+# --- where competition does and does not pay ---------------------------------------
 
-OPTIONS = (  # name, default, help; parsed in _parse so that a bad value is one line
-    ("aggregators", "1,2,3,5,8", "values of N, comma-separated (1,2,3,5,8)"),
-    ("devices", "100", "batteries (100)"),
-    ("slots", "50", "30-minute market slots (50)"),
-    ("seed", None, "seed (default: a random one, printed)"),
-    ("strategy", "value", "aggregators' strategy: value | adaptive (value)"),
-    ("spread", str(SPREAD), "width of the aggregators' worths above the reserve, c/kWh (6)"),
-    ("margin", str(MARGIN), "aggregators' margin below resale value, c/kWh (1)"),
-    ("budget", None, "cents per aggregator and slot (no limit)"),
-    ("capacity", None, "kWh per aggregator and slot (no limit)"),
+CASES = (  # name, what changes from the settings given
+    ("private values", {}),
+    ("common value", {"values": "common"}),
+    ("correlated values (0.8)", {"values": "correlated", "correlation": 0.8}),
+    ("collusion at the reserve", {"strategy": "collusion"}),
+    ("thin market (5 batteries)", {"devices": 5}),
+    ("rivals unknown (assume 3)", {"believed": 3}),
+    ("incumbent worth +4 c", {"asymmetry": 4.0}),
+    ("adaptive learners", {"strategy": "adaptive"}),
+    ("truthful bidders", {"strategy": "truthful"}),
+    ("premium values (1st build)", {"values": "premium"}),
+    ("bilateral auctions", {"market": "bilateral"}),
 )
 
 
-def add_arguments(parser):
-    for name, default, text in OPTIONS:
-        parser.add_argument("--" + name, default=default, help=text)
-    parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
-    parser.add_argument("--plot", metavar="FILE", help="write a plot (.png or .svg)")
-    parser.add_argument("--live", action="store_true", help="batteries run the firmware on the "
-                        "MicroPython VM, aggregators bid over loopback ETP (at most %d devices "
-                        "and %d slots)" % (LIVE_DEVICES, LIVE_SLOTS))  # fmt: skip
+def run_cases(settings, progress=None):
+    """Every case at N = 1, 2 and the largest N asked (at least 3): -> [{"case",
+    "changes", "gains": {"1->2", "2->max", "max vs informed", "2 vs informed"}, each
+    (mean, 95 % half-width) of the change in owners' revenue, %, "verdict"}]."""
+    top = max(max(settings["aggregators"]), 3)
+    out = []
+    for i, (name, changes) in enumerate(CASES):
+        case = dict(settings, **changes, aggregators=(1, 2, top))
+
+        def step(fraction, i=i, name=name):
+            if progress:
+                progress(name, (i + fraction) / len(CASES))
+
+        result = run_experiment(progress=step, **case)
+        runs = {r["aggregators"]: r for r in result["runs"]}
+        out.append({"case": name, "changes": changes, "top": top,
+                    "parameters": result["parameters"],
+                    "price": {n: runs[n]["mean_price"] for n in (1, 2, top)},
+                    "gains": _case_gains(case, result), "verdict": None})  # fmt: skip
+        out[-1]["verdict"] = verdict(out[-1]["gains"])
+    return out
 
 
-def _parse(args):
-    """-> run_experiment's keyword arguments; ValueError with a one-line reason."""
-
-    def number(name, kind, low, high=math.inf):
-        text = getattr(args, name)
-        try:
-            value = None if text is None else kind(text)
-        except ValueError:
-            raise ValueError("--%s: %r is not a number" % (name, text)) from None
-        if value is not None and not low <= value <= high:
-            raise ValueError("--%s must be %s..%s, not %s" % (name, low, high, text))
-        return value
-
-    try:
-        ns = [int(part) for part in args.aggregators.split(",")]
-    except ValueError:
-        raise ValueError("--aggregators takes whole numbers like 1,2,3,5,8") from None
-    if min(ns) < 1 or max(ns) > 100:
-        raise ValueError("--aggregators must be 1..100 each, not %s" % args.aggregators)
-    if args.live and max(ns) > LIVE_AGGREGATORS:
-        raise ValueError("--live runs at most %d aggregators" % LIVE_AGGREGATORS)
-    if args.strategy not in strategies.STRATEGIES:
-        raise ValueError("--strategy must be one of %s" % ", ".join(strategies.STRATEGIES))
-    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg"):
-        raise ValueError("--plot must name a .png or .svg file")
-    seed = args.seed if args.seed is not None else str(random.SystemRandom().randrange(10**6))
+def _case_gains(case, result):
+    runs = {r["aggregators"]: r for r in result["runs"]}
+    top = max(runs)
     return {
-        "aggregators": ns, "devices": number("devices", int, 1, 100_000),
-        "slots": number("slots", int, 1, 100_000), "strategy": args.strategy, "live": args.live,
-        "seed": int(seed) if seed.isdigit() else seed, "spread": number("spread", float, 0.01, 1e4),
-        "margin": number("margin", float, 0, 1e4), "budget": number("budget", float, 0),
-        "capacity": number("capacity", float, 0),
-    }  # fmt: skip
+        "1->2": _pair(runs[2]["gain"]["one aggregator"]),
+        "2->max": _pair(runs[top]["gain"]["N=2"]),
+        "max vs informed": _pair(runs[top]["gain"]["informed"]),
+        "2 vs informed": _pair(runs[2]["gain"]["informed"]),
+    }
 
 
-def run(args):
-    try:
-        options = _parse(args)
-    except ValueError as exc:
-        print("gridbid experiment: error: %s" % exc, file=sys.stderr)
-        return 2
-    needs = [name for name, used in (("pymodbus", options["live"]), ("matplotlib", args.plot))
-             if used]  # fmt: skip
-    if lacks_sim_extra("experiment", needs):
-        return 2
-    if options["live"]:
-        print("experiment: --live runs at most %d batteries and %d slots"
-              % (LIVE_DEVICES, LIVE_SLOTS), file=sys.stderr)  # fmt: skip
-    started, tty = time.monotonic(), sys.stderr.isatty()
-
-    def progress(label, fraction):  # a % counter on a terminal; a line per run always
-        if tty:
-            print("\rexperiment: %-14s %3d%%" % (label, 100 * fraction), end="", file=sys.stderr)
-        if fraction >= 1:
-            done = "\rexperiment: %-14s done (%.1f s in)" % (label, time.monotonic() - started)
-            print(done if tty else done[1:], file=sys.stderr)
-
-    try:
-        results = run_experiment(progress=progress, **options)
-    except ValueError as exc:
-        print("gridbid experiment: error: %s" % exc, file=sys.stderr)
-        return 2
-    except (OSError, AssertionError, ConnectionError, TimeoutError) as exc:  # --live only
-        print("\ngridbid experiment: error: the live run failed: %s" % exc, file=sys.stderr)
-        return 1
-    print(table(results))
-    try:
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-        if args.plot:
-            plot(results, args.plot)
-    except OSError as exc:
-        print("gridbid experiment: error: cannot write: %s" % exc, file=sys.stderr)
-        return 1
-    return 0
+def _pair(gain):
+    return gain["revenue_pct"], gain["revenue_pct_ci"]
 
 
-def _c(value, form="%.2f"):
-    return "-" if value is None else form % value
+def verdict(gains):
+    """Words for a case: does competition pay owners, against the informed monopsonist
+    and as N grows."""
 
+    def sign(pair):
+        mean, ci = pair
+        if mean is None:
+            return None
+        ci = ci or 0.0
+        return 1 if mean - ci > 0 else -1 if mean + ci < 0 else 0
 
-def table(results):
-    p, base = results["parameters"], results["baseline"]
-    lines = [
-        "%d batteries x %d slots%s, %s strategy, seed %s; worths ~ U[reserve, reserve + %g]"
-        % (p["devices"], p["slots"], p["live"] and " (live: firmware on %s)" % base["runtime"]
-           or "", p["strategy"], p["seed"], p["spread"]),
-        "single utility (posts the battery's reserve): %s c/kWh, sold %.1f%%"
-        % (_c(base["mean_price"]), 100 * base["sold_share"]),
-        "",
-        "N aggregators | mean price paid c/kWh | vs single utility | theory c/kWh | "
-        "measured - theory (±2 SE) | sold share",
-    ]  # fmt: skip
-    for r in results["runs"]:
-        diff = "-" if r["diff"] is None else "%+.3f ± %.3f" % (r["diff"], 2 * r["diff_se"])
-        lines.append("%13d | %21s | %17s | %12s | %25s | %9.1f%%" % (
-            r["aggregators"], _c(r["mean_price"]), _c(r["vs_baseline_pct"], "%+.1f%%"),
-            _c(r["theory_price"]), diff, 100 * r["sold_share"]))  # fmt: skip
-    return "\n".join(lines)
-
-
-def plot(results, path):
-    """Mean price vs N (±2 SE), the theory's expectation, and the single utility."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    runs = [r for r in results["runs"] if r["mean_price"] is not None]
-    ns, p = [r["aggregators"] for r in runs], results["parameters"]
-    figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    axes.plot(ns, [r["theory_price"] for r in runs], "-", color="orange", lw=6, alpha=0.5,
-              label="auction theory")  # fmt: skip
-    axes.errorbar(ns, [r["mean_price"] for r in runs], yerr=[2 * r["diff_se"] for r in runs],
-                  fmt="o--", color="navy", ms=4, capsize=3, label="measured (±2 SE)")  # fmt: skip
-    if results["baseline"]["mean_price"] is not None:
-        axes.axhline(
-            results["baseline"]["mean_price"], color="grey", ls=":", label="single utility"
-        )
-    axes.set(xlabel="competing aggregators N", ylabel="mean price paid to owners (c/kWh)",
-             xticks=ns, title="gridbid: %s bidders, %d batteries x %d slots, seed %s"
-             % (p["strategy"], p["devices"], p["slots"], p["seed"]))  # fmt: skip
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    pyplot.close(figure)
+    more, informed = sign(gains["2->max"]), sign(gains["max vs informed"])
+    if informed is None:
+        return "nothing sold"
+    words = {1: "pays", 0: "no measurable gain", -1: "owners earn less"}
+    return "%s vs the informed monopsonist; beyond 2 aggregators: %s" % (
+        words[informed],
+        words.get(more, "-"),
+    )

@@ -1,28 +1,31 @@
-"""`gridbid experiment --live`: the same experiment with real batteries — the
+"""`gridbid experiment --live`: the bilateral market's N runs with real batteries — the
 firmware on the MicroPython VM (simulator/fleet.py), each with a simulated meter, BMS
 and inverter — and the aggregators querying, bidding and confirming over ETP on
-loopback. Small by design (the experiment caps devices, slots and aggregators)."""
+loopback. Small by design (the experiment caps devices, slots and aggregators); the
+baselines stay in process."""
 
 import asyncio
 import random
 
 from aggregator import strategies
+from simulator.markets import Traded
 from simulator.model import FLOOR, MAX_KW, MIN_SOC, SLOT_H, Battery, Tally, price_signal
 
 
-def live_simulate(buyers, theory, devices, slots, seed, floor=FLOOR, progress=None):
-    """As simulate, but each battery is the firmware (simulator/fleet.py) with a simulated
-    meter, BMS and inverter, and the aggregators query, bid and confirm over ETP. SoC
-    moves only as contracts run; delivery is not awaited, so reputations stay."""
-    return asyncio.run(_live(buyers, theory, devices, slots, seed, floor, progress))
+def run_market_live(market, buyers, devices, slots, seed, floor=FLOOR, tick=None):
+    """As experiment.run_market for a BilateralMarket (its theory), but each battery is
+    the firmware with simulated devices, and the aggregators query, bid and confirm
+    over ETP. SoC moves only as contracts run; delivery is not awaited, so
+    reputations stay."""
+    return asyncio.run(_live(market, buyers, devices, slots, seed, floor, tick))
 
 
-async def _live(buyers, theory, devices, slots, seed, floor, progress):
+async def _live(market, buyers, devices, slots, seed, floor, tick):
     import tempfile
 
     from simulator.fleet import Fleet
 
-    tally, market, keys = Tally(slots), random.Random("%s/market" % seed), range(1, len(buyers) + 1)
+    tally, rng, keys = Tally(), random.Random("%s/market" % seed), range(1, len(buyers) + 1)
     with tempfile.TemporaryDirectory(prefix="gridbid-experiment-") as tmp:
         fleet = Fleet(
             tmp, aggregators=keys, reserve_floor=floor, min_soc_pct=MIN_SOC, max_kw=MAX_KW,
@@ -44,44 +47,55 @@ async def _live(buyers, theory, devices, slots, seed, floor, progress):
                     )
             for slot in range(slots):
                 signal = price_signal(slot)
-                auctions = [_live_auction(d.device_id, buyers, links, slot, signal, market)
+                auctions = [_auction(d.device_id, buyers, links, slot, signal, rng, market)
                             for d in fleet.devices]  # fmt: skip
-                for offer, sales, bidders in await asyncio.gather(*auctions):
+                offers, sold, buyers_c, bids = [], [], 0.0, 0
+                for offer, sales, surplus, bidders in await asyncio.gather(*auctions):
                     if offer is not None:
-                        tally.add(slot, offer, sales, theory, bidders)
-                if progress:
-                    progress((slot + 1) / slots)
-            runtime = fleet.devices[0].runtime
+                        offers.append(offer)
+                        sold += sales
+                        buyers_c += surplus
+                        bids += bidders
+                tally.add(offers, Traded(sold, buyers_c, bids / max(1, len(offers)), signal))
+                if tick:
+                    tick()
         finally:
             await fleet.close()
-    return {**tally.stats(), "runtime": runtime}
+    return tally.figures()
 
 
-async def _live_auction(device_id, buyers, links, slot, signal, market):
+async def _auction(device_id, buyers, links, slot, signal, rng, market):
+    """One battery's auction over ETP -> (Offer, [(device, kWh, price, theory)],
+    buyers' surplus c, bids)."""
     from protocol import message
 
     replies = await asyncio.gather(*(links[b.name, device_id].query(signal) for b in buyers))
     if replies[0].energy_total <= 0:
-        return None, [], 0
+        return None, [], 0.0, 0
     offer = strategies.Offer(
         device_id, replies[0].energy_total, replies[0].sale_price, slot, signal
     )
     sent = []
-    for buyer in market.sample(buyers, len(buyers)):
+    for buyer in rng.sample(buyers, len(buyers)):
         bid = buyer.bid(offer)
         if bid is not None:
             link = links[buyer.name, device_id]
-            sent.append((buyer, link, await link.bid(device_id, bid.price, bid.kwh)))
-    sold = {}  # buyer name -> (kWh, price) of each accepted bid
-    for buyer, link, msg in sent:
+            sent.append((buyer, bid, link, await link.bid(device_id, bid.price, bid.kwh)))
+    sold, theory = {}, market.theory(offer.reserve, len(sent)) if market.theory else None
+    surplus = 0.0
+    for buyer, bid, link, msg in sent:
         got, _at = await link.answer(msg)
         if got.message.message_type == message.BID_ACCEPT:
-            sold[buyer.name] = (got.message.required_energy_amount, got.message.sale_price)
+            kwh, price = got.message.required_energy_amount, got.message.sale_price
+            sold[buyer.name] = (kwh, price)
+            if bid.worth is not None:
+                surplus += (bid.worth - price) * kwh
             await link.confirm(got, kw=MAX_KW)
     top = max((price for _kwh, price in sold.values()), default=None)
-    bids = {buyer.name: msg.bid_price for buyer, _link, msg in sent}
+    bids = {buyer.name: msg.bid_price for buyer, _bid, _link, msg in sent}
     for buyer in buyers:
         kwh, _price = sold.get(buyer.name, (0.0, None))
         buyer.observe(strategies.Outcome(
             device_id, slot, kwh > 0, bids.get(buyer.name), kwh, top))  # fmt: skip
-    return offer, list(sold.values()), len(sent)
+    sales = [(device_id, kwh, price, theory) for kwh, price in sold.values()]
+    return offer, sales, surplus, len(sent)

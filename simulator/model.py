@@ -1,7 +1,8 @@
 """The experiment's model of the owners' side: batteries that offer at the firmware's
 own reserve (firmware/reserve.py, loaded from the file the devices run), the
-exogenous price signal, and the tally of what sold. simulator/experiment.py runs it
-in process; simulator/experiment_live.py against batteries on the VM."""
+exogenous price signal of the bilateral market, and the tally of what sold.
+simulator/experiment.py runs it in process; simulator/experiment_live.py against
+batteries on the VM."""
 
 import importlib.util
 import math
@@ -51,8 +52,12 @@ class Battery:
         return 100.0 * self.remaining / self.capacity
 
     def offer(self, slot, signal):
+        """The slot's Offer (None: nothing to sell); self.cost is then what the owner's
+        energy is worth to them: the reserve without the market's signal, which only
+        raises the ask towards the going price."""
         rules = firmware("reserve")
         reserve = rules.reserve_price(self.floor, self.soc_pct(), self.health, signal)
+        self.cost = rules.reserve_price(self.floor, self.soc_pct(), self.health)
         kwh = round(min(rules.offer_kwh(self.remaining, self.capacity, MIN_SOC, 100.0),
                         MAX_KW * SLOT_H), 4)  # fmt: skip
         if reserve is None or kwh <= 0:
@@ -67,40 +72,40 @@ class Battery:
 
 
 class Tally:
-    """Offers and sales of one run -> its statistics (prices weighted by kWh sold)."""
+    """One run's sums -> its figures: prices are weighted by kWh sold, money in cents."""
 
-    def __init__(self, slots):
-        self.auctions = self.sold = 0
-        self.offered = 0.0
-        self.rows = []  # (kWh sold, price, theory, reserve, bidders)
-        self.per_slot = [[0.0, 0.0] for _ in range(slots)]  # [revenue c, kWh]
+    def __init__(self):
+        self.offers = self.offered = self.reserve_c = 0.0
+        self.sold = self.revenue = self.owners = self.buyers = 0.0
+        self.theory_kwh = self.theory_c = self.bidders = 0.0
 
-    def add(self, slot, offer, sales, theory, bidders):
-        """sales: [(kWh, price)] of the auction's winners (one when bids take all)."""
-        self.auctions += 1
-        self.offered += offer.kwh
-        self.sold += bool(sales)
-        for kwh, price in sales:
-            self.rows.append((kwh, price, theory(offer.reserve, bidders), offer.reserve, bidders))
-            self.per_slot[slot][0] += price * kwh
-            self.per_slot[slot][1] += kwh
+    def add(self, offers, traded, costs=None):
+        """costs: {device: c/kWh the energy is worth to its owner} (default: the reserve);
+        owners' surplus is measured from it."""
+        reserve = {o.device_id: o.reserve for o in offers}
+        cost = costs or reserve
+        self.offers += len(offers)
+        self.offered += sum(o.kwh for o in offers)
+        self.reserve_c += sum(o.kwh * o.reserve for o in offers)
+        self.bidders += traded.bidders * len(offers)
+        self.buyers += traded.buyers_c
+        for device, kwh, price, theory in traded.sold:
+            self.sold += kwh
+            self.revenue += price * kwh
+            self.owners += (price - cost[device]) * kwh
+            if theory is not None:
+                self.theory_kwh += kwh
+                self.theory_c += theory * kwh
 
-    def stats(self):
-        rows, sold = self.rows, sum(r[0] for r in self.rows)
-
-        def mean(i):
-            return sum(r[0] * r[i] for r in rows) / sold if sold else None
-
-        price, expected, se = mean(1), mean(2), None
-        if sold:  # standard error of the kWh-weighted mean of (price - theory)
-            d = price - expected
-            se = math.sqrt(sum((r[0] * (r[1] - r[2] - d)) ** 2 for r in rows)) / sold
+    def figures(self):
+        sold = self.sold
         return {
-            "mean_price": price, "theory_price": expected, "mean_reserve": mean(3),
-            "diff": None if price is None else price - expected, "diff_se": se,
+            "mean_price": self.revenue / sold if sold else None,
+            "kwh_offered": self.offered, "kwh_sold": sold,
             "sold_share": sold / self.offered if self.offered else 0.0,
-            "kwh_offered": self.offered, "kwh_sold": sold, "auctions": self.auctions,
-            "auctions_sold": self.sold, "revenue_c": sum(r[0] * r[1] for r in rows),
-            "mean_bidders": sum(r[4] for r in rows) / len(rows) if rows else 0.0,
-            "per_slot": [rev / kwh if kwh else None for rev, kwh in self.per_slot],
+            "revenue_c": self.revenue, "owners_surplus_c": self.owners,
+            "aggregators_surplus_c": self.buyers, "welfare_c": self.owners + self.buyers,
+            "mean_reserve": self.reserve_c / self.offered if self.offered else None,
+            "theory_price": self.theory_c / self.theory_kwh if self.theory_kwh else None,
+            "mean_bidders": self.bidders / self.offers if self.offers else 0.0,
         }  # fmt: skip

@@ -9,14 +9,15 @@ from hypothesis import strategies as st
 
 from aggregator.strategies import (
     AdaptiveBidder,
+    Colluder,
     Offer,
     Outcome,
     SingleUtility,
+    TruthfulBidder,
     ValueBidder,
     equilibrium_bid,
     expected_price,
-    make_buyers,
-    premium_values,
+    observe_clearing,
 )
 
 prices = st.floats(min_value=1.0, max_value=60.0)
@@ -146,11 +147,37 @@ def test_an_unreliable_device_gets_lower_bids(kind):
     assert buyer.bid(offer(device=3, slot=10)) is None  # 22 x 5/7 - 1 < the 15 c reserve
 
 
-def test_make_buyers_are_seeded_and_independent():
-    one = [b.bid(offer()).price for b in make_buyers("value", 3, 6.0, 1.0, seed=4)]
-    again = [b.bid(offer()).price for b in make_buyers("value", 3, 6.0, 1.0, seed=4)]
+def test_experiment_buyers_are_seeded_and_independent():
+    from simulator.experiment import make_buyers
+    from simulator.values import Values
+
+    values = Values("premium", seed=4)
+    one = [b.bid(offer()).price for b in make_buyers("value", 3, values, 1.0, seed=4)]
+    again = [b.bid(offer()).price for b in make_buyers("value", 3, values, 1.0, seed=4)]
     assert one == again and len(set(one)) == 3
-    draw = premium_values(6.0, 1.0)
+    draw = values.draw(2, 1.0)
     assert all(16.0 <= draw(offer(), random.Random(i)) <= 22.0 for i in range(50))
     with pytest.raises(ValueError):
-        make_buyers("sniper", 2, 6.0, 1.0, seed=1)
+        make_buyers("sniper", 2, values, 1.0, seed=1)
+
+
+def test_truthful_colluding_and_posted_buyers():
+    assert TruthfulBidder("t", 21.0, 1.0).bid(offer(reserve=15.0)) == (20.0, 2.0, 20.0)
+    assert TruthfulBidder("t", 15.5, 1.0).bid(offer(reserve=15.0)) is None  # worth 14.5
+    cartel = [Colluder(k, 30.0, 1.0, index=k, members=3) for k in range(3)]
+    for device in range(1, 10):  # each battery's reserve is bid once, by one member
+        bids = [m.bid(offer(device=device)) for m in cartel]
+        assert [b.price for b in bids if b] == [15.0]
+    informed = SingleUtility(value=17.0, margin=1.0)  # worth 16
+    assert informed.bid(offer(reserve=15.0)).worth == 16.0
+    assert informed.bid(offer(device=2, reserve=16.5)) is None  # not worth its reserve
+    obliged = SingleUtility(price=15.0, value=15.5, must_buy=True)
+    assert obliged.bid(offer(reserve=14.0)).price == 15.0
+
+
+def test_a_buyer_learns_a_uniform_clearing_as_the_hub_tells_it():
+    buyer = ValueBidder("a", 30.0, capacity=10.0)
+    bids = {d: (offer(device=d), buyer.bid(offer(device=d))) for d in (1, 2)}
+    assert buyer.left()[1] == pytest.approx(6.0)  # two 2 kWh bids held
+    observe_clearing(buyer, bids, {2: 1.5}, 18.0)  # filled 1.5 kWh, from battery 2
+    assert buyer.bought == 1.5 and buyer.left()[1] == pytest.approx(8.5) and not buyer.holds

@@ -88,7 +88,7 @@ def test_a_bad_strategy_path_is_one_line_at_load(tmp_path, plugin):
     for strategy, why in (("my_strategies:Nope", "has no Nope"),
                           ("no_such_module:X", "cannot import no_such_module"),
                           ("my_strategies:Buyer", None),  # a Buyer itself is a class to use
-                          ("value_and_more", "value, adaptive, utility or")):  # fmt: skip
+                          ("value_and_more", "value, adaptive, truthful, utility or")):  # fmt: skip
         settings = {**config.STRATEGY_DEFAULTS, "strategy": strategy}
         if why is None:
             config.check_strategy(settings, "aggregator.toml")

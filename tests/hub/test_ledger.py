@@ -7,7 +7,7 @@ from hub.ledger import Ledger
 from hub.store import Store
 from protocol import contract, message
 from protocol.contract import purchase_terms as terms
-from simulator.experiment import firmware
+from simulator.model import firmware
 
 START = 1763700300  # a multiple of 900 s and of 60 s
 DEVICE, BUYER = 1001, 2

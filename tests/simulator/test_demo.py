@@ -40,7 +40,7 @@ def running(pids):
 
 
 def improvement(out):
-    return float(re.search(r"on average \(([+-][\d.]+)%\)", out).group(1))
+    return float(re.search(r"the market paid ([+-][\d.]+)%", out).group(1))
 
 
 def test_the_hub_trades_every_slot_and_competition_pays_more_than_the_reserve():
