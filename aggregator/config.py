@@ -28,6 +28,7 @@ STRATEGY_DEFAULTS = {
     "capacity": None,  # kWh per slot (None: unlimited)
     "max_kw": None,  # power asked of batteries (None: what each offers)
     "options": None,  # a strategy of your own ("module:Class"): its settings, a table
+    "seed": None,  # of the values it draws (spread): the same seed, the same draws
 }
 BUILT_IN = ("value", "adaptive", "truthful", "utility")
 AGGREGATOR_DEFAULTS = {
@@ -59,6 +60,10 @@ def check_strategy(agg, where):
     for name in ("value", "spread", "margin", "price", "budget", "capacity", "max_kw"):
         if agg[name] is not None and not _number(agg[name]):
             raise ConfigError("%s: %s must be a number >= 0" % (where, name))
+    if agg["seed"] is not None and (
+        isinstance(agg["seed"], bool) or not isinstance(agg["seed"], (int, str))
+    ):
+        raise ConfigError("%s: seed must be a whole number or a string" % where)
     bidders = agg["bidders"]
     if isinstance(bidders, bool) or not isinstance(bidders, int) or bidders < 1:
         raise ConfigError("%s: bidders must be a whole number >= 1" % where)

@@ -25,7 +25,9 @@ The strategies:
   skips offers whose reserve is above w. Below w it bids the symmetric
   equilibrium of a first-price auction with n bidders whose worths are i.i.d.
   uniform on [r, r + s] with reserve r: b(w) = r + (w - r)(n - 1)/n (derivation at
-  expected_price). With n = 1 it bids the reserve, the price a lone buyer needs.
+  expected_price). With n = 1 it bids the reserve, the price a lone buyer needs in a
+  battery's own auction (in the hub's pooled book, bids at the asks' own prices
+  cross only up to the median reserve: a lone value bidder buys about half).
 - AdaptiveBidder: knows neither n nor the value distribution. From the winning
   prices the market publishes it learns how high the best rival bids (a loss
   shows it, a win bounds it) and bids its best response, bounded by its worth:
@@ -34,7 +36,7 @@ The strategies:
 - TruthfulBidder: bids its worth, the price-taker's strategy in a uniform-price
   market such as the hub's, where a bid moves the price only when it is marginal.
 - Colluder: a cartel member; the cartel shares the batteries out and bids their
-  reserves, so N colluders act as one informed buyer.
+  reserves, so N colluders bid as one buyer bidding each reserve.
 - SingleUtility: the baselines' one buyer, a take-it-or-leave-it posted price. With
   price=None it posts the reserve the battery announces (its QueryResponse carries
   it): the least a battery sells for, and all a sole buyer ever needs to pay. With
@@ -299,7 +301,7 @@ class TruthfulBidder(_Valuing):
 
 class Colluder(_Valuing):
     """One of `members` aggregators in a cartel that shares the batteries out (by device
-    id) and bids each battery's reserve: together they act as one informed buyer."""
+    id) and bids each battery's reserve: together they bid as one buyer would."""
 
     def __init__(self, name, value, margin=1.0, index=0, members=1, rng=None, **limits):
         if not 0 <= index < members:
@@ -326,9 +328,10 @@ class SingleUtility(_Valuing):
 
     def price(self, offer):
         posted = offer.reserve if self.posted is None else self.posted
+        worth = None if self.value is None else self.worth(offer)  # a draw per offer, always
         if posted < offer.reserve:
             return None
-        if self.value is not None and self.worth(offer) < posted and not self.must_buy:
+        if worth is not None and worth < posted and not self.must_buy:
             return None
         return posted
 
@@ -353,10 +356,18 @@ def posted_price(asks, worth):
 def observe_clearing(buyer, bids, won, price):
     """Tell a buyer how a uniform-price clearing went for each of its bids, as the hub
     tells it: bids {device: (Offer, Bid)} it made for the slot, won {device: kWh} the
-    batteries it was filled by (a pooled book may fill a bid from another battery),
-    price the clearing price (None: nothing traded)."""
-    for device, (offer, bid) in bids.items():
-        got = won.get(device, 0.0) if price is not None else 0.0
+    batteries it was filled by, price the clearing price (None: nothing traded).
+
+    The book is pooled: a layer bid for one battery is filled from whichever the
+    clearing pairs it with, so which battery filled it says nothing of the bid. The
+    clearing fills the highest layers first, all at one price: the kWh it was filled
+    with go to its layers from the highest price down, never to a layer below the
+    price. So each bid learns what the clearing did to it."""
+    left = sum(won.values()) if price is not None else 0.0
+    ranked = sorted(bids.items(), key=lambda item: (-item[1][1].price, item[0]))
+    for device, (offer, bid) in ranked:
+        got = min(bid.kwh, left) if bid.price >= price - 1e-9 and left > 1e-9 else 0.0
+        left -= got
         buyer.observe(Outcome(device, offer.slot, got > 0, bid.price, got, price))
 
 
@@ -365,7 +376,8 @@ def make_strategy(cfg, seed=None):
     aggregator.toml share them): value, adaptive, truthful, utility, or "package.module:Class",
     a Buyer subclass of the user's, made as Class(name, **its settings["options"])."""
     name, limits = cfg["key_id"], {"budget": cfg["budget"], "capacity": cfg["capacity"]}
-    rng = random.Random("%s/aggregator/%d" % (seed, name))
+    seed = cfg.get("seed") if cfg.get("seed") is not None else seed
+    rng = random.Random("%s/aggregator/%d" % (seed, name))  # as the experiment's buyers
     value = _drawn(cfg["value"], cfg["spread"]) if cfg["spread"] else cfg["value"]
     kind = cfg["strategy"]
     if kind == "value":

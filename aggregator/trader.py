@@ -86,7 +86,9 @@ class Trader:
             fills = self._as_bid(market, msg)
             if self.store is not None:
                 self.store.fills(market.market, msg["slot"], msg["price"], fills)
-            for fill in fills:
+            won = self.won.setdefault((market.market, msg["slot"]), {})
+            for fill in fills:  # now: the clearing that follows in this read is learnt with it
+                won[fill["device"]] = won.get(fill["device"], 0.0) + fill["kwh"]
                 task = asyncio.ensure_future(self.buy(market, msg, fill))
                 self.buying.add(task)
                 task.add_done_callback(self.buying.discard)
@@ -206,7 +208,6 @@ class Trader:
     async def buy(self, market, msg, fill):
         """Buy a fill from its battery. -> (state, why) (also told to the market maker)."""
         device, slot = fill["device"], msg["slot"]
-        self.won.setdefault((market.market, slot), {})[device] = fill["kwh"]
         self.link(device, fill["address"], fill["port"])
         limits = [x for x in (self.max_kw, fill.get("max_kw")) if x]
         kw = min(limits) if limits else 1.0  # the power asked: ours, the battery's, or 1 kW

@@ -158,12 +158,24 @@ class Hub:
         if resumed is not None:
             summaries.append(resumed)
         while slots is None or len(summaries) < slots:
+            await self.wait_for_aggregators()
             summaries.append(await self.trade_slot())
             if len(summaries) == 1:
                 # The links and the store are up: what lives now lives for good, so the
                 # collector need not scan it again (a full collection: 25-30 ms -> ~0).
                 gc.freeze()
         return summaries
+
+    async def wait_for_aggregators(self):
+        """hub.min_aggregators: no slot opens with fewer aggregators in the market."""
+        need = self.cfg["min_aggregators"]
+        if len(self.exchange.participants) >= need:
+            return
+        log.info("market: waiting for %d aggregators to open a slot (%d in the market)",
+                 need, len(self.exchange.participants))  # fmt: skip
+        while len(self.exchange.participants) < need:
+            await asyncio.sleep(0.1)
+        log.info("market: %d aggregators in: trading", len(self.exchange.participants))
 
     async def resume(self):
         """Started (again) after a slot's gate closed and before the slot starts: its
@@ -224,7 +236,8 @@ class Hub:
         )  # fmt: skip
         offers = {}
         off_grid = self.grid.off_grid(start, list(self.registry.devices), self._battery_configs)
-        for info in list(self.registry.devices.values()):
+        # In device order: aggregators see (and price) the offers in the same order always.
+        for info in sorted(self.registry.devices.values(), key=lambda info: info.device_id):
             if self.discovery.answered.get(info.device_id, 0) < since or info.offer_kwh <= 0:
                 continue
             if info.device_id in off_grid:

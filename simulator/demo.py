@@ -325,9 +325,10 @@ class Demo:
                 "the market with %d aggregator(s): %.4f of %.4f kWh offered sold, at "
                 "%.2f c/kWh on average" % (self.args.aggregators, kwh, offered, price),
             )
-            say("demo", "the reserves of what sold: %.2f c/kWh on average (the market paid "
-                "%+.1f%%): what an informed single buyer posting reserves would pay for the "
-                "same kWh, computed, not run; `gridbid experiment` measures the baselines"
+            say("demo", "the batteries' reserves: %.2f c/kWh (each slot's mean over kWh "
+                "offered, weighted by kWh sold; the market paid %+.1f%%): about what a buyer "
+                "posting each reserve would pay; computed, not run (`gridbid experiment` "
+                "measures the baselines)"
                 % (reserve, 100 * (price - reserve) / reserve))  # fmt: skip
         ours, theirs = self.contracts["hub"], self.contracts["batteries"]
         if ours == theirs:

@@ -27,22 +27,25 @@ N, the gain over each baseline in price and revenue, paired by repeat. Every
 figure is a mean over the repeats with its 95 % interval (Student's t).
 """
 
+import functools
 import random
 from collections import defaultdict
 
 from aggregator import strategies
 from simulator import markets, stats
-from simulator.model import FLOOR, MARGIN, Battery, Tally
+from simulator.model import FLOOR, MARGIN, MAX_KW, SLOT_H, Battery, Tally
 from simulator.values import CORRELATION, LEVEL, NOISE, SPREAD, Values, spread_of
 
 MARKETS = ("hub", "bilateral")
 STRATEGIES = ("value", "adaptive", "truthful", "collusion")
 BASELINES = ("informed", "uninformed", "tariff", "one aggregator")
 TARIFF = 15.0  # c/kWh: the feed-in tariff baseline (--tariff)
+SLOT_KWH = MAX_KW * SLOT_H  # the most a battery sells in a slot: 5 kW for 30 min
 FIGURES = ("mean_price", "kwh_offered", "kwh_sold", "sold_share", "revenue_c",
            "owners_surplus_c", "aggregators_surplus_c", "welfare_c", "mean_reserve",
            "theory_price", "mean_bidders")  # fmt: skip
 LIVE_DEVICES, LIVE_SLOTS, LIVE_AGGREGATORS = 5, 3, 16  # 16: the firmware's max_peers bound
+LIVE_HUB_DEVICES, LIVE_HUB_SLOTS = 10, 10  # the hub's: 8-s slots
 
 
 def make_buyers(strategy, count, values, margin, seed, budget=None, capacity=None,
@@ -70,9 +73,9 @@ def make_buyers(strategy, count, values, margin, seed, budget=None, capacity=Non
     return buyers
 
 
-def run_market(market, buyers, devices, slots, seed, floor=FLOOR, tick=None):
+def run_market(market, buyers, devices, slots, seed, floor=FLOOR, tick=None, slot_kwh=SLOT_KWH):
     """One run: `slots` slots of `devices` batteries offering in `market`. -> figures"""
-    batteries = [Battery(1001 + i, seed, floor) for i in range(devices)]
+    batteries = [Battery(1001 + i, seed, floor, slot_kwh) for i in range(devices)]
     rng, tally, signal = random.Random("%s/market" % seed), Tally(), market.signal
     for slot in range(slots):
         offers, costs = [], {}
@@ -94,8 +97,11 @@ def run_market(market, buyers, devices, slots, seed, floor=FLOOR, tick=None):
     return tally.figures()
 
 
-def _theory(market, strategy, values, n, spread, believed):
-    """The theory's expected price for a run's sales, where the model has one."""
+def _theory(market, strategy, values, n, spread, believed, limited=False):
+    """The theory's expected price for a run's sales, where the model has one (none
+    when budgets or capacities may keep bidders out)."""
+    if limited:
+        return None
     if market == "hub":
         if strategy not in ("value", "truthful", "collusion"):
             return None
@@ -125,7 +131,7 @@ def run_repeat(seed, aggregators, devices, slots, market="hub", strategy="value"
                values="private", level=LEVEL, spread=SPREAD, noise=NOISE,
                correlation=CORRELATION, series=None, asymmetry=0.0, margin=MARGIN,
                tariff=TARIFF, budget=None, capacity=None, floor=FLOOR, believed=None,
-               tick=None, runner=run_market):  # fmt: skip
+               follow_signal=True, slot_kwh=SLOT_KWH, tick=None, runner=run_market):  # fmt: skip
     """One repeat: the baselines and every N on one seed. -> {label: figures}
     runner: run_market, or experiment_live's on the VM for the N runs."""
     model = Values(values, seed, level, spread, noise, correlation, series, asymmetry)
@@ -134,20 +140,22 @@ def run_repeat(seed, aggregators, devices, slots, market="hub", strategy="value"
         rng = random.Random("%s/aggregator/1" % seed)  # aggregator 1's values
         buyer = strategies.SingleUtility(name, value=model.draw(1, margin), margin=margin,
                                          rng=rng, **kw)  # fmt: skip
-        return run_market(markets.PostedMarket(post), [buyer], devices, slots, seed, floor, tick)
+        return run_market(markets.PostedMarket(post), [buyer], devices, slots, seed, floor, tick,
+                          slot_kwh)  # fmt: skip
 
     def uninformed(slot, offers):
         kwh = sum(o.kwh for o in offers)
         if not kwh:
             return 0.0
-        worth = sum(model.expected(o) * o.kwh for o in offers) / kwh
+        worth = sum(model.expected(o, 1) * o.kwh for o in offers) / kwh  # it is aggregator 1
         best = strategies.posted_price([(o.reserve, o.kwh) for o in offers], worth)
         return 0.0 if best is None else best
 
     def mechanism(n):
-        theory = _theory(market, strategy, model, n, spread, believed)
+        limited = budget is not None or capacity is not None
+        theory = _theory(market, strategy, model, n, spread, believed, limited)
         if market == "hub":
-            return markets.HubMarket(theory=theory)
+            return markets.HubMarket(theory=theory, follow_signal=follow_signal)
         return markets.BilateralMarket(theory=theory)
 
     runs = {
@@ -157,7 +165,7 @@ def run_repeat(seed, aggregators, devices, slots, market="hub", strategy="value"
     }
     for n in sorted(set(aggregators) | {1}):
         buyers = make_buyers(strategy, n, model, margin, seed, budget, capacity, believed)
-        runs[n] = runner(mechanism(n), buyers, devices, slots, seed, floor, tick)
+        runs[n] = runner(mechanism(n), buyers, devices, slots, seed, floor, tick, slot_kwh)
     runs["one aggregator"] = runs[1]
     return runs
 
@@ -193,7 +201,8 @@ def run_experiment(aggregators=(1, 2, 3, 5, 8), devices=100, slots=50, seed=0, r
                    market="hub", strategy="value", values="private", level=LEVEL,
                    spread=None, noise=NOISE, correlation=CORRELATION, prices=None,
                    asymmetry=0.0, margin=MARGIN, tariff=TARIFF, budget=None, capacity=None,
-                   floor=FLOOR, believed=None, live=False, progress=None):  # fmt: skip
+                   floor=FLOOR, believed=None, follow_signal=True, live=False,
+                   progress=None):  # fmt: skip
     """-> {"parameters", "baselines", "runs"}; progress(fraction) as it goes. Repeat i
     uses seed "<seed>/<i>" (repeat 0: the seed itself)."""
     aggregators = sorted({int(n) for n in aggregators})
@@ -214,55 +223,88 @@ def run_experiment(aggregators=(1, 2, 3, 5, 8), devices=100, slots=50, seed=0, r
     settings = dict(market=market, strategy=strategy, values=values, level=level,
                     spread=spread, noise=noise, correlation=correlation, series=series,
                     asymmetry=asymmetry, margin=margin, tariff=tariff, budget=budget,
-                    capacity=capacity, floor=floor, believed=believed)  # fmt: skip
+                    capacity=capacity, floor=floor, believed=believed,
+                    follow_signal=follow_signal)  # fmt: skip
     if live:
-        if market != "bilateral":
-            raise ValueError("--live runs the bilateral market only")
-        from simulator.experiment_live import run_market_live
-
-        settings["runner"] = run_market_live
-        devices, slots = min(devices, LIVE_DEVICES), min(slots, LIVE_SLOTS)
-        if max(aggregators) > LIVE_AGGREGATORS:
-            raise ValueError("--live runs at most %d aggregators" % LIVE_AGGREGATORS)
+        devices, slots = _live(settings, devices, slots, aggregators)
     work = repeats * (len(set(aggregators) | {1}) + 3) * slots
     done = [0]
 
     def tick():
         done[0] += 1
-        if progress and (done[0] % slots == 0 or done[0] == work):
+        if progress:
             progress(done[0] / work)
 
-    per_repeat = []
-    for i in range(repeats):
+    def repeat(i, **more):
         seed_i = seed if i == 0 else "%s/%d" % (seed, i)
-        per_repeat.append(run_repeat(seed_i, aggregators, devices, slots, tick=tick, **settings))
+        return run_repeat(seed_i, aggregators, devices, slots, **dict(settings, **more))
+
+    per_repeat = [repeat(i, tick=tick) for i in range(repeats)]
     parameters = {"aggregators": aggregators, "devices": devices, "slots": slots,
                   "seed": seed, "repeats": repeats, "live": live, "prices": prices,
                   **{k: v for k, v in settings.items()
                      if k not in ("series", "runner")}}  # fmt: skip
-    return {"parameters": parameters, **summarise(per_repeat, aggregators)}
+    results = {"parameters": parameters, **summarise(per_repeat, aggregators)}
+    if live:  # the simulation with the same parameters, to compare with
+        simulated = summarise([repeat(i, runner=run_market) for i in range(repeats)],
+                              aggregators)  # fmt: skip
+        results["simulation"] = simulated["runs"]
+        results["live_vs_simulation"] = [
+            {"aggregators": run["aggregators"],
+             "price_pct": stats.gain_pct(run["mean_price"], sim["mean_price"]),
+             "revenue_pct": stats.gain_pct(run["revenue_c"], sim["revenue_c"])}
+            for run, sim in zip(results["runs"], simulated["runs"])
+        ]  # fmt: skip
+    return results
+
+
+def _live(settings, devices, slots, aggregators):
+    """--live: the runner that starts the real processes; -> (devices, slots) capped."""
+    if max(aggregators) > LIVE_AGGREGATORS:
+        raise ValueError("--live runs at most %d aggregators" % LIVE_AGGREGATORS)
+    if settings["market"] == "bilateral":
+        from simulator.experiment_live import run_market_live
+
+        settings["runner"] = run_market_live
+        return min(devices, LIVE_DEVICES), min(slots, LIVE_SLOTS)
+    from simulator import experiment_live_hub as hub_live
+
+    if (settings["values"] != "private" or settings["strategy"] not in hub_live.STRATEGIES
+            or settings["asymmetry"] or settings["series"]):  # fmt: skip
+        raise ValueError(
+            "--live on the hub runs private values and the %s strategies, "
+            "without --asymmetry or --prices" % ", ".join(hub_live.STRATEGIES)
+        )
+    spec = {k: settings[k] for k in ("strategy", "level", "spread", "margin", "believed",
+                                     "budget", "capacity")}  # fmt: skip
+    settings["runner"] = functools.partial(hub_live.run_market_live_hub, spec=spec)
+    settings["slot_kwh"] = hub_live.SLOT_KWH
+    return min(devices, LIVE_HUB_DEVICES), min(slots, LIVE_HUB_SLOTS)
 
 
 # --- where competition does and does not pay ---------------------------------------
 
 CASES = (  # name, what changes from the settings given
-    ("private values", {}),
+    ("private values", {"values": "private"}),
     ("common value", {"values": "common"}),
+    ("common value, truthful bids", {"values": "common", "strategy": "truthful"}),
     ("correlated values (0.8)", {"values": "correlated", "correlation": 0.8}),
     ("collusion at the reserve", {"strategy": "collusion"}),
     ("thin market (5 batteries)", {"devices": 5}),
-    ("rivals unknown (assume 3)", {"believed": 3}),
+    ("value bidders assume 3", {"strategy": "value", "believed": 3}),
     ("incumbent worth +4 c", {"asymmetry": 4.0}),
     ("adaptive learners", {"strategy": "adaptive"}),
     ("truthful bidders", {"strategy": "truthful"}),
     ("premium values (1st build)", {"values": "premium"}),
     ("bilateral auctions", {"market": "bilateral"}),
+    ("batteries ignore the signal", {"follow_signal": False}),
 )
 
 
 def run_cases(settings, progress=None):
     """Every case at N = 1, 2 and the largest N asked (at least 3): -> [{"case",
-    "changes", "gains": {"1->2", "2->max", "max vs informed", "2 vs informed"}, each
+    "changes", "gains": {"1->2", "2->max", "1 vs informed", "2 vs informed", "max vs
+    informed"}, each
     (mean, 95 % half-width) of the change in owners' revenue, %, "verdict"}]."""
     top = max(max(settings["aggregators"]), 3)
     out = []
@@ -289,8 +331,9 @@ def _case_gains(case, result):
     return {
         "1->2": _pair(runs[2]["gain"]["one aggregator"]),
         "2->max": _pair(runs[top]["gain"]["N=2"]),
-        "max vs informed": _pair(runs[top]["gain"]["informed"]),
+        "1 vs informed": _pair(runs[1]["gain"]["informed"]),
         "2 vs informed": _pair(runs[2]["gain"]["informed"]),
+        "max vs informed": _pair(runs[top]["gain"]["informed"]),
     }
 
 
@@ -298,21 +341,25 @@ def _pair(gain):
     return gain["revenue_pct"], gain["revenue_pct_ci"]
 
 
+MATERIAL_PCT = 2.0  # a change of owners' revenue smaller than this is called none
+
+
 def verdict(gains):
     """Words for a case: does competition pay owners, against the informed monopsonist
-    and as N grows."""
+    and as N grows; a change counts when its whole 95 % interval is beyond ±2 %."""
 
     def sign(pair):
         mean, ci = pair
-        if mean is None:
+        if mean is None or ci is None:
             return None
-        ci = ci or 0.0
-        return 1 if mean - ci > 0 else -1 if mean + ci < 0 else 0
+        return 1 if mean - ci > MATERIAL_PCT else -1 if mean + ci < -MATERIAL_PCT else 0
 
-    more, informed = sign(gains["2->max"]), sign(gains["max vs informed"])
-    if informed is None:
+    if gains["max vs informed"][0] is None:
         return "nothing sold"
-    words = {1: "pays", 0: "no measurable gain", -1: "owners earn less"}
+    if gains["max vs informed"][1] is None:
+        return "one repeat: no interval, no verdict (--repeats 2 or more)"
+    more, informed = sign(gains["2->max"]), sign(gains["max vs informed"])
+    words = {1: "pays", 0: "no gain beyond ±2 %", -1: "owners earn less"}
     return "%s vs the informed monopsonist; beyond 2 aggregators: %s" % (
         words[informed],
         words.get(more, "-"),

@@ -50,10 +50,13 @@ def add_arguments(parser):
     )
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     parser.add_argument("--plot", metavar="FILE", help="write a plot (.png or .svg)")
-    parser.add_argument("--live", action="store_true", help="batteries run the firmware on the "
-                        "MicroPython VM, aggregators bid over loopback ETP (bilateral market; "
-                        "at most %d devices and %d slots)" % (experiment.LIVE_DEVICES,
-                                                             experiment.LIVE_SLOTS))  # fmt: skip
+    parser.add_argument("--live", action="store_true", help="the real processes on loopback: "
+                        "`gridbid hub run`, `gridbid aggregator run` per aggregator and the "
+                        "batteries' firmware on the MicroPython VM (hub: 8-s slots, at most "
+                        "%d batteries and %d slots; bilateral: %d and %d); compared with the "
+                        "simulation" % (experiment.LIVE_HUB_DEVICES, experiment.LIVE_HUB_SLOTS,
+                                        experiment.LIVE_DEVICES,
+                                        experiment.LIVE_SLOTS))  # fmt: skip
 
 
 def parse(args):
@@ -80,8 +83,18 @@ def parse(args):
         if getattr(args, name) not in allowed:
             raise ValueError("--%s must be one of %s" % (name, ", ".join(allowed)))
     if args.live:
-        if args.market != "bilateral":
-            raise ValueError("--live runs the bilateral market only (add --market bilateral)")
+        from simulator.experiment_live_hub import STRATEGIES as hub_live
+
+        if args.market == "hub" and (
+            args.values != "private"
+            or args.strategy not in hub_live
+            or args.prices
+            or args.asymmetry not in ("0", None)
+        ):
+            raise ValueError(
+                "--live on the hub runs private values and the %s strategies, "
+                "without --asymmetry or --prices" % ", ".join(hub_live)
+            )
         if max(ns) > experiment.LIVE_AGGREGATORS:
             raise ValueError("--live runs at most %d aggregators" % experiment.LIVE_AGGREGATORS)
         if args.cases:
@@ -118,14 +131,17 @@ def run(args):
     if lacks_sim_extra("experiment", needs):
         return 2
     if options["live"]:
-        print("experiment: --live runs at most %d batteries and %d slots"
-              % (experiment.LIVE_DEVICES, experiment.LIVE_SLOTS), file=sys.stderr)  # fmt: skip
-    started, tty, shown = time.monotonic(), sys.stderr.isatty(), [-1]
+        print("experiment: --live runs the real processes: at most %d batteries and %d slots"
+              % ((experiment.LIVE_HUB_DEVICES, experiment.LIVE_HUB_SLOTS) if options["market"]
+                 == "hub" else (experiment.LIVE_DEVICES, experiment.LIVE_SLOTS)),
+              file=sys.stderr)  # fmt: skip
+    started, tty, shown = time.monotonic(), sys.stderr.isatty(), [-1, -1]
 
     def progress(fraction, label="experiment"):  # a % counter on a terminal, else by tenths
-        tenth = int(10 * fraction)
-        if tty:
-            print("\r%s: %3d%%" % (label, 100 * fraction), end="", file=sys.stderr)
+        tenth, pct = int(10 * fraction), int(100 * fraction)
+        if tty and pct != shown[1]:
+            print("\r%s: %3d%%" % (label, pct), end="", file=sys.stderr)
+            shown[1] = pct
         elif tenth > shown[0]:
             print("%s: %d%% (%.0f s)" % (label, 10 * tenth, time.monotonic() - started),
                   file=sys.stderr)  # fmt: skip

@@ -12,7 +12,7 @@ from simulator.markets import Traded
 from simulator.model import FLOOR, MAX_KW, MIN_SOC, SLOT_H, Battery, Tally, price_signal
 
 
-def run_market_live(market, buyers, devices, slots, seed, floor=FLOOR, tick=None):
+def run_market_live(market, buyers, devices, slots, seed, floor=FLOOR, tick=None, _slot_kwh=None):
     """As experiment.run_market for a BilateralMarket (its theory), but each battery is
     the firmware with simulated devices, and the aggregators query, bid and confirm
     over ETP. SoC moves only as contracts run; delivery is not awaited, so

@@ -8,6 +8,9 @@ surplus, how many bid, and the slot's signal for the next Queries.
   aggregator/trader.py asks it) as a bid layer; at the gate the maker clears the
   pooled book at one price (hub/market/clearing.py) and pairs the fills into
   trades; buyers learn through strategies.observe_clearing, as the trader does.
+  The pooled book trades one good: a layer's worth (what its bidder would pay per
+  kWh) counts for whatever kWh the layer is filled with, from any battery, also
+  under the premium and correlated models, which draw it for one battery.
   The same code path as the hub without sockets, links or a disk: its store is
   BookStore (the book in memory). The price signal is the hub's: after each
   clearing the maker's signal over the book (D = all bid layers' kWh, S = the
@@ -84,10 +87,11 @@ class HubMarket:
 
     name = "hub"
 
-    def __init__(self, store=None, theory=None, signal=None):
+    def __init__(self, store=None, theory=None, signal=None, follow_signal=True):
         self.maker = MarketMaker(store or BookStore(), "experiment", SLOT_S, GATE_S, signal)
         self.signal = 0.0  # the hub's first Queries carry none
         self.theory = theory  # (asks, bidders) -> the slot's expected price, or None
+        self.follow_signal = follow_signal  # False: batteries ask their own reserve
 
     def trade(self, slot, offers, buyers, rng):
         start = (FIRST_SLOT + slot) * SLOT_S
@@ -122,7 +126,8 @@ class HubMarket:
         for order_id, _owner, side, kwh in result.fills:
             if side == BID and worth[order_id] is not None:
                 buyers_c += (worth[order_id] - result.price) * kwh
-        return Traded(sold, buyers_c, count / len(offers) if offers else 0.0, self.signal)
+        return Traded(sold, buyers_c, count / len(offers) if offers else 0.0,
+                      self.signal if self.follow_signal else 0.0)  # fmt: skip
 
 
 class BilateralMarket:

@@ -39,9 +39,11 @@ def price_signal(slot, p_balance=15.0, p_con=4.0, k=1.5, slots_per_day=48):
 class Battery:
     """One owner's battery, in process: its offer, at the firmware's reserve, and SoC."""
 
-    def __init__(self, device_id, seed, floor=FLOOR):
+    def __init__(self, device_id, seed, floor=FLOOR, slot_kwh=MAX_KW * SLOT_H):
+        """slot_kwh: the most a slot carries (a 30-min slot at 5 kW); solar scales with it."""
         rng = random.Random("%s/battery/%d" % (seed, device_id))
-        self.device_id, self.floor = device_id, floor
+        self.device_id, self.floor, self.slot_kwh = device_id, floor, slot_kwh
+        self.sun = SOLAR_KWH * slot_kwh / (MAX_KW * SLOT_H)
         self.capacity = rng.choice((5.0, 10.0, 13.5))
         self.remaining = self.capacity * rng.uniform(40.0, 95.0) / 100
         self.soh = rng.uniform(50.0, 100.0)
@@ -59,7 +61,7 @@ class Battery:
         reserve = rules.reserve_price(self.floor, self.soc_pct(), self.health, signal)
         self.cost = rules.reserve_price(self.floor, self.soc_pct(), self.health)
         kwh = round(min(rules.offer_kwh(self.remaining, self.capacity, MIN_SOC, 100.0),
-                        MAX_KW * SLOT_H), 4)  # fmt: skip
+                        self.slot_kwh), 4)  # fmt: skip
         if reserve is None or kwh <= 0:
             return None
         return strategies.Offer(self.device_id, kwh, reserve, slot, signal)
@@ -67,7 +69,7 @@ class Battery:
     def deliver(self, kwh, recharge=False):
         self.remaining = max(0.0, self.remaining - kwh)
         if recharge:
-            self.remaining = min(self.capacity, self.remaining + self.solar.uniform(0, SOLAR_KWH))
+            self.remaining = min(self.capacity, self.remaining + self.solar.uniform(0, self.sun))
         return kwh
 
 

@@ -20,6 +20,15 @@ def _pm(mean, ci, form="%.2f", scale=1.0):
     return text if ci is None else "%s ± %s" % (text, form.replace("+", "") % (ci * scale))
 
 
+def _money(cents, ci):
+    """Cents as € with the decimals its size needs (the interval alike)."""
+    if cents is None:
+        return "-"
+    euros = abs(cents) / 100
+    digits = 0 if euros >= 100 or not euros else 1 if euros >= 10 else 2 if euros >= 0.1 else 4
+    return _pm(cents, ci, "%%.%df" % digits, 0.01)
+
+
 def describe(p):
     """One line of what was run."""
     values = {
@@ -50,13 +59,13 @@ def table(results):
                  "aggs' surplus", "welfare", "reserve", "theory")]  # fmt: skip
 
     def row(label, f):
-        sold = "%.0f (%.0f%%)" % (f["kwh_sold"], 100 * f["sold_share"])
+        sold = "%.4g (%.0f%%)" % (f["kwh_sold"], 100 * f["sold_share"])
         lines.append("%-26s %15s %17s %16s %14s %16s %14s %8s %8s" % (
             label, _pm(f["mean_price"], f["mean_price_ci"]), sold,
-            _pm(f["revenue_c"], f["revenue_c_ci"], "%.0f", 0.01),
-            _pm(f["owners_surplus_c"], f["owners_surplus_c_ci"], "%.0f", 0.01),
-            _pm(f["aggregators_surplus_c"], f["aggregators_surplus_c_ci"], "%.0f", 0.01),
-            _pm(f["welfare_c"], f["welfare_c_ci"], "%.0f", 0.01),
+            _money(f["revenue_c"], f["revenue_c_ci"]),
+            _money(f["owners_surplus_c"], f["owners_surplus_c_ci"]),
+            _money(f["aggregators_surplus_c"], f["aggregators_surplus_c_ci"]),
+            _money(f["welfare_c"], f["welfare_c_ci"]),
             _pm(f["mean_reserve"], None), _pm(f["theory_price"], None)))  # fmt: skip
 
     for base in ("informed", "uninformed", "tariff"):
@@ -74,23 +83,35 @@ def table(results):
                 _pm(g["revenue_pct"], g["revenue_pct_ci"], "%+.1f"),
                 _pm(g["price_pct"], None, "%+.1f"))))  # fmt: skip
         lines.append("%-6d" % run["aggregators"] + "".join(cells))
+    if results.get("live_vs_simulation"):
+        lines += ["", "live against the simulation with the same parameters (slot energy, "
+                  "seeds, values):", "%-6s %22s %22s %14s %16s" % (
+                      "N", "price live / sim", "revenue € live / sim", "price diff",
+                      "revenue diff")]  # fmt: skip
+        for cmp, live, sim in zip(results["live_vs_simulation"], results["runs"],
+                                  results["simulation"]):  # fmt: skip
+            lines.append("%-6d %22s %22s %14s %16s" % (
+                cmp["aggregators"], "%s / %s" % (_pm(live["mean_price"], None),
+                                                 _pm(sim["mean_price"], None)),
+                "%s / %s" % (_money(live["revenue_c"], None), _money(sim["revenue_c"], None)),
+                _pm(cmp["price_pct"], None, "%+.1f%%"),
+                _pm(cmp["revenue_pct"], None, "%+.1f%%")))  # fmt: skip
     return "\n".join(lines)
 
 
 def cases_table(cases):
     """Where competition pays owners and where it does not."""
     top = cases[0]["top"] if cases else 0
-    lines = ["owners' revenue, %% change (± 95 %%): N=1 -> 2, N=2 -> %d, and N=%d and N=2 "
+    lines = ["owners' revenue, %% change (± 95 %%): N=1 -> 2, N=2 -> %d, and N=1, 2, %d "
              "against the informed monopsonist" % (top, top), "",
-             "%-28s %16s %16s %16s %16s  %s" % ("case", "1 -> 2", "2 -> %d" % top,
-                                                "%d vs informed" % top, "2 vs informed",
-                                                "verdict")]  # fmt: skip
+             "%-28s %14s %14s %14s %14s %14s  %s" % (
+                 "case", "1 -> 2", "2 -> %d" % top, "1 vs informed", "2 vs informed",
+                 "%d vs informed" % top, "verdict")]  # fmt: skip
     for case in cases:
         g = case["gains"]
-        lines.append("%-28s %16s %16s %16s %16s  %s" % (
-            case["case"], *(_pm(*g[k], "%+.1f") for k in ("1->2", "2->max",
-                                                         "max vs informed", "2 vs informed")),
-            case["verdict"]))  # fmt: skip
+        keys = ("1->2", "2->max", "1 vs informed", "2 vs informed", "max vs informed")
+        lines.append("%-28s %14s %14s %14s %14s %14s  %s" % (
+            case["case"], *(_pm(*g[k], "%+.1f") for k in keys), case["verdict"]))  # fmt: skip
     return "\n".join(lines)
 
 

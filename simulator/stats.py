@@ -9,7 +9,8 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def t95(df):
-    return _T95[df - 1] if df <= len(_T95) else 1.96
+    """Beyond the table, 1.96 + 2.4/df (within 0.3 % of the true quantile)."""
+    return _T95[df - 1] if df <= len(_T95) else 1.96 + 2.4 / df
 
 
 def mean_ci(values):

@@ -113,14 +113,14 @@ class Values:
         worth plus the margin it keeps."""
         return lambda offer, rng: self.worth(k, offer, rng) + margin
 
-    def expected(self, offer):
-        """The mean worth of an offer to an aggregator (not the incumbent)."""
-        s = self.spread
+    def expected(self, offer, k=None):
+        """The mean worth of an offer to aggregator k."""
+        s, extra = self.spread, self.asymmetry if k == 1 else 0.0
         if self.model == "premium":
-            return offer.reserve + s / 2
+            return offer.reserve + s / 2 + extra
         if self.model == "common":
-            return self.level(offer.slot) + s / 2 + self.noise / 2
-        return self.level(offer.slot) + s / 2
+            return self.level(offer.slot) + s / 2 + self.noise / 2 + extra
+        return self.level(offer.slot) + s / 2 + extra
 
     def uniform(self, offer):
         """(low, width) when worths of this offer are uniform on [low, low + width] and

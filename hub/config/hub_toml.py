@@ -30,6 +30,7 @@ HUB_DEFAULTS = {
     "market_bind": "0.0.0.0",  # the market API (aggregators on their own machines)
     "market_port": 0,  # its TCP port; 0: none (hosted aggregators only)
     "min_aggregator_reputation": 0.0,  # below it, an aggregator's bids are refused (0..1)
+    "min_aggregators": 0,  # no slot opens with fewer aggregators in the market
     "p_balance": 16.0,  # price signal (hub/market/price_signal.py), c/kWh
     "p_con": 6.0,
     "k": 1.0,
@@ -87,6 +88,9 @@ def check(data, base=Path("."), where="hub config", keys=True):
                           "the market API (hub.market_port)" % where)  # fmt: skip
     if not 0 <= hub["min_aggregator_reputation"] <= 1:
         raise ConfigError("%s: hub.min_aggregator_reputation must be 0..1" % where)
+    need = hub["min_aggregators"]
+    if isinstance(need, bool) or not isinstance(need, int) or not 0 <= need <= 1000:
+        raise ConfigError("%s: hub.min_aggregators must be a whole number 0..1000" % where)
     if not isinstance(hub["market_port"], int) or not 0 <= hub["market_port"] < 65536:
         raise ConfigError("%s: hub.market_port must be a TCP port (0: none)" % where)
     hub["aggregators"] = [_aggregator(a, i, where) for i, a in enumerate(aggs, 1)]

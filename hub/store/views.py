@@ -192,6 +192,27 @@ def totals(store):
     return row
 
 
+def competition(store):
+    """The live market's gain by how many aggregators competed: per number of
+    aggregators that bid in a cleared slot, its slots, kWh sold, the kWh-weighted
+    price, and the reserves of what sold (the filled asks' own prices: what a buyer
+    posting each battery's reserve would pay for the same kWh); improvement = price
+    over those reserves. Only cleared slots count, so no sealed book is read."""
+    rows = store.rows(
+        "WITH sold AS (SELECT t.slot, sum(t.kwh) AS kwh, sum(t.kwh * t.price) AS paid, "
+        "sum(t.kwh * b.price) AS at_reserve FROM trades t JOIN bids b "
+        "ON b.slot = t.slot AND b.order_id = t.order_id WHERE t.side = 'ask' GROUP BY t.slot), "
+        "active AS (SELECT slot, count(DISTINCT owner) AS n FROM bids WHERE side = 'bid' "
+        "AND slot IN (SELECT slot FROM sold) GROUP BY slot) "
+        "SELECT a.n AS aggregators, count(*) AS slots, sum(s.kwh) AS kwh, "
+        "sum(s.paid) / sum(s.kwh) AS price, sum(s.at_reserve) / sum(s.kwh) AS reserve "
+        "FROM sold s JOIN active a USING (slot) GROUP BY a.n ORDER BY a.n"
+    )
+    for row in rows:
+        row["improvement"] = improvement(row["price"], row["reserve"])
+    return rows
+
+
 def aggregators(store):
     """Per bidder (key id): bid layers, layers that won kWh, kWh and money; the layers of
     a slot whose gate is still open are not counted (sealed)."""

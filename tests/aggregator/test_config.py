@@ -50,6 +50,7 @@ def test_the_example_loads_and_explains_every_setting(site):
         (('wallet = "acme-wallet.json"', 'wallet = "none.json"'), "no wallet file"),
         (('wallet = "acme-wallet.json"', 'wallet = "acme.json"'), "not a solana-keygen"),
         (("margin_credits = 1000.0", "margin_credits = -5"), "margin_credits must be"),
+        (("bidders = 3", "bidders = 3\nseed = 1.5"), "seed must be a whole number or a string"),
     ],
 )
 def test_a_fault_is_one_line(site, change, why):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from aggregator.strategies import (
     AdaptiveBidder,
+    Bid,
     Colluder,
     Offer,
     Outcome,
@@ -176,8 +177,17 @@ def test_truthful_colluding_and_posted_buyers():
 
 
 def test_a_buyer_learns_a_uniform_clearing_as_the_hub_tells_it():
-    buyer = ValueBidder("a", 30.0, capacity=10.0)
+    """The pooled book fills its highest layers first, from any battery: the kWh go to
+    the bids from the highest price down, never to one below the price."""
+    buyer = ValueBidder("a", 30.0, bidders=3, capacity=10.0)  # bids 24.33 on a 15 c reserve
     bids = {d: (offer(device=d), buyer.bid(offer(device=d))) for d in (1, 2)}
+    bids[3] = (offer(device=3, reserve=16.0), Bid(16.5, 2.0))  # a low layer
     assert buyer.left()[1] == pytest.approx(6.0)  # two 2 kWh bids held
-    observe_clearing(buyer, bids, {2: 1.5}, 18.0)  # filled 1.5 kWh, from battery 2
-    assert buyer.bought == 1.5 and buyer.left()[1] == pytest.approx(8.5) and not buyer.holds
+    seen = []
+    buyer.learn = lambda offer, bid, outcome: seen.append(outcome)
+    observe_clearing(buyer, bids, {7: 2.0, 8: 1.5}, 18.0)  # filled from batteries 7 and 8
+    assert buyer.bought == 3.5 and buyer.left()[1] == pytest.approx(6.5) and not buyer.holds
+    assert [(o.device_id, o.won, o.kwh) for o in seen] == [(1, True, 2.0), (2, True, 1.5)]
+    bid = buyer.bid(offer(device=3, reserve=16.0, slot=1))  # below a clearing price: lost
+    observe_clearing(buyer, {3: (offer(device=3, reserve=16.0, slot=1), bid)}, {}, 99.0)
+    assert seen[-1].device_id == 3 and not seen[-1].won and seen[-1].kwh == 0.0

@@ -67,7 +67,7 @@ def test_common_values_and_collusion_show_no_gain():
     assert revenue_gain(private["runs"][2], "N=2")[0] > 5.0
     cartel = experiment.run_experiment(strategy="collusion", **dict(size, aggregators=[1, 5]))
     mean, ci = revenue_gain(cartel["runs"][1], "one aggregator")
-    assert abs(mean) < max(5.0, ci), (mean, ci)
+    assert abs(mean) < 5.0, (mean, ci)
     mean, ci = revenue_gain(cartel["runs"][1], "informed")
     assert mean + ci < 0  # the colluders' reserves cross only mid-book
 
@@ -92,7 +92,8 @@ def test_the_cases_say_where_competition_does_not_pay():
     assert by_name["collusion at the reserve"]["verdict"].startswith("owners earn less")
     assert by_name["private values"]["gains"]["max vs informed"][0] > 0
     for case in cases:
-        assert set(case["gains"]) == {"1->2", "2->max", "max vs informed", "2 vs informed"}
+        assert set(case["gains"]) == {"1->2", "2->max", "1 vs informed", "2 vs informed",
+                                      "max vs informed"}  # fmt: skip
 
 
 def test_a_seed_repeats_a_run_exactly_and_repeats_differ():
@@ -182,7 +183,8 @@ def test_cli_prints_the_tables_and_writes_json_and_plots(tmp_path, capsys):
         (["--prices", "/nonexistent.csv"], "--prices"),
         (["--plot", "out.pdf"], "--plot"),
         (["--cases", "--plot", "x.png"], "--plot"),
-        (["--live"], "--live"),
+        (["--live", "--values", "common"], "--live"),
+        (["--live", "--strategy", "collusion"], "--live"),
         (["--live", "--market", "bilateral", "--aggregators", "17"], "--live"),
     ],
 )
@@ -213,3 +215,18 @@ def test_live_firmware_devices_agree_with_the_simulation():
     sim = experiment.run_experiment(aggregators=[2], devices=2, slots=1, seed=5,
                                     market="bilateral", values="premium")  # fmt: skip
     assert run["mean_price"] == pytest.approx(sim["runs"][0]["mean_price"], rel=0.05)
+
+
+def test_live_hub_processes_agree_with_the_simulation():
+    """`gridbid hub run`, two `gridbid aggregator run` processes and three batteries on
+    the VM, for two 8-s slots (and the same with one aggregator, the baseline): the hub
+    waits for both (hub.min_aggregators), the aggregators draw the simulation's values
+    (their seed), and the store's clearing gives the simulation's price and revenue
+    within 10 % (measured: within 0.1 %)."""
+    results = experiment.run_experiment(aggregators=[2], devices=3, slots=2, seed=5, live=True)
+    assert results["parameters"]["live"] and results["parameters"]["market"] == "hub"
+    (run,) = results["runs"]
+    assert run["kwh_sold"] > 0 and run["aggregators_surplus_c"] is None  # private to them
+    (cmp,) = results["live_vs_simulation"]
+    assert abs(cmp["price_pct"]) < 10 and abs(cmp["revenue_pct"]) < 10, cmp
+    assert results["simulation"][0]["kwh_offered"] == pytest.approx(run["kwh_offered"])

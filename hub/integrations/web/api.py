@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hub.controls import floor_name
 from hub.integrations.platform import views as platform
 from hub.integrations.settlement import journal
+from hub.integrations.web import evidence
 from hub.store import views as queries
 from protocol.contract import STATE_NAMES, parse_slot_name
 
@@ -157,7 +158,7 @@ def make_app(web):
     async def status():
         """The hub now: its market, the open slot, totals, the page's own state."""
         now = time.time()
-        plot = web.settings["experiment_plot"]
+        plot, found = web.settings["experiment_plot"], web.settings["experiment_json"]
         return {
             "hub": hub.cfg["name"], "now": now, "slot_s": hub.grid.length(now),
             "slot_grid": hub.grid.value,
@@ -166,6 +167,7 @@ def make_app(web):
             "aggregators": len(hub.aggregators()), "totals": await web.cache(queries.totals),
             "controls": hub.controls.values, "writable": web.token is not None,
             "plot": bool(plot and Path(plot).is_file()),
+            "experiment": bool(found and Path(found).is_file()),
             "ws": {"clients": len(web.fanout.clients), "dropped": web.fanout.dropped,
                    "queue": web.fanout.queue_size, "events": web.fanout.sent},
         }  # fmt: skip
@@ -359,6 +361,7 @@ def make_app(web):
             raise HTTPException(400, str(exc)) from None
         return {"name": control.name, "value": control.value, "controls": hub.controls.values}
 
+    evidence.add_routes(app, web)
     return app
 
 

@@ -9,6 +9,7 @@ DEFAULTS = {
     "port": 8080,  # 0: any free port (tests)
     "token_file": None,  # a file holding the control token (0600); None: read-only page
     "experiment_plot": None,  # a .png or .svg (`gridbid experiment --plot F`), served at /plot
+    "experiment_json": None,  # `gridbid experiment --json F`: its table, at /api/experiment
     "ws_queue": 256,  # events queued per WebSocket client before it is dropped as too slow
     "max_page": 500,  # the largest `limit` the REST API accepts
 }
@@ -40,6 +41,11 @@ def check(settings, base, where):
         if not isinstance(plot, str) or Path(plot).suffix.lower() not in (".png", ".svg"):
             raise ValueError("%s: experiment_plot must name a .png or .svg file" % where)
         out["experiment_plot"] = str(Path(base) / plot)  # it may not exist yet
+    if settings["experiment_json"] is not None:
+        found = settings["experiment_json"]
+        if not isinstance(found, str) or Path(found).suffix.lower() != ".json":
+            raise ValueError("%s: experiment_json must name a .json file" % where)
+        out["experiment_json"] = str(Path(base) / found)  # it may not exist yet
     return out
 
 

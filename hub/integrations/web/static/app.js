@@ -73,6 +73,40 @@ async function loadStatus() {
   $("control-form").hidden = !s.writable;
   $("plot").hidden = !s.plot;
   if (s.plot && !$("plot-img").src) $("plot-img").src = "/plot";
+  if (s.experiment && $("experiment").hidden) loadExperiment().catch(report);
+}
+
+const pm = (mean, ci, d, scale) => (mean === null || mean === undefined ? "–"
+  : (mean * (scale || 1)).toFixed(d) + (ci === null || ci === undefined ? "" : " ± " + (ci * (scale || 1)).toFixed(d)));
+const gainCell = (g) => (g && g.revenue_pct !== null && g.revenue_pct !== undefined
+  ? (g.revenue_pct >= 0 ? "+" : "") + pm(g.revenue_pct, g.revenue_pct_ci, 1) + " %" : "–");
+
+async function loadCompetition() {
+  const { items } = await api("/api/competition");
+  fill("competition-live", items.map((r) => row([r.aggregators, r.slots, num(r.kwh, 3),
+    cents(r.price), cents(r.reserve), pct(r.improvement)])));
+}
+
+async function loadExperiment() {
+  const e = await api("/api/experiment");
+  const p = e.parameters;
+  $("experiment-about").textContent = p.market + " market, " + p.strategy + " bidders, " +
+    p.values + " values; " + p.devices + " batteries × " + p.slots + " slots, " + p.repeats +
+    " repeats, seed " + p.seed;
+  const labels = { informed: "informed monopsonist", uninformed: "uninformed posted price",
+    tariff: "feed-in tariff" };
+  const rows = Object.entries(labels).filter(([k]) => e.baselines[k]).map(([k, label]) => {
+    const b = e.baselines[k];
+    return row([label, pm(b.mean_price, b.mean_price_ci, 2), num(b.kwh_sold, 1),
+      pm(b.revenue_c, b.revenue_c_ci, 2, 0.01), "", ""]);
+  });
+  for (const r of e.runs) {
+    rows.push(row(["N = " + r.aggregators, pm(r.mean_price, r.mean_price_ci, 2),
+      num(r.kwh_sold, 1), pm(r.revenue_c, r.revenue_c_ci, 2, 0.01),
+      gainCell(r.gain && r.gain.informed), gainCell(r.gain && r.gain["one aggregator"])]));
+  }
+  fill("experiment-table", rows);
+  $("experiment").hidden = false;
 }
 
 async function loadSlots() {
@@ -365,7 +399,7 @@ function onEvent(ev) {
     case "clearing":
       if (live && live.slot === ev.slot) showSlot(ev.slot).catch(report);
       else setClearing(ev.price, ev.volume_kwh, ev.reserve);
-      loadSlots().catch(report); loadContractsSoon(); break;
+      loadSlots().catch(report); loadCompetition().catch(report); loadContractsSoon(); break;
     case "telemetry": telemetry(ev); break;
     case "device": case "failure": loadDevicesSoon(); loadStatus().catch(report); break;
     case "contract": loadContractsSoon(); loadPlatformSoon(); break;
@@ -407,7 +441,8 @@ function report(err) { console.error(err); }
 
 function loadAll() {
   return Promise.all([loadStatus(), loadSlots(), loadPrices(), loadAggregators(), loadDevices(),
-    loadContracts(), loadSettlements(), loadControls(), loadPlatform()]).catch(report);
+    loadContracts(), loadSettlements(), loadControls(), loadPlatform(),
+    loadCompetition()]).catch(report);
 }
 
 function tick() {

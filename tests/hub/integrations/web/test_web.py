@@ -160,6 +160,36 @@ def test_competition_metrics_match_the_store(live):
     )
 
 
+def test_the_live_gain_by_competition_matches_the_store(live):
+    """Per cleared slot: how many aggregators bid, what sold at what price, and the
+    reserves (ask layers' prices) of exactly what sold, grouped by that number."""
+    _hub, web, _events, db, _token, _keys = live
+    asks = {
+        (r["slot"], r["order_id"]): r["price"]
+        for r in sql(db, "SELECT slot, order_id, price FROM bids WHERE side = 'ask'")
+    }
+    groups = {}
+    for slot in {r["slot"] for r in sql(db, "SELECT slot FROM trades")}:
+        sold = sql(db, "SELECT order_id, kwh, price FROM trades WHERE slot = ? AND side = 'ask'",
+                   slot)  # fmt: skip
+        n = sql(db, "SELECT count(DISTINCT owner) AS n FROM bids WHERE slot = ? AND side = 'bid'",
+                slot)[0]["n"]  # fmt: skip
+        g = groups.setdefault(n, [0, 0.0, 0.0, 0.0])
+        g[0] += 1
+        for t in sold:
+            g[1] += t["kwh"]
+            g[2] += t["kwh"] * t["price"]
+            g[3] += t["kwh"] * asks[slot, t["order_id"]]
+    items = get(web, "/api/competition")["items"]
+    assert [r["aggregators"] for r in items] == sorted(groups) and items
+    for r in items:
+        slots, kwh, paid, at_reserve = groups[r["aggregators"]]
+        assert r["slots"] == slots and r["kwh"] == pytest.approx(kwh)
+        assert r["price"] == pytest.approx(paid / kwh)
+        assert r["reserve"] == pytest.approx(at_reserve / kwh)
+        assert r["improvement"] == pytest.approx(paid / at_reserve - 1)
+
+
 def test_devices_show_live_status_and_history(live):
     hub, web, _events, db, _token, _keys = live
     devices = {d["id"]: d for d in get(web, "/api/devices")["items"]}

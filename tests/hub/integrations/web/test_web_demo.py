@@ -79,6 +79,12 @@ def test_the_page_follows_the_demo_live_on_a_phone(tmp_path):
                 arg=before["live"], timeout=15_000,
             )  # fmt: skip
             assert page.text_content("#last-slot") != before["last"]
+            # The live market's gain by competition: a row per number of aggregators
+            page.wait_for_function(
+                "() => document.querySelectorAll('#competition-live tbody tr').length > 0",
+                timeout=10_000)  # fmt: skip
+            gain = page.text_content("#competition-live tbody tr td:last-child")
+            assert re.match(r"^[+-]\d+\.\d %$", gain), gain
             assert re.match(r"^\d+\.\d\d c/kWh$", page.text_content("#last-price"))
             # Telemetry: each battery's "last seen" moves every second or so.
             seen = page.get_attribute("#device-table tbody tr", "data-seen")

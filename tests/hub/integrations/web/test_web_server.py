@@ -54,6 +54,7 @@ def token_file(folder, text=TOKEN, mode=0o600):
     ("port a string", "port must be a whole number 0..65535"),
     ("queue of 0", "ws_queue must be a whole number"),
     ("plot not an image", "experiment_plot must name a .png or .svg file"),
+    ("results not json", "experiment_json must name a .json file"),
     ("unknown setting", "[web] has unknown settings ['colour']"),
     ("empty host", "host must be an address"),
 ])  # fmt: skip
@@ -67,6 +68,7 @@ def test_bad_web_settings_stop_the_hub_with_one_line(tmp_path, case, says):
         "port a string": lambda: {"port": "8080"},
         "queue of 0": lambda: {"ws_queue": 0},
         "plot not an image": lambda: {"experiment_plot": "plot.pdf"},
+        "results not json": lambda: {"experiment_json": "results.csv"},
         "unknown setting": lambda: {"colour": "blue"},
         "empty host": lambda: {"host": ""},
     }[case]()
@@ -135,6 +137,43 @@ def test_the_experiment_plot_is_served_once_it_exists(tmp_path):
     assert status_before["plot"] is False and status_after["plot"] is True
     assert served.status_code == 200 and served.text == svg
     assert served.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_the_latest_experiment_is_served_once_it_exists(tmp_path):
+    """`gridbid experiment --json` results, as the page shows them: 404 before the file
+    exists, 422 for a file that is not such results, then its table."""
+    from simulator import experiment
+
+    results = experiment.run_experiment(aggregators=[1, 2], devices=5, slots=3, seed=2,
+                                        repeats=2)  # fmt: skip
+    path = tmp_path / "out" / "results.json"
+
+    async def main():
+        hub, web = await started(tmp_path, experiment_json="out/results.json")
+        got = []
+        try:
+            async with httpx.AsyncClient(base_url=web.url) as client:
+                got.append(await client.get("/api/experiment"))
+                path.parent.mkdir()
+                path.write_text("[1, 2]")
+                got.append(await client.get("/api/experiment"))
+                path.write_text(json.dumps(results))
+                got.append(await client.get("/api/experiment"))
+                got.append((await client.get("/api/status")).json())
+        finally:
+            await hub.close()
+        return got
+
+    missing, bad, served, status = asyncio.run(main())
+    assert missing.status_code == 404 and "experiment --json" in missing.json()["error"]
+    assert bad.status_code == 422 and "results.json" in bad.json()["error"]
+    body = served.json()
+    assert served.status_code == 200 and status["experiment"] is True
+    assert body["parameters"]["repeats"] == 2 and set(body["baselines"]) >= {"informed"}
+    for run, want in zip(body["runs"], results["runs"]):
+        assert run["mean_price"] == pytest.approx(want["mean_price"])
+        assert run["gain"]["informed"]["revenue_pct"] == pytest.approx(
+            want["gain"]["informed"]["revenue_pct"])  # fmt: skip
 
 
 async def stuck_client(host, port):
