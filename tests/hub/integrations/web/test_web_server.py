@@ -176,6 +176,51 @@ def test_the_latest_experiment_is_served_once_it_exists(tmp_path):
             want["gain"]["informed"]["revenue_pct"])  # fmt: skip
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no system chromium")
+def test_the_page_shows_the_latest_experiment_in_a_browser(tmp_path):
+    """The page's "Does competition pay?" section in Chromium: the experiment's rows
+    (baselines, then each N with its gains), and no script error."""
+    from playwright.sync_api import sync_playwright
+
+    from simulator import experiment
+
+    results = experiment.run_experiment(aggregators=[1, 3], devices=5, slots=3, seed=2,
+                                        repeats=2)  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(results))
+
+    def browse(url):  # sync Playwright, in a thread of its own while the hub's loop serves
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--headless", "--no-sandbox", "--disable-gpu"])  # fmt: skip
+            page, errors = browser.new_page(), []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_selector("#experiment:not([hidden])", timeout=10_000)
+            rows = page.eval_on_selector_all(
+                "#experiment-table tbody tr",
+                "rows => rows.map(r => [...r.children].map(c => c.textContent))")  # fmt: skip
+            about = page.text_content("#experiment-about")
+            browser.close()
+        return rows, about, errors
+
+    async def main():
+        hub, web = await started(tmp_path, experiment_json="results.json")
+        try:
+            return await asyncio.to_thread(browse, web.url)
+        finally:
+            await hub.close()
+
+    rows, about, errors = asyncio.run(main())
+    assert "hub market" in about and "2 repeats" in about
+    assert [r[0] for r in rows] == ["informed monopsonist", "uninformed posted price",
+                                    "feed-in tariff", "N = 1", "N = 3"]  # fmt: skip
+    three = rows[-1]
+    assert three[1].startswith("%.2f ± " % results["runs"][1]["mean_price"])
+    assert three[4].endswith(" %") and three[4][0] in "+-"
+    assert not errors, errors
+
+
 async def stuck_client(host, port):
     """A WebSocket client that asks for /ws and then reads nothing, with a tiny buffer."""
     stuck = socket.socket()
