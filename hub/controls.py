@@ -79,8 +79,10 @@ class Controls:
         and aggregators: the batteries and aggregator names it may name."""
         kind, _, target = name.partition(".")
         if kind == "reserve_floor":
-            if not target.isdigit() or int(target) not in devices:
+            if not (target.isascii() and target.isdigit()) or int(target) not in devices:
                 raise ValueError("no battery %r" % target)
+            if name != floor_name(int(target)):  # what is listed is the name applied
+                raise ValueError("write it %s" % floor_name(int(target)))
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))
                                       or not 0 <= value < 1000):  # fmt: skip

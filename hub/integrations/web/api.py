@@ -20,6 +20,7 @@ import hmac
 import time
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi import Path as PathParam
@@ -150,6 +151,12 @@ def make_app(web):
 
     @app.websocket("/ws")
     async def events(websocket: WebSocket):
+        # A page elsewhere must not read this hub's events through its visitor's browser:
+        # a browser names the page's origin, which must be this page's own (tools send none).
+        origin = websocket.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != websocket.headers.get("host"):
+            await websocket.close(code=1008)  # before accepting: the handshake gets a 403
+            return
         await web.fanout.serve(websocket)
 
     # --- now --------------------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""Attacks on the status page that once worked (issue 17's rows 6 and 9), tried against
+a real hub's page on loopback: another site's page reading /ws through its visitor's
+browser, and an operator control listed as in force but never applied."""
+
+import asyncio
+
+import httpx
+import pytest
+import websockets
+from helpers.hub_site import write_keys
+
+from hub.config import hub_toml
+from hub.service import Hub
+
+TOKEN = "t0ken-for-tests-only-0123456789"
+pytestmark = pytest.mark.timeout(60)
+
+
+def config(folder):
+    write_keys(folder / "hub-keys.json", [1])
+    (folder / "token").write_text(TOKEN)
+    (folder / "token").chmod(0o600)
+    return hub_toml.check({
+        "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json", "slot_s": 10, "gate_s": 4},
+        "aggregator": [{"key_id": 1, "name": "a"}],
+        "web": {"port": 0, "token_file": "token"},
+    }, base=folder)  # fmt: skip
+
+
+def run(folder, attack):
+    async def main():
+        hub = Hub(config(folder))
+        await hub.start_integrations()
+        try:
+            return await attack(hub, hub.integrations["web"])
+        finally:
+            await hub.close()
+
+    return asyncio.run(main())
+
+
+def test_ws_from_another_sites_page_is_refused(tmp_path):
+    async def attack(hub, web):
+        ws = web.url.replace("http://", "ws://").rstrip("/") + "/ws"
+        own = "http://" + web.url.split("//")[1].rstrip("/")
+        refused = []
+        for origin in ("http://evil.example", "http://127.0.0.1:1", "null"):
+            try:
+                async with websockets.connect(ws, origin=origin, open_timeout=5):
+                    refused.append(False)
+            except websockets.InvalidStatus as exc:
+                refused.append(exc.response.status_code == 403)
+        async with websockets.connect(ws, origin=own, open_timeout=5) as same:
+            await same.ping()
+        async with websockets.connect(ws, open_timeout=5) as tool:  # no Origin: not a browser
+            await tool.ping()
+        return refused
+
+    assert run(tmp_path, attack) == [True, True, True]
+
+
+def test_a_control_is_applied_under_the_name_it_is_listed(tmp_path):
+    """reserve_floor.01001 was listed as in force and never applied: a name that is not
+    the one applied is refused, naming the right one."""
+
+    async def attack(hub, web):
+        hub.registry.devices[1001] = object()  # a battery the hub knows
+        headers = {"authorization": "Bearer " + TOKEN}
+        answers = []
+        async with httpx.AsyncClient(base_url=web.url, headers=headers) as client:
+            for name in ("reserve_floor.01001", "reserve_floor.１００１", "reserve_floor.1001"):
+                answers.append(await client.post("/api/controls",
+                                                 json={"name": name, "value": 50.0}))  # fmt: skip
+        return answers, dict(hub.controls.values), hub.controls.floor(1001)
+
+    (padded, wide, plain), values, floor = run(tmp_path, attack)
+    assert padded.status_code == 400 and "reserve_floor.1001" in padded.json()["error"]
+    assert wide.status_code == 400
+    assert plain.status_code == 200 and values == {"reserve_floor.1001": 50.0} and floor == 50.0
