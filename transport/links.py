@@ -16,12 +16,16 @@ that raises is reported to the loop's exception handler and the link reads on.
 
 import asyncio
 import itertools
+import random
 import threading
 import time
 
 from protocol import errors, frame, message_info
 
 BACKOFF_S = (0.5, 30.0)
+# A session shorter than this is no success: a peer that accepts and closes at once (or
+# one out of peer slots) is retried with growing delays, not thousands of times a second.
+STABLE_S = 5.0
 # A link's transport buffers at most this much (the kernel's socket buffer aside);
 # past it, frames wait in the link's priority queue, where the urgent go first.
 WRITE_BUFFER_HIGH = 16 * frame.FRAME_SIZE
@@ -110,16 +114,21 @@ class DeviceLink:
                     lambda: _Session(self, loop), self.address, self.port
                 )
             except OSError:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay * random.uniform(1.0, 1.5))  # jitter: no herd
                 delay = min(delay * 2, BACKOFF_S[1])
                 continue
-            delay = BACKOFF_S[0]
+            opened = loop.time()
             try:
                 await session.closed
             finally:
                 session.end()
                 session.transport.close()
                 self.reconnects += 1
+            if loop.time() - opened >= STABLE_S:
+                delay = BACKOFF_S[0]  # a session that lived: come back at once
+                continue
+            await asyncio.sleep(delay * random.uniform(1.0, 1.5))
+            delay = min(delay * 2, BACKOFF_S[1])
 
     def _report(self, what, exc):
         asyncio.get_running_loop().call_exception_handler(
