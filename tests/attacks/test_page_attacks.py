@@ -77,3 +77,43 @@ def test_a_control_is_applied_under_the_name_it_is_listed(tmp_path):
     assert padded.status_code == 400 and "reserve_floor.1001" in padded.json()["error"]
     assert wide.status_code == 400
     assert plain.status_code == 200 and values == {"reserve_floor.1001": 50.0} and floor == 50.0
+
+
+def test_a_big_body_without_the_token_is_refused_unread(tmp_path):
+    """Row 4: 200-400 MB bodies with no token grew the hub to 1.47 GB before the 401.
+    Now a write without the token is refused on its headers, and any body over 16 KiB
+    with a 413, before it is kept."""
+    import resource
+
+    async def chunks(total):
+        block = b"x" * (1 << 20)
+        for _ in range(total >> 20):
+            yield block
+
+    async def attack(hub, web):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        answers = []
+        async with httpx.AsyncClient(base_url=web.url, timeout=20) as client:
+            for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}):
+                try:
+                    got = await client.post("/api/controls", content=chunks(300 << 20),
+                                            headers=headers)  # fmt: skip
+                    answers.append(got.status_code)
+                except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+                    answers.append("closed")  # refused before we finished sending it
+            big = await client.post("/api/controls", content=b"{" + b" " * 100_000 + b"}",
+                                    headers={"authorization": "Bearer " + TOKEN})  # fmt: skip
+            streamed = await client.post(
+                "/api/controls",
+                content=chunks(8 << 20),
+                headers={"authorization": "Bearer " + TOKEN},
+            )
+            ok = await client.post("/api/controls", json={"name": "paused.a", "value": True},
+                                   headers={"authorization": "Bearer " + TOKEN})  # fmt: skip
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        return answers, big.status_code, streamed.status_code, ok.status_code, grown_mb
+
+    answers, big, streamed, ok, grown_mb = run(tmp_path, attack)
+    assert all(a in (401, "closed") for a in answers), answers
+    assert big == 413 and streamed == 413 and ok == 200
+    assert grown_mb < 100, grown_mb  # 600 MB sent at it, nothing of it kept

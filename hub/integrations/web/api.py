@@ -44,6 +44,7 @@ from hub.controls import floor_name
 from hub.integrations.platform import views as platform
 from hub.integrations.settlement import journal
 from hub.integrations.web import evidence
+from hub.integrations.web.guards import Bodies
 from hub.store import views as queries
 from protocol.contract import STATE_NAMES, parse_slot_name
 
@@ -110,6 +111,7 @@ def make_app(web):
         "devices, settlements. Live events: WebSocket /ws.",
     )  # fmt: skip
     app.add_middleware(_SecurityHeaders)
+    app.add_middleware(Bodies, web=web)  # outermost: before any body is read
     _errors(app)
     bearer = HTTPBearer(auto_error=False, description="the token in [web] token_file")
 
