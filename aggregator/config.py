@@ -49,7 +49,7 @@ class ConfigError(ValueError):
 def check_strategy(agg, where):
     """agg's strategy settings checked (agg has STRATEGY_DEFAULTS filled in)."""
     if agg["strategy"] not in BUILT_IN:
-        from aggregator.strategies import load_plugin
+        from aggregator.strategy_config import load_plugin
 
         try:
             load_plugin(agg["strategy"])

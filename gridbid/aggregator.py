@@ -90,7 +90,7 @@ def trade(args):
 
     from aggregator import config
     from aggregator.market_client import MarketLink
-    from aggregator.strategies import make_strategy
+    from aggregator.strategy_config import make_strategy
     from aggregator.trader import Trader
 
     try:

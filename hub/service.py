@@ -28,7 +28,7 @@ import time
 from collections import namedtuple
 
 from aggregator.market_client import LocalLink
-from aggregator.strategies import make_strategy
+from aggregator.strategy_config import make_strategy
 from aggregator.trader import Trader
 from hub import controls
 from hub.config import hub_toml, keys_file

@@ -48,7 +48,7 @@ from collections import namedtuple
 import numpy as np
 
 from aggregator import strategies
-from hub.market.clearing import ASK, BID
+from hub.market.clearing import ASK
 from hub.market.maker import MarketMaker
 from simulator.model import firmware, price_signal
 
@@ -120,11 +120,10 @@ class HubMarket:
                                         result.price)  # fmt: skip
         theory = self.theory(offers, len(buyers)) if self.theory and result.price else None
         sold, buyers_c = [], 0.0
-        for _order_id, owner, side, kwh in result.fills:
+        for order_id, owner, side, kwh in result.fills:
             if side == ASK:
                 sold.append((owner, kwh, result.price, theory))
-        for order_id, _owner, side, kwh in result.fills:
-            if side == BID and worth[order_id] is not None:
+            elif worth[order_id] is not None:
                 buyers_c += (worth[order_id] - result.price) * kwh
         return Traded(sold, buyers_c, count / len(offers) if offers else 0.0,
                       self.signal if self.follow_signal else 0.0)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 
 from aggregator import config, identity
 from aggregator.market_client import LocalLink
-from aggregator.strategies import make_strategy
+from aggregator.strategy_config import make_strategy
 from aggregator.trader import Trader
 from hub import controls
 from hub.events import Events

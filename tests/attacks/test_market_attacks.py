@@ -8,7 +8,7 @@ import time
 import pytest
 
 from aggregator.identity import Identity
-from aggregator.strategies import make_strategy
+from aggregator.strategy_config import make_strategy
 from aggregator.trader import Trader
 from hub import controls as hub_controls
 from hub.config.keys_file import HubKeys

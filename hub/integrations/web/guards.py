@@ -23,8 +23,8 @@ class Bodies:
         if token is None:
             return await _refuse(send, 403, "this page is read-only: its hub has no [web] "
                                  "token_file")  # fmt: skip
-        given = headers.get(b"authorization", b"")
-        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token.encode()):
             return await _refuse(send, 401, "a valid token is needed (Authorization: Bearer "
                                  "<token>)", [(b"www-authenticate", b"Bearer")])  # fmt: skip
         try:
