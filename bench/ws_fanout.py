@@ -58,7 +58,13 @@ async def serve(args):
         settings = {
             "hub": {"store": "hub.sqlite", "keys_file": "hub-keys.json"},
             "aggregator": [{"key_id": 1, "name": "agg1"}],
-            "web": {"port": 0, "ws_queue": args.queue},
+            # every page from 127.0.0.1: no per-address cap below the clients
+            "web": {
+                "port": 0,
+                "ws_queue": args.queue,
+                "max_per_address": args.clients + 16,
+                "max_connections": max(1024, args.clients + 16),
+            },
         }
         keys_file.provision(hub_toml.check(settings, base=folder, keys=False))  # `hub keys`
         cfg = hub_toml.check(settings, base=folder)

@@ -80,6 +80,8 @@ def run(args):
         return 2
     from hub.service import Hub, StartError
 
+    open_files()
+
     async def main():
         hub = Hub(cfg)
         try:
@@ -95,6 +97,21 @@ def run(args):
     except KeyboardInterrupt:
         print("hub stopped", flush=True)
     return 0
+
+
+def open_files(most=65536):
+    """Raise the soft open-files limit to the hard one (a socket per battery link, page,
+    market session: a shell's 1024 is too few for a large site). Under the deploy unit
+    both are LimitNOFILE already, and its system call filter refuses setrlimit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass  # the limit stays; the page caps its connections to it (web/server.py)
 
 
 def keys(args):

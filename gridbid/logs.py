@@ -22,6 +22,7 @@ LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 QUIET = {  # library logger -> the lowest level it may show
     "pymodbus": logging.WARNING,
     "aiocoap": logging.WARNING,
+    "coap-server": logging.WARNING,  # aiocoap's server context: a line per odd datagram
     "uvicorn.access": logging.WARNING,  # one line per HTTP request
     "httpx": logging.WARNING,  # one line per RPC call (solana's client)
     "httpcore": logging.WARNING,
@@ -33,6 +34,11 @@ HARMLESS = {  # logger -> how its messages that are no error here begin
     "pymodbus.logging": ("Cancel send, because not connected!",),
 }
 SAME_AGAIN = {"pymodbus.logging": ("Repeating....",)}  # a library's "the last one again"
+BRIEF = {  # logger -> its messages told in one line, without the traceback
+    # asyncio retries a failed accept a second later: out of open files, the error is
+    # the news, not the stack (issue 17: 97 MB of tracebacks under a connection flood)
+    "asyncio": ("socket.accept() out of system resource",),
+}
 BURST, WINDOW_S = 5, 10.0
 
 
@@ -99,6 +105,16 @@ class Harmless(logging.Filter):
         return True
 
 
+class Brief(logging.Filter):
+    """A BRIEF record in one line: its exception's text instead of its traceback."""
+
+    def filter(self, record):
+        if record.exc_info and str(record.msg).startswith(BRIEF.get(record.name, ())):
+            record.msg = "%s: %s" % (str(record.msg).split("\n")[0], record.exc_info[1])
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def journald():
     """True when stderr is journald's stream: systemd sets JOURNAL_STREAM to that
     stream's "device:inode" (a child whose stderr was redirected inherits the variable,
@@ -123,6 +139,7 @@ def setup(verbosity=0):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(JOURNAL_FORMAT if journald() else FORMAT))
     handler.addFilter(Harmless())
+    handler.addFilter(Brief())
     handler.gridbid = RateLimit()  # marks the handler ours; flush() asks it what it held
     handler.gridbid.handler = handler
     handler.addFilter(handler.gridbid)

@@ -46,6 +46,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.util.linkformat import Link
 
 from hub.controls import GRID
+from hub.integrations import coap_bounds
 from protocol import coap
 from protocol.contract import MarketContract
 
@@ -57,7 +58,7 @@ JSON = int(ContentFormat.JSON)
 FORBIDDEN, NOT_FOUND = int(aiocoap.FORBIDDEN), int(aiocoap.NOT_FOUND)
 
 DEFAULTS = {
-    "bind": "0.0.0.0",  # the address to listen on ("::" for IPv6 too; 127.0.0.1 in tests)
+    "bind": "127.0.0.1",  # this machine only; the LAN address (or "0.0.0.0") for batteries
     "port": 5683,  # CoAP's port
     "max_age_s": 60,  # /price notifications' Max-Age: a device re-registers after it
     "replay_window_s": 30,  # how far a request's timestamp may be from the hub's clock
@@ -298,6 +299,7 @@ class CoapServer:
             self.context = await aiocoap.Context.create_server_context(
                 self.site, bind=(s["bind"], s["port"]), transports=["udp6"]
             )
+            coap_bounds.bound(self.context)
         except OSError as exc:
             raise OSError(exc.errno, "[coap] cannot listen on %s:%d: %s"
                           % (s["bind"], s["port"], exc.strerror)) from None  # fmt: skip

@@ -82,7 +82,7 @@ class MarketServer:
                 if writer.transport.get_write_buffer_size() > SEND_BUFFER:
                     log.warning("market: aggregator %d stopped reading: session closed",
                                 aggregator)  # fmt: skip
-                    writer.close()
+                    writer.transport.abort()  # close() would wait to send what it won't read
                     return
                 writer.write(session.seal(message))
 

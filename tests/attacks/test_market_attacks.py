@@ -193,3 +193,121 @@ def test_a_revoked_aggregators_session_hears_no_more_offers(market):
     market.received(p, {"type": "subscribe"})  # noticed: refused
     open_slot(market, 2)
     assert got[-1]["type"] != "slot", json.dumps(got[-1])[:200]
+
+
+# --- floods, slow readers, oversized frames (issue 17: the market API "gets the same
+# treatment"): each runs the real MarketServer on loopback with two admitted aggregators.
+
+
+async def _session(server, keys, aggregator):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    session, _challenge = await wire.hello(reader, writer, aggregator, keys.market_key(aggregator))
+    return reader, writer, session
+
+
+async def _answer(reader, session, kind, ref=None, timeout=5):
+    """The next message of this kind (and ref) the hub sends this session."""
+    while True:
+        tag, body = await asyncio.wait_for(wire.read_frame(reader, wire.MAX_FROM_HUB), timeout)
+        msg = session.open(tag, body)
+        if msg.get("type") == kind and (ref is None or msg.get("ref") == ref):
+            return msg
+
+
+def test_one_aggregators_flood_does_not_delay_anothers_bids(market):
+    """Aggregator 2 sends as fast as TCP takes them: authentic frames of 256 KiB (the
+    largest the hub reads) and small messages, never reading the hub's answers.
+    Aggregator 1's bids are still answered within 250 ms each; the flooder's session
+    is closed when the hub's buffer for it fills, and its audit rows stay capped."""
+    name, _start = open_slot(market, 2)
+
+    async def bids(server, keys, rounds):
+        reader, writer, session = await _session(server, keys, 1)
+        took = []
+        for ref in range(rounds):
+            began = time.monotonic()
+            writer.write(session.seal({"type": "bid", "slot": name, "ref": ref, "layers": [
+                {"device": 1001, "price": 16.0, "kwh": 0.01, "id": ref}]}))  # fmt: skip
+            answer = await _answer(reader, session, "bid_result", ref)
+            took.append(time.monotonic() - began)
+            assert answer["accepted"] == 1, answer
+            await asyncio.sleep(0.02)
+        writer.close()
+        return took
+
+    async def flood(server, keys, stop):
+        _reader, writer, session = await _session(server, keys, 2)
+        pad = "x" * (wire.MAX_FRAME - 200)
+        sent = 0
+        try:
+            while not stop.is_set():  # each sealed anew: a replayed frame ends the session
+                big = session.seal({"type": "subscribe", "pad": pad})
+                small = b"".join(session.seal({"type": "nonsense"}) for _ in range(200))
+                writer.write(big + small)
+                await writer.drain()
+                sent += len(big) + len(small)
+        except ConnectionError:
+            pass  # closed by the hub: it stopped reading our answers
+        return sent
+
+    async def scenario(server, keys):
+        quiet = await bids(server, keys, 10)
+        stop = asyncio.Event()
+        flooding = asyncio.create_task(flood(server, keys, stop))
+        await asyncio.sleep(0.5)
+        loud = await bids(server, keys, 40)
+        stop.set()
+        return quiet, loud, await flooding
+
+    began = time.monotonic()
+    quiet, loud, sent = _serve(market, scenario)
+    assert sent > 20 << 20, sent  # the flood was a flood (>20 MB)
+    assert max(loud) < 0.25, "bid answered in %.0f ms under the flood (quiet: %.0f ms)" % (
+        1000 * max(loud),
+        1000 * max(quiet),
+    )
+    seconds = int(time.monotonic()) - int(began) + 1
+    rows = market.store.refusals(2, limit=100_000)
+    assert len(rows) <= seconds * LIMITS["refusal_rows_per_s"], len(rows)
+
+
+def test_a_frame_claiming_a_gigabyte_is_refused_before_it_is_read(market):
+    async def scenario(server, keys):
+        reader, writer, session = await _session(server, keys, 1)
+        writer.write((1 << 30).to_bytes(4, "big") + b"\0" * 65536)  # the rest never comes
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 3)  # closed: not waiting for 1 GB
+
+    said = _serve(market, scenario)  # one untagged `refused`, then the end of the stream
+    assert b'"refused"' in said and b"the limit is %d" % wire.MAX_FRAME in said, said[-200:]
+
+
+def test_a_subscriber_that_stops_reading_is_dropped_and_the_others_hear_on(market):
+    """A slow reader costs the hub at most its send buffer (SEND_BUFFER), then its
+    session; the other subscriber still gets every slot."""
+    from hub.market import server as market_server
+
+    async def scenario(server, keys):
+        r1, w1, s1 = await _session(server, keys, 1)
+        _r2, w2, s2 = await _session(server, keys, 2)
+        for writer, session in ((w1, s1), (w2, s2)):
+            writer.write(session.seal({"type": "subscribe"}))
+        await _answer(r1, s1, "welcome")
+        await asyncio.sleep(0.2)
+        heard = 0
+        for _ in range(120):  # ~120 slots of 1,000 offers: ~10 MB each subscriber
+            offers = [{"device": d, "kwh": 1.0, "reserve": 15.0, "max_kw": 5.0,
+                       "address": "127.0.0.%d" % (d % 250)} for d in range(1000)]  # fmt: skip
+            name, start = slot_at(2)
+            market.open_slot(name, start, start - GATE_S, offers, 16.0)
+            msg = await _answer(r1, s1, "slot")
+            heard += len(msg["offers"]) == 1000
+            await asyncio.sleep(0)
+        buffered = [w.transport.get_write_buffer_size() for w in server.connections]
+        await asyncio.sleep(0.3)  # its session's task sees the end and leaves
+        return heard, buffered, 2 in market.participants
+
+    heard, buffered, slow_still_there = _serve(market, scenario)
+    assert heard == 120
+    assert not slow_still_there  # its session was closed
+    assert max(buffered) <= market_server.SEND_BUFFER + (1 << 20), buffered

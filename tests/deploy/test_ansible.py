@@ -337,6 +337,7 @@ HARDENING = [
     "User=gridbid", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
     "PrivateTmp=yes", "ReadWritePaths=/var/lib/gridbid", "CapabilityBoundingSet=",
     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK", "KillSignal=SIGINT",
+    "LimitNOFILE=65536",  # issue 17 row 5: not systemd's 1024
     "ExecStart=/opt/gridbid/venv/bin/gridbid hub run --config /etc/gridbid/hub.toml",
 ]  # fmt: skip
 

@@ -129,6 +129,7 @@ def test_provision_writes_the_config_and_never_prints_a_key(board, site):
     keys = json.loads((site / "hub-keys.json").read_text())
     assert not HEX_KEY.search(out), "a key was printed:\n" + out
     assert PASSWORD not in out and "bench-net" in out
+    assert "[coap] bind is 127.0.0.1: set it to the hub's LAN address" in out  # the default
     local = site / ("battery-%d.json" % DEVICE_ID)
     hosted = [site / "aggregator-1.json", site / "aggregator-2.json"]  # hub.toml's two
     for path in (site / "hub-keys.json", local, *hosted):

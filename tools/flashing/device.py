@@ -21,6 +21,7 @@ battery-<id>.json ...`), and provision run again pushes the file, keeping them.
 
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -233,11 +234,16 @@ def coap_settings(cfg, address):
     coap = cfg.get("integrations", {}).get("coap")
     if coap is None:
         return {}, "hub.toml has no [coap]: --hub-address is not needed" if address else None
-    host = address or (coap["bind"] if coap["bind"] not in ("0.0.0.0", "::") else None)
+    bind = ipaddress.ip_address(coap["bind"])  # checked by the hub's loader
+    host = address or (None if bind.is_unspecified or bind.is_loopback else coap["bind"])
     if host is None:
         return {}, ("hub.toml has [coap]: give --hub-address (this hub's address as the "
                     "battery sees it) for the battery to use it")  # fmt: skip
-    return {"coap_hub": "%s:%d" % (host, coap["port"])}, None
+    note = None
+    if bind.is_loopback:  # the default: CoAP stays on the hub's machine until told
+        note = ("hub.toml's [coap] bind is %s: set it to the hub's LAN address (or "
+                "0.0.0.0) for the battery to reach it" % coap["bind"])  # fmt: skip
+    return {"coap_hub": "%s:%d" % (host, coap["port"])}, note
 
 
 def check_config(data, battery):

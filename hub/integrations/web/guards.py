@@ -1,9 +1,96 @@
-"""The page's guard before any route: what a request may send before it is read."""
+"""The page's guards: how many connections it keeps and for how long before a request
+comes (Connections, in uvicorn's HTTP protocol), and what a request may send before it
+is read (Bodies, before any route)."""
 
 import hmac
 import json
+import logging
 
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024  # bytes of a request body (a control is ~100)
+
+
+def connections(max_total, max_per_address, request_s):
+    """uvicorn's HTTP protocol (its `http` setting) for one server, with these limits."""
+    return type("Connections", (Connections,), {
+        "max_total": max_total, "max_per_address": max_per_address,
+        "request_s": request_s, "waiting": {},
+    })  # fmt: skip
+
+
+class Connections(H11Protocol):
+    """At most max_total open connections (pages, /ws, API clients), max_per_address of
+    them from one address. A connection must send a request's headers within request_s
+    of connecting or of its last answer, or it is closed. When a limit is reached, a
+    newcomer takes the place of the connection that has waited longest without sending
+    a request, first among its own address's, as the market API does: idle or slow
+    strangers (a thousand of them once took the page down, and the hub's other sockets
+    with it) never lock a real page out. Refusals are logged under the command's rate
+    limit (gridbid/logs.py)."""
+
+    max_total, max_per_address, request_s = 1024, 64, 10.0
+    waiting = {}  # connections with no request yet, oldest first: set per server
+
+    def connection_made(self, transport):
+        super().connection_made(transport)  # one of self.connections from here
+        self._deadline = None
+        address = self.client[0] if self.client else None
+        same = {c for c in self.connections if (getattr(c, "client", None) or [None])[0] == address}
+        for crowd, limit in ((same, self.max_per_address), (self.connections, self.max_total)):
+            if len(crowd) > limit and not self._make_room(crowd):
+                log.warning("web: refused a connection: %d open already", limit)
+                transport.abort()  # every one is busy: the newcomer tries again later
+                return
+        self._wait()
+
+    def _make_room(self, crowd):
+        """Close the connection of crowd that has waited longest for its request."""
+        oldest = next((c for c in self.waiting if c in crowd), None)
+        if oldest is None:
+            return False
+        oldest.forget()
+        oldest.transport.abort()
+        self.connections.discard(oldest)  # now, not when its loss is reported
+        crowd.discard(oldest)
+        return True
+
+    def _wait(self):
+        """Until the next request's headers are in: at most request_s."""
+        self.waiting[self] = True
+        self._deadline = self.loop.call_later(self.request_s, self._too_slow)
+
+    def forget(self):
+        self.waiting.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self):
+        self._deadline = None
+        self.forget()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self):
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's headers are in
+            self.forget()
+
+    def handle_websocket_upgrade(self, event):
+        self.forget()  # the socket is /ws's now (stream.py bounds what it queues)
+        super().handle_websocket_upgrade(event)
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._wait()  # keep-alive: the next request comes within request_s too
+
+    def connection_lost(self, exc):
+        self.forget()
+        super().connection_lost(exc)
 
 
 class Bodies:

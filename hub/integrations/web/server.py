@@ -4,11 +4,12 @@ fan-out subscribed to hub.events, the read-only store reader; close() ends all t
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 
 import uvicorn
 
-from hub.integrations.web import api
+from hub.integrations.web import api, guards
 from hub.integrations.web.settings import ListenError, read_token
 from hub.integrations.web.stream import Fanout
 from hub.store.views import Reader
@@ -67,10 +68,14 @@ class WebServer:
         self._server = None
 
     async def start(self):
-        sock = _bind(self.settings["host"], self.settings["port"])
+        s = self.settings
+        sock = _bind(s["host"], s["port"])
         host, port = sock.getsockname()[:2]
+        most = _connections(s["max_connections"])
         config = uvicorn.Config(
             self.app, log_level="warning", lifespan="off",
+            http=guards.connections(most, min(most, s["max_per_address"]), s["request_s"]),
+            log_config=None,  # its records go through the command's handler and rate limit
             ws_per_message_deflate=False,  # the same event to 500 pages: no per-page zlib
             ws_max_size=64 * 1024,  # pages send nothing; refuse big frames early
             timeout_graceful_shutdown=2, server_header=False,
@@ -117,6 +122,18 @@ class WebServer:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.reader.close()
+
+
+def _connections(wanted):
+    """max_connections, or fewer when the process may not open that many files: a page
+    that takes every file would starve the batteries' links and the store (the hub
+    raises its soft limit to the hard one at start, gridbid/hub.py)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or wanted <= soft // 4:
+        return wanted
+    log.warning("web: at most %d connections: the open-files limit is %d (LimitNOFILE)",
+                soft // 4, soft)  # fmt: skip
+    return max(8, soft // 4)
 
 
 def _bind(host, port):

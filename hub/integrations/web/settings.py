@@ -12,6 +12,12 @@ DEFAULTS = {
     "experiment_json": None,  # `gridbid experiment --json F`: its table, at /api/experiment
     "ws_queue": 256,  # events queued per WebSocket client before it is dropped as too slow
     "max_page": 500,  # the largest `limit` the REST API accepts
+    # Connections (guards.Connections): at most this many open (pages, /ws, API
+    # clients; fewer if the hub's open-files limit is low), so many from one address,
+    # and a request's headers must come within request_s.
+    "max_connections": 1024,
+    "max_per_address": 64,
+    "request_s": 10,
 }
 MIN_TOKEN = 16  # characters: a short token is guessable over a LAN
 
@@ -26,7 +32,8 @@ def check(settings, base, where):
     if not isinstance(host, str) or not host:
         raise ValueError('%s: host must be an address such as "127.0.0.1"' % where)
     for name, low, high in (("port", 0, 65535), ("ws_queue", 1, 100_000),
-                            ("max_page", 1, 100_000)):  # fmt: skip
+                            ("max_page", 1, 100_000), ("max_connections", 8, 100_000),
+                            ("max_per_address", 1, 100_000), ("request_s", 1, 300)):  # fmt: skip
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError("%s: %s must be a whole number %d..%d" % (where, name, low, high))

@@ -316,6 +316,6 @@ def test_coap_settings_are_checked(tmp_path):
         assert "[coap]" in str(err.value) and fault in str(err.value), err.value
     cfg = hub_toml.check({**base, "coap": {"port": 5684}}, base=tmp_path, keys=False)
     assert cfg["integrations"]["coap"] == {
-        "bind": "0.0.0.0", "port": 5684, "max_age_s": 60, "replay_window_s": 30,
+        "bind": "127.0.0.1", "port": 5684, "max_age_s": 60, "replay_window_s": 30,
         "max_contracts": 8, "recent_s": 3600,
     }  # fmt: skip
