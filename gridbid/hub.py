@@ -14,6 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from gridbid import hub_copies
 from hub.config import hub_toml, keys_file
 
 
@@ -56,6 +57,7 @@ def add_arguments(parser):
     revoke = actions.add_parser("revoke", help="refuse an aggregator from now on")
     revoke.add_argument("--config", required=True, help="hub.toml")
     revoke.add_argument("--aggregator", type=int, required=True, help="its key id")
+    hub_copies.add_arguments(actions)
     keys.add_argument(
         "--battery", type=int, action="append", default=[], metavar="DEVICE_ID",
         help="add a key for this battery and write battery-<id>.json (repeatable)",
@@ -74,6 +76,8 @@ def run(args):
             return keys(args)
         if args.action in ("admit", "revoke"):
             return admission(args)
+        if args.action in hub_copies.ACTIONS:
+            return hub_copies.run(args, hub_toml.load(args.config, keys=False))
         cfg = hub_toml.load(args.config)
     except ValueError as exc:  # ConfigError, KeysError, IdentityError: one line each
         print("error: %s" % exc, file=sys.stderr)
