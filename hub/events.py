@@ -19,6 +19,8 @@ run, so a consumer can drop a QoS-1 duplicate. Kinds and their fields:
                                                          every state it reaches
     settlement  batch, status, signature, trades         a batch's chain status
     control     name, value                              an operator's setting changed
+    disk        used_mb, budget_mb, share                the store against its budget
+                                                         (hub/disk.py: each check, when set)
 
 A listener is called synchronously from the hub's event loop: it must be quick
 (queue the event, do not block). One that raises is logged and kept.
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 KINDS = (
     "device", "telemetry", "failure", "offer", "bid", "price", "clearing", "contract",
-    "settlement", "control",
+    "settlement", "control", "disk",
 )  # fmt: skip
 
 

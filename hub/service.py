@@ -33,6 +33,7 @@ from aggregator.trader import Trader
 from hub import controls
 from hub.config import hub_toml, keys_file
 from hub.controls import Controls
+from hub.disk import Disk
 from hub.events import Events
 from hub.ledger import Ledger
 from hub.market.clearing import ASK, BID
@@ -63,6 +64,9 @@ class Hub:
         self.store = Store(cfg["store"])
         self.events = Events()  # for the MQTT bridge, the web page, CoAP (hub/events.py)
         self.controls = Controls(self.store, self.events)  # operators' settings in force
+        self.disk = Disk(self.store, self.events, cfg["store"], cfg["telemetry_raw_h"],
+                         cfg["telemetry_minutes_d"], cfg["disk_budget_mb"])  # fmt: skip
+        self._upkeep = None  # the disk's task, while the hub runs
         # The slots' grid: hub.toml's slot_s until governance moves it on (the schedule is
         # a control, so a restarted hub keeps it).
         self.grid = SlotGrid(cfg["slot_s"], cfg["gate_s"], cfg["answer_s"],
@@ -144,6 +148,7 @@ class Hub:
     async def run(self, slots=None):
         """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
         await self.start_integrations()
+        self._upkeep = asyncio.create_task(self.disk.run())
         self.exchange.paying_back = False  # until a gated book is cleared again (resume)
         await self.start_market()
         await self.discovery.start()
@@ -201,6 +206,9 @@ class Hub:
         return await self.settle(name, start, offers)
 
     async def close(self):
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            await asyncio.gather(self._upkeep, return_exceptions=True)
         for integration in reversed(list(self.integrations.values())):
             await integration.close()
         await asyncio.gather(*(trader.close() for trader in self.traders.values()))

@@ -34,6 +34,11 @@ HUB_DEFAULTS = {
     "p_balance": 16.0,  # price signal (hub/market/price_signal.py), c/kWh
     "p_con": 6.0,
     "k": 1.0,
+    # The store's disk (hub/disk.py): raw telemetry kept this many hours, then minute
+    # rows this many days, then hour rows; a warning at 80 % of the budget (0: none).
+    "telemetry_raw_h": 1,
+    "telemetry_minutes_d": 1,
+    "disk_budget_mb": 0,
 }
 # A hosted aggregator's strategy settings: the same an independent one's aggregator.toml
 # takes (aggregator/config.py).
@@ -88,6 +93,14 @@ def check(data, base=Path("."), where="hub config", keys=True):
                           "the market API (hub.market_port)" % where)  # fmt: skip
     if not 0 <= hub["min_aggregator_reputation"] <= 1:
         raise ConfigError("%s: hub.min_aggregator_reputation must be 0..1" % where)
+    for name, low, high in (("telemetry_raw_h", 1, 24 * 366), ("telemetry_minutes_d", 1, 366),
+                            ("disk_budget_mb", 0, 10**9)):  # fmt: skip
+        value = hub[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError("%s: hub.%s must be a whole number %d..%d" % (where, name, low, high))
+    if hub["telemetry_minutes_d"] * 24 < hub["telemetry_raw_h"]:
+        raise ConfigError("%s: hub.telemetry_minutes_d must keep minutes at least as long "
+                          "as telemetry_raw_h keeps readings" % where)  # fmt: skip
     need = hub["min_aggregators"]
     if isinstance(need, bool) or not isinstance(need, int) or not 0 <= need <= 1000:
         raise ConfigError("%s: hub.min_aggregators must be a whole number 0..1000" % where)

@@ -11,8 +11,10 @@ Why it looks like this:
   is already recorded) cannot race another process. synchronous=FULL by default: a
   committed clearing survives a power cut, not only a crash (NORMAL is faster and loses at
   most the last commits on a power cut, never consistency).
-- The audit tables (bids, trades, contract_states, price_signals, telemetry) are
-  append-only, enforced by triggers, so the history cannot be rewritten by a bug.
+- The audit tables (bids, trades, contract_states, price_signals, controls, refusals)
+  are append-only, enforced by triggers, so the history cannot be rewritten by a bug.
+  Telemetry is not contractual: it is rolled up per minute and per hour
+  (hub/store/telemetry.py) after a window.
 - record_trades is idempotent per clearing id: a hub restarted mid-slot re-records the
   same clearing and nothing is duplicated; the clearing is all-or-nothing, so a crash
   leaves either all of its fills or none.
@@ -41,6 +43,7 @@ import sqlite3
 
 from sqlite_utils import Database
 
+from hub.store import telemetry
 from hub.store.schema import (
     SchemaError,
     check_amount,
@@ -493,11 +496,7 @@ class Store:
         device_id, at = check_id("device", device_id), check_at(at)
         with self.transaction() as conn:
             _require_device(conn, device_id)
-            conn.execute(
-                "INSERT INTO telemetry (device, at, soc, remaining_kwh, voltage, power_kw, health) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (device_id, at) + row,
-            )
+            telemetry.record(conn, device_id, at, row)
             conn.execute(
                 "UPDATE devices SET soc = ?, remaining_kwh = ?, voltage = ?, power_kw = ?, "
                 "health = ?, last_seen = max(last_seen, ?) WHERE id = ?",

@@ -32,7 +32,8 @@ Version 1 (the first release):
   contract_states(id, contract, from_state (NULL when recorded), to_state, by, at)
   price_signals(id, slot (NULL = not per slot), at, price, demand kWh, supply kWh)
   telemetry(id, device, at, soc %, remaining_kwh, voltage V, power_kw, health code)
-  bids, trades, contract_states, price_signals and telemetry are append-only: triggers
+  bids, trades, contract_states, price_signals and telemetry are append-only (telemetry
+  until version 7, which rolls it up: hub/store/telemetry.py): triggers
   RAISE(ABORT) on UPDATE and DELETE (and on INSERT OR REPLACE over a row, since the
   Store's connection has recursive_triggers on, so REPLACE's delete fires them).
 
@@ -85,7 +86,8 @@ BEGIN SELECT RAISE(ABORT, '%(t)s is append-only'); END;
 
 
 V1_APPEND_ONLY = ("bids", "trades", "contract_states", "price_signals", "telemetry")
-APPEND_ONLY = V1_APPEND_ONLY + ("controls",)  # V4 adds its own triggers
+# V4 and V6 add their own; V7 lifts telemetry's (it is rolled up)
+APPEND_ONLY = ("bids", "trades", "contract_states", "price_signals", "controls", "market_refusals")
 _STATES = ", ".join("'%s'" % name for name in STATE_NAMES)
 
 V1 = (
@@ -247,6 +249,37 @@ CREATE TABLE market_refusals (
 CREATE INDEX market_refusals_aggregator ON market_refusals (aggregator, id);
 """ + append_only(("market_refusals",))
 
+# Telemetry is kept raw for a window, then rolled up per minute and then per hour
+# (hub/store/telemetry.py): raw readings may now be deleted, once rolled up. The
+# contractual records (bids, trades, contracts and their states, price signals,
+# controls, refusals) stay append-only.
+V7 = """
+DROP TRIGGER telemetry_no_update;
+DROP TRIGGER telemetry_no_delete;
+CREATE TABLE telemetry_rollup (
+    device INTEGER NOT NULL REFERENCES devices(id),
+    period INTEGER NOT NULL CHECK (period IN (60, 3600)),
+    start INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    soc_n INTEGER NOT NULL, soc_sum REAL, soc_min REAL, soc_max REAL,
+    remaining_kwh_n INTEGER NOT NULL, remaining_kwh_sum REAL, remaining_kwh_min REAL,
+    remaining_kwh_max REAL,
+    voltage_n INTEGER NOT NULL, voltage_sum REAL, voltage_min REAL, voltage_max REAL,
+    power_kw_n INTEGER NOT NULL, power_kw_sum REAL, power_kw_min REAL, power_kw_max REAL,
+    health_max INTEGER,
+    charged_kwh REAL NOT NULL,
+    discharged_kwh REAL NOT NULL,
+    held_s REAL NOT NULL,
+    PRIMARY KEY (device, period, start)
+) WITHOUT ROWID;
+CREATE INDEX telemetry_rollup_period ON telemetry_rollup (period, start);
+CREATE INDEX telemetry_at ON telemetry (at);
+CREATE TABLE telemetry_horizon (
+    period INTEGER PRIMARY KEY,
+    until REAL NOT NULL
+);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
@@ -255,6 +288,7 @@ MIGRATIONS = (
     ("operators' controls, with their history", V4),
     ("contracts indexed by start (settlement's own tables: its schema)", V5),
     ("the market API's refusals, for audit", V6),
+    ("telemetry rolled up per minute and per hour", V7),
 )
 CURRENT = len(MIGRATIONS)
 

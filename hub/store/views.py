@@ -363,15 +363,6 @@ def prices(store, limit=100):
 # its transaction: hub/integrations/platform/incentives.py) ----------------------------------
 
 
-def power_readings(conn, device, start, end):
-    """[(at, power_kw)] of a battery's telemetry in [start, end), oldest first."""
-    return conn.execute(
-        "SELECT at, power_kw FROM telemetry WHERE device = ? AND at >= ? AND at < ? "
-        "AND power_kw IS NOT NULL ORDER BY at, id",
-        (device, start, end),
-    ).fetchall()
-
-
 def device_ids(conn):
     return [device for (device,) in conn.execute("SELECT id FROM devices ORDER BY id")]
 

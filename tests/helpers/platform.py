@@ -99,7 +99,8 @@ RULES = {
 def fill(w):
     s = w.store
     # conservation: 101 charged at 2 kW the epoch before, 1 kW in this one (a reading a
-    # minute: 59 intervals of 60 s covered in each, 98 %)
+    # minute: the epoch before is held whole, to this one's first reading; this one's
+    # last reading has no next one yet: 59 minutes held, 98 %)
     s.add_device(101, 101, "127.0.0.1:1")
     for start, kw in ((EPOCH - EPOCH_S, -2.0), (EPOCH, -1.0)):
         for j in range(60):
@@ -125,10 +126,9 @@ def fill(w):
 
 
 def expected():
-    covered = Fraction(59 * 60, 3600)  # hours observed
-    saved = 2 * covered - 1 * covered
+    saved = 2 * 1 - 1 * Fraction(59, 60)  # kWh: 2 kW held an hour, 1 kW for 59 minutes
     return {
-        ("owner-101", "conservation"): int(30 * saved),  # 29
+        ("owner-101", "conservation"): int(30 * saved),  # 30
         ("owner-102", "demand_response"): int(10 * Fraction(8, 10)),  # 8
         ("owner-103", "demand_response"): 15,  # 10 x 2 = 20, capped at 15
         ("aggregator-1", "liquidity"): int(4 * Fraction(3, 2)),  # 6

@@ -21,6 +21,7 @@ go out in the order the hub emitted them, across reconnects and restarts.
     <base>/contract                     no        every contract state (contract event)
     <base>/settlement                   no        every settlement batch's status
     <base>/control/<name>               yes       an operator setting's last change
+    <base>/disk                         yes       the store against its budget (disk event)
     <base>/cmd                          -         commands in (below)
     <base>/reply                        no        commands' replies
     <discovery_prefix>/sensor/gridbid_<hub>_<device>_{soc,power,price,status}/config

@@ -27,7 +27,7 @@ import re
 import sqlite3
 import time
 
-RETAINED = {"device", "failure", "telemetry", "price", "clearing", "control"}
+RETAINED = {"device", "failure", "telemetry", "price", "clearing", "control", "disk"}
 # Home Assistant, per battery: key -> (name, state topic under <base>, template, and
 # extra config: unit, device and state class).
 SENSORS = {
@@ -56,7 +56,7 @@ def route(base, event):
         topic = "market/" + kind
     elif kind == "control":
         topic = "control/" + level(event["name"])
-    else:  # price, contract, settlement
+    else:  # price, contract, settlement, disk
         topic = kind
     return "%s/%s" % (base, topic), kind in RETAINED
 

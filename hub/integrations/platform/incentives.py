@@ -9,9 +9,10 @@ Rules (settings `incentives`, defaults in RULES; rate in NRG per kWh, cap in NRG
 account and epoch):
 
   conservation   a battery's charging energy (consumption) below its baseline:
-                   used     = sum over consecutive telemetry readings (t_i, p_i) of
-                              max(0, -p_i) x (t_i+1 - t_i) / 3600  kWh  (power_kw < 0 =
-                              charging), gaps longer than max_gap_s not counted
+                   used     = the charging energy of the epoch (power_kw < 0): each
+                              reading's power held until the next reading, a gap over
+                              15 minutes not counted (hub/store/telemetry.py energy(),
+                              exact on raw and rolled-up telemetry alike)
                    baseline = mean of `used` over the previous baseline_epochs epochs
                               (all of them measured; none -> no reward)
                    reward   = rate x max(0, baseline - used)
@@ -49,7 +50,7 @@ from hub.integrations.platform.chain_ops import KeysError, memo, pk, transfer_ix
 from hub.integrations.platform.engine import Operation, PlatformError
 from hub.integrations.settlement.margin import aggregator_wallet
 from hub.integrations.settlement.records import promised_kwh
-from hub.store import views
+from hub.store import telemetry, views
 from protocol.contract import parse_slot_name
 
 RULES = {
@@ -62,7 +63,6 @@ RULES = {
     "band": 0.2,
     "baseline_epochs": 7,
     "coverage": 0.9,
-    "max_gap_s": 900,
 }
 PER_TX = 6
 
@@ -85,14 +85,8 @@ class Incentives:
 
     def consumption(self, conn, device, start, end):
         """(kWh charged, covered fraction) of [start, end) from telemetry."""
-        rows = views.power_readings(conn, device, start, end)
-        used, covered = Fraction(0), Fraction(0)
-        for (t0, p0), (t1, _p1) in zip(rows, rows[1:]):
-            gap = f(t1) - f(t0)
-            if gap <= self.rules["max_gap_s"]:
-                covered += gap
-                used += max(Fraction(0), -f(p0)) * gap / 3600
-        return used, covered / (end - start)
+        charged, _discharged, held_s = telemetry.energy(conn, device, start, end)
+        return f(charged), f(held_s) / (end - start)
 
     def conservation(self, conn, start):
         e, out = self.rules["epoch_s"], {}

@@ -174,6 +174,7 @@ def make_app(web):
             "signal": hub.signal, "devices": len(hub.registry.devices),
             "aggregators": len(hub.aggregators()), "totals": await web.cache(queries.totals),
             "controls": hub.controls.values, "writable": web.token is not None,
+            "disk": hub.disk.status(),
             "plot": bool(plot and Path(plot).is_file()),
             "experiment": bool(found and Path(found).is_file()),
             "ws": {"clients": len(web.fanout.clients), "dropped": web.fanout.dropped,

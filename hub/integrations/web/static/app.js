@@ -71,9 +71,18 @@ async function loadStatus() {
     ? "Changes need the token from the hub's [web] token_file; they are recorded with by = web."
     : "Read-only: this hub has no [web] token_file.";
   $("control-form").hidden = !s.writable;
+  diskWarning(s.disk);
   $("plot").hidden = !s.plot;
   if (s.plot && !$("plot-img").src) $("plot-img").src = "/plot";
   if (s.experiment && $("experiment").hidden) loadExperiment().catch(report);
+}
+
+// The store at 80 % of its budget (hub/disk.py): said at the top until it is not.
+function diskWarning(d) {
+  const over = d && d.share !== null && d.share !== undefined && d.share >= 0.8;
+  $("disk-warning").hidden = !over;
+  if (over) $("disk-warning").textContent = "The hub's store uses " + num(d.used_mb, 0) + " MB, "
+    + Math.round(d.share * 100) + " % of its " + d.budget_mb + " MB budget (hub.disk_budget_mb).";
 }
 
 const pm = (mean, ci, d, scale) => (mean === null || mean === undefined ? "–"
@@ -404,6 +413,7 @@ function onEvent(ev) {
     case "device": case "failure": loadDevicesSoon(); loadStatus().catch(report); break;
     case "contract": loadContractsSoon(); loadPlatformSoon(); break;
     case "settlement": loadSettlements().catch(report); loadPlatformSoon(); break;
+    case "disk": diskWarning(ev); break;
     case "control": loadControls().catch(report); loadAggregators().catch(report); loadDevicesSoon(); loadPlatformSoon(); break;
   }
   if (String(ev.kind).startsWith("platform")) loadPlatformSoon();

@@ -21,7 +21,7 @@ def test_rules_match_the_documented_formulas(tmp_path):
     conn = w.store.db.conn
     got = {(a, rule): n for a, rule, _kwh, n in w.platform.incentives.compute(conn, EPOCH)}
     assert got == expected()
-    assert expected()[("owner-101", "conservation")] == 29
+    assert expected()[("owner-101", "conservation")] == 30
     w.close()
 
 
