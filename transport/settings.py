@@ -27,7 +27,7 @@ import math
 import re
 from pathlib import Path
 
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"  # _: container names
 _HOST = re.compile(r"%s(\.%s)*" % (_LABEL, _LABEL))  # a DNS name (fullmatch)
 _SHOWN = 40  # characters of a bad value in the line that refuses it
 

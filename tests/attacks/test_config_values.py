@@ -387,6 +387,32 @@ def test_the_documented_values_load(hub_site, tmp_path):
     assert cfg["integrations"]["platform"]["sources"] == {101: "solar"}
 
 
+# Values at the edges of their ranges: still loaded (the checks are not too tight).
+GOOD = [
+    ("hub", "name", "x" * 75), ("hub", "name", "hub-1_a"), ("hub", "key_id", 2**32 - 1),
+    ("hub", "group_addr", "224.0.0.251"), ("hub", "interface", "127.0.0.1"),
+    ("hub", "slot_s", 86400), ("hub", "gate_s", 3), ("hub", "p_balance", 6.0),
+    ("hub", "discovery_s", 0), ("hub", "market_bind", "::"), ("hub", "market_port", 0),
+    ("aggregator", "value", 99_996.0), ("aggregator", "max_kw", 1000),
+    ("aggregator", "seed", "any text"), ("mqtt", "host", "mqtt_broker"),
+    ("mqtt", "host", "192.0.2.7"), ("coap", "bind", "::"), ("web", "host", "::1"),
+    ("web", "experiment_plot", "not-made-yet/plot.svg"), ("web", "port", 0),
+    ("settlement", "poll_s", 0.01), ("platform", "sources", {"1": "wind"}),
+    ("platform", "incentives", {"conservation": {"rate": 3.0}, "budget": 0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("section, name, value", GOOD, ids=lambda v: str(v)[:30])
+def test_a_good_value_at_the_edge_of_its_range_loads(hub_site, section, name, value):
+    cfg = hub_toml.load(hub_with(hub_site, section, name, value))
+    got = cfg if section == "hub" else cfg["aggregators"][0] if section == "aggregator" else (
+        cfg["integrations"][section])  # fmt: skip
+    if name == "incentives":
+        assert got[name]["conservation"] == {"rate": 3.0, "cap": 50} and got[name]["budget"] == 0
+    elif name not in ("experiment_plot", "sources"):
+        assert got[name] == value
+
+
 # `gridbid hub run` as a user runs it: one line, exit code 2, no traceback.
 RUNS = [
     ("hub", "store", 5),
