@@ -15,7 +15,8 @@ import tomllib
 from pathlib import Path
 
 from aggregator import identity
-from transport import secret_files
+from protocol.message import MAX_ENERGY, MAX_PRICE
+from transport import secret_files, settings
 
 STRATEGY_DEFAULTS = {
     "strategy": "value",  # value | adaptive | truthful | utility | "package.module:Class"
@@ -30,6 +31,20 @@ STRATEGY_DEFAULTS = {
     "options": None,  # a strategy of your own ("module:Class"): its settings, a table
     "seed": None,  # of the values it draws (spread): the same seed, the same draws
 }
+# Each strategy setting's kind and range (transport/settings.py): prices fit an ETP
+# frame's price field, a contract's power the market's (hub/market/cleared.py).
+STRATEGY_RULES = (
+    ("strategy", "text", 1, 200),
+    ("value", "number", 0, MAX_PRICE),
+    ("spread", "number", 0, MAX_PRICE),
+    ("margin", "number", 0, MAX_PRICE),
+    ("bidders", "whole", 1, 1000),
+    ("price", "number?", 0, MAX_PRICE),
+    ("budget", "number?", 0, 1e12),
+    ("capacity", "number?", 0, MAX_ENERGY),
+    ("max_kw", "number?", 0.001, 1000),
+)
+MARKET_RULES = (("host", "host", 0, 0), ("port", "whole", 1, 65535))  # where a market is
 BUILT_IN = ("value", "adaptive", "truthful", "utility")
 AGGREGATOR_DEFAULTS = {
     "identity": "aggregator.json",  # its identity file (`gridbid aggregator new`)
@@ -39,6 +54,13 @@ AGGREGATOR_DEFAULTS = {
     "margin_credits": 1000.0,  # the margin it keeps in each such market (topped up at half)
     **STRATEGY_DEFAULTS,
 }
+OWN_RULES = (
+    ("identity", "path", 0, 0),
+    ("store", "path", 0, 0),
+    ("bind_timeout_s", "number", 0.1, 60),
+    ("wallet", "text", 0, 4096),  # "": none
+    ("margin_credits", "number", 0, 1e12),
+)
 ADMISSION = "gridbid-admission/1"  # the kind of an admission file
 
 
@@ -48,6 +70,9 @@ class ConfigError(ValueError):
 
 def check_strategy(agg, where):
     """agg's strategy settings checked (agg has STRATEGY_DEFAULTS filled in)."""
+    settings.check(agg, STRATEGY_RULES, where, error=ConfigError)
+    if agg["value"] + agg["spread"] > MAX_PRICE:  # the most it may bid fits a frame
+        raise ConfigError("%s: value + spread must be at most %g c/kWh" % (where, MAX_PRICE))
     if agg["strategy"] not in BUILT_IN:
         from aggregator.strategy_config import load_plugin
 
@@ -57,16 +82,10 @@ def check_strategy(agg, where):
             raise ConfigError("%s: %s" % (where, exc)) from None
     if agg["options"] is not None and not isinstance(agg["options"], dict):
         raise ConfigError("%s: options must be a table" % where)
-    for name in ("value", "spread", "margin", "price", "budget", "capacity", "max_kw"):
-        if agg[name] is not None and not _number(agg[name]):
-            raise ConfigError("%s: %s must be a number >= 0" % (where, name))
     if agg["seed"] is not None and (
         isinstance(agg["seed"], bool) or not isinstance(agg["seed"], (int, str))
     ):
         raise ConfigError("%s: seed must be a whole number or a string" % where)
-    bidders = agg["bidders"]
-    if isinstance(bidders, bool) or not isinstance(bidders, int) or bidders < 1:
-        raise ConfigError("%s: bidders must be a whole number >= 1" % where)
     return agg
 
 
@@ -91,22 +110,18 @@ def check(data, base=Path("."), where="aggregator config"):
     if unknown:
         raise ConfigError("%s: unknown sections %s" % (where, sorted(unknown)))
     own = data.get("aggregator", {})
+    if not isinstance(own, dict):
+        raise ConfigError("%s: [aggregator] must be a table" % where)
     unknown = set(own) - set(AGGREGATOR_DEFAULTS)
     if unknown:
         raise ConfigError("%s: [aggregator] has unknown settings %s" % (where, sorted(unknown)))
     cfg = check_strategy({**AGGREGATOR_DEFAULTS, **own}, "%s: [aggregator]" % where)
-    if not _number(cfg["bind_timeout_s"]) or not 0.1 <= cfg["bind_timeout_s"] <= 60:
-        raise ConfigError("%s: bind_timeout_s must be 0.1..60 s" % where)
+    cfg = settings.check(cfg, OWN_RULES, "%s: [aggregator]" % where, base, ConfigError)
     try:
-        cfg["identity"] = identity.load(str(base / cfg["identity"]))
+        cfg["identity"] = identity.load(cfg["identity"])
     except identity.IdentityError as exc:
         raise ConfigError("%s: %s" % (where, exc)) from None
     cfg["key_id"], cfg["name"] = cfg["identity"].key_id, cfg["identity"].name
-    cfg["store"] = str(base / cfg["store"])
-    if not _number(cfg["margin_credits"]):
-        raise ConfigError("%s: margin_credits must be a number >= 0" % where)
-    if not isinstance(cfg["wallet"], str):
-        raise ConfigError("%s: wallet must name a wallet file" % where)
     if cfg["wallet"]:
         from aggregator import wallet  # solders: only where a wallet is set
 
@@ -133,6 +148,9 @@ def _market(block, base, key_id, where):
     if not isinstance(block.get("admission"), str):
         raise ConfigError("%s: a [[market]] needs admission = FILE (`gridbid hub admit`)"
                           % where)  # fmt: skip
+    given = {k: block[k] for k in ("host", "port") if k in block}
+    settings.check(given, [r for r in MARKET_RULES if r[0] in given], "%s: [[market]]" % where,
+                   error=ConfigError)  # fmt: skip
     path = str(base / block["admission"])
     try:
         data = secret_files.read(path, "admission")
@@ -141,13 +159,12 @@ def _market(block, base, key_id, where):
     if data.get("kind") != ADMISSION or data.get("aggregator") != key_id:
         raise ConfigError("%s: %s is no admission of aggregator %d (`gridbid hub admit`)"
                           % (where, path, key_id))  # fmt: skip
-    market = {**data, **{k: block[k] for k in ("host", "port") if k in block}}
+    market = {**data, **given}
     try:
         market["key"] = bytes.fromhex(data["key"])
         if len(market["key"]) < 32 or not isinstance(market["market"], str):
             raise ValueError
-        if not isinstance(market["port"], int) or not 0 < market["port"] < 65536:
-            raise ValueError
+        settings.check(market, MARKET_RULES, path)
     except (KeyError, TypeError, ValueError):
         raise ConfigError(
             "%s: %s is damaged (its market, host, port or key)" % (where, path)
@@ -159,7 +176,3 @@ def admission(market, host, port, aggregator_id, key):
     """What the hub's operator gives an aggregator to trade in its market (0600)."""
     return {"kind": ADMISSION, "market": market, "host": host, "port": port,
             "aggregator": aggregator_id, "key": key.hex()}  # fmt: skip
-
-
-def _number(value):
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0

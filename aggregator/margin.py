@@ -21,6 +21,8 @@ import base64
 import logging
 import uuid
 
+from transport import tasks
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +36,10 @@ class MarginKeeper:
         if link.market in self._busy:
             return None
         self._busy.add(link.market)
-        task = asyncio.ensure_future(self._keep(tell, link, terms))
+        task = tasks.watch(
+            asyncio.ensure_future(self._keep(tell, link, terms)),
+            "%s margin in market %s" % (self.name, link.market),
+        )
         task.add_done_callback(lambda _t: self._busy.discard(link.market))
         return task
 

@@ -15,6 +15,7 @@ import json
 import logging
 
 from transport import market_wire as wire
+from transport import tasks
 from transport.links import BACKOFF_S  # reconnect as a link to a battery does
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class MarketLink:
         self._writer = self._session = self._task = None
 
     def start(self):
-        self._task = asyncio.create_task(self._run())
+        # A message its handler cannot take must not end the session for good.
+        self._task = tasks.keep("market %s session" % self.market, self._run)
         return self
 
     def send(self, message):

@@ -24,6 +24,7 @@ import logging
 
 from aggregator.strategies import Offer, observe_clearing
 from protocol import contract, frame, message
+from transport import tasks
 from transport.links import DeviceLink, QueueFull, now_ms
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ class Trader:
             won = self.won.setdefault((market.market, msg["slot"]), {})
             for fill in fills:  # now: the clearing that follows in this read is learnt with it
                 won[fill["device"]] = won.get(fill["device"], 0.0) + fill["kwh"]
-                task = asyncio.ensure_future(self.buy(market, msg, fill))
+                task = tasks.watch(
+                    asyncio.ensure_future(self.buy(market, msg, fill)),
+                    "%s buying from battery %s" % (self.name, fill["device"]),
+                )
                 self.buying.add(task)
                 task.add_done_callback(self.buying.discard)
         elif kind == "clearing":

@@ -11,11 +11,15 @@ keys file, and who may trade in its market.
 """
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 from gridbid import hub_copies
 from hub.config import hub_toml, keys_file
+from transport import tasks
+
+log = logging.getLogger(__name__)
 
 
 def governed(cfg):
@@ -82,6 +86,11 @@ def run(args):
     except ValueError as exc:  # ConfigError, KeysError, IdentityError: one line each
         print("error: %s" % exc, file=sys.stderr)
         return 2
+    except Exception as exc:  # a check's own bug: still one line, never a traceback
+        log.debug("loading %s", args.config, exc_info=exc)
+        print("error: %s could not be checked: %s" % (args.config, tasks.describe(exc)),
+              file=sys.stderr)  # fmt: skip
+        return 2
     from hub.service import Hub, StartError
 
     open_files()
@@ -100,6 +109,11 @@ def run(args):
         return 2
     except KeyboardInterrupt:
         print("hub stopped", flush=True)
+    except Exception as exc:  # TaskFailed, or a bug: one line, exit 1 (systemd restarts it)
+        log.debug("the hub stopped", exc_info=exc)
+        why = str(exc) if isinstance(exc, tasks.TaskFailed) else tasks.describe(exc)
+        print("error: hub stopped: %s" % why, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -43,6 +43,7 @@ from hub.market.maker import MarketMaker
 from hub.market.price_signal import PriceSignal
 from hub.store import Store, views
 from protocol import auth, frame, message
+from transport import tasks
 from transport.discovery import Discovery, Registry
 from transport.links import now_ms
 
@@ -107,6 +108,7 @@ class Hub:
         self.signal = 0.0  # the latest price signal, sent with every Query
         self.known = set()  # batteries in the store
         self.integrations = {}  # name -> started by run(), with async close()
+        self.vital = tasks.Vital()  # a failure of the page's server stops run()
 
     # --- running ------------------------------------------------------------------
 
@@ -146,9 +148,13 @@ class Hub:
                 trader.trade_in(LocalLink(self.exchange, key_id, trader.on_message))
 
     async def run(self, slots=None):
-        """Trade `slots` slots (None: until cancelled). -> the slots' summaries."""
+        """Trade `slots` slots (None: until cancelled). -> the slots' summaries.
+        TaskFailed when a task it cannot run without fails (self.vital)."""
+        return await self.vital.run(self._run(slots))
+
+    async def _run(self, slots):
         await self.start_integrations()
-        self._upkeep = asyncio.create_task(self.disk.run())
+        self._upkeep = tasks.keep("disk upkeep", self.disk.run)  # a full disk: retried
         self.exchange.paying_back = False  # until a gated book is cleared again (resume)
         await self.start_market()
         await self.discovery.start()

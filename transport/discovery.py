@@ -12,12 +12,16 @@ netem, which the test machines' kernel lacks.
 """
 
 import asyncio
+import logging
 import random
 import socket
 import time
 
 from protocol import errors, message
+from transport import tasks
 from transport.links import now_ms
+
+log = logging.getLogger(__name__)
 
 
 def group_socket(group_addr, port, interface="127.0.0.1"):
@@ -123,7 +127,12 @@ class Discovery(asyncio.DatagramProtocol):
             if kind == message.QUERY_RESPONSE:
                 self.answered[got.message.device_id] = now_ms()
         if self.on_frame is not None:
-            self.on_frame(got, addr[0])
+            try:
+                self.on_frame(got, addr[0])
+            except Exception as exc:  # a frame the hub cannot take: one line, never silence
+                log.error("frame from battery %d not handled: %s", got.message.device_id,
+                          tasks.describe(exc))  # fmt: skip
+                log.debug("frame not handled", exc_info=exc)
 
     def query(self, ids, price_signal=0.0):
         msg = message.query(ids.next(), 0, 0.0, price_signal)

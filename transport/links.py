@@ -21,6 +21,7 @@ import threading
 import time
 
 from protocol import errors, frame, message_info
+from transport import tasks
 
 BACKOFF_S = (0.5, 30.0)
 # A session shorter than this is no success: a peer that accepts and closes at once (or
@@ -97,7 +98,8 @@ class DeviceLink:
             ) from None
 
     def start(self):
-        self._task = asyncio.create_task(self._run())
+        # Its own loop reconnects; a bug that escapes it restarts it (one line, not silence).
+        self._task = tasks.keep("link to %s:%s" % (self.address, self.port), self._run)
         return self
 
     async def close(self):

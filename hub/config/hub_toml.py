@@ -8,10 +8,14 @@ in-process (an [[aggregator]] block: the demo's convenience) keeps its own secre
 its own identity file (aggregator/identity.py), which the block names.
 """
 
+import re
 from pathlib import Path
 
 from aggregator.config import STRATEGY_DEFAULTS, check_strategy, read_toml
 from hub.config import keys_file
+from protocol.contract import MAX_SLOT_NAME, ContractError, slot_name
+from protocol.message import MAX_PRICE
+from transport import settings
 
 HUB_DEFAULTS = {
     "name": "hub",  # the market maker's name in slot names
@@ -40,6 +44,41 @@ HUB_DEFAULTS = {
     "telemetry_minutes_d": 1,
     "disk_budget_mb": 0,
 }
+# Each setting's kind and range (transport/settings.py). Slots and the gate are whole
+# seconds: they name the slots (protocol/contract.py slot_name) and batteries match them.
+HUB_RULES = (
+    ("name", "text", 1, 80),  # and its slots' names must fit (below)
+    ("key_id", "whole", 0, 2**32 - 1),
+    ("store", "path", 0, 0),
+    ("keys_file", "path", 0, 0),
+    ("group_addr", "multicast", 0, 0),
+    ("group_port", "whole", 1, 65535),
+    ("interface", "ipv4", 0, 0),
+    ("device_port", "whole", 1, 65535),
+    ("slot_s", "whole", 2, 86400),
+    ("gate_s", "whole", 1, 86400),
+    ("discovery_s", "number", 0, 600),
+    ("answer_s", "number", 0.01, 60),
+    ("bind_timeout_s", "number", 0.1, 60),
+    ("market_bind", "ip", 0, 0),
+    ("market_port", "whole", 0, 65535),
+    ("min_aggregator_reputation", "number", 0, 1),
+    ("min_aggregators", "whole", 0, 1000),
+    ("p_balance", "number", 0, MAX_PRICE),
+    ("p_con", "number", 0, MAX_PRICE),
+    ("k", "number", 0.001, 1000),
+    ("telemetry_raw_h", "whole", 1, 24 * 366),
+    ("telemetry_minutes_d", "whole", 1, 366),
+    ("disk_budget_mb", "whole", 0, 10**9),
+)
+# A hosted aggregator's own settings besides its strategy's.
+HOSTED_RULES = (
+    ("name", "text", 1, 64),
+    ("key_id", "whole", 1, 2**32 - 1),
+    ("identity", "path", 0, 0),  # its identity file (default aggregator-<key_id>.json)
+)
+# A name for slot names, MQTT topics and logs: no dots, spaces or wildcards.
+NAME = re.compile(r"[A-Za-z0-9_-]+")
 # A hosted aggregator's strategy settings: the same an independent one's aggregator.toml
 # takes (aggregator/config.py).
 AGGREGATOR_DEFAULTS = STRATEGY_DEFAULTS
@@ -71,52 +110,52 @@ def check(data, base=Path("."), where="hub config", keys=True):
     unknown = set(data) - {"hub", "aggregator"} - set(INTEGRATIONS)
     if unknown:
         raise ConfigError("%s: unknown sections %s" % (where, sorted(unknown)))
+    if not isinstance(data.get("hub", {}), dict):
+        raise ConfigError("%s: [hub] must be a table" % where)
     hub = dict(HUB_DEFAULTS)
     unknown = set(data.get("hub", {})) - set(HUB_DEFAULTS)
     if unknown:
         raise ConfigError("%s: [hub] has unknown settings %s" % (where, sorted(unknown)))
     hub.update(data.get("hub", {}))
-    for name, default in HUB_DEFAULTS.items():
-        if isinstance(default, (int, float)) and not _number(hub[name]):
-            raise ConfigError("%s: hub.%s must be a non-negative number" % (where, name))
-    if not 0 <= hub["gate_s"] < hub["slot_s"]:
-        raise ConfigError("%s: hub.gate_s must be >= 0 and below hub.slot_s" % where)
+    hub = settings.check(hub, HUB_RULES, where, base, ConfigError, prefix="hub.")
+    if not NAME.fullmatch(hub["name"]):
+        shown = settings.shown(hub["name"])
+        raise ConfigError("%s: hub.name must be letters, digits, - and _ (it names slots "
+                          "and MQTT topics), not %s" % (where, shown))  # fmt: skip
+    try:  # the longest slot name it will make, for a start in the next centuries
+        last = hub["slot_s"] * (9_999_999_999 // hub["slot_s"])
+        slot_name(hub["slot_s"], min(hub["gate_s"], hub["slot_s"] - 1), hub["name"], last)
+    except ContractError:
+        raise ConfigError("%s: hub.name is too long for slot names (%d characters at most)"
+                          % (where, MAX_SLOT_NAME)) from None  # fmt: skip
+    if not hub["gate_s"] < hub["slot_s"]:
+        raise ConfigError("%s: hub.gate_s must be below hub.slot_s" % where)
     if hub["gate_s"] <= hub["bind_timeout_s"]:  # buying must end before the slot starts
         raise ConfigError("%s: hub.gate_s must be above hub.bind_timeout_s" % where)
     if hub["slot_s"] - hub["gate_s"] < hub["answer_s"] + 0.5:
         raise ConfigError("%s: hub.slot_s - gate_s leaves no time to collect offers" % where)
-    for name in ("store", "keys_file"):
-        hub[name] = str(base / hub[name])
+    # The signal rides in every Query's price field: p_balance +- p_con must fit it.
+    if not 0 <= hub["p_balance"] - hub["p_con"] <= hub["p_balance"] + hub["p_con"] <= MAX_PRICE:
+        raise ConfigError("%s: hub.p_balance +- hub.p_con must stay within 0..%g c/kWh"
+                          % (where, MAX_PRICE))  # fmt: skip
     aggs = data.get("aggregator", [])
     if not isinstance(aggs, list) or not (aggs or hub["market_port"]):
         raise ConfigError("%s: no aggregator can trade: host an [[aggregator]], or open "
                           "the market API (hub.market_port)" % where)  # fmt: skip
-    if not 0 <= hub["min_aggregator_reputation"] <= 1:
-        raise ConfigError("%s: hub.min_aggregator_reputation must be 0..1" % where)
-    for name, low, high in (("telemetry_raw_h", 1, 24 * 366), ("telemetry_minutes_d", 1, 366),
-                            ("disk_budget_mb", 0, 10**9)):  # fmt: skip
-        value = hub[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError("%s: hub.%s must be a whole number %d..%d" % (where, name, low, high))
     if hub["telemetry_minutes_d"] * 24 < hub["telemetry_raw_h"]:
         raise ConfigError("%s: hub.telemetry_minutes_d must keep minutes at least as long "
                           "as telemetry_raw_h keeps readings" % where)  # fmt: skip
-    need = hub["min_aggregators"]
-    if isinstance(need, bool) or not isinstance(need, int) or not 0 <= need <= 1000:
-        raise ConfigError("%s: hub.min_aggregators must be a whole number 0..1000" % where)
-    if not isinstance(hub["market_port"], int) or not 0 <= hub["market_port"] < 65536:
-        raise ConfigError("%s: hub.market_port must be a TCP port (0: none)" % where)
-    hub["aggregators"] = [_aggregator(a, i, where) for i, a in enumerate(aggs, 1)]
+    hub["aggregators"] = [_aggregator(a, i, base, where) for i, a in enumerate(aggs, 1)]
     ids = [a["key_id"] for a in hub["aggregators"]]
     if len(set(ids)) != len(ids):
         raise ConfigError("%s: aggregators' key_id values must differ" % where)
     hub["integrations"] = {
         name: _integration(name, data[name], base, where) for name in INTEGRATIONS if name in data
     }
-    if not 0 <= hub["key_id"] < 2**32 or hub["key_id"] in ids:
-        raise ConfigError("%s: hub.key_id must be 0..2^32-1 and no aggregator's" % where)
+    if hub["key_id"] in ids:
+        raise ConfigError("%s: hub.key_id must be no aggregator's" % where)
     for agg in hub["aggregators"]:  # its own file: identity = "..." in its block
-        agg["identity_file"] = str(base / agg.pop("identity", "aggregator-%d.json" % agg["key_id"]))
+        agg["identity_file"] = agg.pop("identity")
     if keys:
         try:
             hub["keys"] = keys_file.load(hub["keys_file"])
@@ -156,23 +195,23 @@ def _integration(name, settings, base, where):
         raise ConfigError(str(exc)) from None
 
 
-def _aggregator(data, index, where):
+def _aggregator(data, index, base, where):
     agg = dict(AGGREGATOR_DEFAULTS)
+    if not isinstance(data, dict):
+        raise ConfigError("%s: aggregator %d must be a table ([[aggregator]])" % (where, index))
     unknown = set(data) - set(AGGREGATOR_DEFAULTS) - {"name", "key_id", "identity"}
     if unknown:
         raise ConfigError(
             "%s: aggregator %d has unknown settings %s" % (where, index, sorted(unknown))
         )
     agg.update(data)
-    key_id = agg.get("key_id")
-    if isinstance(key_id, bool) or not isinstance(key_id, int) or not 0 < key_id < 2**32:
+    if "key_id" not in agg:
         raise ConfigError("%s: aggregator %d needs a key_id 1..2^32-1" % (where, index))
-    agg.setdefault("name", "agg%d" % key_id)
+    agg.setdefault("name", "agg%s" % agg["key_id"])
+    agg.setdefault("identity", "aggregator-%s.json" % agg["key_id"])
+    agg = settings.check(agg, HOSTED_RULES, "%s: aggregator %d" % (where, index), base,
+                         ConfigError)  # fmt: skip
     try:
         return check_strategy(agg, "%s: aggregator %s" % (where, agg["name"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _number(value):
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value >= 0

@@ -20,9 +20,10 @@ the command that rewrites it.
 """
 
 import json
+import re
 from pathlib import Path
 
-from protocol import auth, pairing
+from protocol import pairing
 from protocol.compat import unhexlify
 from transport import secret_files
 
@@ -32,6 +33,8 @@ OLD_FORMAT = (
     "ID ...` rewrites it and the batteries' configs; then enroll each battery with its "
     "aggregators (`gridbid aggregator enroll`, `gridbid device trust`)"
 )
+KEY_SIZE = 32  # bytes of each secret (secret_files.new_secret)
+HEX_KEY = re.compile(r"[0-9a-fA-F]{%d}" % (2 * KEY_SIZE))
 
 
 class KeysError(ValueError):
@@ -81,17 +84,17 @@ def _read(path):
         if not Path(path).exists():
             why = "no keys file %s: `gridbid hub keys --config HUB.TOML` makes it" % path
         raise KeysError(why) from None
+    unknown = set(data) - {"master", "group", "keys"}
+    if unknown:
+        raise KeysError("the keys file %s has unknown entries %s" % (path, sorted(unknown)))
     for name in ("master", "group"):
         value = data.get(name)
         if value is None and name == "master":
             continue  # the old format: load() says what to run
-        try:
-            if len(unhexlify(value)) < auth.MIN_KEY_SIZE:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise KeysError(
-                "the keys file %s: %s must be random bytes, hex" % (path, name)
-            ) from None
+        if not (isinstance(value, str) and HEX_KEY.fullmatch(value)):
+            raise KeysError("the keys file %s: %s must be %d random bytes as %d hex digits "
+                            "(`gridbid hub keys` makes them)"
+                            % (path, name, KEY_SIZE, 2 * KEY_SIZE))  # fmt: skip
     return data
 
 

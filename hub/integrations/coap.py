@@ -33,7 +33,6 @@ running server; `await server.close()` stops it.
 """
 
 import asyncio
-import ipaddress
 import json
 import logging
 import socket
@@ -49,6 +48,8 @@ from hub.controls import GRID
 from hub.integrations import coap_bounds
 from protocol import coap
 from protocol.contract import MarketContract
+from transport import tasks
+from transport.settings import check as checked
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,14 @@ DEFAULTS = {
     "max_contracts": 8,  # per /contracts answer (a list stays in one datagram)
     "recent_s": 3600,  # ended contracts are listed this long after their window
 }
+RULES = (
+    ("bind", "ip", 0, 0),
+    ("port", "whole", 1, 65535),
+    ("max_age_s", "whole", 1, 86400),
+    ("replay_window_s", "number", 1, 3600),
+    ("max_contracts", "whole", 1, 12),
+    ("recent_s", "number", 0, 7 * 86400),
+)
 BINDING = ("Confirmed", "Active")
 ENDED = (
     "TerminatedByAtn", "TerminatedByScada", "CompletedUnknownOutcome", "CompletedSuccess",
@@ -76,26 +85,7 @@ _LOG_EVERY_S = 1.0  # at most one refusal line a second (a flood must not flood 
 
 def check(settings, base, where):
     """settings (merged with DEFAULTS) checked; ValueError naming the fault."""
-    try:
-        ipaddress.ip_address(settings["bind"])
-    except (TypeError, ValueError):
-        raise ValueError(
-            "%s: bind must be an IP address, not %r" % (where, settings["bind"])
-        ) from None
-    for name, low, high in (("port", 1, 65535), ("max_age_s", 1, 86400),
-                            ("max_contracts", 1, 12)):  # fmt: skip
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError("%s: %s must be a whole number %d..%d" % (where, name, low, high))
-    for name, low, high in (("replay_window_s", 1, 3600), ("recent_s", 0, 7 * 86400)):
-        value = settings[name]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not low <= value <= high
-        ):
-            raise ValueError("%s: %s must be a number %d..%d" % (where, name, low, high))
-    return settings
+    return checked(settings, RULES, where)
 
 
 async def start(hub, settings):
@@ -304,7 +294,7 @@ class CoapServer:
             raise OSError(exc.errno, "[coap] cannot listen on %s:%d: %s"
                           % (s["bind"], s["port"], exc.strerror)) from None  # fmt: skip
         self._unsubscribe = self.hub.events.subscribe(self._event)
-        self._refresh = asyncio.create_task(self._keep_fresh())
+        self._refresh = tasks.keep("coap /price notifications", self._keep_fresh)
         log.info("coap: serving /price, /contracts, /time on %s:%d" % (s["bind"], s["port"]))
 
     async def close(self):

@@ -38,8 +38,8 @@ def test_the_example_loads_and_explains_every_setting(site):
 @pytest.mark.parametrize(
     "change, why",
     [
-        (("bidders = 3", "bidders = 0"), "bidders must be a whole number >= 1"),
-        (("value = 22.0", "value = -1"), "value must be a number >= 0"),
+        (("bidders = 3", "bidders = 0"), "bidders must be a whole number 1..1000"),
+        (("value = 22.0", "value = -1"), "value must be a finite number 0..100000"),
         (("[aggregator]", "[aggregator]\nvalu = 3"), "unknown settings ['valu']"),
         (('identity = "acme.json"', 'identity = "none.json"'), "no aggregator identity"),
         (('admission = "market-hub.json"', 'admission = "x.json"'), "no admission"),

@@ -61,6 +61,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from hub.integrations.mqtt.outbox import Outbox, discovery, level, route
+from transport.settings import check as checked
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +87,41 @@ OUTBOX_NAME = "gridbid-mqtt-outbox.sqlite"
 CLOSE_WAIT_S = 2.0  # close(): how long the last PUBACKs may take (unacked: sent next run)
 
 
+RULES = (
+    ("host", "host", 0, 0),
+    ("port", "whole", 1, 65535),
+    ("client_id", "text?", 1, 256),
+    ("keepalive", "whole", 5, 65535),
+    ("window", "whole", 1, 65535),
+    ("reconnect_min_s", "number", 0.01, 3600),
+    ("reconnect_max_s", "number", 0.01, 3600),
+    ("topic_prefix", "text", 1, 200),
+    ("discovery_prefix", "text", 0, 200),
+    ("tls_ca", "path?", 0, 0),
+    ("tls_cert", "path?", 0, 0),
+    ("tls_key", "path?", 0, 0),
+    ("credentials_file", "path?", 0, 0),
+    ("outbox", "path?", 0, 0),
+)
+
+
 def check(settings, base, where):
     s = dict(settings)
-    if not isinstance(s["host"], str) or not s["host"]:
-        raise ValueError("%s: host must be a host name or address" % where)
     if s["port"] is None:
         s["port"] = 8883 if s["tls_ca"] else 1883
-    _int(s, "port", 1, 65535, where)
-    _int(s, "keepalive", 5, 65535, where)
-    _int(s, "window", 1, 65535, where)
+    s = checked(s, RULES, where, base)
     if s["qos"] not in (1, 2) or isinstance(s["qos"], bool):
         raise ValueError("%s: qos must be 1 or 2 (QoS 0 gives no PUBACK: events would be lost)"
                          % where)  # fmt: skip
-    for name in ("reconnect_min_s", "reconnect_max_s"):
-        if isinstance(s[name], bool) or not isinstance(s[name], (int, float)) or s[name] <= 0:
-            raise ValueError("%s: %s must be a number of seconds above 0" % (where, name))
     if s["reconnect_min_s"] > s["reconnect_max_s"]:
         raise ValueError("%s: reconnect_min_s must not be above reconnect_max_s" % where)
-    if s["client_id"] is not None and (not isinstance(s["client_id"], str) or not s["client_id"]):
-        raise ValueError("%s: client_id must be a non-empty string" % where)
     for name in ("topic_prefix", "discovery_prefix"):
-        value = s[name]
-        if (
-            not isinstance(value, str)
-            or re.search(r"[+#\x00]|^/|/$|//", value)
-            or (name == "topic_prefix" and not value)
-        ):
+        if re.search(r"[+#\x00]|^/|/$|//", s[name]):
             raise ValueError("%s: %s must be topic levels without + # or empty levels, not %r"
-                             % (where, name, value))  # fmt: skip
-    for name in ("tls_ca", "tls_cert", "tls_key", "credentials_file", "outbox"):
-        if s[name] is not None:
-            if not isinstance(s[name], str) or not s[name]:
-                raise ValueError("%s: %s must be a file path" % (where, name))
-            s[name] = str(Path(base) / s[name])
+                             % (where, name, s[name]))  # fmt: skip
     for name in ("tls_ca", "tls_cert", "tls_key"):
         if s[name] is not None and not os.access(s[name], os.R_OK):
             raise ValueError("%s: %s %s cannot be read" % (where, name, s[name]))
-    if s["outbox"] is not None and not Path(s["outbox"]).parent.is_dir():
-        raise ValueError("%s: outbox %s: no such folder" % (where, s["outbox"]))
     if (s["tls_cert"] is None) != (s["tls_key"] is None):
         raise ValueError("%s: tls_cert and tls_key go together" % where)
     if s["tls_cert"] is not None and s["tls_ca"] is None:
@@ -131,12 +129,6 @@ def check(settings, base, where):
     if s["credentials_file"] is not None:
         credentials(s["credentials_file"], where)  # fail at start-up, not at connect
     return s
-
-
-def _int(s, name, low, high, where):
-    value = s[name]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError("%s: %s must be a whole number %d..%d" % (where, name, low, high))
 
 
 def credentials(path, where="mqtt"):

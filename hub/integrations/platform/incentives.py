@@ -5,8 +5,8 @@ An epoch is [start, start + epoch_s), aligned on multiples of epoch_s since 1970
 slots and settlement windows); a slot belongs to the epoch its start falls in. Amounts
 are exact fractions of the stored floats, floored to whole NRG at the end.
 
-Rules (settings `incentives`, defaults in RULES; rate in NRG per kWh, cap in NRG per
-account and epoch):
+Rules (settings `incentives`, defaults in settings.py INCENTIVES; rate in NRG per kWh,
+cap in NRG per account and epoch):
 
   conservation   a battery's charging energy (consumption) below its baseline:
                    used     = the charging energy of the epoch (power_kw < 0): each
@@ -48,22 +48,13 @@ from fractions import Fraction
 
 from hub.integrations.platform.chain_ops import KeysError, memo, pk, transfer_ixs
 from hub.integrations.platform.engine import Operation, PlatformError
+from hub.integrations.platform.settings import INCENTIVES
 from hub.integrations.settlement.margin import aggregator_wallet
 from hub.integrations.settlement.records import promised_kwh
 from hub.store import telemetry, views
 from protocol.contract import parse_slot_name
 
-RULES = {
-    "epoch_s": 86400,
-    "conservation": {"rate": 1.0, "cap": 50},
-    "demand_response": {"rate": 2.0, "cap": 100},
-    "liquidity": {"rate": 0.5, "cap": 100},
-    "budget": 10_000,  # NRG per epoch, all rules and accounts together
-    "p_balance": 15.0,  # c/kWh: the price signal's centre (hub's p_balance)
-    "band": 0.2,
-    "baseline_epochs": 7,
-    "coverage": 0.9,
-}
+RULES = INCENTIVES  # their kinds and ranges are checked at load (settings.py)
 PER_TX = 6
 
 

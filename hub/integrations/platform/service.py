@@ -28,6 +28,7 @@ from hub.integrations.platform.engine import PlatformError
 from hub.integrations.platform.layer import Platform
 from hub.integrations.settlement.backends import BackendError
 from hub.integrations.settlement.margin import faucet_funded
+from transport import tasks
 
 log = logging.getLogger(__name__)
 
@@ -107,5 +108,5 @@ async def start(hub, settings):
     settings["sources"] = {**keys_file.battery_sources(hub.cfg["keys_file"]),
                            **settings["sources"]}  # fmt: skip
     service = PlatformService(hub, settings, settlement)
-    service._task = asyncio.ensure_future(service.run())
+    service._task = tasks.keep("platform", service.run)  # an error run() does not expect
     return service

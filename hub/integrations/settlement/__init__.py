@@ -20,11 +20,29 @@ as "settlement" events (hub/events.py) to the MQTT bridge and the status page;
 from pathlib import Path
 
 from hub.integrations.settlement import records
+from transport.settings import check as checked
 
 # The payer key of the market as clearing house (margin.py): uploader.payers[CLEARING] pays
 # for every buyer, from the margin aggregators deposit.
 CLEARING = 0
 
+# Each setting's kind and range (transport/settings.py).
+RULES = (
+    ("backend", "text", 1, 2048),
+    ("wallets", "path", 0, 0),
+    ("owners_file", "text", 0, 4096),  # "": none
+    ("mint", "text", 0, 64),
+    ("decimals", "whole", 0, 18),
+    ("cents_per_credit", "whole", 1, 10**6),
+    ("batch_s", "whole", 1, 31 * 86400),
+    ("max_batch", "whole", 1, 100_000),
+    ("poll_s", "number", 0.01, 3600),
+    ("durable_nonce", "flag", 0, 0),
+    ("reconcile_days", "number", 0, 3650),
+    ("fund_credits", "whole", 0, 10**12),
+    ("margin_credits", "number", 0, 1e12),
+    ("timeout_s", "number", 0.1, 600),
+)
 DEFAULTS = {
     "backend": "litesvm",  # or an RPC URL: https://api.devnet.solana.com, http://127.0.0.1:8899
     "wallets": "wallets",  # folder of aggregator-<key_id>.json keypairs (mode 0600)
@@ -48,18 +66,10 @@ def check(settings, base, where):
     """settings (merged with DEFAULTS) checked, relative paths resolved against `base`."""
     from hub.integrations.settlement import wallets  # solders: only where settlement is set
 
-    s = dict(settings)
+    s = checked(settings, RULES, where, base)
     backend = s["backend"]
-    if backend != "litesvm" and not (
-        isinstance(backend, str) and backend.startswith(("http://", "https://"))
-    ):
+    if backend != "litesvm" and not backend.startswith(("http://", "https://")):
         raise ValueError('%s: backend must be "litesvm" or an http(s):// RPC URL' % where)
-    for name in ("wallets", "owners_file"):
-        if not isinstance(s[name], str):
-            raise ValueError("%s: %s must be a path" % (where, name))
-    if not s["wallets"]:
-        raise ValueError("%s: wallets must name a folder" % where)
-    s["wallets"] = str(Path(base) / s["wallets"])
     if s["owners_file"]:
         s["owners_file"] = str(Path(base) / s["owners_file"])
     try:
@@ -72,21 +82,10 @@ def check(settings, base, where):
         raise ValueError("%s: an RPC backend needs the mint's address (mint = ...)" % where)
     if s["mint"] and backend == "litesvm":
         raise ValueError("%s: the LiteSVM backend makes its own mint: leave mint empty" % where)
-    for name, low in (("decimals", 0), ("cents_per_credit", 1), ("batch_s", 1),
-                      ("max_batch", 1), ("fund_credits", 0)):  # fmt: skip
-        if isinstance(s[name], bool) or not isinstance(s[name], int) or s[name] < low:
-            raise ValueError("%s: %s must be a whole number >= %d" % (where, name, low))
     try:
         records.units_per_cent(s["decimals"], s["cents_per_credit"])
     except ValueError as exc:
         raise ValueError("%s: decimals/cents_per_credit: %s" % (where, exc)) from None
-    for name in ("poll_s", "reconcile_days", "timeout_s", "margin_credits"):
-        if isinstance(s[name], bool) or not isinstance(s[name], (int, float)) or s[name] < 0:
-            raise ValueError("%s: %s must be a number >= 0" % (where, name))
-    if s["poll_s"] <= 0 or s["timeout_s"] <= 0:
-        raise ValueError("%s: poll_s and timeout_s must be above 0" % where)
-    if not isinstance(s["durable_nonce"], bool):
-        raise ValueError("%s: durable_nonce must be true or false" % where)
     return s
 
 

@@ -22,6 +22,7 @@ from hub.integrations.settlement.margin import Margin
 from hub.integrations.settlement.provision import nonce_wallets
 from hub.integrations.settlement.uploader import Uploader
 from hub.integrations.settlement.withdrawals import Withdrawals
+from transport import tasks
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Settlement:
                              withdrawals=paid_back)  # fmt: skip
         hub.exchange.use_margin(self.margin)
         self._unsubscribe = hub.events.subscribe(self._on_event)
-        self._task = asyncio.create_task(self._run())
+        self._task = tasks.keep("settlement", self._run)
 
     def _rebuild(self, folder, payers, nonces):
         """LiteSVM: the chain provisioned and the journals replayed (rebuild.py), so the

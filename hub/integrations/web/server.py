@@ -13,6 +13,7 @@ from hub.integrations.web import api, guards
 from hub.integrations.web.settings import ListenError, read_token
 from hub.integrations.web.stream import Fanout
 from hub.store.views import Reader
+from transport import tasks
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ class WebServer:
                 await self._task
                 raise RuntimeError("the web server stopped at start-up")
             await asyncio.sleep(0.01)
+        # A page that dies stops the hub with one line (systemd restarts it): never a hub
+        # that looks alive with no page.
+        tasks.watch(self._task, "web server", self.hub.vital.fail)
         shown = "[%s]" % host if ":" in host else host
         self.url = "http://%s:%d/" % (shown, port)
         log.info("status page: %s%s" % (self.url, "" if self.token else " (read-only)"))

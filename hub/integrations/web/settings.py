@@ -4,6 +4,8 @@ import os
 import stat
 from pathlib import Path
 
+from transport.settings import check as checked
+
 DEFAULTS = {
     "host": "127.0.0.1",  # loopback: only this machine; "0.0.0.0" for the LAN
     "port": 8080,  # 0: any free port (tests)
@@ -19,6 +21,18 @@ DEFAULTS = {
     "max_per_address": 64,
     "request_s": 10,
 }
+RULES = (
+    ("host", "host", 0, 0),
+    ("port", "whole", 0, 65535),
+    ("token_file", "path?", 0, 0),
+    ("experiment_plot", "later?", 0, 0),  # written by `gridbid experiment`, maybe later
+    ("experiment_json", "later?", 0, 0),
+    ("ws_queue", "whole", 1, 100_000),
+    ("max_page", "whole", 1, 100_000),
+    ("max_connections", "whole", 8, 100_000),
+    ("max_per_address", "whole", 1, 100_000),
+    ("request_s", "number", 1, 300),
+)
 MIN_TOKEN = 16  # characters: a short token is guessable over a LAN
 
 
@@ -28,32 +42,13 @@ class ListenError(RuntimeError):
 
 def check(settings, base, where):
     """Settings merged with DEFAULTS -> checked, paths resolved against `base`."""
-    host = settings["host"]
-    if not isinstance(host, str) or not host:
-        raise ValueError('%s: host must be an address such as "127.0.0.1"' % where)
-    for name, low, high in (("port", 0, 65535), ("ws_queue", 1, 100_000),
-                            ("max_page", 1, 100_000), ("max_connections", 8, 100_000),
-                            ("max_per_address", 1, 100_000), ("request_s", 1, 300)):  # fmt: skip
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError("%s: %s must be a whole number %d..%d" % (where, name, low, high))
-    out = dict(settings)
-    if settings["token_file"] is not None:
-        if not isinstance(settings["token_file"], str):
-            raise ValueError("%s: token_file must be a path" % where)
-        out["token_file"] = str(Path(base) / settings["token_file"])
+    out = checked(settings, RULES, where, base)
+    if out["token_file"] is not None:
         read_token(out["token_file"], where)  # refuse now, with one line, not at first POST
-    if settings["experiment_plot"] is not None:
-        plot = settings["experiment_plot"]
-        if not isinstance(plot, str) or Path(plot).suffix.lower() not in (".png", ".svg"):
-            raise ValueError("%s: experiment_plot must name a .png or .svg file" % where)
-        out["experiment_plot"] = str(Path(base) / plot)  # it may not exist yet
-    if settings["experiment_json"] is not None:
-        found = settings["experiment_json"]
-        if not isinstance(found, str) or Path(found).suffix.lower() != ".json":
-            raise ValueError("%s: experiment_json must name a .json file" % where)
-        out["experiment_json"] = str(Path(base) / found)  # it may not exist yet
-    return out
+    for name, kinds in (("experiment_plot", (".png", ".svg")), ("experiment_json", (".json",))):
+        if out[name] is not None and Path(out[name]).suffix.lower() not in kinds:
+            raise ValueError("%s: %s must name a %s file" % (where, name, " or ".join(kinds)))
+    return out  # the plot and the table may not exist yet
 
 
 def read_token(path, where="web"):

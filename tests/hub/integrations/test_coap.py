@@ -307,7 +307,7 @@ def test_coap_settings_are_checked(tmp_path):
         ({"port": 0}, "port must be a whole number 1..65535"),
         ({"bind": "my-hub"}, "bind must be an IP address"),
         ({"max_age_s": 1.5}, "max_age_s must be a whole number"),
-        ({"replay_window_s": 0}, "replay_window_s must be a number 1..3600"),
+        ({"replay_window_s": 0}, "replay_window_s must be a finite number 1..3600"),
         ({"max_contracts": 40}, "max_contracts must be a whole number 1..12"),
         ({"colour": "red"}, "unknown settings ['colour']"),
     ):

@@ -198,7 +198,7 @@ def test_settings_are_checked_and_paths_resolved(tmp_path):
         ({"owners": {"7": "nope"}}, "not a base58 public key"),
         ({"decimals": 1}, "decimals/cents_per_credit"),
         ({"batch_s": 0}, "batch_s must be"),
-        ({"poll_s": 0}, "poll_s and timeout_s"),
+        ({"poll_s": 0}, "poll_s must be a finite number 0.01..3600"),
         ({"durable_nonce": "yes"}, "durable_nonce"),
     ]
     for change, message in bad:

@@ -56,7 +56,7 @@ def token_file(folder, text=TOKEN, mode=0o600):
     ("plot not an image", "experiment_plot must name a .png or .svg file"),
     ("results not json", "experiment_json must name a .json file"),
     ("unknown setting", "[web] has unknown settings ['colour']"),
-    ("empty host", "host must be an address"),
+    ("empty host", "host must be a host name or an IP address"),
 ])  # fmt: skip
 def test_bad_web_settings_stop_the_hub_with_one_line(tmp_path, case, says):
     web = {
