@@ -52,10 +52,17 @@ async def configure(board, path):
             return cfg, devices.open_plant(cfg["devices"], registers, board.serial_port)
         except ValueError as exc:  # ConfigError, or a device or register map problem
             log("CONFIG ERROR: %s" % exc)
-            log("safe idle: no trading, no setpoints; retrying in %d s" % _IDLE_RETRY_S)
-        for _ in range(_IDLE_RETRY_S * 10):
-            board.feed()
-            await asyncio.sleep(0.1)
+        except Exception as exc:  # a value no check foresaw: still one line, never a crash loop
+            log("CONFIG ERROR: %s: %s" % (type(exc).__name__, exc))
+        await idle(board, "no trading, no setpoints")
+
+
+async def idle(board, text):
+    """Safe idle for _IDLE_RETRY_S, the watchdog fed."""
+    log("safe idle: %s; retrying in %d s" % (text, _IDLE_RETRY_S))
+    for _ in range(_IDLE_RETRY_S * 10):
+        board.feed()
+        await asyncio.sleep(0.1)
 
 
 async def poll(board, plant, cfg):
@@ -114,7 +121,7 @@ async def run(profile, config):
         cfg.pop(key, None)
     # Drop the modules only start-up uses: nothing refers to their functions, so their
     # code and constants are collected (the names they interned stay).
-    for name in ("config", "register_map"):
+    for name in ("config", "register_map", "jsonfile"):
         sys.modules.pop(name, None)
     gc.collect()
     import contracts
@@ -145,7 +152,15 @@ async def run(profile, config):
     # The first beat before the network starts: the inverter gets its setpoint (a resumed
     # contract's, or idle) while no other Modbus request is in flight with it.
     await executor.beat(node)
-    await node.serve()
+    while True:
+        try:
+            await node.serve()
+            break
+        except OSError as exc:  # bind is an address, but not this device's (yet)
+            log("CONFIG ERROR: cannot listen on %s:%d: %s" % (cfg["bind"], cfg["tcp_port"], exc))
+            await idle(board, "nothing is sold")
+            await executor.beat(node)  # contracts run and end even while nothing is sold
+
     for job in (
         node.discovery(), node.status(), node.watch_battery(), node.close_auctions(),
         executor.run(node), poll(board, plant, cfg), keep_marks(node, book), report_heap(cfg),
