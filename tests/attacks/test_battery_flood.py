@@ -98,6 +98,7 @@ def test_slow_loris_connections_do_not_stop_trading(tmp_path):
         return kind, took, closed
 
     kind, took, closed = run(tmp_path, scenario)  # auth_ms 5000: a byte every 2 s
+    print("slow loris: BidAccept %.1f s after 12 slow connections, %d closed" % (took, closed))
     assert kind == message.BID_ACCEPT
     assert took < 12, took  # the pool's strangers are closed 5 s after their accept
     assert closed == 12, closed
@@ -138,6 +139,7 @@ def test_5000_bad_frames_give_a_few_lines_and_the_battery_still_trades(tmp_path)
 
     kind, lines = run(tmp_path, scenario)
     refused = [line for line in lines if line.startswith("refused ")]
+    print("5,000 bad frames: %d lines, %d refusal lines" % (len(lines), len(refused)))
     assert kind == message.BID_ACCEPT
     assert 1 <= len(refused) <= 4, refused
     assert len(lines) < 40, lines[:40]
@@ -165,6 +167,7 @@ def test_a_10_mb_header_bomb_costs_bounded_cpu_and_one_line(tmp_path):
         return kind, used, accepted, device.lines[mark:]
 
     kind, used, accepted, lines = run(tmp_path, scenario)
+    print("10 MB bomb: %d bytes taken, %.2f s CPU, %d lines" % (accepted, used, len(lines)))
     assert kind == message.BID_ACCEPT
     assert accepted < 10 * 2**20, "the battery read the whole bomb"
     assert used < 2.0, used  # the battery's CPU for the whole attack and a trade
