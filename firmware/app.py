@@ -52,10 +52,70 @@ async def configure(board, path):
             return cfg, devices.open_plant(cfg["devices"], registers, board.serial_port)
         except ValueError as exc:  # ConfigError, or a device or register map problem
             log("CONFIG ERROR: %s" % exc)
-            log("safe idle: no trading, no setpoints; retrying in %d s" % _IDLE_RETRY_S)
-        for _ in range(_IDLE_RETRY_S * 10):
-            board.feed()
-            await asyncio.sleep(0.1)
+        except Exception as exc:  # a value no check foresaw: still one line, never a crash loop
+            log("CONFIG ERROR: %s: %s" % (type(exc).__name__, exc))
+        await idle(board, "no trading, no setpoints")
+
+
+async def idle(board, text):
+    """Safe idle for _IDLE_RETRY_S, the watchdog fed."""
+    log("safe idle: %s; retrying in %d s" % (text, _IDLE_RETRY_S))
+    for _ in range(_IDLE_RETRY_S * 10):
+        board.feed()
+        await asyncio.sleep(0.1)
+
+
+# No task dies silently: one that fails is logged on one line and started again after a
+# backoff (1, 2, 4 ... 60 s), so a failing one cannot spin; a task releases its own
+# resources (node.discovery closes its sockets). The loop's exception handler hears of a
+# failed task (its default prints a traceback); a table of the tasks' coroutines names
+# it. Module-level, with no closures: a small heap paid ~3 KB for a wrapper coroutine per
+# task, ~1.5 KB for a watching task's table, and ~1 KB for closures in run().
+_watched = []  # the node and config.json's path, for job()
+_names = {}  # a task's coroutine -> its name (one entry per task: one that ends stays)
+_delays = {}  # a task's name -> its next backoff, once it failed
+
+
+def job(name):
+    """A coroutine of the task called name."""
+    node, path = _watched
+    executor = node.executor
+    if name == "execution":
+        return executor.run(node)
+    if name == "poll":
+        return poll(node.board, node.plant, node.cfg)
+    if name == "keep_marks":
+        return keep_marks(node, executor.book)
+    if name == "report_heap":
+        return report_heap(node.cfg)
+    if name == "follow_trust":
+        return node.follow_trust(path)
+    return getattr(node, name)()
+
+
+def start(name, coro):
+    _names[coro] = name
+    asyncio.create_task(coro)
+
+
+async def again(delay, name):
+    await asyncio.sleep(delay)
+    await job(name)
+
+
+def failed(loop, context):
+    """The loop's exception handler: a task that failed is said and started again."""
+    task, exc = context.get("future"), context.get("exception")
+    coro = (getattr(task, "coro", None) or task.get_coro()) if task else None
+    name = _names.pop(coro, None)
+    why = "%s: %s" % (type(exc).__name__, exc)
+    if name is None:  # not a task of ours (CPython also reports unclosed transports here)
+        log("asyncio: %s%s" % (context.get("message"), ": " + why if exc else ""))
+        return
+    delay = _delays.get(name, 1)
+    _delays[name] = min(delay * 2, 60)
+    log("task %s failed: %s; restarting in %d s" % (name, why, delay))
+    start(name, again(delay, name))
 
 
 async def poll(board, plant, cfg):
@@ -114,7 +174,7 @@ async def run(profile, config):
         cfg.pop(key, None)
     # Drop the modules only start-up uses: nothing refers to their functions, so their
     # code and constants are collected (the names they interned stay).
-    for name in ("config", "register_map"):
+    for name in ("config", "register_map", "jsonfile"):
         sys.modules.pop(name, None)
     gc.collect()
     import contracts
@@ -145,13 +205,20 @@ async def run(profile, config):
     # The first beat before the network starts: the inverter gets its setpoint (a resumed
     # contract's, or idle) while no other Modbus request is in flight with it.
     await executor.beat(node)
-    await node.serve()
-    for job in (
-        node.discovery(), node.status(), node.watch_battery(), node.close_auctions(),
-        executor.run(node), poll(board, plant, cfg), keep_marks(node, book), report_heap(cfg),
-        node.follow_trust(config),
-    ):  # fmt: skip
-        asyncio.create_task(job)
+    while True:
+        try:
+            await node.serve()
+            break
+        except OSError as exc:  # bind is an address, but not this device's (yet)
+            log("CONFIG ERROR: cannot listen on %s:%d: %s" % (cfg["bind"], cfg["tcp_port"], exc))
+            await idle(board, "nothing is sold")
+            await executor.beat(node)  # contracts run and end even while nothing is sold
+
+    _watched[:] = [node, config]
+    asyncio.get_event_loop().set_exception_handler(failed)
+    for name in ("discovery", "status", "watch_battery", "close_auctions", "execution", "poll",
+                 "keep_marks", "report_heap", "follow_trust"):  # fmt: skip
+        start(name, job(name))
     if cfg.get("coap_hub"):  # the hub's CoAP resources (coap_client.py): off by default,
         import coap_client  # and only then imported (it costs ~14 KB of a small heap)
 

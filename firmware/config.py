@@ -14,11 +14,9 @@ boot, so a broken file gives one clear message instead of a crash later.
     }
 """
 
-import json
 import os
 
-from protocol import auth
-from protocol.compat import unhexlify
+import jsonfile
 
 OLD_KEYS = (
     "keys holds a key under this battery's own id (%d): the old shared-key scheme, in which "
@@ -41,8 +39,13 @@ DEFAULTS = {
     "market_maker": "hub",
     "auction_ms": 300,  # bids are collected this long after the first one
     "confirm_ms": 5000,  # an accepted bid not confirmed by then is void
-    "max_peers": 8,  # TCP aggregators at once (a board's lwIP has ~10-16 sockets)
-    "auth_ms": 5000,  # a connection that sends no authentic frame by then is closed
+    # Sockets (a board's lwIP has ~10-16): max_peers authenticated aggregators, and apart
+    # from them max_unauthenticated connections not yet authenticated; plus the listener, the two
+    # group sockets, CoAP, the Modbus TCP links (0-3) and one more while a connection is
+    # accepted. With the defaults and one Modbus link: 8 + 2 + 1 + 2 + 1 + 1 + 1 = 16.
+    "max_peers": 8,
+    "max_unauthenticated": 2,
+    "auth_ms": 5000,  # a connection that sends no authentic frame by then (from accept) is closed
     "status_ms": 1000,  # BESS_STATUS period (the paper allows 2000 ms)
     "register_s": 30,  # Register on the group this often
     "hub_status_s": 5,  # BESS_STATUS to the market maker this often (with hub_key)
@@ -59,7 +62,12 @@ DEFAULTS = {
     "source": "grid",
 }
 # registers_dir (the register maps) defaults to the board profile's, else "registers".
-_NUMBERS = [k for k, v in DEFAULTS.items() if isinstance(v, (int, float))]
+
+# jsonfile.read() refuses a file too large or too deep before parsing it, and check() every
+# value, each within the range below, so that no value can stop a task later (a max_kw no
+# ETP frame can carry once stopped discovery). Only start-up uses this module (app.py
+# drops it): its tables are locals, and its few names shared ones (every name a module
+# holds stays interned for good on MicroPython, and a board has room for ~620).
 
 
 class ConfigError(ValueError):
@@ -70,42 +78,87 @@ def load(path):
     """Read and check a config file -> dict with defaults filled in."""
     try:
         stamp = os.stat(path)  # before reading: node.follow_trust sees any later change
-        with open(path) as f:
-            text = f.read()
     except OSError as exc:
         raise ConfigError("cannot read %s: %s" % (path, exc)) from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ConfigError("%s is not valid JSON (torn or hand-edited?)" % path) from None
-    cfg = check(data, path)
+    cfg = check(jsonfile.read(path, ConfigError), path)
     cfg["stamp"] = (stamp[1], stamp[6], stamp[8])  # inode, size, mtime
+    data_dir, why = cfg["data_dir"], None
+    try:
+        if not os.stat(data_dir)[0] & 0x4000:  # S_IFDIR
+            why = "is a file, not a folder"
+    except OSError:  # none yet (a board's fresh flash): made here, or said why not
+        try:
+            os.mkdir(data_dir)
+        except OSError as exc:
+            why = "cannot be made: %s" % exc
+    if why:
+        raise ConfigError("%s: data_dir %s %s" % (path, data_dir, why))
     return cfg
 
 
+def _number(where, name, value, start, stop, unit="", kind=(int, float)):
+    """value is a number (kind) in start..stop; NaN and inf (1e999 in JSON) are not."""
+    if isinstance(value, bool) or not isinstance(value, kind) or not start <= value <= stop:
+        whole = "a whole number" if kind is int else "a number, whole or not,"
+        raise ConfigError("%s: %s must be %s %s..%s%s, not %.40r"
+                          % (where, name, whole, start, stop, unit, value))  # fmt: skip
+
+
 def check(data, where="config"):
+    from protocol import auth
+    from protocol.compat import unhexlify
+
     if not isinstance(data, dict):
         raise ConfigError("%s: must be a JSON object" % where)
+    # Every number a battery reads: (lowest, highest, unit). Whole numbers are ints.
+    ranges = {
+        "group_port": (1, 65535, int), "tcp_port": (1, 65535, int),
+        "reserve_floor": (0, 10000, ""),  # the reserve reaches 1.9x it; a frame 100000
+        "min_soc_pct": (0, 100, ""), "sell_pct": (0, 100, ""),
+        "max_kw": (0, 10000, ""), "slot_s": (1, 86400, int), "gate_s": (0, 86399, int),
+        "slots_ahead": (1, 96, int), "auction_ms": (0, 60000, ""),
+        "confirm_ms": (100, 600000, ""),
+        "max_peers": (1, 16, int), "max_unauthenticated": (1, 8, int),  # sockets: see DEFAULTS
+        "auth_ms": (100, 60000, ""),
+        "status_ms": (100, 2000, " ms (ETP's BESS_STATUS deadline is 2000 ms)"),
+        "register_s": (1, 3600, ""), "hub_status_s": (1, 3600, ""),
+        "hub_id": (0, 2**32 - 1, int), "poll_ms": (10, 60000, ""),
+        "tick_ms": (10, 60000, ""),
+        "alarm_poll_ms": (10, 1000, " ms (a DeviceFailure goes out within 200 ms)"),
+        "success_share": (0, 1, ""), "flush_s": (0, 86400, ""),
+        "heap_report_s": (0.1, 3600, ""), "coap_reconcile_s": (1, 86400, ""),
+        "coap_ack_ms": (100, 60000, ""),
+    }  # fmt: skip
+    known = "device_id key_id keys group coap_key hub_key devices registers_dir wifi coap_hub \
+coap_adopt".split()  # one text: its words are not interned names
+    for name in data:
+        if name not in DEFAULTS and name not in ranges and name not in known:
+            raise ConfigError("%s: unknown setting %.40r (a typo?)" % (where, name))
     cfg = dict(DEFAULTS)
     cfg.update(data)
-    for name, high in (("device_id", 2**64 - 1), ("key_id", 2**32 - 1)):
-        value = cfg.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= high:
-            raise ConfigError("%s: %s must be a whole number 1..%d" % (where, name, high))
-    for name in _NUMBERS:
+    _number(where, "device_id", cfg.get("device_id"), 1, 2**64 - 1, "", int)
+    _number(where, "key_id", cfg.get("key_id"), 1, 2**32 - 1, "", int)
+    for name, (start, stop, unit) in ranges.items():
+        if unit is int:
+            _number(where, name, cfg.get(name, start), start, stop, "", int)
+        else:
+            _number(where, name, cfg.get(name, start), start, stop, unit)
+    for name in ("bind", "group_addr"):  # dotted IPv4; the group's a multicast one
         value = cfg[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError("%s: %s must be a non-negative number, not %r" % (where, name, value))
-    if not 0 <= cfg["min_soc_pct"] <= 100 or not 0 <= cfg["sell_pct"] <= 100:
-        raise ConfigError("%s: min_soc_pct and sell_pct are percentages (0..100)" % where)
-    if cfg["tick_ms"] < 10 or cfg["poll_ms"] < 10:
-        raise ConfigError("%s: tick_ms and poll_ms must be at least 10" % where)
-    if not 1 <= cfg["slots_ahead"] <= 96:
-        raise ConfigError("%s: slots_ahead must be 1..96" % where)
-    if not 1 <= cfg["max_peers"] <= 16:
-        raise ConfigError("%s: max_peers must be 1..16 (sockets are scarce on a board)" % where)
-    if cfg["status_ms"] > 2000:
-        raise ConfigError("%s: status_ms above 2000 breaks ETP's BESS_STATUS deadline" % where)
+        parts = value.split(".") if isinstance(value, str) else ()
+        ok = len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts)
+        if not ok or (name == "group_addr" and not 224 <= int(parts[0]) <= 239):
+            raise ConfigError("%s: %s must be %s, not %.40r" % (
+                where, name, "a multicast IPv4 address (224-239.x.x.x)" if name == "group_addr"
+                else "an IPv4 address (this device's)", value))  # fmt: skip
+    for name in ("data_dir", "registers_dir", "market_maker", "coap_hub"):
+        value = cfg.get(name, where)
+        if not isinstance(value, str) or not 0 < len(value) <= 200:
+            raise ConfigError("%s: %s must be a short text, not %.40r" % (where, name, value))
+    value = cfg.get("wifi")  # wifi.py's {"ssid", "password"}: two texts
+    ok = value is None or isinstance(value, dict) and sorted(value) == "password ssid".split()
+    if not ok or value and not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError('%s: wifi must be {"ssid": "...", "password": "..."}' % where)
     keys = cfg.setdefault("keys", {})
     if not isinstance(keys, dict):
         raise ConfigError("%s: keys must map aggregator ids to pair keys" % where)
@@ -113,14 +166,42 @@ def check(data, where="config"):
         raise ConfigError("%s: %s" % (where, OLD_KEYS % (cfg["key_id"], cfg["device_id"])))
     if not isinstance(cfg.get("group"), str):
         raise ConfigError("%s: group (the multicast group key, hex) is missing" % where)
-    if not isinstance(cfg.get("devices"), dict):
+    value = cfg.get("devices")
+    if not isinstance(value, dict):
         raise ConfigError("%s: devices (meter, battery, inverter over Modbus) is missing" % where)
-    for kind in ("meter", "battery", "inverter"):
-        if not isinstance(cfg["devices"].get(kind), dict):
-            raise ConfigError("%s: devices.%s is missing" % (where, kind))
+    for name in ("meter", "battery", "inverter"):
+        if not isinstance(value.get(name), dict):
+            raise ConfigError("%s: devices.%s is missing" % (where, name))
+    for name in value:
+        if name not in ("meter", "battery", "inverter", "link_timeout_ms"):
+            raise ConfigError("%s: devices.%.40s: unknown setting (a typo?)" % (where, name))
+    _number(where, "devices.link_timeout_ms", value.get("link_timeout_ms", 1000), 10, 60000)
+    for role in ("meter", "battery", "inverter"):  # a link and a map (devices.open_plant)
+        device, here = value[role], ".".join(("devices", role))
+        for name, field in device.items():
+            if name in ("map", "host", "path"):
+                if not isinstance(field, str) or not 0 < len(field) <= 200:
+                    raise ConfigError("%s: %s.%s must be a short text" % (where, here, name))
+            elif name == "port":
+                _number(where, here + "." + name, field, 1, 65535, "", int)
+            elif name == "unit":
+                _number(where, here + "." + name, field, 1, 247, "", int)
+            elif name == "timeout_ms":
+                _number(where, here + "." + name, field, 10, 60000)
+            elif name in ("uart", "baud", "tx", "rx", "de"):  # serial_port.py: numbers
+                _number(where, here + "." + name, field, 0, 1000000, "", int)
+            elif name != "link":
+                raise ConfigError("%s: %s.%.40s: unknown setting (a typo?)" % (where, here, name))
+        link = device.get("link")
+        if link not in ("tcp", "rtu"):
+            raise ConfigError("%s: %s.link must be tcp or rtu, not %.40r" % (where, here, link))
+        need = "host" if link == "tcp" else "uart" if "uart" in device else "path"
+        for name in ("map", "unit", need):
+            if name not in device:
+                raise ConfigError("%s: %s needs %s" % (where, here, name))
     if cfg["source"] not in ("solar", "wind", "hydro", "grid"):
         raise ConfigError("%s: source is solar, wind, hydro or grid" % where)
-    if not isinstance(cfg["slot_s"], int) or not 0 <= cfg["gate_s"] < cfg["slot_s"]:
+    if not cfg["gate_s"] < cfg["slot_s"]:
         raise ConfigError("%s: slot_s must be whole seconds above gate_s" % where)
     # The market's slot grid (protocol/contract.py slot_length): the hub may move it on
     # at a set time (governance), and coap_client.py then keeps the one it heard.

@@ -6,11 +6,19 @@ with several aggregators at once, status, and DeviceFailure.
   aggregators see every offer. A Query's bid_price carries the market's price
   signal, which feeds the reserve price (reserve.py).
 - TCP (a pair key per aggregator: only that aggregator and this battery hold
-  it): up to max_peers sessions; one more is closed at once. A connection that
-  does not authenticate within auth_ms is closed, and so is one that stops
-  reading our frames (a write that cannot drain in 2 s). Unauthenticated or
-  unknown peers get nothing back, ever. The trusted aggregators follow
-  config.json's "keys" while running (follow_trust).
+  it): up to max_peers authenticated sessions, and apart from them up to
+  max_unauthenticated connections not yet authenticated (a slow-loris pool: one more is
+  closed at once, and none takes an aggregator's place). A connection must
+  authenticate within auth_ms of its accept (a deadline, not a per-read
+  timeout) and before it sends _UNAUTH_BAD bad frames (which bounds the HMAC
+  work a stranger gets); one that stops reading our frames (a write that cannot
+  drain in 2 s) is dropped too. Unauthenticated or unknown peers get nothing
+  back, ever. The trusted aggregators follow config.json's "keys" while running
+  (follow_trust).
+- Refused frames (bad bytes, tags, keys, replays, another device's) are
+  counted per peer address (TCP) or for the group, and logged at most once per
+  _REFUSED_S per peer: "refused N frames from PEER in the last 10 s: REASON".
+  The table holds _PEERS peers; more share one line ("other peers").
 - Auctions (auction.py): a Query opens an offer; Bids collect until the
   auction closes; the winner gets a BidAccept, the others BidRejects, at the
   close; a BidConfirm answering our BidAccept makes the contract (execution.py).
@@ -31,6 +39,9 @@ from protocol.errors import ETPError
 _WRITE_MS = const(2000)
 _READ_SIZE = const(512)
 _TRUST_S = const(2)  # how often config.json is checked for a changed trust list
+_UNAUTH_BAD = const(8)  # bad frames a connection may send before it authenticates
+_REFUSED_S = const(10)  # refusals from one peer are logged at most this often
+_PEERS = const(4)  # peers counted apart; the others share one entry
 
 
 async def close(writer):
@@ -46,10 +57,23 @@ class Session(frame.StreamDecoder):
     """One aggregator's connection, and the decoder of its stream (one object, not two:
     a small heap pays per object)."""
 
-    def __init__(self, codec, writer):
+    def __init__(self, codec, writer, timeout=0):
         super().__init__(codec)
         self.writer = writer
         self.peer = None  # the aggregator's key id, once a frame authenticated
+        self.timeout = timeout  # ms: authenticated by then, or closed
+        self.count = 0  # frames refused
+
+
+def address(writer):
+    """The peer's IPv4 address: CPython gives (host, port), MicroPython's unix port a raw
+    sockaddr (family, port, then the 4 address bytes), a board's a tuple."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return peer[0]
+    if isinstance(peer, (bytes, bytearray)) and len(peer) >= 8:
+        return "%d.%d.%d.%d" % tuple(peer[4:8])
+    return "?"
 
 
 class Node:
@@ -68,6 +92,7 @@ class Node:
         self.price_signal = 0.0
         self.failure = None  # (cause, text) while the battery is faulted
         self._group = None  # (socket, address) to send to the group, once discovery runs
+        self.skipped = {}  # peer -> [frames refused since last said, last reason, said at ms]
 
     # --- sending --------------------------------------------------------------
 
@@ -186,34 +211,50 @@ class Node:
     async def serve(self):
         cfg = self.cfg
         return await asyncio.start_server(
-            self.session, cfg["bind"], cfg["tcp_port"], backlog=cfg["max_peers"] + 2
+            self.session,
+            cfg["bind"],
+            cfg["tcp_port"],
+            backlog=cfg["max_peers"] + cfg["max_unauthenticated"],
         )
 
     async def session(self, stream, writer):
         """One aggregator's connection; stream is what we read (MicroPython passes the
         same Stream object twice)."""
-        if len(self.sessions) >= self.cfg["max_peers"]:
-            self.log("refused a connection: %d aggregators already" % len(self.sessions))
+        cfg, now = self.cfg, self.board.now_ms()
+        if sum(1 for s in self.sessions if s.peer is None) >= cfg["max_unauthenticated"]:
+            why = "a connection: %d not yet authenticated already" % cfg["max_unauthenticated"]
+            self._dropped(address(writer), why)
             await close(writer)
             return
-        session = Session(self.codec, writer)
+        session = Session(self.codec, writer, now + cfg["auth_ms"])
         self.sessions.append(session)
         try:
             while session in self.sessions:
                 if session.peer is not None:  # no timeout: no wait_for task per read
                     data = await stream.read(_READ_SIZE)
                 else:
-                    try:
-                        data = await asyncio.wait_for(
-                            stream.read(_READ_SIZE), self.cfg["auth_ms"] / 1000
-                        )
+                    try:  # the deadline is from accept: a byte now and then does not move it
+                        left = session.timeout - self.board.now_ms()
+                        if left <= 0:
+                            raise asyncio.TimeoutError
+                        data = await asyncio.wait_for(stream.read(_READ_SIZE), left / 1000)
                     except asyncio.TimeoutError:
                         self.log("a connection never authenticated: closed")
                         break
                 if not data:
                     break
                 session.feed(data)
-                for got in session.frames(self.board.now_ms(), self._dropped):
+                while session in self.sessions:
+                    try:
+                        got = session.next(self.board.now_ms())
+                    except ETPError as exc:
+                        self._dropped(address(writer), exc)
+                        session.count += 1
+                        if session.peer is None and session.count >= _UNAUTH_BAD:
+                            return  # a stranger's HMAC work is bounded
+                        continue
+                    if got is None:
+                        break
                     if not await self.received(session, got):
                         return
         except OSError as exc:
@@ -222,23 +263,55 @@ class Node:
         finally:
             await self.drop(session)
 
-    def _dropped(self, exc):
-        self.log("dropped a frame: %s: %s" % (type(exc).__name__, exc))
+    def _dropped(self, peer, reason):
+        """Count a refused frame (or connection) from peer, and say each peer's refusals
+        not said for _REFUSED_S (a new peer's first at once); forget quiet peers.
+        _dropped(None, None) only says what is due (status() calls it)."""
+        table, now_ms = self.skipped, self.board.now_ms()
+        if peer is not None:
+            if peer not in table and len(table) >= _PEERS:
+                peer = "other peers"
+            entry = table.get(peer)
+            if entry is None:
+                entry = table[peer] = [0, None, now_ms - _REFUSED_S * 1000]
+            entry[0] += 1
+            entry[1] = reason
+            if now_ms - entry[2] < _REFUSED_S * 1000:
+                return
+        for peer, entry in list(table.items()):
+            if now_ms - entry[2] < _REFUSED_S * 1000:
+                continue
+            if entry[0]:
+                reason = entry[1]
+                if isinstance(reason, Exception):
+                    reason = "%s: %s" % (type(reason).__name__, reason)
+                self.log("refused %d frames from %s in the last %d s: %s"
+                         % (entry[0], peer, _REFUSED_S, reason))  # fmt: skip
+                entry[0], entry[2] = 0, now_ms
+            else:
+                del table[peer]
 
     async def received(self, session, got):
         if got.group or got.key_id in (self.cfg["key_id"], self.cfg["hub_id"]):
             # the group proves membership only, and the market maker never trades
-            self.log("ignored a frame on TCP from %d (group, ours or the hub's)" % got.key_id)
+            why = "a frame on TCP from %d (group, ours or the hub's)" % got.key_id
+            self._dropped(address(session.writer), why)
             return True
         if got.message.device_id != self.device_id:  # a frame for another battery, replayed
-            self.log("ignored a frame from %d for device %d" % (got.key_id, got.message.device_id))
+            why = "a frame from %d for device %d" % (got.key_id, got.message.device_id)
+            self._dropped(address(session.writer), why)
             return True
-        if session.peer is None:
+        if session.peer is None:  # the aggregators' sessions are max_peers at most
+            if sum(1 for s in self.sessions if s.peer is not None) >= self.cfg["max_peers"]:
+                self.log("refused a connection from aggregator %d: %d aggregators already"
+                         % (got.key_id, self.cfg["max_peers"]))  # fmt: skip
+                return False
             session.peer = got.key_id
             self.log("aggregator %d connected" % got.key_id)
             await self.executor.report(self)
         elif got.key_id != session.peer:
-            self.log("ignored a frame from %d on %d's session" % (got.key_id, session.peer))
+            why = "a frame from %d on %d's session" % (got.key_id, session.peer)
+            self._dropped(address(session.writer), why)
             return True
         msg = got.message
         kind = msg.message_type
@@ -366,24 +439,34 @@ class Node:
     # --- the group ----------------------------------------------------------------
 
     async def discovery(self):
+        """The group: Register, then answer every Query. Its sockets are closed when it
+        fails, so that app.supervise can start it again."""
         cfg = self.cfg
         address = socket.getaddrinfo(cfg["group_addr"], cfg["group_port"])[0][-1]
-        self._group = (self.board.group_sender(cfg["bind"]), address)
-        receiver = self.board.group_receiver(cfg["group_addr"], cfg["group_port"])
-        self.register()
-        while True:
-            data = await self.board.receive(receiver)
-            if len(data) > 3 and not data[3] & frame.FLAG_GROUP:
-                continue  # sealed for the market maker (ours or another battery's): not ours
-            try:
-                got = self.codec.open(data, self.board.now_ms())
-            except ETPError as exc:
-                self._dropped(exc)
-                continue
-            if got.key_id != cfg["key_id"] and got.message.message_type == message.QUERY:
-                if got.message.bid_price > 0:
-                    self.price_signal = got.message.bid_price
-                self.send_group(self.answer_query(), got.message.message_id)
+        sender = self.board.group_sender(cfg["bind"])
+        receiver = None
+        try:
+            receiver = self.board.group_receiver(cfg["group_addr"], cfg["group_port"])
+            self._group = (sender, address)
+            self.register()
+            while True:
+                data = await self.board.receive(receiver)
+                if len(data) > 3 and not data[3] & frame.FLAG_GROUP:
+                    continue  # sealed for the market maker (ours or another battery's)
+                try:
+                    got = self.codec.open(data, self.board.now_ms())
+                except ETPError as exc:
+                    self._dropped("the multicast group", exc)
+                    continue
+                if got.key_id != cfg["key_id"] and got.message.message_type == message.QUERY:
+                    if got.message.bid_price > 0:
+                        self.price_signal = got.message.bid_price
+                    self.send_group(self.answer_query(), got.message.message_id)
+        finally:
+            self._group = None
+            sender.close()
+            if receiver is not None:
+                receiver.close()
 
     def register(self):
         plant = self.plant
@@ -422,6 +505,8 @@ class Node:
             for session in list(self.sessions):
                 if session.peer is not None:
                     await self.send(session, msg)
+            if self.skipped:
+                self._dropped(None, None)
             if now - last >= self.cfg["hub_status_s"] * 1000:  # to the market maker too
                 last = now
                 self.send_hub(msg)

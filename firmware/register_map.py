@@ -26,7 +26,6 @@ each copy of a name is a 64-byte object, kept for as long as the plant.
 """
 
 import gc
-import json
 
 import modbus
 from modbus import plan_reads  # noqa: F401  (part of this module's interface)
@@ -59,13 +58,9 @@ class MapError(ValueError):
 
 def load_map(path):
     """Read and check a register map; MapError (a ValueError) names what is wrong."""
-    try:
-        with open(path) as f:
-            register_map = json.load(f)
-    except OSError as exc:
-        raise MapError("%s: cannot read: %s" % (path, exc)) from None
-    except ValueError as exc:
-        raise MapError("%s: not JSON: %s" % (path, exc)) from None
+    import jsonfile  # its size and nesting bounded, as config.json's
+
+    register_map = jsonfile.read(path, MapError)
     check_map(register_map, path)
     # Keep what the code uses: the points are compiled into _specs, and the notes are for
     # people. A SunSpec map parsed is ~16 KB of heap on the unix port; this halves it.
@@ -109,33 +104,69 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check(data, names, where):
+    """data is a JSON object of the fields names (a space-separated text) only."""
+    _need(isinstance(data, dict), where, "must be a JSON object")
+    names = names.split()
+    for name in data:
+        _need(name in names, where, "unknown field %.40r (a typo?)" % (name,))
+
+
+def _check_int(value, start, stop):
+    return isinstance(value, int) and not isinstance(value, bool) and start <= value <= stop
+
+
 def check_map(register_map, where="map"):
     """Validate a map (dict) in place and compile its points into spec tuples."""
     _need(isinstance(register_map, dict), where, "a map is a JSON object")
     kind, points = register_map.get("kind"), register_map.get("points")
     _need(kind in KINDS, where, "kind must be one of %s, not %r" % ("/".join(KINDS), kind))
     _need(isinstance(points, dict) and points, where, "no points")
+    _need(len(points) <= 200, where, "more than 200 points")
+    # The map's own fields: known ones only, each of its type (the maps' README).
+    _check(register_map, "name kind model source notes defaults not_implemented blocks "
+           "max_registers points alarm setpoint constants", where)  # fmt: skip
+    top = register_map.get("max_registers", modbus.MAX_READ)
+    _need(_check_int(top, 1, modbus.MAX_READ), where, "max_registers must be 1..125")
+    blocks = register_map.get("blocks", [])
+    _need(isinstance(blocks, list), where, "blocks must be a list of [start, count]")
+    for block in blocks:
+        ok = isinstance(block, list) and len(block) == 2 and _check_int(block[0], 0, 0xFFFF)
+        ok = ok and _check_int(block[1], 1, 0x10000 - block[0])
+        _need(ok, where, "blocks: %.40r is not [start, count] within 0..65535" % (block,))
     defaults = register_map.get("defaults", {})
+    _check(defaults, "function type word_order scale", where + ": its defaults")
     missing = register_map.get("not_implemented", {})
+    _check(missing, " ".join(SIZES), where + ": its not_implemented")
+    for typ, raw in missing.items():
+        _need(_number(raw), where, "not_implemented: %s must be a number" % typ)
+    for key in ("name", "model", "source"):
+        _need(isinstance(register_map.get(key, ""), (str, int)), where, "%s must be a text" % key)
     specs, derived = {}, {}
     same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
-        _need(isinstance(point, dict), here, "a point is a JSON object")
+        _check(point, "address function type word_order scale sf unit derive", here)
+        _need(isinstance(point.get("unit", ""), str), here, "unit must be a text")
         if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
             inputs, scale = point["derive"], point.get("scale", 1)
-            _need(isinstance(inputs, list) and inputs and _number(scale), here, "bad derive")
+            ok = isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)
+            ok = ok and _number(scale) and 1e-9 <= abs(scale) <= 1e9
+            _need(ok, here, "bad derive: a list of point names, and a scale")
             derived[name] = ([same.get(i, i) for i in inputs], scale)
             continue
         p = dict(defaults)
         p.update(point)
         size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
         _need(size, here, "type must be one of %s" % "/".join(SIZES))
-        _need(isinstance(address, int) and 0 <= address <= 0x10000 - size, here, "bad address")
+        ok = _check_int(address, 0, 0x10000 - size)
+        _need(ok, here, "address must be 0..%d" % (0x10000 - size))
         _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
         _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
-        _need(_number(scale) and scale != 0, here, "scale must be a non-zero number")
+        ok = _number(scale) and 1e-9 <= abs(scale) <= 1e9  # not 0, NaN or inf (1e999)
+        _need(ok, here, "scale must be a non-zero number within +-1e9")
         sf = p.get("sf")
+        _need(sf is None or isinstance(sf, str), here, "sf must name a point")
         specs[name] = (
             p["function"], address, size, p["type"], p.get("word_order", "big"), scale,
             same.get(sf, sf), missing.get(p["type"]),
@@ -152,12 +183,21 @@ def check_map(register_map, where="map"):
     alarm = register_map.get("alarm")
     _need(kind != "battery" or isinstance(alarm, dict), where, "a battery map needs 'alarm'")
     if alarm is not None:
-        _need(alarm.get("point") in specs, where, "alarm: 'point' must name a point")
+        here = where + ": its alarm section"
+        _check(alarm, "point alarm_bits warning_bits state_point fault_states ok_state", here)
+        for key in ("point", "state_point"):
+            _need(isinstance(alarm.get(key, ""), str), here, "%s must name a point" % key)
+        _need(alarm.get("point") in specs, here, "'point' must name a point")
         bits = 16 * specs[alarm["point"]][_N]
+        for section in ("alarm_bits", "warning_bits", "fault_states"):
+            _need(isinstance(alarm.get(section, {}), dict), here, "%s: an object" % section)
         for section in ("alarm_bits", "warning_bits"):
             for name, bit in alarm.get(section, {}).items():
-                ok = isinstance(bit, int) and 0 <= bit < bits
+                ok = _check_int(bit, 0, bits - 1)
                 _need(ok, where, "alarm: %s %r: bit must be 0..%d" % (section, name, bits - 1))
+        for name, value in alarm.get("fault_states", {}).items():
+            ok = _check_int(value, -0x80000000, 0xFFFFFFFF)
+            _need(ok, here, "fault state %.40r: a number" % name)
         ok = "fault_states" not in alarm or alarm.get("state_point") in specs
         _need(ok, where, "alarm: fault_states need a state_point")
         for key in ("point", "state_point"):
@@ -168,7 +208,11 @@ def check_map(register_map, where="map"):
     setpoint = register_map.get("setpoint")
     _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
     if setpoint is not None:
-        here = where + ": setpoint"
+        here = where + ": its setpoint section"
+        _check(setpoint, "point unit of sign enable max_charge_w max_discharge_w", here)
+        for key in ("point", "unit", "of", "max_charge_w", "max_discharge_w"):
+            _need(isinstance(setpoint.get(key, ""), str), here, "%s must be a text" % key)
+        _need(isinstance(setpoint.get("enable", []), list), here, "enable must be a list")
         writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
         _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
         _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
@@ -176,6 +220,7 @@ def check_map(register_map, where="map"):
         _need(unit == "W" or (unit == "%" and setpoint.get("of") in specs), here, "unit W or %+of")
         for pair in setpoint.get("enable", []):
             ok = isinstance(pair, list) and len(pair) == 2 and pair[0] in writable
+            ok = ok and _check_int(pair[1], -0x8000, 0xFFFF)
             _need(ok, here, "enable is a list of [holding point, value]")
             pair[0] = same.get(pair[0], pair[0])
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped

@@ -69,7 +69,7 @@ def test_broken_configs_say_what_is_wrong():
         ({"group": None}, "group"),
         ({"devices": {"meter": {}}}, "battery"),
         ({"reserve_floor": -1}, "reserve_floor"),
-        ({"min_soc_pct": 120}, "percentages"),
+        ({"min_soc_pct": 120}, "min_soc_pct"),
         ({"max_peers": 40}, "max_peers"),
         ({"status_ms": 5000}, "BESS_STATUS"),
     )

@@ -117,7 +117,7 @@ async def restart_mid_contract(fleet):
     link.writer.write(old_confirm)
     # Refused as a replay, or, when the slot boundary made the test wait long, as past
     # its ttl: either way the old frame does nothing.
-    refused = await device.wait_for("dropped a frame: ", after=mark, timeout=3)
+    refused = await device.wait_for("refused 1 frames from", after=mark, timeout=3)
     assert "sent before this node started" in refused or "Expired" in refused, refused
     report, _ = await link.expect(message.TERMINATE, timeout=15)
     assert report.reply_to == confirm.message_id
@@ -230,21 +230,21 @@ async def bad_input(fleet):
     again = await link.query()  # still answered: the session survived all of it
     assert again.message_type == message.QUERY_RESPONSE
     assert link.inbox.empty()  # no answer to the garbage, the forgery or the replay
-    assert any("BadTag" in line for line in device.lines)
-    assert any("Replay" in line for line in device.lines)
+    # Refusals are counted, and said at most once per 10 s per peer (the first at once).
+    refused = [line for line in device.lines if line.startswith("refused ")]
+    assert len(refused) == 1 and "from 127.0.0.1" in refused[0], refused
 
     # A peer that connects and says nothing is closed after auth_ms.
     reader, writer = await asyncio.open_connection(device.address, fleet.tcp_port)
     assert await asyncio.wait_for(reader.read(100), 3) == b""
     writer.close()
 
-    # One more aggregator than max_peers is refused at once.
+    # One more unauthenticated connection than max_unauth (2) is closed at once.
     extra = []
     for _ in range(3):
         extra.append(await asyncio.open_connection(device.address, fleet.tcp_port))
-    closed = await asyncio.wait_for(extra[-1][0].read(100), 2)
+    closed = await asyncio.wait_for(extra[-1][0].read(100), 0.5)
     assert closed == b""
-    assert any("refused a connection" in line for line in device.lines)
     for _reader, writer in extra:
         writer.close()
 
