@@ -24,6 +24,7 @@ import importlib.util
 import ipaddress
 import json
 import re
+import sys
 from pathlib import Path
 
 from flashing import ROOT, VM_BOARD, Fail, Mismatch, Script, need_port, profile, tool
@@ -248,10 +249,14 @@ def coap_settings(cfg, address):
 
 def check_config(data, battery):
     """The firmware's own check (firmware/config.py, run here on CPython)."""
-    source = ROOT / "firmware" / "config.py"
-    spec = importlib.util.spec_from_file_location("_firmware_config", source)
+    firmware = str(ROOT / "firmware")
+    spec = importlib.util.spec_from_file_location("_firmware_config", firmware + "/config.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, firmware)  # its own modules (jsonfile) import as on a board
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(firmware)
     try:
         module.check(json.loads(json.dumps(data)), "battery-%d config" % battery)
     except module.ConfigError as exc:
