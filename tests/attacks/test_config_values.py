@@ -85,6 +85,7 @@ HUB_TOML = [
     *[("mqtt", "client_id", v) for v in ("", 5)],
     *[("mqtt", "topic_prefix", v) for v in ("", "a/+", "/a", 5)],
     *[("mqtt", "discovery_prefix", v) for v in ("a#", 5)],
+    *[("mqtt", "currency", v) for v in ("", 5, "x" * 9)],
     *[("mqtt", "tls_ca", v) for v in (5, "missing.crt")],
     *[("mqtt", "tls_cert", v) for v in (5, "hub.toml")],  # without tls_key
     *[("mqtt", "tls_key", v) for v in (5, "nodir/k.key")],

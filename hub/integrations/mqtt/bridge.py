@@ -71,6 +71,7 @@ DEFAULTS = {
     "client_id": None,  # None: gridbid-<hub name>
     "topic_prefix": "gridbid",
     "discovery_prefix": "homeassistant",  # "": no Home Assistant discovery
+    "currency": "EUR",  # what the market's cents are of: Home Assistant's price unit
     "tls_ca": None,  # the CA file that signed the broker's certificate: TLS on
     "tls_cert": None,  # a client certificate (and tls_key), when the broker asks for one
     "tls_key": None,
@@ -97,6 +98,7 @@ RULES = (
     ("reconnect_max_s", "number", 0.01, 3600),
     ("topic_prefix", "text", 1, 200),
     ("discovery_prefix", "text", 0, 200),
+    ("currency", "text", 1, 8),
     ("tls_ca", "path?", 0, 0),
     ("tls_cert", "path?", 0, 0),
     ("tls_key", "path?", 0, 0),
@@ -352,7 +354,9 @@ class Bridge:
         if not prefix or not self.online or device in self.discovered:
             return  # offline: _connected() sends it for every known device
         self.discovered.add(device)
-        for topic, config in discovery(self.base, prefix, self.name, device):
+        page = getattr(self.hub.integrations.get("web"), "url", None)
+        found = discovery(self.base, prefix, self.name, device, self.settings["currency"], page)
+        for topic, config in found:
             self._publish(topic, json.dumps(config), retain=True)
 
     # --- commands -------------------------------------------------------------------

@@ -37,8 +37,10 @@ SENSORS = {
     "power": ("Discharge power", "device/%s/telemetry", "{{ value_json.power_kw }}",
               {"unit_of_measurement": "kW", "device_class": "power",
                "state_class": "measurement"}),
-    "price": ("Price signal", "price", "{{ value_json.price }}",
-              {"unit_of_measurement": "c/kWh", "state_class": "measurement"}),
+    # in currency/kWh, as Home Assistant's Energy dashboard takes a price (the market's
+    # own unit is the cent: c/kWh)
+    "price": ("Price signal", "price", "{{ (value_json.price / 100) | round(5) }}",
+              {"unit_of_measurement": "{currency}/kWh", "state_class": "measurement"}),
     "status": ("Status", "device/%s/status",
                "{{ 'failure' if value_json.kind == 'failure' else 'online' }}",
                {"device_class": "enum", "options": ["online", "failure"]}),
@@ -66,22 +68,40 @@ def level(text):
     return re.sub(r"[/+#\x00]", "_", str(text))
 
 
-def discovery(base, prefix, hub_name, device):
-    """[(topic, config)] of Home Assistant's sensors for one battery."""
+def discovery(base, prefix, hub_name, device, currency="EUR", page=None):
+    """[(topic, config)] of Home Assistant's sensors for one battery. page: the hub's
+    status page (the device's configuration_url), if it serves one."""
     node = "gridbid_%s_%s" % (re.sub(r"[^A-Za-z0-9_-]", "_", hub_name), device)
+    about = {"identifiers": [node], "name": "Battery %s" % device, "manufacturer": "gridbid",
+             "model": "BESS on hub %s" % hub_name, "sw_version": VERSION}  # fmt: skip
+    if page:
+        about["configuration_url"] = page
     out = []
     for key, (name, state, template, extra) in SENSORS.items():
         unique = "%s_%s" % (node, key)
         config = {
-            "name": name, "unique_id": unique, "object_id": unique,
+            "name": name, "unique_id": unique,
+            "default_entity_id": "sensor.%s" % unique,  # object_id's successor (HA 2025.10)
             "state_topic": "%s/%s" % (base, state.replace("%s", str(device))),
             "value_template": template, "availability_topic": base + "/status",
-            "device": {"identifiers": [node], "name": "Battery %s" % device,
-                       "manufacturer": "gridbid", "model": "BESS on hub %s" % hub_name},
-            "origin": {"name": "gridbid"}, **extra,
+            "device": about, "origin": {"name": "gridbid", "sw_version": VERSION},
+            **{k: v.replace("{currency}", currency) if isinstance(v, str) else v
+               for k, v in extra.items()},
         }  # fmt: skip
         out.append(("%s/sensor/%s/config" % (prefix, unique), config))
     return out
+
+
+def _version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("gridbid")
+    except metadata.PackageNotFoundError:  # a checkout run without installing it
+        return "unknown"
+
+
+VERSION = _version()
 
 
 SCHEMA = """

@@ -209,10 +209,45 @@ def test_events_arrive_on_documented_topics_with_retained_state(broker, tmp_path
         assert config["device"]["identifiers"] == ["gridbid_hub1_%d" % DEVICE]
     soc = configs["homeassistant/sensor/gridbid_hub1_%d_soc/config" % DEVICE]
     assert (soc["value_template"], soc["unit_of_measurement"]) == ("{{ value_json.soc }}", "%")
+    for config in configs.values():  # Home Assistant's schema (its 2025.10+ discovery)
+        valid_sensor(config)
+    price = configs["homeassistant/sensor/gridbid_hub1_%d_price/config" % DEVICE]
+    assert price["unit_of_measurement"] == "EUR/kWh"  # what the Energy dashboard takes
     # a clean close says offline (the Will is for a hub that dies)
     assert [p for t, p, _r in live.messages if t == "gridbid/hub1/status"][-1] == b"offline"
     live.close()
     no_secret(logs, broker)
+
+
+# Home Assistant's MQTT sensor discovery schema, as its documentation lists it (the keys
+# an MQTT sensor and its device block take; object_id is deprecated for default_entity_id
+# "<domain>.<id>" and stops working in Core 2026.4).
+SENSOR_KEYS = {
+    "availability_topic", "device", "device_class", "default_entity_id", "enabled_by_default",
+    "entity_category", "expire_after", "force_update", "icon", "json_attributes_template",
+    "json_attributes_topic", "last_reset_value_template", "name", "options", "origin",
+    "payload_available", "payload_not_available", "qos", "state_class", "state_topic",
+    "suggested_display_precision", "unique_id", "unit_of_measurement", "value_template",
+}  # fmt: skip
+DEVICE_KEYS = {
+    "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
+    "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device",
+}  # fmt: skip
+STATE_CLASSES = {"measurement", "total", "total_increasing"}
+
+
+def valid_sensor(config):
+    assert set(config) <= SENSOR_KEYS, set(config) - SENSOR_KEYS
+    assert set(config["device"]) <= DEVICE_KEYS, set(config["device"]) - DEVICE_KEYS
+    assert {"state_topic", "unique_id"} <= set(config) and config["device"]["identifiers"]
+    assert config["default_entity_id"] == "sensor." + config["unique_id"]
+    assert config["device"]["sw_version"] and config.get("state_class", "measurement") in (
+        STATE_CLASSES)  # fmt: skip
+    if config.get("device_class") == "enum":
+        assert config["options"] and "unit_of_measurement" not in config
+    if config.get("device_class") == "energy":  # the Energy dashboard's counters
+        assert config["unit_of_measurement"] in ("Wh", "kWh", "MWh")
+        assert config["state_class"] in ("total", "total_increasing")
 
 
 def test_a_hub_that_drops_off_is_offline_by_its_will(broker, tmp_path):
