@@ -81,10 +81,15 @@ def run(args):
     from hub.service import Hub, StartError
 
     async def main():
+        from gridbid import memtrace
+
         hub = Hub(cfg)
+        watcher = memtrace.start()  # None unless GRIDBID_TRACEMALLOC is set (debugging)
         try:
             await hub.run(args.slots)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await hub.close()
 
     try:
