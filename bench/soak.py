@@ -6,17 +6,19 @@ batteries trading, the status page polled and /ws watched; does its memory stay 
   made for the run in a temporary folder;
 - the batteries: CPython simulated batteries (bench/soak_devices.py: the firmware's
   Auction and reserve, authenticated ETP on TCP and on the multicast group, contracts
-  that complete and are receipted to the hub), not the firmware on the VM (~25 MB and a
-  Modbus simulator per battery: too heavy for a thousand); --processes processes,
-  each battery on its own loopback address (127.77.x.y) and the hub's device_port;
+  that complete and are receipted to the hub), not the firmware on the VM (a MicroPython
+  process and a CPython Modbus simulator per battery: too heavy for a thousand on two
+  cores); --processes processes, each battery on its own loopback address (127.77.x.y)
+  and the hub's device_port;
 - the page: one client GETs what the page loads (status, slots, the newest slot's book,
   prices, aggregators, devices, contracts, competition) every --poll-s; --ws clients read
   every /ws event.
 
 Every --sample-s it prints a sample of the hub process: RSS (/proc/PID/status VmRSS),
 open fds (/proc/PID/fd), its CPU share, and the event-loop lag as the latency of a probe
-(a GET of an unknown /api path: a 404 from the hub's own loop, ~1 ms of work, so its
-latency is mostly the wait for the loop; one probe a second, the window's median and max).
+(a GET of an unknown /api path: a 404 from the hub's own loop, little work, so its
+latency is mostly the wait for the loop; an upper bound, as this process's own loop and
+the machine's other work are in it too; one probe a second, the window's median and max).
 At the end, after a warm-up (the first --warmup share of the run): the slope of RSS
 (MB/min) and of fds (per min), the RSS range as +-% of its mean, and the verdict against
 issue 17's goal: RSS within +-10 % of its mean and fds flat (their fitted change over the
@@ -26,6 +28,7 @@ verdict is a figure to read.
     .venv/bin/python bench/soak.py [--batteries 100] [--minutes 10] [--processes 2]
         [--aggregators 2] [--slot-s 10] [--ws 2] [--poll-s 5] [--json FILE]
         [--tracemalloc FILE (the hub writes its top-20 growth there: gridbid/memtrace.py)]
+        [--keep-log FILE] [--hub-root CHECKOUT (another checkout's hub: before/after)]
 """
 
 import argparse
