@@ -288,7 +288,7 @@ async def soak(args):
         try:
             if not await page.ready():
                 raise RuntimeError("the hub's page did not answer")
-            log("hub pid %d up (%s); the page polled every %.0f s, %d /ws clients, for %.0f min",
+            log("hub pid %d up (%s); the page polled every %g s, %d /ws clients, for %g min",
                 hub.pid, url, args.poll_s, args.ws, args.minutes)  # fmt: skip
             tasks = [asyncio.create_task(page.poll()), asyncio.create_task(page.probe())]
             tasks += [asyncio.create_task(page.watch()) for _ in range(args.ws)]
@@ -329,7 +329,7 @@ async def soak(args):
 def report(r):
     v, b = r["verdict"], r.get("batteries") or []
     print("soak: %d simulated batteries, %d hosted aggregators, %d s slots, the page polled "
-          "every %.0f s, %d /ws clients, %.0f min" % (r["args"]["batteries"],
+          "every %g s, %d /ws clients, %g min" % (r["args"]["batteries"],
           r["args"]["aggregators"], r["args"]["slot_s"], r["args"]["poll_s"], r["args"]["ws"],
           r["args"]["minutes"]))  # fmt: skip
     if "status" in r:
