@@ -366,6 +366,6 @@ def observe_clearing(buyer, bids, won, price):
     left = sum(won.values()) if price is not None else 0.0
     ranked = sorted(bids.items(), key=lambda item: (-item[1][1].price, item[0]))
     for device, (offer, bid) in ranked:
-        got = min(bid.kwh, left) if bid.price >= price - 1e-9 and left > 1e-9 else 0.0
+        got = min(bid.kwh, left) if left > 1e-9 and bid.price >= price - 1e-9 else 0.0
         left -= got
         buyer.observe(Outcome(device, offer.slot, got > 0, bid.price, got, price))

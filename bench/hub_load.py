@@ -101,7 +101,8 @@ async def wait_until(condition, timeout, step=0.005):
 class Children:
     """The battery processes: JSON commands on their stdin, answers on their stdout."""
 
-    def __init__(self):
+    def __init__(self, cmd=HELPER_CMD):
+        self.cmd = cmd  # bench/soak.py runs bench/soak_devices.py's batteries
         self.procs = []
 
     async def start(self, chunks, aggregator_keys, args, cpus):
@@ -112,10 +113,15 @@ class Children:
             "max_peers": max(8, args.links_per_device),
             "cpus": cpus,
         }
+        return await self.spawn(chunks, common)
+
+    async def spawn(self, chunks, common):
+        """One process per chunk of devices, each told common + its devices (on stdin:
+        keys never travel on the command line) -> [[device id, address, port], ...]."""
         for chunk in chunks:
             # A session of its own: Ctrl-C reaches only us, and we clean up.
             proc = await asyncio.create_subprocess_exec(
-                *HELPER_CMD, stdin=PIPE, stdout=PIPE, limit=1 << 24, start_new_session=True
+                *self.cmd, stdin=PIPE, stdout=PIPE, limit=1 << 24, start_new_session=True
             )
             self.procs.append(proc)
             proc.stdin.write((json.dumps({**common, "devices": chunk}) + "\n").encode())

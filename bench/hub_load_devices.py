@@ -182,11 +182,11 @@ class Device:
         self.failed = False
         self.server = None
 
-    def start(self):
-        """Listen on the device's address -> the port."""
+    def start(self, port=0):
+        """Listen on the device's address (any free port: 0) -> the port."""
         server = self.server = socket.socket()
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((self.address, 0))
+        server.bind((self.address, port))
         server.listen(self.fleet.max_peers + 2)
         server.setblocking(False)
         asyncio.get_running_loop().add_reader(server.fileno(), self.accept)
@@ -331,6 +331,8 @@ class Device:
 
 
 class DeviceFleet:
+    device_class = Device  # bench/soak_devices.py's fleet makes its own kind
+
     def __init__(self, cfg):
         self.auction_ms = cfg["auction_ms"]
         self.status_ms = cfg["status_ms"]
@@ -344,7 +346,7 @@ class DeviceFleet:
         # The aggregators' master secrets, their pads hashed once for all the derivations.
         masters = {int(k): auth.HmacKey(bytes.fromhex(v)) for k, v in cfg["aggregators"].items()}
         self.devices = [  # the device's own key (4th) seals nothing: pair keys do
-            Device(self, index, device_id, address, masters)
+            self.device_class(self, index, device_id, address, masters)
             for index, device_id, address, _key in cfg["devices"]
         ]
         self.cpu_started = time.process_time()
@@ -399,21 +401,36 @@ def reply(obj):
     sys.stdout.flush()
 
 
-async def main():
+async def read_config():
+    """-> (stdin's reader, the JSON config on its first line; None: stdin ended)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     line = await reader.readline()
-    if not line:
+    return reader, json.loads(line) if line else None
+
+
+def run_child(main):
+    """asyncio.run(main()) in a child the parent may interrupt or leave."""
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    reader, cfg = await read_config()
+    if cfg is None:
         return
-    cfg = json.loads(line)  # the open-files limit: the parent raised it for us (inherited)
+    # The open-files limit: the parent raised it for us (inherited).
     if cfg.get("cpus"):
         try:
             os.sched_setaffinity(0, cfg["cpus"])
         except (AttributeError, OSError):
             pass
     fleet = DeviceFleet(cfg)
-    del cfg, line  # the keys: only the codecs keep them
+    del cfg  # the keys: only the codecs keep them
     ports = [device.start() for device in fleet.devices]
     reply({"ready": [[d.device_id, d.address, p] for d, p in zip(fleet.devices, ports)]})
     ticker = asyncio.create_task(fleet.status_loop())
@@ -447,7 +464,4 @@ async def main():
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except (KeyboardInterrupt, BrokenPipeError):
-        pass
+    run_child(main)

@@ -96,10 +96,15 @@ def run(args):
     open_files()
 
     async def main():
+        from gridbid import memtrace
+
         hub = Hub(cfg)
+        watcher = memtrace.start()  # None unless GRIDBID_TRACEMALLOC is set (debugging)
         try:
             await hub.run(args.slots)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await hub.close()
 
     try:

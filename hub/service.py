@@ -148,7 +148,8 @@ class Hub:
                 trader.trade_in(LocalLink(self.exchange, key_id, trader.on_message))
 
     async def run(self, slots=None):
-        """Trade `slots` slots (None: until cancelled). -> the slots' summaries.
+        """Trade `slots` slots (None: until cancelled). -> the slots' summaries (none kept
+        when trading until cancelled: a summary holds a slot's trades and contracts).
         TaskFailed when a task it cannot run without fails (self.vital)."""
         return await self.vital.run(self._run(slots))
 
@@ -163,15 +164,19 @@ class Hub:
         cfg = self.cfg
         log.info("hub %s: %d batteries answered on %s:%d",
                  cfg["name"], len(found), cfg["group_addr"], cfg["group_port"])  # fmt: skip
-        summaries = []
+        summaries, traded = [], 0
         resumed = await self.resume()  # a restart between a gate closure and its slot
         self.exchange.paying_back = True
         if resumed is not None:
             summaries.append(resumed)
-        while slots is None or len(summaries) < slots:
+            traded = 1
+        while slots is None or traded < slots:
             await self.wait_for_aggregators()
-            summaries.append(await self.trade_slot())
-            if len(summaries) == 1:
+            summary = await self.trade_slot()
+            traded += 1
+            if slots is not None:
+                summaries.append(summary)
+            if traded == 1:
                 # The links and the store are up: what lives now lives for good, so the
                 # collector need not scan it again (a full collection: 25-30 ms -> ~0).
                 gc.freeze()

@@ -27,6 +27,9 @@ from hub.market.price_signal import PriceSignal
 from protocol import contract
 
 Trade = namedtuple("Trade", "slot buyer battery kwh price")
+# Books kept in memory, the last made: the open slot's and the gated one's are all a hub
+# works on; an older one, asked for again, is rebuilt from the store (as after a restart).
+KEEP_BOOKS = 8
 
 
 class GateOpen(ValueError):
@@ -43,7 +46,7 @@ class MarketMaker:
         # The slots' grid (hub/market/grid.py): the hub's, which governance may move on.
         self.grid = grid or SlotGrid(slot_s, gate_s, answer_s=0.0)
         self.signal = signal or PriceSignal(p_balance=16.0, p_con=6.0)
-        self._books = {}
+        self._books = {}  # slot name -> MarketSlot, the KEEP_BOOKS made last
 
     # --- slots ----------------------------------------------------------------
 
@@ -65,6 +68,8 @@ class MarketMaker:
                 if layer.order_id != row["order_id"]:
                     raise RuntimeError("slot %s: stored layers have gaps" % slot_name)
             self._books[slot_name] = book
+            while len(self._books) > KEEP_BOOKS:  # a hub runs for months: a book per slot
+                del self._books[next(iter(self._books))]  # the one made longest ago
         return book
 
     # --- orders ---------------------------------------------------------------

@@ -191,3 +191,16 @@ def test_a_buyer_learns_a_uniform_clearing_as_the_hub_tells_it():
     bid = buyer.bid(offer(device=3, reserve=16.0, slot=1))  # below a clearing price: lost
     observe_clearing(buyer, {3: (offer(device=3, reserve=16.0, slot=1), bid)}, {}, 99.0)
     assert seen[-1].device_id == 3 and not seen[-1].won and seen[-1].kwh == 0.0
+
+
+def test_a_slot_that_traded_nothing_is_learnt_as_lost_not_a_traceback():
+    """Found by bench/soak.py (1,000 batteries): bids refused as late at the gate leave
+    the slot with no trade (price None); the hosted trader's callback raised TypeError
+    on `price - 1e-9` and the strategy learnt nothing. Failed before the fix."""
+    buyer = ValueBidder("a", 30.0, bidders=3, capacity=10.0)
+    bids = {d: (offer(device=d), buyer.bid(offer(device=d))) for d in (1, 2)}
+    seen = []
+    buyer.learn = lambda offer, bid, outcome: seen.append(outcome)
+    observe_clearing(buyer, bids, {}, None)
+    assert [(o.device_id, o.won, o.kwh) for o in seen] == [(1, False, 0.0), (2, False, 0.0)]
+    assert not buyer.holds and buyer.left()[1] == pytest.approx(10.0)

@@ -3,7 +3,7 @@ signal, clearing at gate closure, and a hub restarted mid-slot."""
 
 import pytest
 
-from hub.market.maker import GateOpen, MarketMaker
+from hub.market.maker import KEEP_BOOKS, GateOpen, MarketMaker
 from hub.store import Store
 
 NOW = 1763700000  # unix s
@@ -105,3 +105,23 @@ def test_a_layer_the_store_refuses_does_not_count_and_can_be_sent_again(store):
     with pytest.raises(ValueError):
         mm.bid(slot, "agg2", 17.0, 1.0, ref=7)
     assert [o.owner for o in mm.book(slot).layers] == ["agg1"]
+
+
+def test_books_of_past_slots_are_not_kept_in_memory_and_rebuild_from_the_store(store):
+    """Issue 17 row 12: a hub kept every slot's book (its layers and their refs) for as
+    long as it ran, ~2 kB per battery a slot. Failed before the fix: 300 books kept."""
+    mm = market(store)
+    first = mm.open_slot(NOW)
+    slots = []
+    for n in range(300):
+        slot = mm.grid.slot_name("hub1", int(first.rsplit(".", 1)[1]) + n * SLOT_S)
+        start = int(slot.rsplit(".", 1)[1])
+        fill_book(mm, slot)
+        mm.close(slot, start - GATE_S)
+        slots.append(slot)
+    assert len(mm._books) <= KEEP_BOOKS
+    old = mm.book(slots[0])  # long gone from memory: rebuilt, the same layers
+    assert [(o.order_id, o.side, o.owner, o.price) for o in old.layers] == [
+        (o.order_id, o.side, o.owner, o.price) for o in market(store).book(slots[0]).layers
+    ]
+    assert len(old.layers) == 5 and len(mm._books) <= KEEP_BOOKS
