@@ -51,6 +51,8 @@ def write(store, batteries, start, end, every_s, rng):
                  for d in range(1, batteries + 1)],
             )  # fmt: skip
         rows += batteries
+    with store.transaction() as conn:  # as Store.record_telemetry keeps it, once a call
+        conn.execute("UPDATE devices SET last_seen = max(last_seen, ?)", (end,))
     return rows
 
 

@@ -168,10 +168,11 @@ class Hub:
         resumed = await self.resume()  # a restart between a gate closure and its slot
         self.exchange.paying_back = True
         if resumed is not None:
-            summaries.append(resumed)
             traded = 1
+            if slots is not None:
+                summaries.append(resumed)
         while slots is None or traded < slots:
-            await self.wait_for_aggregators()
+            await self.exchange.quorum(self.cfg["min_aggregators"])
             summary = await self.trade_slot()
             traded += 1
             if slots is not None:
@@ -181,17 +182,6 @@ class Hub:
                 # collector need not scan it again (a full collection: 25-30 ms -> ~0).
                 gc.freeze()
         return summaries
-
-    async def wait_for_aggregators(self):
-        """hub.min_aggregators: no slot opens with fewer aggregators in the market."""
-        need = self.cfg["min_aggregators"]
-        if len(self.exchange.participants) >= need:
-            return
-        log.info("market: waiting for %d aggregators to open a slot (%d in the market)",
-                 need, len(self.exchange.participants))  # fmt: skip
-        while len(self.exchange.participants) < need:
-            await asyncio.sleep(0.1)
-        log.info("market: %d aggregators in: trading", len(self.exchange.participants))
 
     async def resume(self):
         """Started (again) after a slot's gate closed and before the slot starts: its

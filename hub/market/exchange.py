@@ -25,6 +25,7 @@ from one delays no other. Revocation (`gridbid hub revoke`) is read at most a se
 late: from then on its bids and contracts are refused and new sessions too.
 """
 
+import asyncio
 import logging
 import time
 
@@ -117,6 +118,17 @@ class Exchange:
             old.close()  # one session per aggregator: the newest
         log.info("market: aggregator %d (%s) joined", key_id, name)
         return participant
+
+    async def quorum(self, need):
+        """Until `need` aggregators are in the market (hub.min_aggregators: no slot opens
+        with fewer)."""
+        if len(self.participants) >= need:
+            return
+        log.info("market: waiting for %d aggregators to open a slot (%d in the market)",
+                 need, len(self.participants))  # fmt: skip
+        while len(self.participants) < need:
+            await asyncio.sleep(0.1)
+        log.info("market: %d aggregators in: trading", len(self.participants))
 
     def leave(self, participant):
         if self.participants.get(participant.key_id) is participant:
