@@ -67,7 +67,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hub.integrations.mqtt.home_assistant import TICK_S, States, discovery
+from hub.integrations.mqtt.home_assistant import FINAL_STATES, TICK_S, States, discovery
 from hub.integrations.mqtt.outbox import Outbox, level, route
 from transport.settings import check as checked
 
@@ -237,16 +237,25 @@ class Bridge:
             if self.online and not self.closing:  # a new battery: its states, once
                 self.states.earnings(event["device"])
                 self.states.tick(time.time(), [event["device"]])
-        elif event["kind"] == "contract" and self.online and not self.closing:
-            self.states.earnings(event["device"])  # a final state pays
-            self.states.tick(time.time())  # a contract may end early
+        elif event["kind"] == "contract" and event["state"] in FINAL_STATES:
+            if self.online and not self.closing:  # it pays, and may have ended early
+                self.states.ended(event["device"], time.time())
         self.feed()
 
     async def _tick(self):
+        """ "In contract" of every battery, every TICK_S (contracts start and end with no
+        event); a failure (the store busy) is said once and tried again next tick."""
+        failing = False
         while True:
             await asyncio.sleep(TICK_S)
             if self.online and not self.closing:
-                self.states.tick(time.time())
+                try:
+                    self.states.tick(time.time())
+                    failing = False
+                except Exception as exc:
+                    if not failing:
+                        log.warning("mqtt: cannot read the running contracts: %r" % exc)
+                    failing = True
 
     def feed(self):
         """Hand paho the next events from the outbox, up to the window, in order."""

@@ -44,6 +44,7 @@ from hub.integrations.settlement import records
 
 TICK_S = 1.0  # how often "in contract" is checked: a start or end shows within this
 BINDING = ("Confirmed", "Active")  # states in which a contract drives the inverter
+FINAL_STATES = records.FINAL_STATES  # states in which a contract pays (and has ended)
 
 # key -> (component, name, state topic under <base>, template, extra config)
 ENTITIES = {
@@ -132,22 +133,41 @@ class States:
         self.tick(now, devices)
 
     def tick(self, now, devices=()):
-        """Publish "in contract" for every battery whose contracts start or end."""
-        live = {}
+        """Publish "in contract" for every battery whose contracts started or ended (and
+        for `devices`, whatever their state): one query for all."""
+        live = self._running(now)
+        for device in set(devices) | self.running | live.keys():
+            self._contract(device, live.get(device, []))
+        self.running = set(live)
+
+    def ended(self, device, now):
+        """A contract of this battery reached a final state: its earnings, and whether a
+        contract still runs (one that ends early shows now, not at the next tick)."""
+        self.earnings(device)
+        rows = self._running(now, device).get(device, [])
+        self._contract(device, rows)
+        self.running.discard(device)
+        if rows:  # another of its contracts runs on
+            self.running.add(device)
+
+    def _running(self, now, device=None):
+        """{device: [contract rows]} of the contracts running at `now`."""
+        live, mine = {}, "" if device is None else " AND device = ?"
         for row in self.store.rows(
             "SELECT id, device, avg_watts, start, duration_s FROM contracts WHERE state IN "
-            "(?, ?) AND start <= ? AND start + duration_s > ? ORDER BY id", BINDING + (now, now)
+            "(?, ?) AND start <= ? AND start + duration_s > ?%s ORDER BY id" % mine,
+            BINDING + (now, now) + (() if device is None else (device,)),
         ):  # fmt: skip
             live.setdefault(row["device"], []).append(row)
-        for device in set(devices) | self.running | live.keys():
-            rows = live.get(device, [])
-            self._send("contract", device, {
-                "in_contract": bool(rows),
-                "power_kw": round(sum(abs(r["avg_watts"]) for r in rows) / 1000, 6),
-                "contracts": [r["id"] for r in rows],
-                "until": max((r["start"] + r["duration_s"] for r in rows), default=None),
-            })  # fmt: skip
-        self.running = set(live)
+        return live
+
+    def _contract(self, device, rows):
+        self._send("contract", device, {
+            "in_contract": bool(rows),
+            "power_kw": round(sum(abs(r["avg_watts"]) for r in rows) / 1000, 6),
+            "contracts": [r["id"] for r in rows],
+            "until": max((r["start"] + r["duration_s"] for r in rows), default=None),
+        })  # fmt: skip
 
     def earnings(self, device):
         cents, count = records.earned(self.store, device)

@@ -96,10 +96,11 @@ def test_kwh_meters_rise_and_survive_a_restart_and_the_roll_up(broker, tmp_path)
 
 
 def test_in_contract_and_earnings_follow_a_contract_that_completes(broker, tmp_path):
-    """A confirmed contract runs 2 s of its 4 s slot at 1,800 kW (1 kWh) at 20 c/kWh; the
-    battery meters 0.9 kWh. "In contract" turns on at its start, off at its end, and the
-    earnings become 0.18 EUR once it completes; every discovery config renders against
-    its topic."""
+    """Two buyers' confirmed contracts run 2 s of a 4 s slot at 1,800 kW each (1 kWh) at
+    20 c/kWh. "In contract" turns on at their start (3,600 kW); the battery stops one
+    early (0.2 kWh metered: 1,800 kW left at once), completes the other (0.9 kWh) and is
+    off at its end; the earnings go 0 -> 0.04 -> 0.22 EUR. Every discovery config renders
+    against its topic."""
     broker.start()
     logs = []
     sub = Subscriber(broker, ("gridbid/#", "homeassistant/#"), user="homeassistant")
@@ -118,34 +119,44 @@ def test_in_contract_and_earnings_follow_a_contract_that_completes(broker, tmp_p
         start = (int(time.time()) + 5) // 4 * 4  # a slot's start, 1 to 5 s ahead
         deal = hub.ledger.accepted(DEVICE, 1, 77, 20.0, 1.0, 1800.0, start)
         hub.ledger.confirming(deal.contract_id, 555)
+        other = hub.ledger.accepted(DEVICE, 2, 78, 20.0, 1.0, 1800.0, start)  # another buyer
+        hub.ledger.confirming(other.contract_id, 556)
         running = await published(sub, state, 2, "in contract at its start")
         at_start = time.time() - start
-        ended = await published(sub, state, 3, "out of contract at its end")
+        stopped = contract.OUTCOME_CODES[contract.TERMINATED_BY_SCADA]  # the battery stops one
+        assert hub.ledger.reported(DEVICE, None, 556, stopped, 0.2) is not None
+        one = await published(sub, state, 3, "one contract left")
+        ended = await published(sub, state, 4, "out of contract at its end")
         at_end = time.time() - start
-        outcome = contract.OUTCOME_CODES[contract.COMPLETED_SUCCESS]
-        assert hub.ledger.reported(DEVICE, None, 555, outcome, 0.9) is not None
-        paid = await published(sub, earnings, 2, "the earnings")
+        success = contract.OUTCOME_CODES[contract.COMPLETED_SUCCESS]
+        assert hub.ledger.reported(DEVICE, None, 555, success, 0.9) is not None
+        paid = await published(sub, earnings, 3, "the earnings")
         await asyncio.sleep(0.3)
         later = Subscriber(broker, ("gridbid/#", "homeassistant/#"), user="homeassistant")
         await asyncio.sleep(0.3)  # retained messages come right after the SUBACK
         retained = {t: p for t, p, r in later.messages if r}
         later.close()
         await hub.close()
-        return idle, running, ended, paid, (at_start, at_end), retained, deal
+        return idle, running, one, ended, paid, (at_start, at_end), retained, (deal, other)
 
-    idle, running, ended, paid, (at_start, at_end), retained, deal = asyncio.run(scenario())
+    idle, running, one, ended, paid, times, retained, deals = asyncio.run(scenario())
+    (at_start, at_end), (deal, other) = times, deals
     off = {"in_contract": False, "power_kw": 0.0, "contracts": [], "until": None}
     assert idle == off and ended == off
-    assert running == {"in_contract": True, "power_kw": 1800.0,
-                       "contracts": [deal.contract_id], "until": deal.start_unix_s + 2}  # fmt: skip
-    assert -0.1 < at_start < 1.5 and 2 - 0.1 < at_end < 3.5, (at_start, at_end)
-    assert payloads(sub, earnings)[0] == {"earned": 0.0, "currency": "EUR", "contracts": 0}
-    assert paid == {"earned": 0.18, "currency": "EUR", "contracts": 1}
+    until = deal.start_unix_s + 2
+    assert running == {"in_contract": True, "power_kw": 3600.0,
+                       "contracts": sorted([deal.contract_id, other.contract_id]),
+                       "until": until}  # fmt: skip
+    assert one == {"in_contract": True, "power_kw": 1800.0, "contracts": [deal.contract_id],
+                   "until": until}  # fmt: skip
+    assert -0.1 < at_start < 1.9 and 2 - 0.1 < at_end < 5, (at_start, at_end)  # ticks: 1 s
+    assert [p["earned"] for p in payloads(sub, earnings)] == [0.0, 0.04, 0.22]  # 0.2, 0.9 kWh
+    assert paid == {"earned": 0.22, "currency": "EUR", "contracts": 2}
     # one retained message per state topic, and nothing published again unchanged
-    assert len(payloads(sub, state)) == 3 and len(payloads(sub, earnings)) == 2
+    assert len(payloads(sub, state)) == 4 and len(payloads(sub, earnings)) == 3
     rendered = every_config_rendered(retained)
     assert rendered["binary_sensor.gridbid_hub1_%d_contract" % DEVICE] == ("OFF", off)
-    assert rendered["sensor.gridbid_hub1_%d_earnings" % DEVICE][0] == "0.18"
+    assert rendered["sensor.gridbid_hub1_%d_earnings" % DEVICE][0] == "0.22"
     assert rendered["sensor.gridbid_hub1_%d_contract_kw" % DEVICE][0] == "0.0"
     assert rendered["sensor.gridbid_hub1_%d_price" % DEVICE][0] in ("0.2", "0.20")
     assert not [x for x in logs if "refused" in x], logs
