@@ -122,11 +122,13 @@ class States:
         self.store, self.base, self.currency = store, base, currency
         self.publish = publish  # publish(topic, payload): retained, QoS as set
         self.sent = {}  # topic -> the payload last published there
+        self.shown = {}  # device -> the ids of the contracts its last contract state lists
         self.running = set()  # devices last said to be in contract
 
     def resend(self, devices, now):
         """After a connect: every battery's states, published again."""
         self.sent.clear()
+        self.shown.clear()
         self.running.clear()
         for device in devices:
             self.earnings(device)
@@ -151,22 +153,27 @@ class States:
             self.running.add(device)
 
     def _running(self, now, device=None):
-        """{device: [contract rows]} of the contracts running at `now`."""
+        """{device: [(contract id, watts, start, duration s)]} of the contracts running at
+        `now`, in id order."""
         live, mine = {}, "" if device is None else " AND device = ?"
-        for row in self.store.rows(
-            "SELECT id, device, avg_watts, start, duration_s FROM contracts WHERE state IN "
+        for device_id, *row in self.store.db.execute(
+            "SELECT device, id, avg_watts, start, duration_s FROM contracts WHERE state IN "
             "(?, ?) AND start <= ? AND start + duration_s > ?%s ORDER BY id" % mine,
             BINDING + (now, now) + (() if device is None else (device,)),
         ):  # fmt: skip
-            live.setdefault(row["device"], []).append(row)
+            live.setdefault(device_id, []).append(row)
         return live
 
     def _contract(self, device, rows):
+        ids = [r[0] for r in rows]
+        if self.shown.get(device) == ids:  # the same contracts: nothing to say (the tick's
+            return  # common case, without building the payload)
+        self.shown[device] = ids
         self._send("contract", device, {
             "in_contract": bool(rows),
-            "power_kw": round(sum(abs(r["avg_watts"]) for r in rows) / 1000, 6),
-            "contracts": [r["id"] for r in rows],
-            "until": max((r["start"] + r["duration_s"] for r in rows), default=None),
+            "power_kw": round(sum(abs(watts) for _i, watts, _s, _d in rows) / 1000, 6),
+            "contracts": ids,
+            "until": max((start + length for _i, _w, start, length in rows), default=None),
         })  # fmt: skip
 
     def earnings(self, device):
