@@ -9,7 +9,8 @@ The id is unique across hub restarts (the boot time is in it) and grows within o
 run, so a consumer can drop a QoS-1 duplicate. Kinds and their fields:
 
     device      device, address                          a battery joined (first answer)
-    telemetry   device, soc, remaining_kwh, voltage, power_kw, health
+    telemetry   device, soc, remaining_kwh, voltage, power_kw, health, charged_kwh,
+                discharged_kwh (the battery's energy meters so far: hub/store/telemetry.py)
     failure     device, cause, aggregator                a DeviceFailure reached an agent
     offer       slot, device, kwh, reserve               an ask in a slot's book
     bid         slot, aggregator, device, price, kwh     a bid layer

@@ -394,8 +394,9 @@ class Hub:
                     remaining_kwh=msg.remaining_battery_energy, voltage=msg.battery_voltage,
                     power_kw=msg.discharge_rate, health=msg.battery_health_status_code,
                 )  # fmt: skip
-                self.store.record_telemetry(msg.device_id, **reading)
-                self.events.emit("telemetry", device=msg.device_id, **reading)
+                charged, discharged = self.store.record_telemetry(msg.device_id, **reading)
+                self.events.emit("telemetry", device=msg.device_id, **reading,
+                                 charged_kwh=charged, discharged_kwh=discharged)  # fmt: skip
 
 
 # A battery's offer in a slot, as the hub lists it to the market.

@@ -491,17 +491,23 @@ class Store:
         health=None, at=None,
     ):  # fmt: skip
         """A status reading (None = unknown, never invented); it also becomes the device's
-        last status and last_seen, in the same transaction."""
+        last status and last_seen, in the same transaction. -> the battery's energy
+        meters after it: (charged kWh, discharged kWh), see hub/store/telemetry.py."""
         row = check_reading(soc, remaining_kwh, voltage, power_kw, health)
         device_id, at = check_id("device", device_id), check_at(at)
         with self.transaction() as conn:
             _require_device(conn, device_id)
-            telemetry.record(conn, device_id, at, row)
+            meters = telemetry.record(conn, device_id, at, row)
             conn.execute(
                 "UPDATE devices SET soc = ?, remaining_kwh = ?, voltage = ?, power_kw = ?, "
                 "health = ?, last_seen = max(last_seen, ?) WHERE id = ?",
                 row + (at, device_id),
             )
+        return meters
+
+    def energy_meters(self, device_id):
+        """(charged kWh, discharged kWh) of a battery so far (hub/store/telemetry.py)."""
+        return telemetry.meters(self.db.conn, check_id("device", device_id))
 
     def telemetry(self, device_id, limit=100):
         """A device's readings, newest first."""

@@ -55,6 +55,11 @@ Version 6 (the market API's audit): market_refusals(id, at, aggregator, slot, wh
 append-only: every request of an aggregator the market refused (a malformed, late or
 over-limit bid, a report that fits no fill), and why.
 
+Version 8: energy_meters(device, charged_kwh, discharged_kwh, at, power_kw, low_kwh):
+  each battery's cumulative kWh (hub/store/telemetry.py says how they are counted); at,
+  power_kw and low_kwh are where the count stands (the last reading counted, its power,
+  the remaining energy a rise is measured from). Meters start at 0 at the upgrade.
+
 The settlement's tables are its own (hub/integrations/settlement/schema.py), as the
 platform's are. Until the split, versions 1 and 5 made them here too; the settlement's
 first step adopts such a store (it makes only what is missing), and stores made since
@@ -280,6 +285,20 @@ CREATE TABLE telemetry_horizon (
 );
 """
 
+# Each battery's energy meters (hub/store/telemetry.py, their one writer): cumulative kWh
+# charged and discharged, never lowered, so they outlive the roll-up and trim of the
+# readings they were counted from. Not contractual: a reading's own row is the record.
+V8 = """
+CREATE TABLE energy_meters (
+    device INTEGER PRIMARY KEY REFERENCES devices(id),
+    charged_kwh REAL NOT NULL,
+    discharged_kwh REAL NOT NULL,
+    at REAL NOT NULL,
+    power_kw REAL,
+    low_kwh REAL
+);
+"""
+
 # (description, SQL script or function(db)), in order: step k turns version k-1 into k.
 MIGRATIONS = (
     ("tables and append-only triggers", V1),
@@ -289,6 +308,7 @@ MIGRATIONS = (
     ("contracts indexed by start (settlement's own tables: its schema)", V5),
     ("the market API's refusals, for audit", V6),
     ("telemetry rolled up per minute and per hour", V7),
+    ("energy meters per battery (kWh charged and discharged)", V8),
 )
 CURRENT = len(MIGRATIONS)
 

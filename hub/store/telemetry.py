@@ -17,6 +17,21 @@ older than minute_s into hour rows, each step one transaction (its rows and the 
 together: a crash leaves all or nothing), a minute of readings at a time; trim() then
 deletes the raw readings no longer needed, in short transactions of its own (a reading
 before the horizon is never read again, so a crash between the two loses nothing).
+Each battery also has energy meters (table energy_meters, written here alone, in the
+reading's own transaction), for Home Assistant's Energy dashboard, which wants counters
+that never go down:
+- discharged_kwh: the integral of power_kw > 0, a reading's power held until the next
+  reading within MAX_HOLD_S (a longer gap counts nothing): the same figure energy() gives
+  over the same readings, kept as a running sum, so the roll-up and trim of the readings
+  cannot lower it.
+- charged_kwh: the rises of remaining_kwh. An ETP battery reports discharge power only
+  (BESSStatus' discharge_rate is >= 0: charging shows as 0 kW), so charging is seen as its
+  stored energy rising. A rise counts once it reaches CHARGE_STEP_KWH above the lowest
+  remaining energy since the last counted rise, so a BMS reading that jitters by less
+  never counts; it is energy stored (DC, after the charger's losses), and charging and
+  discharging between two readings net out.
+A reading older than the meter's last with a power (out of order) changes neither.
+
 Measured (bench/telemetry_disk.py, scaled from 100 batteries): a minute of 1,000
 batteries at 1 Hz rolls up in ~0.34 s and trims in ~0.11 s, in steps the hub's loop
 runs between.
@@ -25,6 +40,7 @@ runs between.
 import time
 
 MAX_HOLD_S = 900  # a reading's power holds until the next one, if within this
+CHARGE_STEP_KWH = 0.01  # a rise of remaining energy counts as charged from 10 Wh up
 BATCH_S = 60  # one minute of readings per transaction
 FIELDS = ("soc", "remaining_kwh", "voltage", "power_kw")
 _STATS = ", ".join(
@@ -191,10 +207,45 @@ def _hours(conn, target):
 
 def record(conn, device, at, reading):
     """A raw reading (soc, remaining_kwh, voltage, power_kw, health), in the caller's
-    transaction (Store.record_telemetry, which also keeps the device's last status)."""
+    transaction (Store.record_telemetry, which also keeps the device's last status).
+    -> the battery's meters after it: (charged kWh, discharged kWh)."""
     conn.execute(
         "INSERT INTO telemetry (device, at, soc, remaining_kwh, voltage, power_kw, health) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)", (device, at) + tuple(reading))  # fmt: skip
+    return _count(conn, device, at, reading[1], reading[3])
+
+
+def _count(conn, device, at, remaining, power):
+    """Move the battery's meters by one reading (the module's doc says how)."""
+    row = conn.execute("SELECT charged_kwh, discharged_kwh, at, power_kw, low_kwh FROM "
+                       "energy_meters WHERE device = ?", (device,)).fetchone()  # fmt: skip
+    if row is None:
+        conn.execute("INSERT INTO energy_meters VALUES (?, 0.0, 0.0, ?, ?, ?)",
+                     (device, at, power, remaining))  # fmt: skip
+        return 0.0, 0.0
+    charged, discharged, last_at, last_kw, low = row
+    if at < last_at:  # out of order: its time is counted already
+        return charged, discharged
+    if power is not None:  # as held(): the last known power holds over unknown ones
+        if last_kw is not None and last_kw > 0 and at - last_at <= MAX_HOLD_S:
+            discharged += last_kw * (at - last_at) / 3600
+        last_at, last_kw = at, power
+    if remaining is not None:
+        if low is None or remaining < low:
+            low = remaining
+        elif remaining >= low + CHARGE_STEP_KWH:
+            charged, low = charged + remaining - low, remaining
+    conn.execute("UPDATE energy_meters SET charged_kwh = ?, discharged_kwh = ?, at = ?, "
+                 "power_kw = ?, low_kwh = ? WHERE device = ?",
+                 (charged, discharged, last_at, last_kw, low, device))  # fmt: skip
+    return charged, discharged
+
+
+def meters(conn, device):
+    """(charged kWh, discharged kWh) of a battery so far; (0, 0) before its first reading."""
+    row = conn.execute("SELECT charged_kwh, discharged_kwh FROM energy_meters WHERE "
+                       "device = ?", (device,)).fetchone()  # fmt: skip
+    return (0.0, 0.0) if row is None else tuple(row)
 
 
 def _write(conn, rows):

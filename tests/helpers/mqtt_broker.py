@@ -115,9 +115,10 @@ class Subscriber:
         self.properties.append(msg.properties)
 
     def events(self, prefix="gridbid/hub1/"):
-        """[(topic, event)] of the JSON event payloads received, in order."""
-        return [(t, json.loads(p)) for t, p, _r in list(self.messages)
-                if t.startswith(prefix) and p.startswith(b"{")]  # fmt: skip
+        """[(topic, event)] of the hub's events received (JSON with a "kind"), in order."""
+        found = [(t, json.loads(p)) for t, p, _r in list(self.messages)
+                 if t.startswith(prefix) and p.startswith(b"{")]  # fmt: skip
+        return [(t, e) for t, e in found if "kind" in e]
 
     def close(self):
         self.client.disconnect()

@@ -22,10 +22,16 @@ go out in the order the hub emitted them, across reconnects and restarts.
     <base>/settlement                   no        every settlement batch's status
     <base>/control/<name>               yes       an operator setting's last change
     <base>/disk                         yes       the store against its budget (disk event)
+    <base>/device/<id>/contract         yes       is a contract running now, at what kW
+    <base>/device/<id>/earnings         yes       what its final contracts pay its owner
     <base>/cmd                          -         commands in (below)
     <base>/reply                        no        commands' replies
-    <discovery_prefix>/sensor/gridbid_<hub>_<device>_{soc,power,price,status}/config
+    <discovery_prefix>/{sensor,binary_sensor}/gridbid_<hub>_<device>_<key>/config
                                         yes       Home Assistant MQTT discovery
+
+The entities, and the two battery states (contract, earnings), are home_assistant.py's:
+those two are published when they change and at each connect, not through the outbox
+(a retained state needs only its last value).
 
 Commands: a JSON object on <base>/cmd, {"id": REQUEST ID, "name": CONTROL, "value": V}
 sets an operator's control (Hub.set_control, by "mqtt"): "reserve_floor.<device>" (c/kWh,
@@ -53,6 +59,7 @@ import os
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -60,7 +67,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hub.integrations.mqtt.outbox import Outbox, discovery, level, route
+from hub.integrations.mqtt.home_assistant import FINAL_STATES, TICK_S, States, discovery
+from hub.integrations.mqtt.outbox import Outbox, level, route
 from transport.settings import check as checked
 
 log = logging.getLogger(__name__)
@@ -183,6 +191,13 @@ class Bridge:
         self.said = None  # the connection state last logged: each change is said once
         self.refused_topics = set()
         self.client = self._client(login)
+        self.states = States(
+            hub.store,
+            self.base,
+            settings["currency"],
+            lambda topic, payload: self._publish(topic, payload, retain=True),
+        )
+        self.ticker = self.loop.create_task(self._tick())
         self.unsubscribe = hub.events.subscribe(self.on_event)
         self.client.connect_async(settings["host"], settings["port"], settings["keepalive"],
                                   clean_start=True)  # fmt: skip
@@ -219,7 +234,28 @@ class Bridge:
         self.outbox.add(event["id"], topic, payload, retain)  # first: a crash loses nothing
         if event["kind"] == "device":
             self.discover(event["device"])
+            if self.online and not self.closing:  # a new battery: its states, once
+                self.states.earnings(event["device"])
+                self.states.tick(time.time(), [event["device"]])
+        elif event["kind"] == "contract" and event["state"] in FINAL_STATES:
+            if self.online and not self.closing:  # it pays, and may have ended early
+                self.states.ended(event["device"], time.time())
         self.feed()
+
+    async def _tick(self):
+        """ "In contract" of every battery, every TICK_S (contracts start and end with no
+        event); a failure (the store busy) is said once and tried again next tick."""
+        failing = False
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.online and not self.closing:
+                try:
+                    self.states.tick(time.time())
+                    failing = False
+                except Exception as exc:
+                    if not failing:
+                        log.warning("mqtt: cannot read the running contracts: %r" % exc)
+                    failing = True
 
     def feed(self):
         """Hand paho the next events from the outbox, up to the window, in order."""
@@ -298,6 +334,7 @@ class Bridge:
         self.discovered.clear()
         for device in sorted(devices):
             self.discover(device)
+        self.states.resend(sorted(devices), time.time())
         self.feed()
 
     def _disconnected(self, reason):
@@ -395,6 +432,7 @@ class Bridge:
         stays in the outbox for the next start."""
         self.unsubscribe()
         self.closing = True
+        self.ticker.cancel()
         if self.online:
             self._publish(self.base + "/status", "offline", retain=True)
             deadline = self.loop.time() + CLOSE_WAIT_S

@@ -1,6 +1,6 @@
-"""What the MQTT bridge (hub/integrations/mqtt/bridge.py) sends: each event's topic (route), Home
-Assistant's discovery configs (discovery), and the outbox that holds every message
-until the broker has it.
+"""What the MQTT bridge (hub/integrations/mqtt/bridge.py) sends: each event's topic (route),
+and the outbox that holds every message until the broker has it (Home Assistant's
+entities: home_assistant.py).
 
 The outbox: every hub event, as the message it becomes, written to its own SQLite
 file before anything else happens to it, and deleted only once the broker has
@@ -28,23 +28,6 @@ import sqlite3
 import time
 
 RETAINED = {"device", "failure", "telemetry", "price", "clearing", "control", "disk"}
-# Home Assistant, per battery: key -> (name, state topic under <base>, template, and
-# extra config: unit, device and state class).
-SENSORS = {
-    "soc": ("State of charge", "device/%s/telemetry", "{{ value_json.soc }}",
-            {"unit_of_measurement": "%", "device_class": "battery",
-             "state_class": "measurement"}),
-    "power": ("Discharge power", "device/%s/telemetry", "{{ value_json.power_kw }}",
-              {"unit_of_measurement": "kW", "device_class": "power",
-               "state_class": "measurement"}),
-    # in currency/kWh, as Home Assistant's Energy dashboard takes a price (the market's
-    # own unit is the cent: c/kWh)
-    "price": ("Price signal", "price", "{{ (value_json.price / 100) | round(5) }}",
-              {"unit_of_measurement": "{currency}/kWh", "state_class": "measurement"}),
-    "status": ("Status", "device/%s/status",
-               "{{ 'failure' if value_json.kind == 'failure' else 'online' }}",
-               {"device_class": "enum", "options": ["online", "failure"]}),
-}  # fmt: skip
 
 
 def route(base, event):
@@ -66,42 +49,6 @@ def route(base, event):
 def level(text):
     """text as one topic level: no separators or wildcards."""
     return re.sub(r"[/+#\x00]", "_", str(text))
-
-
-def discovery(base, prefix, hub_name, device, currency="EUR", page=None):
-    """[(topic, config)] of Home Assistant's sensors for one battery. page: the hub's
-    status page (the device's configuration_url), if it serves one."""
-    node = "gridbid_%s_%s" % (re.sub(r"[^A-Za-z0-9_-]", "_", hub_name), device)
-    about = {"identifiers": [node], "name": "Battery %s" % device, "manufacturer": "gridbid",
-             "model": "BESS on hub %s" % hub_name, "sw_version": VERSION}  # fmt: skip
-    if page:
-        about["configuration_url"] = page
-    out = []
-    for key, (name, state, template, extra) in SENSORS.items():
-        unique = "%s_%s" % (node, key)
-        config = {
-            "name": name, "unique_id": unique,
-            "default_entity_id": "sensor.%s" % unique,  # object_id's successor (HA 2025.10)
-            "state_topic": "%s/%s" % (base, state.replace("%s", str(device))),
-            "value_template": template, "availability_topic": base + "/status",
-            "device": about, "origin": {"name": "gridbid", "sw_version": VERSION},
-            **{k: v.replace("{currency}", currency) if isinstance(v, str) else v
-               for k, v in extra.items()},
-        }  # fmt: skip
-        out.append(("%s/sensor/%s/config" % (prefix, unique), config))
-    return out
-
-
-def _version():
-    from importlib import metadata
-
-    try:
-        return metadata.version("gridbid")
-    except metadata.PackageNotFoundError:  # a checkout run without installing it
-        return "unknown"
-
-
-VERSION = _version()
 
 
 SCHEMA = """

@@ -10,6 +10,7 @@ objects (real store, real events); one test runs a real hub with firmware batter
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -199,29 +200,33 @@ def test_events_arrive_on_documented_topics_with_retained_state(broker, tmp_path
     assert retained["gridbid/hub1/status"] == b"online"
     for stream in ("market/offer", "market/bid", "contract", "settlement"):
         assert "gridbid/hub1/" + stream not in retained
-    # Home Assistant: the battery's four sensors, each reading a topic the hub fills
+    # Home Assistant: the battery's entities, each reading a topic the hub fills
     configs = {t: json.loads(p) for t, p in retained.items() if t.startswith("homeassistant/")}
-    assert set(configs) == {"homeassistant/sensor/gridbid_hub1_%d_%s/config" % (DEVICE, k)
-                            for k in ("soc", "power", "price", "status")}  # fmt: skip
+    sensors = ("soc", "power", "charged", "discharged", "price", "status", "earnings",
+               "contract_kw")  # fmt: skip
+    assert set(configs) == {
+        "homeassistant/sensor/gridbid_hub1_%d_%s/config" % (DEVICE, k) for k in sensors
+    } | {"homeassistant/binary_sensor/gridbid_hub1_%d_contract/config" % DEVICE}
     for config in configs.values():
         assert config["state_topic"] in retained, config
         assert config["availability_topic"] == "gridbid/hub1/status"
         assert config["device"]["identifiers"] == ["gridbid_hub1_%d" % DEVICE]
     soc = configs["homeassistant/sensor/gridbid_hub1_%d_soc/config" % DEVICE]
     assert (soc["value_template"], soc["unit_of_measurement"]) == ("{{ value_json.soc }}", "%")
-    for config in configs.values():  # Home Assistant's schema (its 2025.10+ discovery)
-        valid_sensor(config)
+    for topic, config in configs.items():  # Home Assistant's schema (its 2025.10+ discovery)
+        valid_config(topic, config)
     price = configs["homeassistant/sensor/gridbid_hub1_%d_price/config" % DEVICE]
     assert price["unit_of_measurement"] == "EUR/kWh"  # what the Energy dashboard takes
+    assert not [x for x in logs if "refused" in x], logs  # the ACL lets every config in
     # a clean close says offline (the Will is for a hub that dies)
     assert [p for t, p, _r in live.messages if t == "gridbid/hub1/status"][-1] == b"offline"
     live.close()
     no_secret(logs, broker)
 
 
-# Home Assistant's MQTT sensor discovery schema, as its documentation lists it (the keys
-# an MQTT sensor and its device block take; object_id is deprecated for default_entity_id
-# "<domain>.<id>" and stops working in Core 2026.4).
+# Home Assistant's MQTT discovery schema, as its documentation lists it (the keys an MQTT
+# sensor, binary sensor and their device block take; object_id is deprecated for
+# default_entity_id "<domain>.<id>" and stops working in Core 2026.4).
 SENSOR_KEYS = {
     "availability_topic", "device", "device_class", "default_entity_id", "enabled_by_default",
     "entity_category", "expire_after", "force_update", "icon", "json_attributes_template",
@@ -233,21 +238,43 @@ DEVICE_KEYS = {
     "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
     "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device",
 }  # fmt: skip
+BINARY_SENSOR_KEYS = {
+    "availability_topic", "device", "device_class", "default_entity_id", "enabled_by_default",
+    "encoding", "entity_category", "entity_picture", "expire_after", "force_update", "icon",
+    "json_attributes_template", "json_attributes_topic", "name", "off_delay", "origin",
+    "payload_available", "payload_not_available", "payload_off", "payload_on", "qos",
+    "state_topic", "unique_id", "value_template",
+}  # fmt: skip
+BINARY_SENSOR_CLASSES = {"power", "plug", "problem", "running", "connectivity"}  # (a few)
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 
 
-def valid_sensor(config):
-    assert set(config) <= SENSOR_KEYS, set(config) - SENSOR_KEYS
+def valid_config(topic, config):
+    """One discovery message: <prefix>/<component>/<id>/config and its config."""
+    component = topic.split("/")[-3]
+    keys = {"sensor": SENSOR_KEYS, "binary_sensor": BINARY_SENSOR_KEYS}[component]
+    assert set(config) <= keys, set(config) - keys
     assert set(config["device"]) <= DEVICE_KEYS, set(config["device"]) - DEVICE_KEYS
     assert {"state_topic", "unique_id"} <= set(config) and config["device"]["identifiers"]
-    assert config["default_entity_id"] == "sensor." + config["unique_id"]
-    assert config["device"]["sw_version"] and config.get("state_class", "measurement") in (
-        STATE_CLASSES)  # fmt: skip
-    if config.get("device_class") == "enum":
+    assert topic.split("/")[-2] == config["unique_id"]
+    assert config["default_entity_id"] == "%s.%s" % (component, config["unique_id"])
+    assert config["device"]["sw_version"]
+    if component == "binary_sensor":  # its template says ON / OFF, the default payloads
+        assert config.get("device_class", "running") in BINARY_SENSOR_CLASSES
+        assert "'ON'" in config["value_template"] and "'OFF'" in config["value_template"]
+        return
+    kind, state_class = config.get("device_class"), config.get("state_class")
+    assert state_class in STATE_CLASSES | {None}
+    if kind == "enum":
         assert config["options"] and "unit_of_measurement" not in config
-    if config.get("device_class") == "energy":  # the Energy dashboard's counters
+    if kind == "energy":  # the Energy dashboard's counters
         assert config["unit_of_measurement"] in ("Wh", "kWh", "MWh")
-        assert config["state_class"] in ("total", "total_increasing")
+        assert state_class in ("total", "total_increasing")
+    if kind == "monetary":  # Home Assistant: total or none, never total_increasing
+        assert state_class in ("total", None) and re.fullmatch(
+            "[A-Z]{3}", config["unit_of_measurement"])  # fmt: skip
+    if kind == "power":
+        assert config["unit_of_measurement"] in ("W", "kW", "MW")
 
 
 def test_a_hub_that_drops_off_is_offline_by_its_will(broker, tmp_path):

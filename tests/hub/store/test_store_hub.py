@@ -70,9 +70,9 @@ def test_open_sets_wal_foreign_keys_and_current_version(path):
     with Store(path) as s:
         assert s.db.journal_mode == "wal"
         assert s.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert s.version == schema.CURRENT == 7
+        assert s.version == schema.CURRENT == 8
         versions = [r["version"] for r in s.db.query("SELECT * FROM schema_version")]
-        assert versions == [1, 2, 3, 4, 5, 6, 7]
+        assert versions == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_reopen_is_idempotent_and_keeps_data(path):
@@ -86,7 +86,7 @@ def test_reopen_is_idempotent_and_keeps_data(path):
 def test_database_from_a_newer_hub_is_refused(path):
     with Store(path) as s:
         s.db.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
-    with pytest.raises(SchemaError, match="version 99 is newer than this hub's 7"):
+    with pytest.raises(SchemaError, match="version 99 is newer than this hub's 8"):
         Store(path)
 
 
@@ -108,7 +108,7 @@ def test_a_failing_migration_leaves_the_previous_version(path, monkeypatch):
         Store(path)
     monkeypatch.undo()
     with Store(path) as s:
-        assert s.version == 7 and "half_done" not in s.db.table_names()
+        assert s.version == 8 and "half_done" not in s.db.table_names()
 
 
 def test_a_version_1_database_migrates_with_its_data(path):
@@ -131,7 +131,7 @@ def test_a_version_1_database_migrates_with_its_data(path):
     assert "delivered_kwh" not in [col.name for col in Database(path)["contracts"].columns]
 
     with Store(path) as s:
-        assert s.version == 7
+        assert s.version == 8
         (device,) = s.devices()
         assert device["soc"] == 50 and device["address"] == "127.0.0.27:5000"
         assert device["promised_kwh"] == pytest.approx(0.5) and device["reputation"] == 1.0

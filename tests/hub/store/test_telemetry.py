@@ -146,3 +146,48 @@ def test_held_energy_is_the_integral_of_the_held_power_in_any_buckets(points, pe
         for x, y in zip(total, exact):
             assert math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9), (total, exact)
     assert all(start % period == 0 for start in split)
+
+
+# --- energy meters (Home Assistant's kWh counters) ----------------------------------------
+
+
+def test_energy_meters_count_what_energy_counts_and_outlive_roll_up_trim_and_restart(
+    store, tmp_path
+):
+    fill(store, 2 * 3600, random.Random(3))
+    conn = store.db.conn
+    charged, discharged = store.energy_meters(7)
+    _c, want, _h = telemetry.energy(conn, 7, T0, T0 + 3 * 3600)
+    assert discharged > 0.5 and math.isclose(discharged, want, rel_tol=1e-9)
+    assert charged > 100  # random remaining energy: every rise past 10 Wh counts
+    assert store.energy_meters(8) == (0.0, 0.0)  # it charges at 1 kW, no remaining reported
+    assert telemetry.roll_up(store, T0 + 4 * 3600, raw_s=0, minute_s=0) != (0, 0)
+    assert telemetry.trim(store) > 0
+    assert conn.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 0
+    assert store.energy_meters(7) == (charged, discharged)  # exactly: nothing recounted
+    with Store(tmp_path / "hub.sqlite") as again:  # a restarted hub reads the same file
+        assert again.energy_meters(7) == (charged, discharged)
+    # the next reading counts on from there, as if nothing had happened
+    last = conn.execute("SELECT at, power_kw FROM energy_meters WHERE device = 7").fetchone()
+    after = store.record_telemetry(7, remaining_kwh=0.0, power_kw=1.0, at=last[0] + 60)
+    assert after == (charged, discharged + max(last[1], 0) * 60 / 3600)
+
+
+def test_charged_counts_rises_of_stored_energy_not_jitter_and_never_goes_down(store):
+    at = [T0]
+
+    def read(remaining, kw=0.0, step=10):
+        at[0] += step
+        return store.record_telemetry(7, remaining_kwh=remaining, power_kw=kw, at=at[0])
+
+    seen = [read(5.0), read(5.004), read(4.999), read(5.006), read(5.001)]  # BMS jitter
+    assert seen[-1] == (0.0, 0.0)
+    seen += [read(5.2), read(5.5), read(6.0)]  # charging (ETP says 0 kW: discharge only)
+    assert seen[-1][0] == pytest.approx(6.0 - 4.999)
+    seen += [read(5.9, kw=2.0), read(5.5, kw=2.0, step=360), read(5.45, kw=0.0, step=360)]
+    assert seen[-1] == pytest.approx((6.0 - 4.999, 2.0 * 720 / 3600))  # held 2 kW, 720 s
+    seen.append(read(5.3, step=1000))  # a gap past MAX_HOLD_S counts no power
+    at[0] -= 500
+    seen.append(read(9.0, kw=5.0, step=0))  # out of order: changes nothing
+    assert seen[-1] == seen[-2]
+    assert seen == sorted(seen) and [c for c, _d in seen] == sorted(c for c, _d in seen)
