@@ -19,9 +19,17 @@ import time
 
 from protocol import errors, message
 from transport import tasks
+from transport.counts import Counts
 from transport.links import now_ms
 
 log = logging.getLogger(__name__)
+# Why a datagram on the group was not taken: the decoder's error class -> a reason
+# (a fixed set: /metrics label values); "impersonation": a frame about another device.
+REFUSED = {
+    errors.BadLength: "length", errors.BadHeader: "header", errors.UnknownType: "type",
+    errors.BadValue: "value", errors.UnknownKey: "unknown_key", errors.BadTag: "tag",
+    errors.Replay: "replay", errors.Expired: "expired", errors.ContractError: "contract",
+}  # fmt: skip
 
 
 def group_socket(group_addr, port, interface="127.0.0.1"):
@@ -87,6 +95,9 @@ class Discovery(asyncio.DatagramProtocol):
         self.rng = random.Random(seed)
         self.answered = {}  # device id -> ms of its last answer
         self.dropped = 0
+        # For the hub's /metrics: datagrams in, Queries out, and those refused, by reason.
+        self.frames_in = self.frames_out = 0
+        self.refused = Counts((*REFUSED.values(), "impersonation"))
         self._sock = None
 
     async def start(self):
@@ -111,12 +122,15 @@ class Discovery(asyncio.DatagramProtocol):
     def datagram_received(self, data, addr):
         if self._lost():
             return
+        self.frames_in += 1
         try:
             got = self.codec.open(data, now_ms())
-        except errors.ETPError:
+        except errors.ETPError as exc:
+            self.refused.add(REFUSED.get(type(exc)))
             return
         kind = got.message.message_type
         if got.message.device_id != got.key_id:
+            self.refused.add("impersonation")
             return  # a battery speaks for itself (its key id is its device id)
         # A group frame proves membership only (any member can name any sender): what a
         # battery offers, where it is and its failures count only sealed for us.
@@ -138,6 +152,7 @@ class Discovery(asyncio.DatagramProtocol):
         msg = message.query(ids.next(), 0, 0.0, price_signal)
         if not self._lost():
             self._sock.sendto(self.codec.seal(msg, now_ms(), group=True), self.group)
+            self.frames_out += 1
 
     async def find(self, ids, count, timeout_s=10.0, retry_ms=250, price_signal=0.0):
         """Query until `count` batteries answered after this call; -> their ids."""

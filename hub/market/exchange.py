@@ -37,6 +37,7 @@ from hub.market.funding import Funding
 from hub.market.standing import LIMITS, Refused, Standing
 from hub.store import views
 from protocol import message
+from transport.counts import Counts
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Exchange:
         # hub (hub/service.py) sets this False until it has resumed a gated slot.
         self.paying_back = True
         self._read_at = 0.0
+        self.refused = Counts(("subscribe", "bid", "contract", "contracts", "message", *FUNDING))
 
     def use_margin(self, margin):
         """The hub settles as clearing house (hub/integrations/settlement/margin.py): from
@@ -346,6 +348,7 @@ class Exchange:
         """One `error` answer; one audit row (up to refusal_rows_per_s a second per
         aggregator, the rest counted into the next row); one log line a second at most."""
         what, why = str(what)[:40], str(why)[:300]
+        self.refused.add(what)  # by type, for /metrics ("message": too heavy; unknown: "other")
         if answer:
             participant.send({"type": "error", "ref": ref, "what": what, "why": why})
         standing = participant.standing  # the counters are the aggregator's, not the session's

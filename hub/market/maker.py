@@ -47,6 +47,10 @@ class MarketMaker:
         self.grid = grid or SlotGrid(slot_s, gate_s, answer_s=0.0)
         self.signal = signal or PriceSignal(p_balance=16.0, p_con=6.0)
         self._books = {}  # slot name -> MarketSlot, the KEEP_BOOKS made last
+        # Since this process started, for /metrics (hub/integrations/web/metrics.py):
+        self.slots_recorded = 0  # clearings recorded, one per slot the hub ran
+        self.slots_traded = 0  # of those, the ones that traded (a price and a volume)
+        self.last_price = None  # c/kWh of the last one that traded
 
     # --- slots ----------------------------------------------------------------
 
@@ -138,8 +142,11 @@ class MarketMaker:
 
     def record(self, slot_name, result, at=None):
         """Record a clearing's trades (idempotent: store.record_trades)."""
+        self.slots_recorded += 1
         if result.volume_kwh > 0:
             self.store.record_trades(slot_name, slot_name, result.fills, result.price, at=at)
+            self.slots_traded += 1
+            self.last_price = result.price
 
 
 def pair(slot_name, book, result):

@@ -20,9 +20,14 @@ import time
 
 from hub.market.exchange import Refused
 from transport import market_wire as wire
+from transport.counts import Counts
 
 log = logging.getLogger(__name__)
 SEND_BUFFER = 4 * 1024 * 1024
+# Why a connection was refused (/metrics label values, a fixed set): crowded (it waited
+# longest among too many unauthenticated), timeout (no hello or proof in time), wire (a
+# frame that breaks market_wire: size, bad tag, malformed), not_admitted (or no room).
+REFUSED = ("crowded", "timeout", "wire", "not_admitted")
 
 
 class MarketServer:
@@ -37,6 +42,8 @@ class MarketServer:
         self._sessions = set()  # the tasks serving them
         self._server = None
         self._quiet = [0.0, 0]  # log refusals at most once a second: [next at, not logged]
+        self.frames_in = self.frames_out = 0  # on every session, for /metrics
+        self.refused = Counts(REFUSED)
 
     async def start(self):
         self._server = await asyncio.start_server(self._serve, self.bind, self.port)
@@ -61,7 +68,7 @@ class MarketServer:
         same = [w for w, a in self.pending.items() if a == address]
         if len(same) >= self.max_per_address or len(self.pending) >= self.max_pending:
             oldest = same[0] if len(same) >= self.max_per_address else next(iter(self.pending))
-            self._refused(oldest, "too many connections wait to authenticate")
+            self._refused(oldest, "crowded", "too many connections wait to authenticate")
             oldest.close()
             self.pending.pop(oldest, None)
         self.pending[writer] = address
@@ -71,6 +78,7 @@ class MarketServer:
         try:
             session, aggregator = await self._handshake(reader, writer)
             tag, body = await asyncio.wait_for(wire.read_frame(reader), self.hello_s)
+            self.frames_in += 1
             first = session.open(tag, body)  # the aggregator's proof: it holds its key
             self.pending.pop(writer, None)
             if len(self.connections) - len(self.pending) > self.max_sessions:
@@ -85,11 +93,13 @@ class MarketServer:
                     writer.transport.abort()  # close() would wait to send what it won't read
                     return
                 writer.write(session.seal(message))
+                self.frames_out += 1
 
             participant = self.exchange.join(aggregator, send, writer.close)
             self.exchange.received(participant, first)
             while True:
                 tag, body = await wire.read_frame(reader)
+                self.frames_in += 1
                 session.check(tag, body)
                 if self.exchange.allow(participant, len(body)):  # its weight, before parsing
                     self.exchange.received(participant, wire.decode(body))
@@ -99,9 +109,11 @@ class MarketServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the aggregator hung up
         except asyncio.TimeoutError:
-            self._refused(writer, "no hello or no authentication in time")
-        except (wire.WireError, Refused) as exc:
-            self._refused(writer, str(exc))
+            self._refused(writer, "timeout", "no hello or no authentication in time")
+        except wire.WireError as exc:
+            self._refused(writer, "wire", str(exc))
+        except Refused as exc:
+            self._refused(writer, "not_admitted", str(exc))
         except asyncio.CancelledError:
             pass  # the hub stops: end quietly (asyncio logs a handler's cancellation)
         finally:
@@ -115,6 +127,7 @@ class MarketServer:
     async def _handshake(self, reader, writer):
         """hello -> challenge. -> (the keyed Session, the aggregator's id)."""
         _tag, body = await asyncio.wait_for(wire.read_frame(reader), self.hello_s)
+        self.frames_in += 1
         hello = wire.decode(body)
         aggregator = hello.get("aggregator")
         if hello["type"] != "hello" or hello.get("v") != wire.VERSION:
@@ -129,11 +142,14 @@ class MarketServer:
         challenge = {"type": "challenge", "v": wire.VERSION, "nonce": nonce,
                      "market": self.exchange.market_name}  # fmt: skip
         writer.write(wire.encode(challenge))
+        self.frames_out += 1
         await writer.drain()
         return wire.Session(key, wire.TO_AGGREGATOR, wire.TO_HUB), aggregator
 
-    def _refused(self, writer, why):
-        """Tell the peer why (untagged: it may hold no key), and log it, rate-limited."""
+    def _refused(self, writer, reason, why):
+        """Tell the peer why (untagged: it may hold no key), count it under reason (one
+        of REFUSED), and log it, rate-limited."""
+        self.refused.add(reason)
         try:
             writer.write(wire.encode({"type": "refused", "why": why}))
         except (RuntimeError, OSError, wire.WireError):

@@ -39,6 +39,7 @@ class Settlement:
         self._task = None
         self._unsubscribe = None
         self._last_error = None
+        self.reachable = False  # the last round reached the chain (/metrics' link_up)
 
     async def open(self):
         s, hub = self.settings, self.hub
@@ -139,12 +140,13 @@ class Settlement:
                 await self.margin.check()
                 result = await self.uploader.cycle()
             except BackendError as exc:
+                self.reachable = False
                 self._say("settlement: chain unreachable, trying again: %s" % exc)
                 return None
             except Exception as exc:  # a bug must show, and not end settlement for good
                 self._say("settlement: round failed: %r\n%s" % (exc, traceback.format_exc()))
                 return None
-        self._last_error = None
+        self._last_error, self.reachable = None, True
         return result
 
     def _say(self, text):

@@ -9,7 +9,7 @@ import socket
 
 import uvicorn
 
-from hub.integrations.web import api, guards
+from hub.integrations.web import api, guards, metrics
 from hub.integrations.web.settings import ListenError, read_token
 from hub.integrations.web.stream import Fanout
 from hub.store.views import Reader
@@ -63,6 +63,8 @@ class WebServer:
         self.cache = Cache(self.reader)
         self.fanout = Fanout(settings["ws_queue"], hub.cfg["name"])
         self.app = api.make_app(self)
+        if settings["metrics"]:
+            metrics.add_route(self.app, self)  # [web] metrics = false: no /metrics
         self.url = None
         self._unsubscribe = []
         self._task = None

@@ -20,6 +20,7 @@ DEFAULTS = {
     "max_connections": 1024,
     "max_per_address": 64,
     "request_s": 10,
+    "metrics": True,  # GET /metrics for Prometheus (hub/integrations/web/metrics.py)
 }
 RULES = (
     ("host", "host", 0, 0),
@@ -32,6 +33,7 @@ RULES = (
     ("max_connections", "whole", 8, 100_000),
     ("max_per_address", "whole", 1, 100_000),
     ("request_s", "number", 1, 300),
+    ("metrics", "flag", 0, 0),
 )
 MIN_TOKEN = 16  # characters: a short token is guessable over a LAN
 
