@@ -1,6 +1,7 @@
 """A simulated energy meter, battery (BMS) and inverter over Modbus TCP and RTU.
 
     gridbid device sim --tcp-port 5020 [--rtu /tmp/ttyV0] [--capacity-kwh 13.5 --soc 80]
+                       [--profile sma_storage]   (a site's three maps: registers.PROFILES)
 
 The three devices are served by pymodbus from the same register maps the
 firmware reads (hardware/registers/*.json), on unit ids 1 (meter), 2 (battery)
@@ -160,12 +161,9 @@ class Simulation:
 
     def _phases(self):
         """A three-phase meter's per-phase points: the power and current shared evenly."""
-        s, values = self.state, {}
-        for phase in ("l1_", "l2_", "l3_"):
-            values[phase + "voltage_v"] = s["grid_voltage_v"]
-            values[phase + "power_w"] = s["grid_power_w"] / 3
-            values[phase + "current_a"] = abs(s["grid_power_w"]) / 3 / s["grid_voltage_v"]
-        return values
+        volts, watts = self.state["grid_voltage_v"], self.state["grid_power_w"] / 3
+        each = {"voltage_v": volts, "power_w": watts, "current_a": abs(watts) / volts}
+        return {phase + name: v for phase in ("l1_", "l2_", "l3_") for name, v in each.items()}
 
     def _alarmed(self, role):
         alarm = self.maps[role].get("alarm") or {}
