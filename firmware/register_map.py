@@ -146,7 +146,7 @@ def check_map(register_map, where="map"):
     same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
-        _check(point, "address function type word_order scale sf unit derive", here)
+        _check(point, "address function type word_order scale sf unit derive range", here)
         _need(isinstance(point.get("unit", ""), str), here, "unit must be a text")
         if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
             inputs, scale = point["derive"], point.get("scale", 1)

@@ -1,6 +1,7 @@
 """A simulated energy meter, battery (BMS) and inverter over Modbus TCP and RTU.
 
     gridbid device sim --tcp-port 5020 [--rtu /tmp/ttyV0] [--capacity-kwh 13.5 --soc 80]
+                       [--profile sma_storage]   (a site's three maps: registers.PROFILES)
 
 The three devices are served by pymodbus from the same register maps the
 firmware reads (hardware/registers/*.json), on unit ids 1 (meter), 2 (battery)
@@ -33,6 +34,7 @@ from collections import deque
 
 from simulator.registers import (
     MAPS_DIR,
+    PROFILES,
     from_registers,
     load_map,
     map_points,
@@ -44,11 +46,7 @@ from simulator.registers import (
 # options (add_arguments) without loading it.
 
 ROLES = ("meter", "battery", "inverter")
-DEFAULT_MAPS = {
-    "meter": "eastron_sdm120",
-    "battery": "sunspec_battery_802",
-    "inverter": "sunspec_der_704",
-}
+DEFAULT_MAPS = PROFILES["sunspec"]
 DEFAULT_UNITS = {"meter": 1, "battery": 2, "inverter": 3}
 
 
@@ -134,7 +132,7 @@ class Simulation:
             return {"voltage_v": s["grid_voltage_v"], "power_w": s["grid_power_w"],
                     "current_a": abs(s["grid_power_w"]) / s["grid_voltage_v"],
                     "frequency_hz": 50.0, "import_kwh": s["import_kwh"],
-                    "export_kwh": s["export_kwh"]}
+                    "export_kwh": s["export_kwh"], **self._phases()}
             # fmt: on
         if role == "battery":
             bits, limit = s["alarm_bits"], self.max_power_w
@@ -161,9 +159,17 @@ class Simulation:
                 values[alarm["state_point"]] = min(alarm["fault_states"].values()) if fault else ok
         return values
 
+    def _phases(self):
+        """A three-phase meter's per-phase points: the power and current shared evenly."""
+        volts, watts = self.state["grid_voltage_v"], self.state["grid_power_w"] / 3
+        each = {"voltage_v": volts, "power_w": watts, "current_a": abs(watts) / volts}
+        return {phase + name: v for phase in ("l1_", "l2_", "l3_") for name, v in each.items()}
+
     def _alarmed(self, role):
         alarm = self.maps[role].get("alarm") or {}
         bits = self.state["alarm_bits" if role == "battery" else "inverter_alarm_bits"]
+        if not alarm.get("alarm_bits"):  # a state only (e.g. SMA's Condition): any bit faults it
+            return bool(bits and alarm.get("fault_states"))
         return any(bits >> bit & 1 for bit in alarm.get("alarm_bits", {}).values())
 
     # --- registers ---------------------------------------------------------------
@@ -355,12 +361,12 @@ def add_arguments(parser):
     parser.add_argument("--speed", type=float, default=1.0, help="simulated s per real s")
     parser.add_argument("--units", default="1,2,3", help="meter,battery,inverter unit ids")
     parser.add_argument("--every", type=float, default=2.0, help="print the state every S s")
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), default="sunspec",
+        help="the three maps of a site (sunspec); --*-map overrides one",
+    )  # fmt: skip
     for role in ROLES:
-        parser.add_argument(
-            "--%s-map" % role,
-            default=DEFAULT_MAPS[role],
-            help="register map in hardware/registers (%s)" % DEFAULT_MAPS[role],
-        )
+        parser.add_argument("--%s-map" % role, help="register map in hardware/registers")
 
 
 def describe(state):
@@ -373,10 +379,11 @@ def describe(state):
 
 async def serve(args):
     units = dict(zip(ROLES, (int(u) for u in args.units.split(","))))
+    maps = {r: getattr(args, r + "_map") or PROFILES[args.profile][r] for r in ROLES}
     # fmt: off
     sim = Simulation(capacity_kwh=args.capacity_kwh, soc_pct=args.soc, soh_pct=args.soh,
                      max_power_w=args.max_power_w, load_w=args.load_w, speed=args.speed,
-                     units=units, maps={r: getattr(args, r + "_map") for r in ROLES})
+                     units=units, maps=maps)
     # fmt: on
     await sim.start(tcp_port=args.tcp_port, host=args.host, rtu_port=args.rtu, baudrate=args.baud)
     for role in ROLES:

@@ -13,6 +13,25 @@ from simulator import vm
 
 MAPS_DIR = vm.ROOT / "hardware" / "registers"
 FORMATS = {"u16": ">H", "i16": ">h", "u32": ">I", "i32": ">i", "f32": ">f"}
+# A site's three maps by name (`gridbid device sim --profile NAME`): each shipped map is
+# served by at least one, and tests/firmware/test_register_maps.py reads each from the VM.
+PROFILES = {
+    "sunspec": {
+        "meter": "eastron_sdm120",
+        "battery": "sunspec_battery_802",
+        "inverter": "sunspec_der_704",
+    },
+    "sma_storage": {  # Sunny Boy Storage / Sunny Island: battery and inverter are unit 3
+        "meter": "eastron_sdm630",
+        "battery": "sma_storage_battery",
+        "inverter": "sma_storage_inverter",
+    },
+    "kostal_plenticore": {  # the battery through the inverter's SunSpec model 802
+        "meter": "eastron_sdm630",
+        "battery": "sunspec_battery_802",
+        "inverter": "kostal_plenticore_inverter",
+    },
+}
 
 
 def load_map(name, maps_dir=MAPS_DIR):
