@@ -44,7 +44,8 @@ def payloads(sub, topic):
 
 
 async def published(sub, topic, count, what):
-    await until_async(lambda: len(payloads(sub, topic)) >= count, 5, what)
+    # 10 s: a contract may start 5 s ahead, and the state is checked once a second
+    await until_async(lambda: len(payloads(sub, topic)) >= count, 10, what)
     return payloads(sub, topic)[count - 1]
 
 
