@@ -228,6 +228,10 @@ class HubCollector:
             except OSError:  # no WAL file (checkpointed and closed): nothing to show
                 pass
         yield family
+        budget = hub.disk.status()["budget_mb"]  # hub.toml disk_budget_mb; 0: none
+        if budget:
+            yield gauge("store_budget_bytes", "The store's disk budget (hub.toml "
+                        "disk_budget_mb); the hub warns at 80 %", budget * 1e6)  # fmt: skip
 
 
 def counter(name, doc, value):

@@ -48,7 +48,8 @@ def site(tmp_path_factory):
         for soc in (90.0, 70.0):
             run(fleet.add(sim_settings={"soc_pct": soc}))
         run(start_all(fleet.devices))
-        config, _store = deploy(fleet, folder, market_port=free_port(), market_bind="127.0.0.1")
+        config, _store = deploy(fleet, folder, market_port=free_port(), market_bind="127.0.0.1",
+                                 disk_budget_mb=1000)
         # The page; settlement on the in-process chain (LiteSVM); MQTT to a port where no
         # broker listens (its link is down: every event waits in the outbox).
         with open(config, "a") as f:
@@ -149,6 +150,7 @@ def test_metrics_match_the_store_the_slots_and_the_process(site):
     # The store's size is its files'; the process's RSS is the one /proc shows for it.
     for name in ("db", "wal"):
         assert low[name] <= m[("gridbid_store_size_bytes", (("file", name),))] <= high[name]
+    assert m[("gridbid_store_budget_bytes", ())] == 1e9  # hub.toml disk_budget_mb = 1000
     with open("/proc/%d/status" % hub.proc.pid) as f:
         vm_rss = 1024 * int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
     rss = m[("gridbid_process_resident_memory_bytes", ())]
