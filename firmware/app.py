@@ -193,6 +193,10 @@ async def run(profile, config):
     # (__import__: a name of 11+ characters in a text is not interned on a board that
     # does not load the module, which keeps the unix port's names below 620; see above.)
     if not board.profile.get("host_keeps_time"):
+        try:  # idle meanwhile: no contract can run by an unknown clock, and a reset (the
+            await plant.set_power(0)  # watchdog's) may have left a contract's power set
+        except Exception as exc:  # a dead inverter: the clock still comes first
+            log("inverter: not set idle while the clock is unknown: %s" % exc)
         await __import__("board_clock").start(board, cfg, log)
 
     book = contracts.ContractBook(cfg["data_dir"] + "/contracts.rec", flush_s=cfg["flush_s"])

@@ -3,7 +3,8 @@
 An ESP32 or Pico W reads 2000-01-01 after a power cut, and ETP refuses frames
 more than 2 s off (protocol/frame.py), so app.py waits in start() before it
 builds anything that reads the clock (the contract book, the replay guard, the
-message ids): until then the battery neither listens nor announces itself, and
+message ids): until then the battery neither listens nor announces itself, its
+inverter idle (app.py), and
 says so in one line per try, backing off 1 s -> 60 s. start() does that; run(),
 a task, then asks again every ntp_resync_s. The client is MicroPython's
 ntptime's (a 48-byte UDP packet, SNTP, RFC 4330) made asynchronous, so the

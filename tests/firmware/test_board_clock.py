@@ -94,6 +94,25 @@ def test_without_ntp_the_battery_says_so_retries_and_does_not_trade(tmp_path):
     run(tmp_path, no_ntp_no_trading)
 
 
+async def reset_mid_contract_without_ntp(fleet, server):
+    device = await fleet.add()
+    await device.start()
+    await trade(fleet, device)
+    await device.wait_for("started:", timeout=15)  # at the next 10 s slot boundary
+    await asyncio.sleep(1.5)
+    assert device.sim.setpoint_w() > 0  # discharging for the contract
+    await device.kill()  # a watchdog reset: the inverter keeps its setpoint
+    server.transport.close()  # and NTP is down
+    mark = len(device.lines)
+    await device.start(ready=None)
+    await device.wait_for("clock: not set", after=mark)
+    assert device.sim.setpoint_w() == 0  # idle while the clock is unknown
+
+
+def test_a_reset_mid_contract_idles_the_inverter_until_the_clock_is_set(tmp_path):
+    run(tmp_path, reset_mid_contract_without_ntp)
+
+
 async def spoofed_later(fleet, server):
     device = await fleet.add()
     await device.start()
