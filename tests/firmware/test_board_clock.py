@@ -5,7 +5,11 @@ sets it from an NTP server on loopback (tests/helpers/ntp_server.py; port
 board_clock.py the same board came up at 2000-01-01 and every frame was refused."""
 
 import asyncio
+import struct
+import time
 
+import board
+import board_clock
 import pytest
 from helpers import ntp_server
 
@@ -127,3 +131,89 @@ async def spoofed_later(fleet, server):
 
 def test_a_far_off_ntp_answer_after_the_clock_is_set_is_refused(tmp_path):
     run(tmp_path, spoofed_later, ntp_resync_s=1)
+
+
+# board_clock.read() and run() on CPython (the same module the VM runs), against the same
+# server: what an answer must be to move the clock.
+
+
+def ask(*mangles, offset_ms=0, servers=(NTP,), **settings):
+    """Run board_clock.read() against the loopback server with each mangle in turn -> the
+    results: (server, off ms) or the OSError's text."""
+
+    async def main():
+        server = await ntp_server.start(NTP, offset_ms=offset_ms)
+        cfg = {"ntp_servers": list(servers), "ntp_timeout_ms": 300, **settings}
+        found = []
+        try:
+            for mangle in mangles:
+                server.mangle = mangle
+                try:
+                    found.append(await board_clock.read(board.Board(PROFILE), cfg))
+                except OSError as exc:
+                    found.append(str(exc))
+        finally:
+            server.transport.close()
+        return found
+
+    return asyncio.run(main())
+
+
+PROFILE = {"name": "unix", "network": "loopback", "host_keeps_time": True}
+
+
+def test_an_answer_moves_the_clock_only_when_it_is_a_synchronised_servers_to_us():
+    def patch(offset, data):
+        return lambda reply: reply[:offset] + data + reply[offset + len(data) :]
+
+    def seconds(unix_s):
+        return patch(40, struct.pack(">I", unix_s + ntp_server.NTP_DELTA_S))
+
+    good, forged, unsynced, stratum0, client, old, short = ask(
+        None,
+        patch(24, bytes(8)),  # an origin that is not our request's: a blind spoofer's
+        patch(0, bytes([0xE4])),  # leap 3: the server's own clock is not set
+        patch(1, bytes([0])),  # stratum 0: a kiss-o'-death
+        patch(0, bytes([0x23])),  # mode 3: a client's packet, not a server's answer
+        seconds(946684800),  # 2000-01-01: before this firmware was written
+        lambda reply: reply[:40],  # 40 bytes
+        offset_ms=5000,
+    )
+    assert good[0] == NTP and abs(good[1] - 5000) < 200, good  # 5 s ahead of ours
+    assert "no answer in 300 ms" in forged and "no answer in 300 ms" in short  # ignored
+    assert "not a synchronised server (mode 4, leap 3" in unsynced, unsynced
+    assert "stratum 0" in stratum0 and "mode 3" in client, (stratum0, client)
+    assert "before 2026-01-01" in old, old
+
+
+def test_the_servers_are_asked_in_turn():
+    # The first does not exist (an address nothing answers on), the second answers.
+    (found,) = ask(None, servers=("127.0.0.124", NTP))
+    assert found[0] == NTP, found
+    (failed,) = ask(None, servers=("127.0.0.124", "127.0.0.125:1234"))
+    assert "[127.0.0.124: " in failed and "[127.0.0.125:1234: " in failed, failed
+
+
+def test_a_resync_moves_a_set_clock_by_a_small_step_only():
+    async def main():
+        server = await ntp_server.start(NTP, offset_ms=400)
+        cfg = {"ntp_servers": [NTP], "ntp_timeout_ms": 300, "ntp_resync_s": 0.05,
+               "ntp_max_step_ms": 1000}  # fmt: skip
+        lines, before = [], board.OFFSET_MS
+        clock = board.Board(PROFILE)
+        task = asyncio.create_task(board_clock.run(clock, cfg, lines.append))
+        try:
+            await asyncio.sleep(1.5)  # a resync or more: 400 ms is within the step
+            moved = clock.now_ms() - int(time.time() * 1000)
+            server.offset_ms = 400 + 5000  # then a far answer
+            await asyncio.sleep(1.5)
+            kept = clock.now_ms() - int(time.time() * 1000)
+        finally:
+            task.cancel()
+            server.transport.close()
+            board.OFFSET_MS = before
+        return moved, kept, lines
+
+    moved, kept, lines = asyncio.run(main())
+    assert 250 < moved < 550 and abs(kept - moved) < 150, (moved, kept)
+    assert any("refused NTP" in line for line in lines), lines

@@ -28,6 +28,7 @@ def timestamp(unix_s):
 class NtpServer(asyncio.DatagramProtocol):
     def __init__(self, offset_ms=0):
         self.offset_ms = offset_ms  # what this server adds to the truth
+        self.mangle = None  # reply bytes -> what is sent instead (a broken or forged server)
         self.requests = 0
         self.transport = None
 
@@ -41,6 +42,8 @@ class NtpServer(asyncio.DatagramProtocol):
         now = time.time() + self.offset_ms / 1000
         reply = bytes([0x24, 2, 6, 0xEC]) + bytes(8) + b"TEST"  # leap 0, v4, mode 4, stratum 2
         reply += timestamp(now) + data[40:48] + timestamp(now) + timestamp(now)
+        if self.mangle is not None:
+            reply = self.mangle(reply)
         self.transport.sendto(reply, addr)
 
 
