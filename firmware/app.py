@@ -90,6 +90,8 @@ def job(name):
         return report_heap(node.cfg)
     if name == "follow_trust":
         return node.follow_trust(path)
+    if name == "board_clock":
+        return sys.modules[name].run(node.board, node.cfg, log)
     return getattr(node, name)()
 
 
@@ -186,6 +188,16 @@ async def run(profile, config):
     if board.profile.get("watchdog_ms"):  # none on the unix port: no task to feed it
         asyncio.create_task(feed_watchdog(board))
     asyncio.create_task(board.keep_connected(cfg.get("wifi")))
+    # The clock before anything that reads it (the book, the replay guard, the ids): a
+    # board reads 2000-01-01 after a power cut, and every frame would be refused.
+    # (__import__: a name of 11+ characters in a text is not interned on a board that
+    # does not load the module, which keeps the unix port's names below 620; see above.)
+    if not board.profile.get("host_keeps_time"):
+        try:  # idle meanwhile: no contract can run by an unknown clock, and a reset (the
+            await plant.set_power(0)  # watchdog's) may have left a contract's power set
+        except Exception as exc:  # a dead inverter: the clock still comes first
+            log("inverter: not set idle while the clock is unknown: %s" % exc)
+        await __import__("board_clock").start(board, cfg, log)
 
     book = contracts.ContractBook(cfg["data_dir"] + "/contracts.rec", flush_s=cfg["flush_s"])
     pending = book.start(board.now_ms() // 1000)
@@ -219,6 +231,8 @@ async def run(profile, config):
     for name in ("discovery", "status", "watch_battery", "close_auctions", "execution", "poll",
                  "keep_marks", "report_heap", "follow_trust"):  # fmt: skip
         start(name, job(name))
+    if "board_clock" in sys.modules:  # resyncs: each moves the clock by ntp_max_step_ms at most
+        start("board_clock", job("board_clock"))
     if cfg.get("coap_hub"):  # the hub's CoAP resources (coap_client.py): off by default,
         import coap_client  # and only then imported (it costs ~14 KB of a small heap)
 

@@ -13,8 +13,10 @@ import sys
 import time
 
 MICROPYTHON = sys.implementation.name == "micropython"
-# Some ports count time from 2000-01-01; ETP frames carry unix time.
-_EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
+# The port's clock plus OFFSET_MS is unix time in ms (ETP frames carry unix time): some
+# ports count from 2000-01-01; and a board without an RTC (the unix port acting as a board)
+# keeps its clock here: board_clock.py moves it (one clock per machine: one per process).
+OFFSET_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
 
 
 def load_profile(path):
@@ -23,6 +25,12 @@ def load_profile(path):
     for key in ("name", "network"):
         if key not in profile:
             raise ValueError("board profile %s has no %r" % (path, key))
+    # Who keeps time (see Board.now_ms): two settings no typo may turn into another clock.
+    if not isinstance(profile.get("host_keeps_time", False), bool):
+        raise ValueError("board profile %s: host_keeps_time is true or false" % path)
+    boot = profile.get("clock_at_boot_s", 0)
+    if isinstance(boot, bool) or not isinstance(boot, int) or not 0 <= boot < 2**32:
+        raise ValueError("board profile %s: clock_at_boot_s is unix seconds" % path)
     profile.pop("description", None)  # for people; the board keeps the profile for good
     # Its paths are relative to its own folder, as the register maps travel with it.
     registers, folder = profile.get("registers_dir"), path.rpartition("/")[0]
@@ -37,11 +45,21 @@ class Board:
         self.name = profile["name"]
         self.log = log
         self._wdt = None
+        if profile.get("clock_at_boot_s"):
+            global OFFSET_MS
+            OFFSET_MS += profile["clock_at_boot_s"] * 1000 - self.now_ms()
 
     # --- clock and watchdog ---------------------------------------------------
+    # Who keeps time (the profile says; board_clock.py sets the clock before trading):
+    #   a board's RTC (by default): it reads 2000-01-01 after a power cut;
+    #   "host_keeps_time": true: the unix port or CPython on a host that keeps time (the
+    #       demo, most tests): nothing sets it;
+    #   "clock_at_boot_s": 946684800 (2000-01-01): the unix port acting as a board; its
+    #       clock starts there, and board_clock.py sets OFFSET_MS (the unix port has no RTC).
 
     def now_ms(self):
-        return time.time_ns() // 1000000 + _EPOCH_MS
+        """Unix time in ms, by this board's clock."""
+        return time.time_ns() // 1000000 + OFFSET_MS
 
     def start_watchdog(self):
         timeout = self.profile.get("watchdog_ms")

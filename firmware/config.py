@@ -60,6 +60,13 @@ DEFAULTS = {
     # The hub reads it from the provisioned config (battery-<id>.json) to mint renewable
     # energy certificates (hub/integrations/platform/rec.py); the firmware does not act on it.
     "source": "grid",
+    # The board's clock (board_clock.py; unused where the board profile says
+    # host_keeps_time): the NTP servers, "host" or "host:port", asked in turn; a resync
+    # this often, moving a set clock by at most ntp_max_step_ms (a farther answer is refused).
+    "ntp_servers": ["pool.ntp.org"],
+    "ntp_timeout_ms": 2000,
+    "ntp_resync_s": 3600,
+    "ntp_max_step_ms": 1000,
 }
 # registers_dir (the register maps) defaults to the board profile's, else "registers".
 
@@ -128,6 +135,8 @@ def check(data, where="config"):
         "success_share": (0, 1, ""), "flush_s": (0, 86400, ""),
         "heap_report_s": (0.1, 3600, ""), "coap_reconcile_s": (1, 86400, ""),
         "coap_ack_ms": (100, 60000, ""),
+        "ntp_timeout_ms": (100, 10000, ""), "ntp_resync_s": (1, 86400, ""),
+        "ntp_max_step_ms": (0, 2000, " ms (ETP's skew: a step past it is a wrong clock)"),
     }  # fmt: skip
     known = "device_id key_id keys group coap_key hub_key devices registers_dir wifi coap_hub \
 coap_adopt".split()  # one text: its words are not interned names
@@ -155,6 +164,19 @@ coap_adopt".split()  # one text: its words are not interned names
         value = cfg.get(name, where)
         if not isinstance(value, str) or not 0 < len(value) <= 200:
             raise ConfigError("%s: %s must be a short text, not %.40r" % (where, name, value))
+    value = cfg["ntp_servers"]  # 1-4 of "host" or "host:port" (board_clock.py)
+    ok = isinstance(value, list) and 0 < len(value) <= 4
+    for entry in value if ok else ():
+        bad = not isinstance(entry, str) or not 0 < len(entry) <= 200
+        if bad or " " in entry or entry.startswith(":"):  # (entry[0] would intern a name)
+            ok = False
+            break
+        host, _, port = entry.rpartition(":")
+        if host and not (port.isdigit() and 0 < int(port) < 65536):
+            ok = False
+    if not ok:
+        raise ConfigError('%s: ntp_servers must list 1 to 4 servers, "host" or "host:port", '
+                          "not %.60r" % (where, value))  # fmt: skip
     value = cfg.get("wifi")  # wifi.py's {"ssid", "password"}: two texts
     ok = value is None or isinstance(value, dict) and sorted(value) == "password ssid".split()
     if not ok or value and not all(isinstance(v, str) for v in value.values()):

@@ -56,11 +56,12 @@ class DeviceUnderTest:
         self.lines = []  # everything the firmware printed, across restarts
         self._reader = None
 
-    async def start(self, timeout=20.0):
+    async def start(self, timeout=20.0, ready="ready on"):
+        """Start the firmware and wait until it prints `ready` (None: do not wait)."""
         bundle = self.fleet.bundle
         mark = len(self.lines)  # after a restart, only this run's lines count
         argv, env, self.runtime = vm.command(
-            (bundle or vm.FIRMWARE) / "main.py", str(UNIX_BOARD), str(self.config_path),
+            (bundle or vm.FIRMWARE) / "main.py", str(self.fleet.board), str(self.config_path),
             heap=self.fleet.heap, device_root=bundle, cpython=self.fleet.cpython,
             romfs=self.fleet.romfs,
         )  # fmt: skip
@@ -69,7 +70,8 @@ class DeviceUnderTest:
             stderr=asyncio.subprocess.STDOUT, start_new_session=True,  # Ctrl-C is ours to handle
         )  # fmt: skip
         self._reader = asyncio.create_task(self._collect(self.process))
-        await self.wait_for("ready on", timeout, after=mark)
+        if ready:
+            await self.wait_for(ready, timeout, after=mark)
 
     async def _collect(self, process):
         async for line in process.stdout:
@@ -112,9 +114,10 @@ class Fleet:
 
     def __init__(
         self, tmp, aggregators=(1, 2), heap="256k", bundle=None, cpython=False, romfs=None,
-        first_id=1001, masters=None, **settings,
+        first_id=1001, masters=None, board=UNIX_BOARD, **settings,
     ):  # fmt: skip
         self.tmp = Path(tmp)
+        self.board = board  # the board profile the devices run with
         self.heap = heap
         self.bundle = bundle  # run the built .mpy bundle (tools/flash.py build), as a board does
         self.romfs = romfs  # ... with its modules in this ROMFS image (build --romfs)

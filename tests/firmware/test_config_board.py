@@ -5,7 +5,7 @@ import json
 
 import board
 import config
-from checks import raises, unhex
+from checks import TempDir, raises, unhex
 
 from protocol import auth
 
@@ -152,3 +152,50 @@ def test_wifi_reconnects_with_backoff():
 def test_clock_is_unix_milliseconds():
     now = board.Board({"name": "unix", "network": "loopback"}).now_ms()
     assert 1700000000000 < now < 4102444800000  # between 2023 and 2100
+
+
+def test_a_board_clock_starts_at_2000_until_set():
+    """A board profile's "clock_at_boot_s" makes the VM's clock start where a real
+    board's does after a power cut (board_clock.py then sets board.OFFSET_MS)."""
+    before = board.OFFSET_MS
+    try:
+        unset = board.Board({"name": "unix", "network": "loopback", "clock_at_boot_s": 946684800})
+        assert 946684800000 <= unset.now_ms() < 946684800000 + 1000  # 2000-01-01 00:00:00
+        host = board.Board({"name": "unix", "network": "loopback"})
+        assert abs(host.now_ms() - unset.now_ms()) < 100  # one clock per machine
+    finally:  # the clock as it was, for the other tests in this process
+        board.OFFSET_MS = before
+    assert host.now_ms() > 1700000000000
+
+
+def test_a_board_profile_with_a_bad_clock_setting_is_refused():
+    for key, value in (("host_keeps_time", "yes"), ("host_keeps_time", 1),
+                       ("clock_at_boot_s", -1), ("clock_at_boot_s", "2000"),
+                       ("clock_at_boot_s", True), ("clock_at_boot_s", 1.5)):  # fmt: skip
+        with TempDir() as folder:
+            path = folder + "/board.json"
+            with open(path, "w") as f:
+                json.dump({"name": "x", "network": "wifi", key: value}, f)
+            err = str(raises(ValueError, board.load_profile, path))
+            assert key in err, err
+
+
+def test_bad_ntp_settings_are_refused_at_load():
+    """board_clock.py's settings are checked with the rest (config.check): one line each."""
+    cases = (
+        ("ntp_servers", ([], "pool.ntp.org", ["a"] * 5, [5], [""], ["a:0"], ["a:70000"],
+                         ["a:x"], [":123"], ["a b"], ["a" * 201], None)),
+        ("ntp_timeout_ms", (99, 10001, float("1e999"), "2000")),
+        ("ntp_resync_s", (0, 86401, "3600")),
+        ("ntp_max_step_ms", (-1, 2001, None)),
+    )  # fmt: skip
+    for name, values in cases:
+        for value in values:
+            data = good()
+            data[name] = value
+            err = str(raises(config.ConfigError, config.check, data, "config.json"))
+            assert err.startswith("config.json: " + name) and "\n" not in err, err
+    data = good()
+    data["ntp_servers"] = ["127.0.0.1:123", "ntp.example.org"]
+    assert config.check(data)["ntp_servers"] == ["127.0.0.1:123", "ntp.example.org"]
+    assert config.check(good())["ntp_servers"] == ["pool.ntp.org"]  # the default
