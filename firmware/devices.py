@@ -71,8 +71,14 @@ class Device:
         self._state = {}  # point name -> (value, at_ms), or (None, at_ms, error)
         self.last_ok_ms = None  # the last read in which every request succeeded
         self.last_error = None  # the ModbusError of the last failed request
+        self.plan = self.alarm_plan = None  # a SunSpec map's: once bound (sunspec.py)
+        if not register_map.get("_unbound"):
+            self.planned()
+
+    def planned(self):
+        """Plan the reads, once every point has its address."""
         self.plan = self._plan(self.specs)
-        alarm = register_map.get("alarm") or {}
+        alarm = self.map.get("alarm") or {}
         fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
         self.alarm_plan = self._plan(fast)
 
@@ -87,6 +93,9 @@ class Device:
     async def read(self, now_ms, names=None, plan=None):
         """Read the named points (default all) in few requests; True if all succeeded.
         plan: a plan made before (self.alarm_plan), not made again on every call."""
+        if self.plan is None:  # a SunSpec map not bound: never read at a guessed address
+            self.last_error = modbus.ModbusError("%s: SunSpec models not found" % self.name)
+            return False
         if plan is None:
             plan = self.plan if names is None else self._plan(names)
         raws, ok = {}, True
@@ -300,6 +309,7 @@ class Plant:
         setpoint = inverter.map["setpoint"]
         limits = (setpoint["max_charge_w"], setpoint["max_discharge_w"], setpoint.get("of"))
         names = [setpoint["point"]] + [p[0] for p in setpoint.get("enable", [])]
+        names += [setpoint["mirror"]] if setpoint.get("mirror") else []
         names += [n for n in limits if n]
         if any(inverter.value(n, now) is None for n in names):
             if not await inverter.read(now, names):  # limits and scale factors are static
@@ -315,9 +325,10 @@ class Plant:
             if not of:
                 raise modbus.ModbusError("inverter %s unknown" % setpoint["of"])
             value = value * 100.0 / of
-        await inverter.write(
-            [(n, v) for n, v in setpoint.get("enable", [])] + [(setpoint["point"], value)], now
-        )
+        values = [(n, v) for n, v in setpoint.get("enable", [])] + [(setpoint["point"], value)]
+        if setpoint.get("mirror"):  # the other limit at -value: the window [value, value]
+            values.append((setpoint["mirror"], -value))
+        await inverter.write(values, now)
         return target
 
     async def close(self):

@@ -4,6 +4,12 @@
     check_map(a_dict, where)            # the same for a map already in memory
     plan_reads(specs, names, blocks)    # [(function, start, count, [names])] (modbus.py)
 
+A SunSpec map ("sunspec": the models it needs, [id, length]) places its points by
+model and offset ("model": 802, "offset": 3), not by address: its spec tuples hold
+the offset until sunspec.py has found the models on the device and bound them
+("_unbound": point -> model id, until then). "range": [lo, hi] on a point is a sane
+range, checked on the first read at boot ("_ranges"; sunspec.check_plant).
+
 Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
 every map of a kind names its points the same (REQUIRED below), and where a
 register sits, its type, word order, scale, scale-factor register and sign
@@ -75,14 +81,14 @@ def load_map(path):
     used = REQUIRED[register_map["kind"]].split()
     for section in (register_map.get("alarm") or {}, register_map.get("setpoint") or {}):
         used += [section.get(k) for k in ("point", "state_point", "max_charge_w")]
-        used += [section.get(k) for k in ("max_discharge_w", "of")]
+        used += [section.get(k) for k in ("max_discharge_w", "of", "mirror")]
         used += [pair[0] for pair in section.get("enable", ())]
     for name in used:  # grows as it goes: inputs and scale factors join the end
         if name in derived:
             used += [i for i in derived[name][0] if i not in used]
         elif name in specs and specs[name][_SF] and specs[name][_SF] not in used:
             used.append(specs[name][_SF])
-    for table in (specs, derived):
+    for table in (specs, derived, register_map["_ranges"], register_map.get("_unbound", {})):
         for name in [n for n in table if n not in used]:
             del table[name]
     for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
@@ -125,7 +131,7 @@ def check_map(register_map, where="map"):
     _need(len(points) <= 200, where, "more than 200 points")
     # The map's own fields: known ones only, each of its type (the maps' README).
     _check(register_map, "name kind model source notes defaults not_implemented blocks "
-           "max_registers points alarm setpoint constants", where)  # fmt: skip
+           "max_registers points alarm setpoint constants sunspec", where)  # fmt: skip
     top = register_map.get("max_registers", modbus.MAX_READ)
     _need(_check_int(top, 1, modbus.MAX_READ), where, "max_registers must be 1..125")
     blocks = register_map.get("blocks", [])
@@ -142,12 +148,21 @@ def check_map(register_map, where="map"):
         _need(_number(raw), where, "not_implemented: %s must be a number" % typ)
     for key in ("name", "model", "source"):
         _need(isinstance(register_map.get(key, ""), (str, int)), where, "%s must be a text" % key)
-    specs, derived = {}, {}
+    models = _check_sunspec(register_map, where)  # {model id: its length}, or None
+    ok = models is None or "blocks" not in register_map  # its block is where the chain is
+    _need(ok, where, "a SunSpec map has no blocks (found on the device at boot)")
+    specs, derived, ranges, unbound = {}, {}, {}, {}
     same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
-        _check(point, "address function type word_order scale sf unit derive", here)
+        _check(point, "address model offset function type word_order scale sf unit derive "
+               "range", here)  # fmt: skip
         _need(isinstance(point.get("unit", ""), str), here, "unit must be a text")
+        if "range" in point:  # a sane range [lo, hi], checked at boot on the first read
+            lo_hi = point["range"]
+            ok = isinstance(lo_hi, list) and len(lo_hi) == 2 and all(_number(v) for v in lo_hi)
+            _need(ok and lo_hi[0] <= lo_hi[1], here, "range must be [lo, hi], lo <= hi")
+            ranges[same[name]] = (lo_hi[0], lo_hi[1])
         if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
             inputs, scale = point["derive"], point.get("scale", 1)
             ok = isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)
@@ -159,8 +174,17 @@ def check_map(register_map, where="map"):
         p.update(point)
         size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
         _need(size, here, "type must be one of %s" % "/".join(SIZES))
-        ok = _check_int(address, 0, 0x10000 - size)
-        _need(ok, here, "address must be 0..%d" % (0x10000 - size))
+        if models is None:
+            _need("model" not in p and "offset" not in p, here, "model/offset: a SunSpec map's")
+            ok = _check_int(address, 0, 0x10000 - size)
+            _need(ok, here, "address must be 0..%d" % (0x10000 - size))
+        else:  # the offset from the model's ID register (ID 0, L 1, the first point 2)
+            model, address = p.get("model"), p.get("offset")
+            _need(address is None or "address" not in p, here, "address or model+offset")
+            _need(model in models, here, "model must be one of the map's sunspec models")
+            ok = _check_int(address, 2, models[model] + 2 - size)
+            _need(ok, here, "offset must be 2..%d in model %d" % (models[model] + 2 - size, model))
+            unbound[same[name]] = model
         _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
         _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
         ok = _number(scale) and 1e-9 <= abs(scale) <= 1e9  # not 0, NaN or inf (1e999)
@@ -209,12 +233,14 @@ def check_map(register_map, where="map"):
     _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
     if setpoint is not None:
         here = where + ": its setpoint section"
-        _check(setpoint, "point unit of sign enable max_charge_w max_discharge_w", here)
-        for key in ("point", "unit", "of", "max_charge_w", "max_discharge_w"):
+        _check(setpoint, "point mirror unit of sign enable max_charge_w max_discharge_w", here)
+        for key in ("point", "mirror", "unit", "of", "max_charge_w", "max_discharge_w"):
             _need(isinstance(setpoint.get(key, ""), str), here, "%s must be a text" % key)
         _need(isinstance(setpoint.get("enable", []), list), here, "enable must be a list")
         writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
         _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
+        ok = "mirror" not in setpoint or setpoint["mirror"] in writable  # set to -value
+        _need(ok, here, "'mirror' must be a holding register")
         _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
         unit = setpoint.get("unit", "W")
         _need(unit == "W" or (unit == "%" and setpoint.get("of") in specs), here, "unit W or %+of")
@@ -225,8 +251,29 @@ def check_map(register_map, where="map"):
             pair[0] = same.get(pair[0], pair[0])
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
             _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
-        for key in ("point", "max_charge_w", "max_discharge_w", "of"):
+        for key in ("point", "mirror", "max_charge_w", "max_discharge_w", "of"):
             if isinstance(setpoint.get(key), str):
                 setpoint[key] = same.get(setpoint[key], setpoint[key])
     register_map["_specs"], register_map["_derived"] = specs, derived
+    register_map["_ranges"] = ranges
+    if models is not None:
+        register_map["_unbound"] = unbound
     return register_map
+
+
+def _check_sunspec(register_map, where):
+    """A SunSpec map's "sunspec": [[model id, length] or [id, length, repeat], ...]: the
+    models it binds, their fixed length, and the size of a repeating group (a model 803
+    has 32 registers per string) when the length may grow by it. -> {id: length}, or None."""
+    if "sunspec" not in register_map:
+        return None
+    models, listed = {}, register_map["sunspec"]
+    ok = isinstance(listed, list) and 0 < len(listed) <= 16
+    _need(ok, where, "sunspec must list 1..16 models [id, length(, repeat)]")
+    for entry in listed:
+        ok = isinstance(entry, list) and len(entry) in (2, 3)
+        ok = ok and all(_check_int(v, 0, 0xFFFE) for v in entry) and entry[0] not in models
+        ok = ok and entry[0] > 0
+        _need(ok, where, "sunspec: %.40r is not [id, length(, repeat)]" % (entry,))
+        models[entry[0]] = entry[1]
+    return models
