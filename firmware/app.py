@@ -11,8 +11,8 @@ stays idle with the watchdog fed, and starts as soon as the file is fixed.
 
 Heap: a board without PSRAM has ~100 KB. Start-up imports only what reading
 config.json and the register maps needs, then drops the modules only start-up
-uses (config, register_map, sunspec: their code is collected), and only then imports
-the trading side; so the two never sit in the heap together, and parsing the
+uses (config, register_map, sunspec: their code is collected), and only then
+imports the trading side; so the two never sit in the heap together, and parsing the
 maps' JSON does not land on top of the whole app. Every distinct name the
 modules use is interned in the heap for good (a dropped module's too): past 620
 of them MicroPython adds a 7 KB table, so the firmware keeps below that (no
@@ -54,7 +54,8 @@ async def configure(board, path):
             # values in their sane ranges) before anything is offered or set on it.
             import sunspec
 
-            problems = await sunspec.check_plant(plant, board.now_ms())
+            roles = {"meter": plant.meter, "battery": plant.battery, "inverter": plant.inverter}
+            problems = await sunspec.check(roles, board.now_ms())
             if not problems:
                 return cfg, plant
             for line in problems:

@@ -71,16 +71,12 @@ class Device:
         self._state = {}  # point name -> (value, at_ms), or (None, at_ms, error)
         self.last_ok_ms = None  # the last read in which every request succeeded
         self.last_error = None  # the ModbusError of the last failed request
-        self.plan = self.alarm_plan = None  # a SunSpec map's: once bound (sunspec.py)
-        if not register_map.get("_unbound"):
-            self.planned()
-
-    def planned(self):
-        """Plan the reads, once every point has its address."""
-        self.plan = self._plan(self.specs)
-        alarm = self.map.get("alarm") or {}
-        fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
-        self.alarm_plan = self._plan(fast)
+        self.plan = self.alarm_plan = None  # a SunSpec map: once bound (register_map.bind)
+        if all(spec[_A] >= 0 for spec in self.specs.values()):
+            self.plan = self._plan(self.specs)
+            alarm = register_map.get("alarm") or {}
+            fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
+            self.alarm_plan = self._plan(fast)
 
     def _plan(self, names):
         wanted = set(names)
@@ -309,7 +305,6 @@ class Plant:
         setpoint = inverter.map["setpoint"]
         limits = (setpoint["max_charge_w"], setpoint["max_discharge_w"], setpoint.get("of"))
         names = [setpoint["point"]] + [p[0] for p in setpoint.get("enable", [])]
-        names += [setpoint["mirror"]] if setpoint.get("mirror") else []
         names += [n for n in limits if n]
         if any(inverter.value(n, now) is None for n in names):
             if not await inverter.read(now, names):  # limits and scale factors are static
@@ -325,10 +320,10 @@ class Plant:
             if not of:
                 raise modbus.ModbusError("inverter %s unknown" % setpoint["of"])
             value = value * 100.0 / of
-        values = [(n, v) for n, v in setpoint.get("enable", [])] + [(setpoint["point"], value)]
-        if setpoint.get("mirror"):  # the other limit at -value: the window [value, value]
-            values.append((setpoint["mirror"], -value))
-        await inverter.write(values, now)
+        # An enable pair's None: the map's "mirror", the other limit at -value (a window
+        # [value, value], as SunSpec model 124's rates make one)
+        values = [(n, -value if v is None else v) for n, v in setpoint.get("enable", [])]
+        await inverter.write(values + [(setpoint["point"], value)], now)
         return target
 
     async def close(self):

@@ -4,11 +4,12 @@
     check_map(a_dict, where)            # the same for a map already in memory
     plan_reads(specs, names, blocks)    # [(function, start, count, [names])] (modbus.py)
 
-A SunSpec map ("sunspec": the models it needs, [id, length]) places its points by
-model and offset ("model": 802, "offset": 3), not by address: its spec tuples hold
-the offset until sunspec.py has found the models on the device and bound them
-("_unbound": point -> model id, until then). "range": [lo, hi] on a point is a sane
-range, checked on the first read at boot ("_ranges"; sunspec.check_plant).
+
+A SunSpec map ("sunspec": the models it needs) places its points by model and offset:
+until sunspec.py has found the models on the device and bound the points, a point's
+address is -(model << 16 | offset), never a register. A point's "range" [lo, hi] is
+checked on the first read at boot (sunspec.check; "range": {point: (lo, hi)} in the
+checked map).
 
 Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
 every map of a kind names its points the same (REQUIRED below), and where a
@@ -23,7 +24,9 @@ code then goes back to the heap), so nothing used at run time lives here.
 
 Every name a module holds stays interned for good on MicroPython, even after the
 module is dropped: so the spec fields are const() (folded, no names), and devices.py
-keeps its own copy of them.
+keeps its own copy of them. Short texts (< 10 characters) are interned too: the map
+keys only this module reads are taken from one text, whose words are not (app.py: the
+firmware sits at that count's limit).
 
 A checked map refers to a point by the very string object that keys it in
 "_specs" (a scale factor, a derived point's inputs, the alarm and setpoint
@@ -38,7 +41,6 @@ from modbus import plan_reads  # noqa: F401  (part of this module's interface)
 
 from protocol.compat import const
 
-KINDS = ("meter", "battery", "inverter")
 # The points the code reads, by kind; every map of a kind has them.
 REQUIRED = {
     "meter": "voltage_v current_a power_w import_kwh export_kwh",
@@ -81,22 +83,23 @@ def load_map(path):
     used = REQUIRED[register_map["kind"]].split()
     for section in (register_map.get("alarm") or {}, register_map.get("setpoint") or {}):
         used += [section.get(k) for k in ("point", "state_point", "max_charge_w")]
-        used += [section.get(k) for k in ("max_discharge_w", "of", "mirror")]
+        used += [section.get(k) for k in ("max_discharge_w", "of")]
         used += [pair[0] for pair in section.get("enable", ())]
     for name in used:  # grows as it goes: inputs and scale factors join the end
         if name in derived:
             used += [i for i in derived[name][0] if i not in used]
         elif name in specs and specs[name][_SF] and specs[name][_SF] not in used:
             used.append(specs[name][_SF])
-    for table in (specs, derived, register_map["_ranges"], register_map.get("_unbound", {})):
+    for table in (specs, derived, register_map["range"]):
         for name in [n for n in table if n not in used]:
             del table[name]
     for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
         register_map.pop(key, None)
     alarm = register_map.get("alarm")
-    if alarm:  # warnings only count (health): check_map's warning_mask is all the code reads
-        alarm.pop("warning_bits", None)
-        alarm.pop("ok_state", None)  # for simulators: the code knows faults, not the good state
+    # Warnings only count (health): check_map's warning_mask is all the code reads; the
+    # good state is for simulators, the code knows faults. (Texts in a tuple: not interned.)
+    for key in ("warning_bits", "ok_state") if alarm else ():
+        alarm.pop(key, None)
     gc.collect()
     return register_map
 
@@ -126,7 +129,8 @@ def check_map(register_map, where="map"):
     """Validate a map (dict) in place and compile its points into spec tuples."""
     _need(isinstance(register_map, dict), where, "a map is a JSON object")
     kind, points = register_map.get("kind"), register_map.get("points")
-    _need(kind in KINDS, where, "kind must be one of %s, not %r" % ("/".join(KINDS), kind))
+    _need(kind in ("meter", "battery", "inverter"), where, "kind must be meter, battery or "
+          "inverter, not %r" % (kind,))  # fmt: skip
     _need(isinstance(points, dict) and points, where, "no points")
     _need(len(points) <= 200, where, "more than 200 points")
     # The map's own fields: known ones only, each of its type (the maps' README).
@@ -148,10 +152,19 @@ def check_map(register_map, where="map"):
         _need(_number(raw), where, "not_implemented: %s must be a number" % typ)
     for key in ("name", "model", "source"):
         _need(isinstance(register_map.get(key, ""), (str, int)), where, "%s must be a text" % key)
-    models = _check_sunspec(register_map, where)  # {model id: its length}, or None
-    ok = models is None or "blocks" not in register_map  # its block is where the chain is
-    _need(ok, where, "a SunSpec map has no blocks (found on the device at boot)")
-    specs, derived, ranges, unbound = {}, {}, {}, {}
+    # SunSpec's keys, as one text: its words are not interned names (app.py)
+    model_key, offset_key, mirror, derive = "model offset mirror derive".split()
+    models = register_map.get("sunspec")  # [[id, length(, repeat)]]: a SunSpec map
+    if models is not None:
+        ok = isinstance(models, list) and 0 < len(models) <= 16 and "blocks" not in register_map
+        _need(ok, where, "sunspec: 1..16 models [id, length(, repeat)]; no blocks: the chain's")
+        for entry in models:  # repeat: a repeating group's size (32 for a model 803 string)
+            ok = isinstance(entry, list) and len(entry) in (2, 3)
+            ok = ok and all(_check_int(v, 0, 0xFFFE) for v in entry) and entry[0] > 0
+            ok = ok and [m[0] for m in models].count(entry[0]) == 1
+            _need(ok, where, "sunspec: %.40r is not [id, length(, repeat)]" % (entry,))
+        models = {m[0]: m[1] for m in models}
+    specs, derived, ranges = {}, {}, {}
     same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
@@ -163,8 +176,8 @@ def check_map(register_map, where="map"):
             ok = isinstance(lo_hi, list) and len(lo_hi) == 2 and all(_number(v) for v in lo_hi)
             _need(ok and lo_hi[0] <= lo_hi[1], here, "range must be [lo, hi], lo <= hi")
             ranges[same[name]] = (lo_hi[0], lo_hi[1])
-        if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
-            inputs, scale = point["derive"], point.get("scale", 1)
+        if derive in point:  # a product of other points (x scale), e.g. SoC x capacity
+            inputs, scale = point[derive], point.get("scale", 1)
             ok = isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)
             ok = ok and _number(scale) and 1e-9 <= abs(scale) <= 1e9
             _need(ok, here, "bad derive: a list of point names, and a scale")
@@ -175,16 +188,17 @@ def check_map(register_map, where="map"):
         size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
         _need(size, here, "type must be one of %s" % "/".join(SIZES))
         if models is None:
-            _need("model" not in p and "offset" not in p, here, "model/offset: a SunSpec map's")
+            ok = model_key not in p and offset_key not in p
+            _need(ok, here, "model/offset: a SunSpec map's")
             ok = _check_int(address, 0, 0x10000 - size)
             _need(ok, here, "address must be 0..%d" % (0x10000 - size))
         else:  # the offset from the model's ID register (ID 0, L 1, the first point 2)
-            model, address = p.get("model"), p.get("offset")
-            _need(address is None or "address" not in p, here, "address or model+offset")
+            model, offset = p.get(model_key), p.get(offset_key)
+            _need("address" not in p, here, "address or model+offset")
             _need(model in models, here, "model must be one of the map's sunspec models")
-            ok = _check_int(address, 2, models[model] + 2 - size)
+            ok = _check_int(offset, 2, models[model] + 2 - size)
             _need(ok, here, "offset must be 2..%d in model %d" % (models[model] + 2 - size, model))
-            unbound[same[name]] = model
+            address = -(model << 16 | offset)  # bind() gives it its register
         _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
         _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
         ok = _number(scale) and 1e-9 <= abs(scale) <= 1e9  # not 0, NaN or inf (1e999)
@@ -234,12 +248,12 @@ def check_map(register_map, where="map"):
     if setpoint is not None:
         here = where + ": its setpoint section"
         _check(setpoint, "point mirror unit of sign enable max_charge_w max_discharge_w", here)
-        for key in ("point", "mirror", "unit", "of", "max_charge_w", "max_discharge_w"):
+        for key in ("point", mirror, "unit", "of", "max_charge_w", "max_discharge_w"):
             _need(isinstance(setpoint.get(key, ""), str), here, "%s must be a text" % key)
         _need(isinstance(setpoint.get("enable", []), list), here, "enable must be a list")
         writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
         _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
-        ok = "mirror" not in setpoint or setpoint["mirror"] in writable  # set to -value
+        ok = mirror not in setpoint or setpoint[mirror] in writable
         _need(ok, here, "'mirror' must be a holding register")
         _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
         unit = setpoint.get("unit", "W")
@@ -251,29 +265,12 @@ def check_map(register_map, where="map"):
             pair[0] = same.get(pair[0], pair[0])
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
             _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
-        for key in ("point", "mirror", "max_charge_w", "max_discharge_w", "of"):
+        if mirror in setpoint:  # written with -value: an enable pair with None (devices.py)
+            pair = [same[setpoint.pop(mirror)], None]
+            setpoint["enable"] = setpoint.get("enable", []) + [pair]
+        for key in ("point", "max_charge_w", "max_discharge_w", "of"):
             if isinstance(setpoint.get(key), str):
                 setpoint[key] = same.get(setpoint[key], setpoint[key])
     register_map["_specs"], register_map["_derived"] = specs, derived
-    register_map["_ranges"] = ranges
-    if models is not None:
-        register_map["_unbound"] = unbound
+    register_map["range"] = ranges
     return register_map
-
-
-def _check_sunspec(register_map, where):
-    """A SunSpec map's "sunspec": [[model id, length] or [id, length, repeat], ...]: the
-    models it binds, their fixed length, and the size of a repeating group (a model 803
-    has 32 registers per string) when the length may grow by it. -> {id: length}, or None."""
-    if "sunspec" not in register_map:
-        return None
-    models, listed = {}, register_map["sunspec"]
-    ok = isinstance(listed, list) and 0 < len(listed) <= 16
-    _need(ok, where, "sunspec must list 1..16 models [id, length(, repeat)]")
-    for entry in listed:
-        ok = isinstance(entry, list) and len(entry) in (2, 3)
-        ok = ok and all(_check_int(v, 0, 0xFFFE) for v in entry) and entry[0] not in models
-        ok = ok and entry[0] > 0
-        _need(ok, where, "sunspec: %.40r is not [id, length(, repeat)]" % (entry,))
-        models[entry[0]] = entry[1]
-    return models

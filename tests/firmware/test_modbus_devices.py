@@ -10,13 +10,13 @@ that is cheap (the same modules imported directly).
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from helpers import serial_pty
 
 from protocol import message
 from simulator import devicesim, vm
@@ -31,6 +31,7 @@ import modbus  # noqa: E402
 import plant_checks  # noqa: E402
 import sunspec  # noqa: E402
 
+pty_pair = serial_pty.pty_pair  # the fixture, used by name
 CPYTHON_ONLY = "pymodbus devices for the firmware on the VM"
 
 ROLES = ("meter", "battery", "inverter")
@@ -73,24 +74,6 @@ def sim():
         time.sleep(0.01)
     yield served
     served.close()
-
-
-@pytest.fixture
-def pty_pair(tmp_path):
-    if shutil.which("socat") is None:
-        pytest.skip("socat is not installed (apt-get install socat)")
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    socat = subprocess.Popen(
-        ["socat", "pty,raw,echo=0,link=%s" % a, "pty,raw,echo=0,link=%s" % b],
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if a.exists() and b.exists():
-            break
-        time.sleep(0.02)
-    yield str(a), str(b)
-    socat.terminate()
-    socat.wait(5)
 
 
 def tcp_config(sim):
@@ -329,7 +312,8 @@ def test_cpython_client_reconnects_after_the_gateway_restarts():
 def test_cpython_plant_against_the_simulator(sim):
     async def scenario():
         plant = devices.open_plant(tcp_config(sim), MAPS)
-        assert await sunspec.check_plant(plant, devices.monotonic_ms()) == []
+        roles = {"meter": plant.meter, "battery": plant.battery, "inverter": plant.inverter}
+        assert await sunspec.check(roles, devices.monotonic_ms()) == []
         ok = await plant.poll()
         values = {"soc_pct": plant.soc_pct, "capacity_kwh": plant.capacity_kwh}
         sim.call(sim.sim.set_alarm, 1 << 20)  # CONTACTOR_ERROR

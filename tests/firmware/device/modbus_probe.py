@@ -3,7 +3,7 @@
     micropython tests/device/modbus_probe.py JOB.json      (firmware/ and the repo root on the path)
 
 JOB is {"devices": {...as in config.json...}, "maps_dir": "...", "steps": [...]}.
-The first line says what the boot check (sunspec.check_plant) found, unless the job
+The first line says what the boot check (sunspec.check) found, unless the job
 says "assume_layout" (SunSpec models bound where the usual layout has them, with no
 read: for a device that fails from the start). Each step prints one JSON line;
 tests/firmware/test_modbus_devices.py reads them. Runs unchanged on the MicroPython
@@ -103,13 +103,13 @@ async def step(plant, spec):
 
 def assume_layout(device):
     """Bind a SunSpec map where the usual layout has it: from 40000, common model first."""
-    if device.map.get("_unbound") is None:
+    if device.plan is not None:
         return
     chain, address = [(1, 40002, 66)], 40070
     for entry in device.map["sunspec"]:
         chain.append((entry[0], address, entry[1]))
         address += 2 + entry[1]
-    sunspec.bind(device, 40000, chain)
+    sunspec.bind(device, (40000, chain))
 
 
 async def main(job):
@@ -120,7 +120,8 @@ async def main(job):
         for role in ("meter", "battery", "inverter"):
             assume_layout(getattr(plant, role))
     else:
-        problems = await sunspec.check_plant(plant, devices.monotonic_ms())
+        roles = {r: getattr(plant, r) for r in ("meter", "battery", "inverter")}
+        problems = await sunspec.check(roles, devices.monotonic_ms())
     bases = {r: getattr(plant, r).map.get("blocks") for r in ("meter", "battery", "inverter")}
     print(json.dumps({"runtime": sys.implementation.name, "start_wall_ms": wall_ms(),
                       "problems": problems, "blocks": bases}))  # fmt: skip

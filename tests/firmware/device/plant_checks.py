@@ -188,8 +188,8 @@ def standard_chain(register_map, base=40000, order=None):
 
 def bound(device, base=40000):
     """A SunSpec map's device bound to the usual layout (models from 40000 in map order)."""
-    if device.map.get("_unbound") is not None:
-        sunspec.bind(device, base, standard_chain(device.map, base))
+    if device.plan is None:
+        sunspec.bind(device, (base, standard_chain(device.map, base)))
     return device
 
 
@@ -274,8 +274,7 @@ def test_set_power_as_percent_of_a_max_register():
 def test_load_map_keeps_only_what_the_code_uses():
     register_map = load_map(MAPS + "/sunspec_battery_802.json")
     assert "points" not in register_map and "notes" not in register_map
-    assert register_map["_specs"]["soc_pct"][:3] == (3, 11, 1)  # offset, until bound
-    assert register_map["_unbound"]["soc_pct"] == 802
+    assert register_map["_specs"]["soc_pct"][:3] == (3, -(802 << 16 | 11), 1)  # until bound
     assert register_map["alarm"]["alarm_bits"]["OVER_TEMP_ALARM"] == 1
 
 
