@@ -4,7 +4,6 @@
     check_map(a_dict, where)            # the same for a map already in memory
     plan_reads(specs, names, blocks)    # [(function, start, count, [names])] (modbus.py)
 
-
 A SunSpec map ("sunspec": the models it needs) places its points by model and offset:
 until sunspec.py has found the models on the device and bound the points, a point's
 address is -(model << 16 | offset), never a register. A point's "range" [lo, hi] is

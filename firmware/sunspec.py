@@ -9,10 +9,11 @@ header (model id, length L) and L registers, ended by id 0xFFFF; devices order a
 out their models as they like. So a SunSpec map (register_map.py) places its points by
 model and offset, and check() finds the chain on the device (find(): a bounded walk,
 so a garbled or hostile device can neither loop it nor make it allocate), checks each
-model's id and length, and binds the points; then one read, every point with a
-"range" within it. A map that does not match its device is never read silently:
-app.py logs each line and stays in safe idle. gridbid device scan walks a chain with
-the same find().
+model's id and length, and binds the points; then, if the map has ranges, one read,
+every point with a "range" within it. A map that does not match its device is never
+read silently:
+app.py logs each line and stays in safe idle. gridbid device scan walks a chain
+with the same find().
 
 Only start-up needs this module: app.py drops it with register_map. Its names are
 MicroPython's own (find, bind) or the firmware's (check): every name a module uses

@@ -6,8 +6,8 @@
 A SunSpec device lists its base and models (id, name, start, length), found as the
 battery finds them at boot (firmware/sunspec.py find()). Any other device gets a
 register probe: which holding (3) and input (4) register ranges answer, read
-PROBE_CHUNK registers at a time up to --probe-to, a refused chunk again in tenths
-(bounded: at most 11 reads per chunk; progress on stderr).
+PROBE_CHUNK registers at a time up to --probe-to, a refused chunk again in tenths, and
+one by one where a range ends (bounded: at most 31 reads per chunk; progress on stderr).
 
 The battery's own Modbus client (firmware/modbus.py, and serial_cpython.py for a
 tty) does the reads, loaded from its files, so a scan sees what the battery would.
@@ -49,7 +49,7 @@ def add_arguments(scan):
         "--probe-to",
         type=int,
         default=10000,
-        help="without SunSpec: probe addresses 0..N-1 of each table (10000: at most 1,100 "
+        help="without SunSpec: probe addresses 0..N-1 of each table (10000: at most 3,100 "
         "requests a table)",
     )
     # fmt: skip
@@ -162,24 +162,36 @@ async def probe(read, args, out, err):
     return 0 if found_any else 1
 
 
+async def _answers(read, function, address, count):
+    """True if a read of address..+count answers; False if refused or silent."""
+    try:
+        return await read(address, count, function) is not None
+    except Exception:  # a device silent for this range: nothing here
+        return False
+
+
 async def _answering(read, function, address, count):
-    """[(first, last)] of address..+count that answer: the chunk, or its tenths when the
-    device refuses the chunk; none when it does not answer at all (no waiting for ten
-    more timeouts)."""
+    """[(first, last)] of address..+count that answer: the chunk; or, when the device
+    refuses it, its tenths, and one register at a time in a refused tenth beside an
+    answering one (where a range ends). At most 1 + 10 + 2 x 10 reads; none more when
+    the chunk gets no answer at all (no waiting for ten more timeouts)."""
     try:
         if await read(address, count, function) is not None:
             return [(address, address + count - 1)]
-    except Exception:  # a device silent for this range: nothing here
+    except Exception:
         return []
-    got, step = [], max(1, count // 10)
-    for start in range(address, address + count, step) if count > 1 else ():
-        part = min(step, address + count - start)
-        try:
-            if await read(start, part, function) is not None:
-                got.append((start, start + part - 1))
-        except Exception:
-            pass
-    return got
+    step = max(1, count // 10)
+    tenths = [
+        (a, min(a + step, address + count) - 1) for a in range(address, address + count, step)
+    ]
+    ok = [await _answers(read, function, a, b - a + 1) for a, b in tenths] if count > 1 else [False]
+    got = []
+    for i, (first, last) in enumerate(tenths):
+        if ok[i]:
+            got.append((first, last))
+        elif first != last and ((i and ok[i - 1]) or (i + 1 < len(ok) and ok[i + 1])):
+            got += [(a, a) for a in range(first, last + 1) if await _answers(read, function, a, 1)]
+    return sorted(got)
 
 
 def run(args):

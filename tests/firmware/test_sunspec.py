@@ -83,6 +83,8 @@ def test_firmware_finds_the_models_at_any_base_and_order(tmp_path, base, battery
     finally:
         sim.close()
     assert first["problems"] == []
+    print("boot check, base %d: %.1f ms for the 3 devices" % (base, first["check_ms"]))
+    assert first["check_ms"] < 3000  # a few requests per device, not a scan
     assert first["blocks"]["battery"][0][0] == base and first["blocks"]["inverter"][0][0] == base
     assert poll["ok"] == [True, True, True] and poll["fault"] is None
     assert poll["soc_pct"] == pytest.approx(state["soc_pct"], abs=0.05)

@@ -75,9 +75,9 @@ def test_a_device_without_sunspec_gets_a_bounded_register_probe():
     assert code == 0, out + err
     assert out.startswith("not SunSpec (no SunSpec marker 'SunS' at 0, 40000 or 50000)")
     # The meter serves registers 0-37 and 70-79 (eastron_sdm120's points): a read of 100
-    # is refused, so the probe tells them to the nearest 10 registers.
-    assert "holding registers (function 3) answering: 0-29, 70-79" in out
-    assert "input registers (function 4) answering: 0-29, 70-79" in out
+    # is refused, then tens, then one by one where a range ends.
+    assert "holding registers (function 3) answering: 0-37, 70-79" in out
+    assert "input registers (function 4) answering: 0-37, 70-79" in out
     assert "probing holding registers: 200 of 200" in err  # progress, on stderr
 
 

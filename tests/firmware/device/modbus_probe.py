@@ -115,7 +115,7 @@ def assume_layout(device):
 async def main(job):
     plant = devices.open_plant(job["devices"], job["maps_dir"])
     # As the firmware boots: SunSpec models found and bound, ranges checked (its lines)
-    problems = []
+    problems, t0 = [], ticks_us()
     if job.get("assume_layout"):
         for role in ("meter", "battery", "inverter"):
             assume_layout(getattr(plant, role))
@@ -123,7 +123,9 @@ async def main(job):
         roles = {r: getattr(plant, r) for r in ("meter", "battery", "inverter")}
         problems = await sunspec.check(roles, devices.monotonic_ms())
     bases = {r: getattr(plant, r).map.get("blocks") for r in ("meter", "battery", "inverter")}
+    check_ms = ticks_diff(ticks_us(), t0) / 1000
     print(json.dumps({"runtime": sys.implementation.name, "start_wall_ms": wall_ms(),
+                      "check_ms": check_ms,
                       "problems": problems, "blocks": bases}))  # fmt: skip
     for spec in job["steps"]:
         t0 = ticks_us()
