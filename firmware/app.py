@@ -11,8 +11,8 @@ stays idle with the watchdog fed, and starts as soon as the file is fixed.
 
 Heap: a board without PSRAM has ~100 KB. Start-up imports only what reading
 config.json and the register maps needs, then drops the modules only start-up
-uses (config, register_map: their code is collected), and only then imports
-the trading side; so the two never sit in the heap together, and parsing the
+uses (config, register_map, sunspec: their code is collected), and only then
+imports the trading side; so the two never sit in the heap together, and parsing the
 maps' JSON does not land on top of the whole app. Every distinct name the
 modules use is interned in the heap for good (a dropped module's too): past 620
 of them MicroPython adds a 7 KB table, so the firmware keeps below that (no
@@ -49,7 +49,18 @@ async def configure(board, path):
         try:
             cfg = config.load(path)
             registers = cfg.get("registers_dir") or board.profile.get("registers_dir", "registers")
-            return cfg, devices.open_plant(cfg["devices"], registers, board.serial_port)
+            plant = devices.open_plant(cfg["devices"], registers, board.serial_port)
+            # Each device must answer as its map says (SunSpec models found and bound,
+            # values in their sane ranges) before anything is offered or set on it.
+            import sunspec
+
+            roles = {"meter": plant.meter, "battery": plant.battery, "inverter": plant.inverter}
+            problems = await sunspec.check(roles, board.now_ms())
+            if not problems:
+                return cfg, plant
+            for line in problems:
+                log("DEVICE ERROR: %s" % line)
+            await plant.close()
         except ValueError as exc:  # ConfigError, or a device or register map problem
             log("CONFIG ERROR: %s" % exc)
         except Exception as exc:  # a value no check foresaw: still one line, never a crash loop
@@ -176,7 +187,7 @@ async def run(profile, config):
         cfg.pop(key, None)
     # Drop the modules only start-up uses: nothing refers to their functions, so their
     # code and constants are collected (the names they interned stay).
-    for name in ("config", "register_map", "jsonfile"):
+    for name in ("config", "register_map", "jsonfile", "sunspec"):
         sys.modules.pop(name, None)
     gc.collect()
     import contracts

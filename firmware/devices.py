@@ -71,10 +71,12 @@ class Device:
         self._state = {}  # point name -> (value, at_ms), or (None, at_ms, error)
         self.last_ok_ms = None  # the last read in which every request succeeded
         self.last_error = None  # the ModbusError of the last failed request
-        self.plan = self._plan(self.specs)
-        alarm = register_map.get("alarm") or {}
-        fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
-        self.alarm_plan = self._plan(fast)
+        self.plan = self.alarm_plan = None  # a SunSpec map: once bound (register_map.bind)
+        if all(spec[_A] >= 0 for spec in self.specs.values()):
+            self.plan = self._plan(self.specs)
+            alarm = register_map.get("alarm") or {}
+            fast = [n for n in (alarm.get("point"), alarm.get("state_point")) if n]
+            self.alarm_plan = self._plan(fast)
 
     def _plan(self, names):
         wanted = set(names)
@@ -87,6 +89,9 @@ class Device:
     async def read(self, now_ms, names=None, plan=None):
         """Read the named points (default all) in few requests; True if all succeeded.
         plan: a plan made before (self.alarm_plan), not made again on every call."""
+        if self.plan is None:  # a SunSpec map not bound: never read at a guessed address
+            self.last_error = modbus.ModbusError("%s: SunSpec models not found" % self.name)
+            return False
         if plan is None:
             plan = self.plan if names is None else self._plan(names)
         raws, ok = {}, True
@@ -315,9 +320,10 @@ class Plant:
             if not of:
                 raise modbus.ModbusError("inverter %s unknown" % setpoint["of"])
             value = value * 100.0 / of
-        await inverter.write(
-            [(n, v) for n, v in setpoint.get("enable", [])] + [(setpoint["point"], value)], now
-        )
+        # An enable pair's None: the map's "mirror", the other limit at -value (a window
+        # [value, value], as SunSpec model 124's rates make one)
+        values = [(n, -value if v is None else v) for n, v in setpoint.get("enable", [])]
+        await inverter.write(values + [(setpoint["point"], value)], now)
         return target
 
     async def close(self):

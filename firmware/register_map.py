@@ -4,6 +4,12 @@
     check_map(a_dict, where)            # the same for a map already in memory
     plan_reads(specs, names, blocks)    # [(function, start, count, [names])] (modbus.py)
 
+A SunSpec map ("sunspec": the models it needs) places its points by model and offset:
+until sunspec.py has found the models on the device and bound the points, a point's
+address is -(model << 16 | offset), never a register. A point's "range" [lo, hi] is
+checked on the first read at boot (sunspec.check; "range": {point: (lo, hi)} in the
+checked map).
+
 Code talks to a kind of device (a "nature", as in OpenEMS), never to a model:
 every map of a kind names its points the same (REQUIRED below), and where a
 register sits, its type, word order, scale, scale-factor register and sign
@@ -17,7 +23,9 @@ code then goes back to the heap), so nothing used at run time lives here.
 
 Every name a module holds stays interned for good on MicroPython, even after the
 module is dropped: so the spec fields are const() (folded, no names), and devices.py
-keeps its own copy of them.
+keeps its own copy of them. Short texts (< 10 characters) are interned too: the map
+keys only this module reads are taken from one text, whose words are not (app.py: the
+firmware sits at that count's limit).
 
 A checked map refers to a point by the very string object that keys it in
 "_specs" (a scale factor, a derived point's inputs, the alarm and setpoint
@@ -32,7 +40,6 @@ from modbus import plan_reads  # noqa: F401  (part of this module's interface)
 
 from protocol.compat import const
 
-KINDS = ("meter", "battery", "inverter")
 # The points the code reads, by kind; every map of a kind has them.
 REQUIRED = {
     "meter": "voltage_v current_a power_w import_kwh export_kwh",
@@ -82,15 +89,16 @@ def load_map(path):
             used += [i for i in derived[name][0] if i not in used]
         elif name in specs and specs[name][_SF] and specs[name][_SF] not in used:
             used.append(specs[name][_SF])
-    for table in (specs, derived):
+    for table in (specs, derived, register_map["range"]):
         for name in [n for n in table if n not in used]:
             del table[name]
     for key in ("points", "defaults", "not_implemented", "notes", "source", "model", "constants"):
         register_map.pop(key, None)
     alarm = register_map.get("alarm")
-    if alarm:  # warnings only count (health): check_map's warning_mask is all the code reads
-        alarm.pop("warning_bits", None)
-        alarm.pop("ok_state", None)  # for simulators: the code knows faults, not the good state
+    # Warnings only count (health): check_map's warning_mask is all the code reads; the
+    # good state is for simulators, the code knows faults. (Texts in a tuple: not interned.)
+    for key in ("warning_bits", "ok_state") if alarm else ():
+        alarm.pop(key, None)
     gc.collect()
     return register_map
 
@@ -120,12 +128,13 @@ def check_map(register_map, where="map"):
     """Validate a map (dict) in place and compile its points into spec tuples."""
     _need(isinstance(register_map, dict), where, "a map is a JSON object")
     kind, points = register_map.get("kind"), register_map.get("points")
-    _need(kind in KINDS, where, "kind must be one of %s, not %r" % ("/".join(KINDS), kind))
+    _need(kind in ("meter", "battery", "inverter"), where, "kind must be meter, battery or "
+          "inverter, not %r" % (kind,))  # fmt: skip
     _need(isinstance(points, dict) and points, where, "no points")
     _need(len(points) <= 200, where, "more than 200 points")
     # The map's own fields: known ones only, each of its type (the maps' README).
     _check(register_map, "name kind model source notes defaults not_implemented blocks "
-           "max_registers points alarm setpoint constants", where)  # fmt: skip
+           "max_registers points alarm setpoint constants sunspec", where)  # fmt: skip
     top = register_map.get("max_registers", modbus.MAX_READ)
     _need(_check_int(top, 1, modbus.MAX_READ), where, "max_registers must be 1..125")
     blocks = register_map.get("blocks", [])
@@ -142,14 +151,32 @@ def check_map(register_map, where="map"):
         _need(_number(raw), where, "not_implemented: %s must be a number" % typ)
     for key in ("name", "model", "source"):
         _need(isinstance(register_map.get(key, ""), (str, int)), where, "%s must be a text" % key)
-    specs, derived = {}, {}
+    # SunSpec's keys, as one text: its words are not interned names (app.py)
+    model_key, offset_key, mirror, derive = "model offset mirror derive".split()
+    models = register_map.get("sunspec")  # [[id, length(, repeat)]]: a SunSpec map
+    if models is not None:
+        ok = isinstance(models, list) and 0 < len(models) <= 16 and "blocks" not in register_map
+        _need(ok, where, "sunspec: 1..16 models [id, length(, repeat)]; no blocks: the chain's")
+        for entry in models:  # repeat: a repeating group's size (32 for a model 803 string)
+            ok = isinstance(entry, list) and len(entry) in (2, 3)
+            ok = ok and all(_check_int(v, 0, 0xFFFE) for v in entry) and entry[0] > 0
+            ok = ok and [m[0] for m in models].count(entry[0]) == 1
+            _need(ok, where, "sunspec: %.40r is not [id, length(, repeat)]" % (entry,))
+        models = {m[0]: m[1] for m in models}
+    specs, derived, ranges = {}, {}, {}
     same = {name: name for name in points}  # -> the key object itself (see the top)
     for name, point in points.items():
         here = "%s: point %r" % (where, name)
-        _check(point, "address function type word_order scale sf unit derive range", here)
+        _check(point, "address model offset function type word_order scale sf unit derive "
+               "range", here)  # fmt: skip
         _need(isinstance(point.get("unit", ""), str), here, "unit must be a text")
-        if "derive" in point:  # a product of other points (x scale), e.g. SoC x capacity
-            inputs, scale = point["derive"], point.get("scale", 1)
+        if "range" in point:  # a sane range [lo, hi], checked at boot on the first read
+            lo_hi = point["range"]
+            ok = isinstance(lo_hi, list) and len(lo_hi) == 2 and all(_number(v) for v in lo_hi)
+            _need(ok and lo_hi[0] <= lo_hi[1], here, "range must be [lo, hi], lo <= hi")
+            ranges[same[name]] = (lo_hi[0], lo_hi[1])
+        if derive in point:  # a product of other points (x scale), e.g. SoC x capacity
+            inputs, scale = point[derive], point.get("scale", 1)
             ok = isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs)
             ok = ok and _number(scale) and 1e-9 <= abs(scale) <= 1e9
             _need(ok, here, "bad derive: a list of point names, and a scale")
@@ -159,8 +186,18 @@ def check_map(register_map, where="map"):
         p.update(point)
         size, address, scale = SIZES.get(p.get("type")), p.get("address"), p.get("scale", 1)
         _need(size, here, "type must be one of %s" % "/".join(SIZES))
-        ok = _check_int(address, 0, 0x10000 - size)
-        _need(ok, here, "address must be 0..%d" % (0x10000 - size))
+        if models is None:
+            ok = model_key not in p and offset_key not in p
+            _need(ok, here, "model/offset: a SunSpec map's")
+            ok = _check_int(address, 0, 0x10000 - size)
+            _need(ok, here, "address must be 0..%d" % (0x10000 - size))
+        else:  # the offset from the model's ID register (ID 0, L 1, the first point 2)
+            model, offset = p.get(model_key), p.get(offset_key)
+            _need("address" not in p, here, "address or model+offset")
+            _need(model in models, here, "model must be one of the map's sunspec models")
+            ok = _check_int(offset, 2, models[model] + 2 - size)
+            _need(ok, here, "offset must be 2..%d in model %d" % (models[model] + 2 - size, model))
+            address = -(model << 16 | offset)  # bind() gives it its register
         _need(p.get("function") in (3, 4), here, "function must be 3 (holding) or 4 (input)")
         _need(p.get("word_order", "big") in ("big", "little"), here, "word_order: big/little")
         ok = _number(scale) and 1e-9 <= abs(scale) <= 1e9  # not 0, NaN or inf (1e999)
@@ -209,12 +246,14 @@ def check_map(register_map, where="map"):
     _need(kind != "inverter" or isinstance(setpoint, dict), where, "an inverter needs 'setpoint'")
     if setpoint is not None:
         here = where + ": its setpoint section"
-        _check(setpoint, "point unit of sign enable max_charge_w max_discharge_w", here)
-        for key in ("point", "unit", "of", "max_charge_w", "max_discharge_w"):
+        _check(setpoint, "point mirror unit of sign enable max_charge_w max_discharge_w", here)
+        for key in ("point", mirror, "unit", "of", "max_charge_w", "max_discharge_w"):
             _need(isinstance(setpoint.get(key, ""), str), here, "%s must be a text" % key)
         _need(isinstance(setpoint.get("enable", []), list), here, "enable must be a list")
         writable = [n for n, s in specs.items() if s[_F] == modbus.READ_HOLDING]
         _need(setpoint.get("point") in writable, here, "'point' must be a holding register")
+        ok = mirror not in setpoint or setpoint[mirror] in writable
+        _need(ok, here, "'mirror' must be a holding register")
         _need(setpoint.get("sign", 1) in (1, -1), here, "sign is 1 or -1")
         unit = setpoint.get("unit", "W")
         _need(unit == "W" or (unit == "%" and setpoint.get("of") in specs), here, "unit W or %+of")
@@ -225,8 +264,12 @@ def check_map(register_map, where="map"):
             pair[0] = same.get(pair[0], pair[0])
         for key in ("max_charge_w", "max_discharge_w"):  # a setpoint is always clamped
             _need(setpoint.get(key) in specs, here, "%s must name the limit's point" % key)
+        if mirror in setpoint:  # written with -value: an enable pair with None (devices.py)
+            pair = [same[setpoint.pop(mirror)], None]
+            setpoint["enable"] = setpoint.get("enable", []) + [pair]
         for key in ("point", "max_charge_w", "max_discharge_w", "of"):
             if isinstance(setpoint.get(key), str):
                 setpoint[key] = same.get(setpoint[key], setpoint[key])
     register_map["_specs"], register_map["_derived"] = specs, derived
+    register_map["range"] = ranges
     return register_map

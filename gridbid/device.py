@@ -2,6 +2,7 @@
 
     gridbid device sim --tcp-port 5020             simulated meter, BMS and inverter (Modbus)
     gridbid device run --board unix --config F     the firmware on the MicroPython VM
+    gridbid device scan --host H --unit N          what a Modbus device offers (SunSpec models)
     gridbid device trust --config F ENROLLMENT     trust an aggregator (its enrollment file)
     gridbid device revoke --config F --aggregator N    trust it no more
 
@@ -49,6 +50,13 @@ def add_arguments(parser):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     devicesim.add_arguments(sim)
+    from gridbid import device_scan
+
+    scan = verbs.add_parser(
+        "scan", help="list what a Modbus device offers: SunSpec models, or a register probe",
+        description=device_scan.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    device_scan.add_arguments(scan)
 
 
 def run(args):
@@ -61,6 +69,10 @@ def run(args):
             print("error: %s" % exc, file=sys.stderr)
             return 2
         return 0
+    if args.verb == "scan":
+        from gridbid import device_scan
+
+        return device_scan.run(args)
     if args.verb == "sim":
         if lacks_sim_extra("device sim"):
             return 2

@@ -22,6 +22,8 @@ In-process (tests):
     sim.fail("battery")                  # that unit stops answering (a lost link)
     sim.throw(3, 2)                      # unit 3 answers "illegal data address"
     sim.recover()                        # all units answer normally again
+    Simulation(layouts={"battery": {"base": 0, "order": [803, 1, 802]}})
+                                         # a SunSpec map's layout (registers.sunspec_layout)
     sim.state["soc_pct"]
     await sim.stop()
 """
@@ -38,6 +40,7 @@ from simulator.registers import (
     from_registers,
     load_map,
     map_points,
+    sunspec_layout,
     to_registers,
     word_count,
 )
@@ -56,10 +59,17 @@ class Simulation:
     # fmt: off
     def __init__(self, capacity_kwh=13.5, soc_pct=80.0, soh_pct=96.0, max_power_w=5000.0,
                  load_w=0.0, battery_v=51.2, step_ms=100, speed=1.0, maps=None, units=None,
-                 maps_dir=MAPS_DIR):
+                 maps_dir=MAPS_DIR, layouts=None):
         # fmt: on
         self.maps = {r: load_map((maps or {}).get(r, DEFAULT_MAPS[r]), maps_dir) for r in ROLES}
-        self.points = {role: map_points(m) for role, m in self.maps.items()}
+        # A SunSpec map's models are laid out as a device would (base, order: its layout)
+        self.layouts = {
+            role: sunspec_layout(m, **(layouts or {}).get(role, {}))
+            for role, m in self.maps.items()
+            if "sunspec" in m
+        }
+        starts = {role: layout[0] for role, layout in self.layouts.items()}
+        self.points = {role: map_points(m, starts.get(role)) for role, m in self.maps.items()}
         self.units = dict(units or DEFAULT_UNITS)
         self.roles = {unit: role for role, unit in self.units.items()}
         self.step_ms = step_ms
@@ -120,7 +130,8 @@ class Simulation:
 
     def _writable(self, role):
         setpoint = self.maps[role].get("setpoint") or {}
-        names = [setpoint.get("point")] + [pair[0] for pair in setpoint.get("enable", [])]
+        names = [setpoint.get("point"), setpoint.get("mirror")]
+        names += [pair[0] for pair in setpoint.get("enable", [])]
         points = self.points[role]
         return {points[n]["address"] + i for n in names if n for i in range(word_count(points[n]))}
 
@@ -195,8 +206,14 @@ class Simulation:
 
     def _setup_registers(self):
         for role in ROLES:
+            starts, words, _block = self.layouts.get(role, ({}, [], None))
+            for address, values in words:  # 'SunS', the model headers, the end marker
+                self._put(role, address, values)
             for constant in self.maps[role].get("constants", []):
-                self._put(role, constant["address"], constant["values"])
+                address = constant.get("address")
+                if address is None:
+                    address = starts[constant["model"]] + constant["offset"]
+                self._put(role, address, constant["values"])
             for name, sf in self.sfs[role].items():
                 self._put(role, self.points[role][name]["address"], [sf & 0xFFFF])
         self._publish()
@@ -304,9 +321,12 @@ class Simulation:
         devices = []
         for role in ROLES:
             points = self.points[role]
-            blocks = self.maps[role].get("blocks") or [
-                [p["address"], word_count(p)] for p in points.values()
-            ]
+            if role in self.layouts:
+                blocks = [self.layouts[role][2]]
+            else:
+                blocks = self.maps[role].get("blocks") or [
+                    [p["address"], word_count(p)] for p in points.values()
+                ]
             simdata = [
                 SimData(start, values=[0] * count, datatype=DataType.REGISTERS)
                 for start, count in sorted(blocks)

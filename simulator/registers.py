@@ -39,14 +39,54 @@ def load_map(name, maps_dir=MAPS_DIR):
     return json.loads(path.read_text())
 
 
-def map_points(register_map):
-    """Register points with the map's defaults applied (derived points left out)."""
+def map_points(register_map, starts=None):
+    """Register points with the map's defaults applied (derived points left out); a
+    SunSpec map's points get their address from starts (model id -> its start)."""
     defaults = register_map.get("defaults", {})
-    return {
+    points = {
         name: {"scale": 1, "word_order": "big", **defaults, **point}
         for name, point in register_map["points"].items()
         if "derive" not in point
     }
+    for point in points.values():
+        if "model" in point:
+            point["address"] = starts[point["model"]] + point["offset"]
+    return points
+
+
+COMMON = (1, 66)  # SunSpec common model: ID, L (Mn, Md, Opt, Vr, SN strings, DA)
+SUNS = [0x5375, 0x6E53]
+
+
+def text_registers(text, count):
+    """A SunSpec string point: two characters a register, NUL-padded."""
+    data = text.encode()[: 2 * count].ljust(2 * count, b"\0")
+    return list(struct.unpack(">%dH" % count, data))
+
+
+def sunspec_layout(register_map, base=40000, order=None, ids=None, lengths=None, filler=0,
+                   end=True):  # fmt: skip
+    """How a simulated SunSpec device lays out a map's models: the common model then the
+    map's models at base (order: model ids, the common model's 1 among them), or as a
+    wrong or broken device would: ids {model: id served instead}, lengths {model: its
+    length instead; the layout follows it, and one past register 65535 is served as it
+    is, with no end after it}, filler empty models (id 64000) before the end, end=False:
+    no end marker. -> (starts {model: start}, [(address, registers)], [block start, count])."""
+    models = [COMMON] + [tuple(m[:2]) for m in register_map["sunspec"]]
+    if order:
+        models.sort(key=lambda m: order.index(m[0]))
+    strings = text_registers("gridbid", 16) + text_registers("simulator", 16)  # Mn, Md
+    starts, words, address = {}, [(base, SUNS)], base + 2
+    for model, length in models + [(64000, 0)] * filler:
+        starts.setdefault(model, address)
+        length = (lengths or {}).get(model, length)
+        words.append((address, [(ids or {}).get(model, model), length]))
+        if model == 1:
+            words.append((address + 2, strings))
+        address += 2 + length
+    if end and address < 0xFFFF:
+        words.append((address, [0xFFFF, 0]))
+    return starts, words, [base, min(address + (2 if end else 0), 0x10000) - base]
 
 
 def word_count(point):

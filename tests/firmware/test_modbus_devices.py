@@ -10,13 +10,13 @@ that is cheap (the same modules imported directly).
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from helpers import serial_pty
 
 from protocol import message
 from simulator import devicesim, vm
@@ -29,7 +29,9 @@ sys.path[:0] = [str(ROOT / "tests" / "firmware" / "device"), str(ROOT / "tests" 
 import devices  # noqa: E402  (firmware/, on the path from tests/conftest.py)
 import modbus  # noqa: E402
 import plant_checks  # noqa: E402
+import sunspec  # noqa: E402
 
+pty_pair = serial_pty.pty_pair  # the fixture, used by name
 CPYTHON_ONLY = "pymodbus devices for the firmware on the VM"
 
 ROLES = ("meter", "battery", "inverter")
@@ -74,24 +76,6 @@ def sim():
     served.close()
 
 
-@pytest.fixture
-def pty_pair(tmp_path):
-    if shutil.which("socat") is None:
-        pytest.skip("socat is not installed (apt-get install socat)")
-    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
-    socat = subprocess.Popen(
-        ["socat", "pty,raw,echo=0,link=%s" % a, "pty,raw,echo=0,link=%s" % b],
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        if a.exists() and b.exists():
-            break
-        time.sleep(0.02)
-    yield str(a), str(b)
-    socat.terminate()
-    socat.wait(5)
-
-
 def tcp_config(sim):
     cfg = {
         role: {
@@ -108,10 +92,13 @@ def tcp_config(sim):
     return cfg
 
 
-def probe(tmp_path, config, steps, runtime="vm"):
-    """Run the steps on the VM (or CPython); the JSON line of each step."""
+def probe(tmp_path, config, steps, runtime="vm", assume_layout=False, boot=None):
+    """Run the steps on the VM (or CPython); the JSON line of each step. The boot check
+    must pass, unless assume_layout (a device that fails from the start: SunSpec models
+    bound where the usual layout has them) or boot (a list: gets the boot line)."""
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"devices": config, "maps_dir": MAPS, "steps": steps}))
+    job.write_text(json.dumps({"devices": config, "maps_dir": MAPS, "steps": steps,
+                               "assume_layout": assume_layout}))  # fmt: skip
     if runtime == "vm":
         if vm.binary() is None:
             pytest.skip("no MicroPython VM on this machine")
@@ -122,6 +109,10 @@ def probe(tmp_path, config, steps, runtime="vm"):
     result = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0 and len(lines) == len(steps) + 1, result.stdout + result.stderr
+    if boot is None:
+        assert lines[0]["problems"] == [], lines[0]
+    else:
+        boot.append(lines[0])
     return lines[1:]
 
 
@@ -228,6 +219,7 @@ def test_a_silent_device_times_out_within_its_deadline(sim, tmp_path):
         tmp_path,
         tcp_config(sim),
         [{"do": "read", "role": "battery", "address": 40081, "count": 1}, {"do": "poll"}],
+        assume_layout=True,
     )
     assert read["error"] == "ModbusTimeout"
     assert TIMEOUT_MS - 5 <= read["elapsed_ms"] < TIMEOUT_MS + 200  # ms clocks: +-1 tick
@@ -246,6 +238,7 @@ def test_exception_responses_carry_their_code(sim, tmp_path):
             {"do": "read", "role": "meter", "function": 4, "address": 0, "count": 2},
             {"do": "set_power", "watts": 1000},  # reading the limits fails first
         ],
+        assume_layout=True,
     )
     assert (meter["error"], meter["code"]) == ("ModbusExceptionResponse", 4)
     assert "device failure" in meter["message"]
@@ -275,9 +268,8 @@ def test_bms_alarm_is_seen_within_200_ms(sim, tmp_path):
 
 def test_lost_bms_link_becomes_a_link_failure(sim, tmp_path):
     sim.call(sim.sim.fail, "battery")
-    first, watch = probe(
-        tmp_path, tcp_config(sim), [{"do": "alarms"}, {"do": "watch", "ms": 3000, "period_ms": 50}]
-    )
+    steps = [{"do": "alarms"}, {"do": "watch", "ms": 3000, "period_ms": 50}]
+    first, watch = probe(tmp_path, tcp_config(sim), steps, assume_layout=True)
     assert first["ok"] is False and first["fault"] is None  # not yet: the link has 1000 ms
     cause, text = watch["fault"]
     assert cause == message.FAIL_BMS_LINK and "ModbusTimeout" in text
@@ -320,6 +312,8 @@ def test_cpython_client_reconnects_after_the_gateway_restarts():
 def test_cpython_plant_against_the_simulator(sim):
     async def scenario():
         plant = devices.open_plant(tcp_config(sim), MAPS)
+        roles = {"meter": plant.meter, "battery": plant.battery, "inverter": plant.inverter}
+        assert await sunspec.check(roles, devices.monotonic_ms()) == []
         ok = await plant.poll()
         values = {"soc_pct": plant.soc_pct, "capacity_kwh": plant.capacity_kwh}
         sim.call(sim.sim.set_alarm, 1 << 20)  # CONTACTOR_ERROR

@@ -3,8 +3,11 @@
     micropython tests/device/modbus_probe.py JOB.json      (firmware/ and the repo root on the path)
 
 JOB is {"devices": {...as in config.json...}, "maps_dir": "...", "steps": [...]}.
-Each step prints one JSON line; tests/firmware/test_modbus_devices.py reads them. Runs
-unchanged on the MicroPython VM and on CPython. Steps:
+The first line says what the boot check (sunspec.check) found, unless the job
+says "assume_layout" (SunSpec models bound where the usual layout has them, with no
+read: for a device that fails from the start). Each step prints one JSON line;
+tests/firmware/test_modbus_devices.py reads them. Runs unchanged on the MicroPython
+VM and on CPython. Steps:
 
     {"do": "poll"}                          all three devices: canonical values, fault, health
     {"do": "alarms"}                        the fast path: BMS alarm registers only
@@ -24,6 +27,7 @@ import time
 
 import devices
 import modbus
+import sunspec
 
 from protocol.compat import ticks_diff, ticks_us
 
@@ -97,9 +101,32 @@ async def step(plant, spec):
     raise ValueError("unknown step %r" % kind)
 
 
+def assume_layout(device):
+    """Bind a SunSpec map where the usual layout has it: from 40000, common model first."""
+    if device.plan is not None:
+        return
+    chain, address = [(1, 40002, 66)], 40070
+    for entry in device.map["sunspec"]:
+        chain.append((entry[0], address, entry[1]))
+        address += 2 + entry[1]
+    sunspec.bind(device, (40000, chain))
+
+
 async def main(job):
     plant = devices.open_plant(job["devices"], job["maps_dir"])
-    print(json.dumps({"runtime": sys.implementation.name, "start_wall_ms": wall_ms()}))
+    # As the firmware boots: SunSpec models found and bound, ranges checked (its lines)
+    problems, t0 = [], ticks_us()
+    if job.get("assume_layout"):
+        for role in ("meter", "battery", "inverter"):
+            assume_layout(getattr(plant, role))
+    else:
+        roles = {r: getattr(plant, r) for r in ("meter", "battery", "inverter")}
+        problems = await sunspec.check(roles, devices.monotonic_ms())
+    bases = {r: getattr(plant, r).map.get("blocks") for r in ("meter", "battery", "inverter")}
+    check_ms = ticks_diff(ticks_us(), t0) / 1000
+    print(json.dumps({"runtime": sys.implementation.name, "start_wall_ms": wall_ms(),
+                      "check_ms": check_ms,
+                      "problems": problems, "blocks": bases}))  # fmt: skip
     for spec in job["steps"]:
         t0 = ticks_us()
         try:

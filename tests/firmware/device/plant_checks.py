@@ -12,6 +12,7 @@ import json
 
 import devices
 import modbus
+import sunspec
 from checks import raises
 from register_map import MapError, check_map, load_map, plan_reads
 
@@ -168,8 +169,28 @@ def test_shipped_maps_load():
     ):
         register_map = load_map(MAPS + "/" + name + ".json")
         assert register_map["kind"] == kind and register_map["name"] == name
-        device = devices.Device(kind, register_map, FakeClient({}), 1)
+        device = bound(devices.Device(kind, register_map, FakeClient({}), 1))
         assert len(device.plan) <= 2  # every map reads in one or two requests
+
+
+def standard_chain(register_map, base=40000, order=None):
+    """The (model, start, length) chain of a device laying out the map's models from base,
+    after the common model (1, L 66), in the order of its "sunspec" list."""
+    models = [[1, 66]] + register_map["sunspec"]
+    if order:
+        models = [m for o in order for m in models if m[0] == o]
+    chain, address = [], base + 2
+    for entry in models:
+        chain.append((entry[0], address, entry[1]))
+        address += 2 + entry[1]
+    return chain
+
+
+def bound(device, base=40000):
+    """A SunSpec map's device bound to the usual layout (models from 40000 in map order)."""
+    if device.plan is None:
+        sunspec.bind(device, (base, standard_chain(device.map, base)))
+    return device
 
 
 def make_plant(battery_client, inverter_map=None):
@@ -177,7 +198,7 @@ def make_plant(battery_client, inverter_map=None):
     battery = devices.Device("battery", check_map(battery_map(), "b"), battery_client, 2)
     inverter_map = inverter_map or load_map(MAPS + "/sunspec_der_704.json")
     regs = {40186: 0, 40259: 5000, 40260: 4000, 40270: 0, 40332: 0xFFFE}
-    inverter = devices.Device("inverter", inverter_map, FakeClient(regs), 3)
+    inverter = bound(devices.Device("inverter", inverter_map, FakeClient(regs), 3))
     return devices.Plant(meter, battery, inverter, link_timeout_ms=1000)
 
 
@@ -241,7 +262,7 @@ def test_set_power_clamps_scales_and_writes_one_request():
 def test_set_power_as_percent_of_a_max_register():
     with open(MAPS + "/sunspec_der_704.json") as f:
         inverter_map = json.load(f)
-    inverter_map["points"]["pct"] = {"address": 40290, "type": "i16", "scale": 0.1}
+    inverter_map["points"]["pct"] = {"model": 704, "offset": 13, "type": "i16", "scale": 0.1}
     setpoint = inverter_map["setpoint"]
     setpoint.update({"point": "pct", "unit": "%", "of": "max_power_w", "sign": -1, "enable": []})
     plant = make_plant(FakeClient(battery_regs()), check_map(inverter_map, "pct"))
@@ -253,7 +274,7 @@ def test_set_power_as_percent_of_a_max_register():
 def test_load_map_keeps_only_what_the_code_uses():
     register_map = load_map(MAPS + "/sunspec_battery_802.json")
     assert "points" not in register_map and "notes" not in register_map
-    assert register_map["_specs"]["soc_pct"][:3] == (3, 40081, 1)
+    assert register_map["_specs"]["soc_pct"][:3] == (3, -(802 << 16 | 11), 1)  # until bound
     assert register_map["alarm"]["alarm_bits"]["OVER_TEMP_ALARM"] == 1
 
 
