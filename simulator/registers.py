@@ -26,6 +26,11 @@ PROFILES = {
         "battery": "sma_storage_battery",
         "inverter": "sma_storage_inverter",
     },
+    "sunspec_hybrid": {  # a SunSpec three-phase hybrid: inverter 103 with storage 124
+        "meter": "eastron_sdm630",
+        "battery": "sunspec_battery_802",
+        "inverter": "sunspec_inverter_103_124",
+    },
     "kostal_plenticore": {  # the battery through the inverter's SunSpec model 802
         "meter": "eastron_sdm630",
         "battery": "sunspec_battery_802",
