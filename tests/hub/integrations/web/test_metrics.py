@@ -48,8 +48,9 @@ def site(tmp_path_factory):
         for soc in (90.0, 70.0):
             run(fleet.add(sim_settings={"soc_pct": soc}))
         run(start_all(fleet.devices))
-        config, _store = deploy(fleet, folder, market_port=free_port(), market_bind="127.0.0.1",
-                                 disk_budget_mb=1000)
+        config, _store = deploy(
+            fleet, folder, market_port=free_port(), market_bind="127.0.0.1", disk_budget_mb=1000
+        )
         # The page; settlement on the in-process chain (LiteSVM); MQTT to a port where no
         # broker listens (its link is down: every event waits in the outbox).
         with open(config, "a") as f:
