@@ -112,6 +112,7 @@ HUB_TOML = [
     *[("web", "max_connections", v) for v in (0, 7, 100_001, 1.5, "1024")],
     *[("web", "max_per_address", v) for v in (0, -1, "64", 2.5)],
     *[("web", "request_s", v) for v in (0, 301, "10")],
+    *[("web", "metrics", v) for v in (1, "yes", "true")],
     *[("settlement", "backend", v) for v in (5, "ftp://x", "")],
     *[("settlement", "wallets", v) for v in (5, "", "nodir/w")],
     *[("settlement", "owners", v) for v in (5, {"x": M}, {"1": "notakey"})],
