@@ -87,7 +87,7 @@ AGGREGATOR_DEFAULTS = STRATEGY_DEFAULTS
 # ValueError that names the fault; the hub then calls its start(hub, settings),
 # which returns an object with `async close()` (hub/service.py).
 INTEGRATIONS = {
-    "mqtt": "hub.integrations.mqtt.bridge",
+    "mqtt": "hub.integrations.mqtt",
     "coap": "hub.integrations.coap",
     "web": "hub.integrations.web",
     "settlement": "hub.integrations.settlement",

@@ -32,7 +32,7 @@ from hub.config import hub_toml, keys_file
 from hub.integrations import coap, web
 from hub.integrations import platform as platform_settings
 from hub.integrations import settlement as settlement_settings
-from hub.integrations.mqtt import bridge as mqtt
+from hub.integrations.mqtt import settings as mqtt
 from transport import secret_files
 
 ROOT = Path(__file__).resolve().parents[2]

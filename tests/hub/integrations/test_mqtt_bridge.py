@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from hub.config import hub_toml
 from hub.integrations.mqtt import bridge
+from hub.integrations.mqtt import settings as mqtt_settings
 from hub.integrations.mqtt.outbox import Outbox
 from hub.service import Hub
 from simulator import vm
@@ -663,7 +664,7 @@ def test_tls_with_a_ca_that_did_not_sign_the_broker_is_refused_clearly(broker, t
 
 
 def _check(tmp_path, **settings):
-    return bridge.check({**bridge.DEFAULTS, **settings}, tmp_path, "hub.toml: [mqtt]")
+    return mqtt_settings.check({**mqtt_settings.DEFAULTS, **settings}, tmp_path, "hub.toml: [mqtt]")
 
 
 def test_settings_defaults_and_paths(tmp_path):
