@@ -13,7 +13,8 @@ Heap: a board without PSRAM has ~100 KB. Start-up imports only what reading
 config.json and the register maps needs, then drops the modules only start-up
 uses (config, register_map, sunspec: their code is collected), and only then
 imports the trading side; so the two never sit in the heap together, and parsing the
-maps' JSON does not land on top of the whole app. Every distinct name the
+maps' JSON does not land on top of the whole app. board_clock (NTP) is imported for
+the first sync and for each resync, and dropped after each. Every distinct name the
 modules use is interned in the heap for good (a dropped module's too): past 620
 of them MicroPython adds a 7 KB table, so the firmware keeps below that (no
 module-level names for private constants: const(); shared parameter names).
@@ -102,7 +103,7 @@ def job(name):
     if name == "follow_trust":
         return node.follow_trust(path)
     if name == "board_clock":
-        return sys.modules[name].run(node.board, node.cfg, log)
+        return board_clock(node.board, node.cfg)
     return getattr(node, name)()
 
 
@@ -141,6 +142,17 @@ async def poll(board, plant, cfg):
         await asyncio.sleep(cfg["poll_ms"] / 1000)
 
 
+async def board_clock(board, cfg):
+    """Resync the clock every ntp_resync_s (board_clock.run). The module is imported for
+    each resync and dropped after it, as after start-up: ~1 KB of heap the rest of the hour."""
+    while True:
+        await asyncio.sleep(cfg["ntp_resync_s"])
+        try:
+            await __import__("board_clock").run(board, cfg, log)
+        finally:
+            sys.modules.pop("board_clock", None)
+
+
 async def keep_marks(node, book):
     """Persist replay high-water marks now and then (not per frame: flash wear)."""
     while True:
@@ -168,6 +180,9 @@ async def report_heap(cfg):
         used = gc.mem_alloc()
         peak = max(peak, used)
         log("heap: used %d, free %d, peak %d" % (used, gc.mem_free(), peak))
+        # "qstr pool: n_pool=.., n_qstr=..": the names interned so far (the heap test keeps
+        # them below the step where MicroPython adds a ~7 KB pool; module docstring).
+        micropython.qstr_info()
         await asyncio.sleep(cfg.get("heap_report_s", 10))
 
 
@@ -209,6 +224,7 @@ async def run(profile, config):
         except Exception as exc:  # a dead inverter: the clock still comes first
             log("inverter: not set idle while the clock is unknown: %s" % exc)
         await __import__("board_clock").start(board, cfg, log)
+        sys.modules.pop("board_clock")  # until the first resync (board_clock() below)
 
     book = contracts.ContractBook(cfg["data_dir"] + "/contracts.rec", flush_s=cfg["flush_s"])
     pending = book.start(board.now_ms() // 1000)
@@ -242,7 +258,7 @@ async def run(profile, config):
     for name in ("discovery", "status", "watch_battery", "close_auctions", "execution", "poll",
                  "keep_marks", "report_heap", "follow_trust"):  # fmt: skip
         start(name, job(name))
-    if "board_clock" in sys.modules:  # resyncs: each moves the clock by ntp_max_step_ms at most
+    if not board.profile.get("host_keeps_time"):  # resyncs: each moves it ntp_max_step_ms at most
         start("board_clock", job("board_clock"))
     if cfg.get("coap_hub"):  # the hub's CoAP resources (coap_client.py): off by default,
         import coap_client  # and only then imported (it costs ~14 KB of a small heap)

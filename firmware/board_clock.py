@@ -5,10 +5,11 @@ more than 2 s off (protocol/frame.py), so app.py waits in start() before it
 builds anything that reads the clock (the contract book, the replay guard, the
 message ids): until then the battery neither listens nor announces itself, its
 inverter idle (app.py), and
-says so in one line per try, backing off 1 s -> 60 s. start() does that; run(),
-a task, then asks again every ntp_resync_s. The client is MicroPython's
+says so in one line per try, backing off 1 s -> 60 s. start() does that; run()
+asks again, every ntp_resync_s (app.py's board_clock task). The client is MicroPython's
 ntptime's (a 48-byte UDP packet, SNTP, RFC 4330) made asynchronous, so the
-watchdog and Wi-Fi go on while it waits, with the checks ntptime skips.
+watchdog and Wi-Fi go on while it waits, with the checks ntptime skips. Only
+start-up and each resync import this module: app.py drops it after each.
 
 Trust: who may move a battery's clock, and by how much.
 - Only the NTP servers config.json names (ntp_servers), and only with an answer
@@ -138,16 +139,15 @@ async def start(board, cfg, log):
 
 
 async def run(board, cfg, log):
-    """Ask again every ntp_resync_s; move the clock by at most ntp_max_step_ms."""
-    while True:
-        await asyncio.sleep(cfg["ntp_resync_s"])
-        try:
-            host, off = await read(board, cfg)
-        except OSError as exc:
-            log("clock: NTP resync failed, keeping the clock: %s" % exc)
-            continue
-        if abs(off) > cfg["ntp_max_step_ms"]:
-            log("clock: refused NTP %s: it says %+d ms, more than ntp_max_step_ms %d "
-                "(a spoofed answer?)" % (host, off, cfg["ntp_max_step_ms"]))  # fmt: skip
-            continue
-        await update(board, off)
+    """One resync: move the clock by at most ntp_max_step_ms. app.py calls it every
+    ntp_resync_s and drops this module between calls (its ~1 KB is not kept in the heap)."""
+    try:
+        host, off = await read(board, cfg)
+    except OSError as exc:
+        log("clock: NTP resync failed, keeping the clock: %s" % exc)
+        return
+    if abs(off) > cfg["ntp_max_step_ms"]:
+        log("clock: refused NTP %s: it says %+d ms, more than ntp_max_step_ms %d "
+            "(a spoofed answer?)" % (host, off, cfg["ntp_max_step_ms"]))  # fmt: skip
+        return
+    await update(board, off)

@@ -173,7 +173,8 @@ class Device:
         state = self.value(alarm.get("state_point", ""), now_ms, max_age_ms)
         if bits is None or (state is None and "fault_states" in alarm):
             return None
-        active = [n for n, bit in alarm.get("alarm_bits", {}).items() if bits >> bit & 1]
+        mask, order, names = alarm.get("alarm_bits") or (0, (), "")  # register_map.check_map
+        active = [n for b, n in zip(order, names.split()) if bits >> b & 1] if bits & mask else []
         active += ["state " + n for n, v in alarm.get("fault_states", {}).items() if v == state]
         return sorted(active)
 

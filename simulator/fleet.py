@@ -141,6 +141,7 @@ class Fleet:
         device_id = self.first_id + index
         address = "127.0.0.%d" % (20 + index)
         sim = devicesim.Simulation(**(sim_settings or {}))
+        maps = sim.maps  # a site's three maps (sim_settings' "maps", else the SunSpec ones)
         sim_port = free_port()
         link = {"link": "tcp", "host": "127.0.0.1", "port": sim_port}
         rtu_path = None
@@ -162,8 +163,8 @@ class Fleet:
             "group_addr": self.group_addr, "group_port": self.group_port,
             "data_dir": str(folder / "data"), "slot_s": 10, "gate_s": 2,
             "devices": {
-                role: {**link, "map": devicesim.DEFAULT_MAPS[role], "unit": unit}
-                for role, unit in devicesim.DEFAULT_UNITS.items()
+                role: {**link, "map": maps[role]["name"], "unit": unit}
+                for role, unit in sim.units.items()
             },
             "heap_report_s": 2,
         }  # fmt: skip

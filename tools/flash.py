@@ -74,8 +74,12 @@ def build(board, out, romfs=False):
             shutil.copy(source, dest)
             continue
         compiled = dest.with_suffix(".mpy")
+        # The name tracebacks show is the module's (app, protocol.frame): the import has
+        # interned that already, where "app.py" would be one more name in a board's heap
+        # for each module (README: the firmware's heap).
+        module = source.stem if dest.parent == target else "protocol." + source.stem
         done = subprocess.run(
-            [compiler, "-o", str(compiled), "-s", source.name, str(source)],
+            [compiler, "-o", str(compiled), "-s", module.replace(".__init__", ""), str(source)],
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode != 0:

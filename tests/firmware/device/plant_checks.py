@@ -158,6 +158,9 @@ def test_map_errors_name_the_file_and_the_point():
     bad = battery_map()
     del bad["alarm"]
     raises(MapError, check_map, bad, "x.json")
+    bad = battery_map()
+    bad["alarm"]["alarm_bits"]["TOO HOT"] = 3  # the names are kept as one text: no spaces
+    assert "'TOO HOT'" in str(raises(MapError, check_map, bad, "x.json"))
     assert "nowhere" in str(raises(MapError, load_map, MAPS + "/nowhere.json"))
 
 
@@ -216,7 +219,10 @@ def test_bms_fault_alarm_bits_state_and_lost_link():
     client.regs[106], client.regs[107] = 1 << 4, 0  # bit 20
     run(plant.poll_battery_alarms(1100))
     assert plant.bms_fault(1100)[1] == "BMS alarm: HIGH_ALARM"
-    client.regs[106], client.regs[108] = 0, 99
+    client.regs[107] = 1 << 1  # and bit 1: each bit keeps its own name
+    run(plant.poll_battery_alarms(1120))
+    assert plant.bms_fault(1120)[1] == "BMS alarm: HIGH_ALARM, OVER_TEMP_ALARM"
+    client.regs[106], client.regs[107], client.regs[108] = 0, 0, 99
     run(plant.poll_battery_alarms(1150))
     assert plant.bms_fault(1150)[1] == "BMS alarm: state FAULT"
     client.regs[108], client.error = 3, modbus.ModbusTimeout("no reply")
@@ -275,7 +281,9 @@ def test_load_map_keeps_only_what_the_code_uses():
     register_map = load_map(MAPS + "/sunspec_battery_802.json")
     assert "points" not in register_map and "notes" not in register_map
     assert register_map["_specs"]["soc_pct"][:3] == (3, -(802 << 16 | 11), 1)  # until bound
-    assert register_map["alarm"]["alarm_bits"]["OVER_TEMP_ALARM"] == 1
+    mask, order, names = register_map["alarm"]["alarm_bits"]  # in one text: no dict of names
+    assert dict(zip(names.split(), order))["OVER_TEMP_ALARM"] == 1 and mask >> 1 & 1
+    assert len(order) == 16 and mask == sum(1 << bit for bit in order)
 
 
 def raises_async(exc_type, coro):
