@@ -35,7 +35,7 @@ from hub.market.clearing import BID
 from hub.market.funding import KINDS as FUNDING
 from hub.market.funding import Funding
 from hub.market.standing import LIMITS, Refused, Standing
-from hub.store import views
+from hub.store.reputation import Reputations
 from protocol import message
 from transport.counts import Counts
 
@@ -80,6 +80,7 @@ class Exchange:
         # it was given) is below this bids no more (hub.toml min_aggregator_reputation).
         self.min_reputation = min_reputation
         self.reputation = {}  # key id -> its record, as of the open slot
+        self.reputations = Reputations()  # tallies them without a scan of the store
         self.funding = None  # margin checks and requests, when the hub settles (use_margin)
         # Margin is paid back only while every book that holds margin is known: a starting
         # hub (hub/service.py) sets this False until it has resumed a gated slot.
@@ -189,8 +190,7 @@ class Exchange:
         "reserve", "max_kw", "address"}] (and "port", when not the batteries' ETP port)."""
         # Reputations as of now: the aggregators' (for the threshold), the batteries' (for
         # strategies: delivered / promised, in the offer).
-        self.reputation = views.aggregator_reputation(self.store)
-        batteries = views.battery_reputation(self.store)
+        self.reputation, batteries = self.reputations.read(self.store)
         listed = {
             o["device"]: {"port": self.device_port, **o,
                           "reputation": round(batteries.get(o["device"], 1.0), 4)}

@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
 from hub.integrations.settlement.records import FINAL_STATES
+from hub.store.reputation import oldest_live
 from protocol.contract import LIVE, STATE_NAMES
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class StoreCounts:
         try:
             live = dict(conn.execute("SELECT state, count(*) FROM contracts WHERE %s "
                                      "GROUP BY state" % self.IN_LIVE))  # fmt: skip
-            oldest = self._oldest_live(conn)
+            oldest = oldest_live(conn)
             if self.final is None:  # the first read: every final one, over the index
                 every = conn.execute("SELECT state, count(*) FROM contracts GROUP BY state")
                 self.final = {state: n for state, n in every if state in FINAL_STATES}
@@ -97,17 +98,6 @@ class StoreCounts:
         counts = {state: self.final.get(state, 0) + since.get(state, 0) + live.get(state, 0)
                   for state in STATE_NAMES}  # fmt: skip
         return {"contracts": counts, "settled": self.settled if settles else None}
-
-    def _oldest_live(self, conn):
-        """The rowid of the oldest live contract (one index seek per state), or the next
-        rowid when none is live."""
-        rows = conn.execute(" UNION ALL ".join(
-            "SELECT min(rowid) FROM contracts WHERE state = '%s'" % state
-            for state in self.LIVE_STATES)).fetchall()  # fmt: skip
-        found = [r for (r,) in rows if r is not None]
-        if found:
-            return min(found)
-        return conn.execute("SELECT coalesce(max(rowid), 0) + 1 FROM contracts").fetchone()[0]
 
     def _settled(self, conn):
         """Items are never deleted: the first read counts them all (over the smallest
