@@ -14,10 +14,9 @@ tty) does the reads, loaded from its files, so a scan sees what the battery woul
 """
 
 import asyncio
-import importlib.util
 import sys
 
-from simulator import vm
+from simulator import model
 
 # The SunSpec models' labels (github.com/sunspec/models json/model_<id>.json, "label").
 MODEL_NAMES = {
@@ -56,15 +55,8 @@ def add_arguments(scan):
 
 
 def firmware(name):
-    """firmware/<name>.py loaded from its file, not by putting firmware/ on sys.path (its
-    `config` or `store` would shadow others); under its own name, as the firmware's
-    modules import each other (sunspec imports modbus and register_map)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, vm.FIRMWARE / (name + ".py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """The battery's own module (simulator/model.py firmware), under its own name."""
+    return model.firmware(name, own_name=True)
 
 
 def check(args):

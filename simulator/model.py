@@ -17,10 +17,12 @@ SLOT_H, MAX_KW, MIN_SOC, SOLAR_KWH = 0.5, 5.0, 20.0, 2.5
 HEALTH_BELOW = ((60.0, 2), (80.0, 1))  # firmware/devices.py: SoH < 60 poor (2), < 80 degraded (1)
 
 
-def firmware(name):
+def firmware(name, own_name=False):
     """firmware/<name>.py, the module the devices run. Loaded from its file, not by
-    putting firmware/ on sys.path, where its `config` or `store` would shadow others."""
-    key = "gridbid_firmware_" + name
+    putting firmware/ on sys.path, where its `config` or `store` would shadow others.
+    own_name: registered as <name>, so firmware modules that import each other (sunspec
+    imports modbus and register_map) find the ones loaded before them."""
+    key = name if own_name else "gridbid_firmware_" + name
     if key not in sys.modules:
         spec = importlib.util.spec_from_file_location(key, vm.FIRMWARE / (name + ".py"))
         module = importlib.util.module_from_spec(spec)
