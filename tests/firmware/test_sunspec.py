@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from helpers.processes import read_until, stop
+from helpers.processes import read_until, started, stop
 from test_modbus_devices import SimThread, probe, tcp_config
 
 from simulator import vm
@@ -193,11 +193,7 @@ def test_firmware_reports_a_mismatch_at_boot_and_stays_in_safe_idle(tmp_path):
     path = tmp_path / "config.json"
     path.touch(mode=0o600)
     path.write_text(json.dumps(cfg))
-    device = subprocess.Popen(
-        [sys.executable, "-m", "gridbid.cli", "device", "run", "--config", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(vm.ROOT)},
-    )  # fmt: skip
+    device = started("device", "run", "--config", path)
     try:
         lines = read_until(device, "safe idle", 20)
         lines += read_until(device, "safe idle", 20)  # retried, the same one line

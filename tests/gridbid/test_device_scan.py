@@ -12,7 +12,7 @@ import sys
 import time
 
 from helpers import serial_pty
-from helpers.processes import read_until, stop
+from helpers.processes import read_until, started, stop
 
 from gridbid import device_scan
 from simulator import devicesim, vm
@@ -114,11 +114,7 @@ def test_scans_over_rtu_on_a_pty(pty_pair):
 
 def test_the_command_line_and_its_error_lines():
     sim_port = free_port()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "gridbid.cli", "device", "sim", "--tcp-port", str(sim_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(vm.ROOT)},
-    )  # fmt: skip
+    sim = started("device", "sim", "--tcp-port", sim_port)
     try:
         read_until(sim, str(sim_port), 20)
         done = gridbid("--host", "127.0.0.1", "--port", str(sim_port), "--unit", "2")

@@ -30,6 +30,18 @@ def read_until(process, text, timeout):
     return lines
 
 
+def started(*args):
+    """`python -m gridbid.cli ARGS` in its own session (stop() ends it and its children),
+    its output a text pipe for read_until, the checkout on its path."""
+    from simulator import vm
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridbid.cli", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(vm.ROOT)},
+    )  # fmt: skip
+
+
 def stop(process):
     """SIGINT to its process group (start it with start_new_session=True), then SIGKILL
     after 10 s; -> its exit code."""
